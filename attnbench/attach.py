@@ -1,0 +1,219 @@
+"""Build a timm backbone (``pretrained=False`` always) with an attention module attached.
+
+Two placements:
+- ``block``: inside every residual block, at the end of the residual branch (after the last
+  BatchNorm, before the addition) -- the SE-ResNet layout. Uses timm's own hook for the
+  family (ResNet/ResNeXt ``block_args=dict(attn_layer=...)``).
+- ``stage``: whole blocks inserted after chosen stages (Non-Local's layout), found through
+  timm's ``feature_info``; works for any family that reports it.
+
+Every attached module is wrapped in an :class:`AttentionSlot`, which adapts timm's
+constructor keywords (``device``/``dtype``) to the plain ``factory(channels, **options)``
+contract, checks that the module keeps the input shape, and marks the site so parameter and
+FLOP counts can be split into backbone and attention parts.
+"""
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError
+from .registry import get_module, is_baseline
+
+PLACEMENTS = ("block", "stage")
+ATTACH_OPTIONS = ("placement", "stages", "blocks")
+# Names the Non-Local paper's users expect; mapped onto the generic stage options.
+ALIASES = {"nonlocal_stages": "stages", "nonlocal_blocks": "blocks"}
+# timm families whose blocks take an attention layer per block, and the hook they use.
+BLOCK_HOOKS = {"resnet": "block_args.attn_layer"}
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Where a module sits in a built model; copied into every record."""
+
+    module: str
+    placement: str
+    sites: List[str] = field(default_factory=list)
+    stages: Optional[List[int]] = None
+
+    def as_dict(self) -> dict:
+        return {"module": self.module, "placement": self.placement, "sites": len(self.sites), "stages": self.stages}
+
+
+class AttentionSlot(nn.Module):
+    """One attached attention module; fails clearly if it changes the feature shape."""
+
+    def __init__(self, module: nn.Module, name: str, channels: int):
+        super().__init__()
+        self.attn = module
+        self.module_name = name
+        self.channels = channels
+
+    def forward(self, x):
+        y = self.attn(x)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ModuleDoesNotFit(
+                f"attention module {self.module_name!r} returned {got} for input {tuple(x.shape)}; "
+                "an attention module must keep the (N, C, H, W) shape"
+            )
+        return y
+
+
+def list_backbones(pattern: str = "") -> List[str]:
+    import timm
+
+    return timm.list_models(pattern or "*")
+
+
+def backbone_family(backbone: str) -> str:
+    """timm's model file for a name, e.g. 'resnet' for resnet50 and seresnext26d_32x4d."""
+    import timm
+
+    if not timm.is_model(backbone):
+        raise UnknownNameError("backbone", backbone, timm.list_models(), "see `attnbench list backbones`")
+    return timm.models.model_entrypoint(backbone).__module__.rsplit(".", 1)[-1]
+
+
+def split_options(options: Dict) -> tuple[Dict, Dict]:
+    """(attachment options, module options); aliases such as nonlocal_stages are mapped."""
+    attach, module = {}, {}
+    for key, value in options.items():
+        key = ALIASES.get(key, key)
+        (attach if key in ATTACH_OPTIONS else module)[key] = value
+    return attach, module
+
+
+def check_module_options(name: str, factory: Callable, options: Dict) -> None:
+    """Fail before building anything if the factory cannot take these options."""
+    try:
+        inspect.signature(factory).bind(1, **options)
+    except TypeError as exc:
+        raise AttnBenchError(f"module {name!r} does not accept options {sorted(options)}: {exc}; fix its options in the suite")
+    except ValueError:
+        pass  # no introspectable signature (C extension): find out at build time
+
+
+def _slot_factory(name: str, factory: Callable, options: Dict) -> Callable[..., AttentionSlot]:
+    """What timm gets as ``attn_layer``: swallows timm's own keywords (device, dtype, ...)."""
+
+    def make(channels: int, device=None, dtype=None, **_timm_kwargs) -> AttentionSlot:
+        try:
+            module = factory(channels, **options)
+        except AttnBenchError:
+            raise
+        except Exception as exc:
+            raise ModuleDoesNotFit(
+                f"attention module {name!r} failed to build for {channels} channels: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(module, nn.Module):
+            raise ModuleDoesNotFit(f"attention module {name!r} returned {type(module).__name__}, not a torch.nn.Module")
+        if device is not None or dtype is not None:
+            module = module.to(device=device, dtype=dtype)
+        return AttentionSlot(module, name, channels)
+
+    return make
+
+
+def _stage_entries(model: nn.Module) -> List[dict]:
+    """feature_info entries that are stages (a leading stem or activation entry is dropped)."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ModuleDoesNotFit(f"backbone {type(model).__name__} reports no feature_info, so no stage to attach after")
+    entries = [dict(e) for e in info]
+    while entries:
+        sub = model.get_submodule(entries[0]["module"])
+        if "stem" in entries[0]["module"] or not list(sub.children()):
+            entries.pop(0)
+        else:
+            break
+    return entries
+
+
+def _insert_after_stages(model, name, factory, options, stages, blocks) -> List[int]:
+    entries = _stage_entries(model)
+    n = len(entries)
+    chosen = list(stages) if stages is not None else [max(1, n - 1)]
+    for s in chosen:
+        if not isinstance(s, int) or not 1 <= s <= n:
+            raise ModuleDoesNotFit(f"stage {s!r} does not exist: this backbone has stages 1..{n}; fix 'stages'")
+    make = _slot_factory(name, factory, options)
+    for s in chosen:
+        entry = entries[s - 1]
+        path, channels = entry["module"], entry["num_chs"]
+        stage = model.get_submodule(path)
+        k = int(blocks or 1)
+        if isinstance(stage, nn.Sequential) and len(stage) >= 2 * k - 1:
+            # Every other residual block counted from the stage's end, as in the paper's 5-block model.
+            after = {len(stage) - 1 - 2 * i for i in range(k)}
+            items = []
+            for i, (child_name, child) in enumerate(stage.named_children()):
+                items.append((child_name, child))
+                if i in after:
+                    items.append((f"attn{i}", make(channels)))
+            new = nn.Sequential(OrderedDict(items))
+        elif k == 1:
+            new = nn.Sequential(OrderedDict([("stage", stage), ("attn", make(channels))]))
+        else:
+            raise ModuleDoesNotFit(f"stage {s} ({path}) is not a sequence of blocks; use blocks: 1 there")
+        parent_path, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
+    return chosen
+
+
+def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Optional[Dict] = None, **options) -> nn.Module:
+    """A timm model with ``attention`` attached; ``None``/``"none"`` gives the plain baseline.
+
+    ``options`` are the module's own (``reduction=8``) plus ``placement`` ("block"/"stage"),
+    ``stages`` (1-based, default the penultimate stage) and ``blocks`` (per stage).
+    The result carries ``model.attnbench_attachment`` (an :class:`Attachment`).
+    """
+    import timm
+
+    family = backbone_family(backbone)
+    kwargs = dict(backbone_kwargs or {})
+    kwargs["pretrained"] = False
+    if is_baseline(attention):
+        if options:
+            raise AttnBenchError(f"options {sorted(options)} given without an attention module; drop them or name a module")
+        model = timm.create_model(backbone, **kwargs)
+        model.attnbench_attachment = Attachment("none", "none")
+        return model
+
+    factory = get_module(attention)
+    attach, module_options = split_options(options)
+    placement = attach.get("placement") or getattr(factory, "placement", "block")
+    if placement not in PLACEMENTS:
+        raise AttnBenchError(f"placement {placement!r} for module {attention!r} is not one of {PLACEMENTS}")
+    check_module_options(attention, factory, module_options)
+
+    stages = None
+    if placement == "block":
+        if family not in BLOCK_HOOKS:
+            raise ModuleDoesNotFit(
+                f"module {attention!r} wants per-block placement, which attnbench supports for "
+                f"{', '.join(sorted(BLOCK_HOOKS))} backbones, not {backbone!r} ({family}); use placement: stage"
+            )
+        if "stages" in attach or "blocks" in attach:
+            raise AttnBenchError(f"'stages'/'blocks' apply to placement: stage, not to module {attention!r} per block")
+        block_args = dict(kwargs.pop("block_args", {}) or {})
+        block_args["attn_layer"] = _slot_factory(attention, factory, module_options)
+        model = timm.create_model(backbone, block_args=block_args, **kwargs)
+    else:
+        model = timm.create_model(backbone, **kwargs)
+        stages = _insert_after_stages(model, attention, factory, module_options, attach.get("stages"), attach.get("blocks"))
+
+    sites = [n for n, m in model.named_modules() if isinstance(m, AttentionSlot)]
+    model.attnbench_attachment = Attachment(attention, placement, sites, stages)
+    return model
+
+
+def attention_parameters(model: nn.Module) -> int:
+    """Parameters that live inside attached attention modules."""
+    return sum(p.numel() for m in model.modules() if isinstance(m, AttentionSlot) for p in m.parameters())

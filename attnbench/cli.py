@@ -1,0 +1,172 @@
+"""``attnbench`` command line: run suites, list what exists, rebuild and compare tables."""
+from __future__ import annotations
+
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import AttnBenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class What(str, Enum):
+    modules = "modules"
+    backbones = "backbones"
+    suites = "suites"
+    datasets = "datasets"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command("list")
+def list_cmd(what: What = typer.Argument(..., help="modules, backbones, suites or datasets"),
+             pattern: str = typer.Option("", "--filter", help="glob for backbones, e.g. 'resnet*'")):
+    """List registered modules, timm backbones, suites or datasets."""
+    if what is What.modules:
+        from .registry import list_modules
+        names = list_modules()
+    elif what is What.backbones:
+        from .attach import list_backbones
+        names = list_backbones(pattern)
+    elif what is What.suites:
+        from .suite import list_suites
+        names = list_suites()
+    else:
+        from .registry import DATASETS
+        names = DATASETS.names()
+    for name in names:
+        out_console.print(name, markup=False, highlight=False)
+
+
+@app.command()
+def run(
+    suite: str = typer.Option("overhead", "--suite", "-s", help="suite name from suites/ or a path to a .yaml file"),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for <suite>.md / .jsonl / .csv"),
+    resume: bool = typer.Option(False, "--resume", help="skip cells already stored in OUT/<suite>.jsonl"),
+    executor: str = typer.Option("local", "--executor", help="local or dask"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"),
+    workers: int = typer.Option(2, "--workers", help="LocalCluster workers when no --scheduler"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
+):
+    """Run a suite, store every cell as it finishes, write and print the table."""
+    from .runner import run_suite
+    from .suite import load_suite, plan
+
+    s = load_suite(suite)
+    if s.kind == "accuracy":
+        from .accuracy import run_accuracy_suite as runner_fn
+    else:
+        runner_fn = run_suite
+    ex = None
+    if executor == "dask":
+        from .executors import dask_executor
+        ex = dask_executor(scheduler=scheduler, n_workers=workers, local_directory=out / "dask-scratch")
+    elif executor != "local":
+        _fail(f"unknown executor {executor!r}; use --executor local or --executor dask")
+    total = len(plan(s)) if s.kind == "overhead" else None
+    counts = {"done": 0, "failed": 0, "skipped": 0}
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=err_console, disable=quiet, transient=True)
+
+    def fmt_counts():
+        return f"ok {counts['done']} failed {counts['failed']} skipped {counts['skipped']}"
+
+    with progress:
+        bar = progress.add_task(f"{s.name}: planning", total=total, counts=fmt_counts())
+
+        def on_start(task):
+            progress.update(bar, description=task.name)
+
+        def on_done(task, records):
+            for r in records:
+                counts["done" if r["status"] == "ok" else r["status"]] += 1
+            progress.update(bar, advance=len(records), counts=fmt_counts())
+
+        result = runner_fn(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done)
+    if not quiet:
+        out_console.print(result.paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
+    err_console.print(
+        f"{s.name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped, {result.reused} reused "
+        f"in {result.wall_s:.1f} s -> {result.paths['markdown']}, {result.paths['records']}, {result.paths['csv']}",
+        markup=False, highlight=False)
+    if result.interrupted:
+        err_console.print("interrupted: finished cells are stored; rerun with --resume to continue", markup=False)
+    elif result.failed:
+        err_console.print(f"{result.failed} cell(s) failed; see the table's notes", markup=False)
+    raise typer.Exit(result.exit_code)
+
+
+def _records_from(path: Path):
+    from .store import Store
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.jsonl"))
+        if len(files) != 1:
+            _fail(f"{p} holds {len(files)} result stores; name one of: {', '.join(f.name for f in files) or 'none'}")
+        p = files[0]
+    if not p.is_file():
+        _fail(f"no result store at {p}; give the .jsonl written by `attnbench run`")
+    return p, Store(p).latest()
+
+
+@app.command()
+def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a folder holding one)"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the .md/.csv (default: beside the store)")):
+    """Rebuild the tables from a result store alone."""
+    from .report import write_outputs
+
+    path, records = _records_from(results)
+    if not records:
+        _fail(f"{path} holds no records")
+    name = path.stem
+    paths = write_outputs(records, out or path.parent, name)
+    out_console.print(paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def compare(a: Path = typer.Argument(..., help="first result store"), b: Path = typer.Argument(..., help="second result store")):
+    """Show the Δ between two runs, cell by cell."""
+    from .report import render_compare
+
+    pa, ra = _records_from(a)
+    pb, rb = _records_from(b)
+    out_console.print(render_compare(ra, rb, str(pa), str(pb)), markup=False, highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        app(standalone_mode=False)
+    except AttnBenchError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

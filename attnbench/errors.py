@@ -1,0 +1,43 @@
+"""User-facing errors: one line that names the culprit and says how to fix it.
+
+The CLI prints ``error: <message>`` and exits with status 2 for these; anything else
+is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class AttnBenchError(Exception):
+    """Bad input from the user (unknown name, malformed suite, module that does not fit)."""
+
+
+class UnknownNameError(AttnBenchError, KeyError):
+    """A module, backbone, suite, dataset or metric name that does not exist."""
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str], hint: str = ""):
+        self.kind, self.name = kind, name
+        close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.5)
+        did_you_mean = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        tail = f" ({hint})" if hint else ""
+        super().__init__(f"unknown {kind} {name!r}{did_you_mean}{tail}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class SuiteError(AttnBenchError):
+    """A suite file that cannot be read or does not validate; names the file and field."""
+
+    def __init__(self, source: str, field: str, problem: str):
+        self.source, self.field = source, field
+        super().__init__(f"{source}: field {field!r}: {problem}")
+
+
+class ModuleDoesNotFit(AttnBenchError):
+    """An attention module that cannot be attached to (or run inside) a backbone."""
+
+
+class NonFiniteLoss(AttnBenchError):
+    """Training produced a NaN/inf loss; the cell is recorded as failed."""

@@ -1,0 +1,22 @@
+"""Measurement: a value object (value, unit, method, settings, stats), never a printed string."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict
+
+
+@dataclass(frozen=True)
+class Measurement:
+    metric: str  # "params", "flops", "latency_cpu", ...
+    value: float  # the headline number, in ``unit``
+    unit: str
+    method: str  # how it was obtained, in words a reader of the table can check
+    settings: Dict[str, Any] = field(default_factory=dict)  # what it depends on (input, threads, ...)
+    stats: Dict[str, Any] = field(default_factory=dict)  # breakdowns and spread (median, iqr, fvcore, ...)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Measurement":
+        return cls(**d)

@@ -1,0 +1,28 @@
+"""Squeeze-and-Excitation (Hu et al., CVPR 2018), as in the paper.
+
+squeeze: global average pool; excitation: Linear C->C/r (bias), ReLU, Linear C/r->C (bias),
+sigmoid; scale: channel-wise multiply. Parameters: 2*C*(C/r) + C/r + C (weights + biases).
+"""
+from torch import nn
+
+
+def reduced_channels(channels: int, reduction: float) -> int:
+    """C/r as the paper writes it (floored, at least 1); no rounding to a multiple of 8."""
+    return max(1, int(channels // reduction))
+
+
+class SqueezeExcite(nn.Module):
+    placement = "block"
+
+    def __init__(self, channels: int, reduction: float = 16):
+        super().__init__()
+        hidden = reduced_channels(channels, reduction)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, channels)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        s = x.mean((2, 3))
+        s = self.gate(self.fc2(self.act(self.fc1(s))))
+        return x * s[:, :, None, None]

@@ -1,0 +1,248 @@
+"""Suites: declarative YAML files -> validated Suite -> the cells of its grid.
+
+A cell is one (backbone x module variant x metric); its key hashes the full configuration
+plus the environment fingerprint, so a stored result is reused only when nothing changed.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from .errors import AttnBenchError, SuiteError, UnknownNameError
+from .registry import BASELINE_NAMES, get_module, is_baseline
+
+MODEL_METRICS = ("params", "flops")
+TIMED_METRICS = ("latency_cpu", "latency_gpu", "train_step_cpu", "train_step_gpu", "memory_gpu")
+METRICS = MODEL_METRICS + TIMED_METRICS
+GPU_METRICS = ("latency_gpu", "train_step_gpu", "memory_gpu")
+LATENCY_KEYS = ("threads", "warmup", "rounds", "min_time", "min_iters", "unstable_threshold", "amp", "channels_last", "compile")
+TOP_KEYS = {
+    "name": "suite name (string)",
+    "description": "free text",
+    "kind": "overhead (default) or accuracy",
+    "backbones": "list of timm model names",
+    "backbone_options": "keyword arguments for timm.create_model",
+    "modules": "list of registry names ('none' = baseline) or {name, module, ...options} mappings",
+    "module_options": "mapping module name -> options",
+    "input_size": "int or [height, width]",
+    "batch_size": "positive int",
+    "metrics": f"subset of {list(METRICS)}",
+    "device": "CUDA device for the *_gpu metrics (default cuda)",
+    "dtype": "float32",
+    "latency": f"mapping with keys {list(LATENCY_KEYS)}",
+    "dataset": "dataset settings (accuracy suites)",
+    "training": "training settings (accuracy suites)",
+    "seeds": "list of ints (accuracy suites)",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A module with its options under a unique label ('se', 'se-r8', 'none')."""
+
+    label: str
+    module: str  # registry name, or 'none'
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str
+    source: str
+    backbones: List[str]
+    variants: List[Variant]
+    metrics: List[str]
+    input_size: Tuple[int, int] = (224, 224)
+    batch_size: int = 1
+    device: str = "cuda"  # used by the *_gpu metrics; everything else runs on the CPU
+    dtype: str = "float32"
+    kind: str = "overhead"
+    description: str = ""
+    backbone_options: Dict[str, Any] = field(default_factory=dict)
+    latency: Dict[str, Any] = field(default_factory=dict)
+    raw: Dict[str, Any] = field(default_factory=dict)  # the whole file, for kind-specific sections
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    backbone: str
+    variant: Variant
+    metric: str
+    position: Tuple[int, int]  # (backbone index, variant index) in the suite, for table order
+    input_size: Tuple[int, int]
+    batch_size: int
+    device: str
+    dtype: str
+    backbone_options: Dict[str, Any] = field(default_factory=dict)
+    latency: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}/{self.variant.label}/{self.metric}"
+
+    def config(self) -> Dict[str, Any]:
+        cfg = {
+            "backbone": self.backbone, "module": self.variant.module, "label": self.variant.label,
+            "options": self.variant.options, "metric": self.metric, "input_size": list(self.input_size),
+            "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype,
+            "backbone_options": self.backbone_options,
+        }
+        if self.metric in TIMED_METRICS:
+            cfg["latency"] = self.latency
+        return cfg
+
+    def key(self, env_fingerprint: Dict[str, Any]) -> str:
+        blob = json.dumps({"cell": self.config(), "env": env_fingerprint}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def suite_dirs() -> List[Path]:
+    """Where suite names are looked up: ./suites first, then the suites shipped with attnbench."""
+    dirs = [Path.cwd() / "suites"]
+    try:
+        dirs.append(Path(str(resources.files("attnbench.suites"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_suites() -> List[str]:
+    return sorted({p.stem for d in suite_dirs() for p in d.glob("*.yaml")})
+
+
+def resolve_suite(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise AttnBenchError(f"suite file {name_or_path} does not exist; give a path or one of {list_suites()}")
+        return path
+    for d in suite_dirs():
+        candidate = d / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise UnknownNameError("suite", name_or_path, list_suites(), "see `attnbench list suites`, or give a path to a .yaml file")
+
+
+def load_suite(name_or_path: str, check_names: bool = True) -> Suite:
+    path = resolve_suite(name_or_path)
+    source = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SuiteError(source, "<file>", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+    return parse_suite(data, source, default_name=path.stem, check_names=check_names)
+
+
+def _need(cond: bool, source: str, fld: str, problem: str) -> None:
+    if not cond:
+        raise SuiteError(source, fld, problem)
+
+
+def _pos_int(value, source, fld) -> int:
+    _need(isinstance(value, int) and not isinstance(value, bool) and value > 0, source, fld, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_suite(data: Any, source: str, default_name: str = "suite", check_names: bool = True) -> Suite:
+    _need(isinstance(data, dict), source, "<file>", "must be a YAML mapping of suite fields")
+    for key in data:
+        if key not in TOP_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(TOP_KEYS)}"
+            raise SuiteError(source, str(key), f"unknown field; {hint}")
+    name = data.get("name", default_name)
+    _need(isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(), source, "name",
+          f"must be a word made of letters, digits, '-' or '_', got {name!r}")
+
+    backbones = data.get("backbones")
+    _need(isinstance(backbones, list) and backbones and all(isinstance(b, str) for b in backbones), source, "backbones",
+          f"must be a non-empty list of timm model names, got {backbones!r}")
+    if check_names:
+        import timm
+
+        for i, b in enumerate(backbones):
+            if not timm.is_model(b):
+                raise SuiteError(source, f"backbones[{i}]", str(UnknownNameError("backbone", b, timm.list_models())))
+
+    module_options = data.get("module_options") or {}
+    _need(isinstance(module_options, dict) and all(isinstance(v, dict) for v in module_options.values()), source,
+          "module_options", "must map a module name to a mapping of options")
+    modules = data.get("modules")
+    _need(isinstance(modules, list) and modules, source, "modules", f"must be a non-empty list, got {modules!r}")
+    variants: List[Variant] = []
+    for i, entry in enumerate(modules):
+        fld = f"modules[{i}]"
+        if isinstance(entry, str):
+            variant = Variant(entry, "none" if is_baseline(entry) else entry, dict(module_options.get(entry, {})))
+        elif isinstance(entry, dict):
+            entry = dict(entry)
+            module = entry.pop("module", None) or entry.get("name")
+            label = entry.pop("name", None) or module
+            _need(isinstance(module, str) and isinstance(label, str), source, fld, "a mapping needs 'module' (registry name) and optionally 'name' (label)")
+            variant = Variant(label, "none" if is_baseline(module) else module, entry)
+        else:
+            raise SuiteError(source, fld, f"must be a module name or a mapping, got {entry!r}")
+        if check_names and not is_baseline(variant.module):
+            try:
+                get_module(variant.module)
+            except UnknownNameError as exc:
+                raise SuiteError(source, fld, str(exc))
+        _need(variant.label not in [v.label for v in variants], source, fld, f"duplicate module label {variant.label!r}; give it a 'name'")
+        variants.append(variant)
+    for mod in module_options:
+        _need(mod in [v.label for v in variants] or mod in BASELINE_NAMES, source, f"module_options.{mod}", "names no module of this suite")
+
+    size = data.get("input_size", 224)
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    _need(isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size), source,
+          "input_size", f"must be an int or [height, width], got {data.get('input_size')!r}")
+    batch = _pos_int(data.get("batch_size", 1), source, "batch_size")
+
+    kind = data.get("kind", "overhead")
+    _need(kind in ("overhead", "accuracy"), source, "kind", f"must be 'overhead' or 'accuracy', got {kind!r}")
+    metrics = data.get("metrics", ["params", "flops"] if kind == "overhead" else [])
+    _need(isinstance(metrics, list) and all(isinstance(m, str) for m in metrics), source, "metrics", f"must be a list from {list(METRICS)}")
+    for i, m in enumerate(metrics):
+        if m not in METRICS:
+            raise SuiteError(source, f"metrics[{i}]", str(UnknownNameError("metric", m, METRICS, f"known: {', '.join(METRICS)}")))
+    _need(kind == "accuracy" or metrics, source, "metrics", "must name at least one metric")
+
+    latency = data.get("latency") or {}
+    _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_KEYS)}")
+    for key in latency:
+        _need(key in LATENCY_KEYS, source, f"latency.{key}", f"unknown setting; known: {', '.join(LATENCY_KEYS)}")
+    device = data.get("device", "cuda")
+    _need(isinstance(device, str) and device.startswith("cuda"), source, "device", f"must be 'cuda' or 'cuda:N', got {device!r}")
+    dtype = data.get("dtype", "float32")
+    _need(dtype == "float32", source, "dtype", "only float32 weights are supported; use latency.amp for fp16/bf16 autocast")
+    backbone_options = data.get("backbone_options") or {}
+    _need(isinstance(backbone_options, dict), source, "backbone_options", "must be a mapping of timm.create_model keywords")
+    return Suite(
+        name=name, source=source, backbones=list(backbones), variants=variants, metrics=list(metrics),
+        input_size=(size[0], size[1]), batch_size=batch, device=device, dtype=dtype, kind=kind,
+        description=str(data.get("description", "")), backbone_options=dict(backbone_options),
+        latency=dict(latency), raw=data,
+    )
+
+
+def plan(suite: Suite) -> List[Cell]:
+    """The grid, metric-major within each backbone so cheap counts come before timings."""
+    cells = []
+    for bi, backbone in enumerate(suite.backbones):
+        for metric in suite.metrics:
+            for vi, variant in enumerate(suite.variants):
+                device = suite.device if metric in GPU_METRICS else "cpu"
+                cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), suite.input_size, suite.batch_size,
+                                  device, suite.dtype, suite.backbone_options, suite.latency))
+    return cells
