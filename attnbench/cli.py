@@ -109,6 +109,43 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
+def _parse_option(text: str):
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        _fail(f"option {text!r} is not KEY=VALUE; write e.g. --option reduction=8")
+    return key, yaml.safe_load(value)
+
+
+@app.command()
+def measure(
+    backbone: str = typer.Argument(..., help="timm model name"),
+    module: str = typer.Argument("none", help="registry name, or none"),
+    input_size: int = typer.Option(224, "--input-size", help="square input resolution"),
+    option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
+):
+    """Parameters and FLOPs of one backbone/module pair, straight to the terminal."""
+    import torch
+
+    from .attach import attention_parameters, build
+    from .measures.flops import count_flops
+    from .measures.params import count_params
+    from .registry import is_baseline
+
+    options = dict(_parse_option(o) for o in option)
+    model = build(backbone, None if is_baseline(module) else module, **options)
+    fc = count_flops(model, torch.randn(1, 3, input_size, input_size))
+    where = model.attnbench_attachment
+    lines = [
+        f"{backbone} + {module} ({where.placement}, {len(where.sites)} sites), input {input_size}x{input_size}",
+        f"params {count_params(model):,} (attention {attention_parameters(model):,})",
+        f"FLOPs {fc.total:,} = fvcore {fc.fvcore:,} + element-wise {fc.elementwise:,} (attention {fc.attention:,})",
+        f"unhandled operators: {fc.unhandled or 'none'}",
+    ]
+    out_console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
 def _records_from(path: Path):
     from .store import Store
 
@@ -150,7 +187,8 @@ def compare(a: Path = typer.Argument(..., help="first result store"), b: Path = 
 def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except AttnBenchError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -190,7 +190,9 @@ def run_suite(
     t0 = time.time()
     out = Path(out_dir)
     store = Store(out / f"{suite.name}.jsonl")
-    if not resume:
+    if resume:
+        store.repair()
+    else:
         store.reset()
     cells = plan(suite)
     keys = cell_keys(cells)

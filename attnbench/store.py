@@ -44,6 +44,15 @@ class Store:
     def done_keys(self) -> set:
         return {r["key"] for r in self.latest() if r.get("status") in ("ok", "skipped")}
 
+    def repair(self) -> None:
+        """Cut a torn last line (a kill -9 mid-write) so the next append starts on a fresh line."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as f:
+            data = f.read()
+            if not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, sort_keys=True, default=str) + "\n"

@@ -1,0 +1,1 @@
+"""Example attnbench plugin: modules with the plain ``Module(channels)`` constructor."""

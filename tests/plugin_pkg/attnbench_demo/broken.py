@@ -1,0 +1,1 @@
+raise ImportError("attnbench_demo.broken is broken on purpose")

@@ -1,0 +1,96 @@
+"""The command line: runs, tables, exit codes, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from attnbench.cli import main
+
+SMALL = """
+name: small
+backbones: [resnet18]
+modules: [none, se, cbam, nonlocal]
+input_size: 64
+metrics: [params, flops, latency_cpu, latency_gpu]
+latency: {threads: 1, warmup: 1, rounds: 2, min_time: 0.01, min_iters: 2}
+"""
+
+
+def cli(args, capsys):
+    """Run the real entry point in-process; returns (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["attnbench", *args]
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return info.value.code or 0, out.out, out.err
+
+
+def test_list_modules(capsys):
+    code, out, _ = cli(["list", "modules"], capsys)
+    assert code == 0 and {"se", "cbam", "nonlocal"} <= set(out.split())
+
+
+def test_run_writes_table_records_and_csv(tmp_path, capsys):
+    suite = tmp_path / "small.yaml"
+    suite.write_text(SMALL)
+    code, out, err = cli(["run", "--suite", str(suite), "--out", str(tmp_path / "res")], capsys)
+    assert code == 0, err
+    md = (tmp_path / "res" / "small.md").read_text()
+    assert out.strip().endswith(md.strip().splitlines()[-1])
+    rows = [ln for ln in md.splitlines() if ln.startswith("| resnet18")]
+    assert [r.split(" | ")[1] for r in rows] == ["none", "se", "cbam", "nonlocal"]
+    assert "| resnet18 | se | 11.779 | +89,080 | +0.76% |" in md
+    assert "threads 1" in md and "torch " in md and "timm " in md
+    records = [json.loads(l) for l in (tmp_path / "res" / "small.jsonl").read_text().splitlines()]
+    assert len(records) == 16
+    assert {r["status"] for r in records if r["metric"] == "latency_gpu"} == ({"ok"} if _cuda() else {"skipped"})
+    lat = [r for r in records if r["metric"] == "latency_cpu"]
+    assert all(r["measurement"]["stats"]["runs"] >= 4 and r["measurement"]["unit"] == "ms" for r in lat)
+    assert all(r["env"]["threads"] == 1 for r in lat)
+    assert (tmp_path / "res" / "small.csv").read_text().count("\n") == 17
+
+    # the table is a pure function of the store
+    before = md
+    (tmp_path / "res" / "small.md").unlink()
+    code, out, _ = cli(["report", str(tmp_path / "res" / "small.jsonl")], capsys)
+    assert code == 0 and (tmp_path / "res" / "small.md").read_text() == before
+
+
+def _cuda():
+    import torch
+    return torch.cuda.is_available()
+
+
+def run_cli_subprocess(*args, cwd=None):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "attnbench.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_unknown_module_exits_2_with_one_line(tmp_path):
+    p = run_cli_subprocess("measure", "resnet18", "sse")
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: unknown module 'sse'; did you mean 'se'? (see `attnbench list modules`)"
+
+
+def test_unknown_backbone_and_suite_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbones: [resnet5]\nmodules: [se]\n")
+    p = run_cli_subprocess("run", "--suite", str(bad), "--out", str(tmp_path))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    line = p.stderr.strip()
+    assert "\n" not in line and line.startswith(f"error: {bad}: field 'backbones[0]': unknown backbone 'resnet5'; did you mean")
+    assert "'resnet50'" in line
+
+
+def test_measure_one_combination(capsys):
+    code, out, _ = cli(["measure", "resnet50", "se", "--input-size", "224"], capsys)
+    assert code == 0
+    assert "params 28,088,024 (attention 2,530,992)" in out
+    assert "FLOPs 4,141,013,168 = fvcore 4,114,027,520 + element-wise 26,985,648 (attention 13,569,712)" in out
+    assert "unhandled operators: none" in out
