@@ -217,3 +217,17 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
 def attention_parameters(model: nn.Module) -> int:
     """Parameters that live inside attached attention modules."""
     return sum(p.numel() for m in model.modules() if isinstance(m, AttentionSlot) for p in m.parameters())
+
+
+def adapt_stem(model: nn.Module, kernel_size: int = 3, stride: int = 1, maxpool: bool = False) -> nn.Module:
+    """Small-input stem for timm ResNets (CIFAR-style): one kxk conv, optional max-pool.
+
+    ImageNet's 7x7/2 conv + 3x3/2 max-pool would shrink a 28x28 image to 7x7 before res2.
+    """
+    conv = getattr(model, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise ModuleDoesNotFit(f"small-input stem needs a timm ResNet (conv1 + maxpool), not {type(model).__name__}; drop training.stem")
+    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+    if not maxpool:
+        model.maxpool = nn.Identity()
+    return model

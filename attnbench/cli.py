@@ -59,23 +59,23 @@ def run(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"),
     workers: int = typer.Option(2, "--workers", help="LocalCluster workers when no --scheduler"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"),
+    download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
 ):
     """Run a suite, store every cell as it finishes, write and print the table."""
     from .runner import run_suite
     from .suite import load_suite, plan
 
     s = load_suite(suite)
-    if s.kind == "accuracy":
-        from .accuracy import run_accuracy_suite as runner_fn
-    else:
-        runner_fn = run_suite
+    if data_root or download:
+        s.dataset.update({k: v for k, v in (("root", data_root), ("download", download)) if v})
     ex = None
     if executor == "dask":
         from .executors import dask_executor
         ex = dask_executor(scheduler=scheduler, n_workers=workers, local_directory=out / "dask-scratch")
     elif executor != "local":
         _fail(f"unknown executor {executor!r}; use --executor local or --executor dask")
-    total = len(plan(s)) if s.kind == "overhead" else None
+    total = len(plan(s))
     counts = {"done": 0, "failed": 0, "skipped": 0}
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -95,7 +95,7 @@ def run(
                 counts["done" if r["status"] == "ok" else r["status"]] += 1
             progress.update(bar, advance=len(records), counts=fmt_counts())
 
-        result = runner_fn(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done)
+        result = run_suite(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done)
     if not quiet:
         out_console.print(result.paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
     err_console.print(

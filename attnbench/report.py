@@ -106,7 +106,7 @@ def render_markdown(records: Sequence[dict], title: Optional[str] = None) -> str
     """One table per suite: a row per (backbone, module), Δ against that backbone's 'none' row."""
     if not records:
         return f"# {title or 'attnbench'}\n\nNo records.\n"
-    records = sorted(records, key=lambda r: (r["position"][0], r["position"][1], r["metric"]))
+    records = sorted(records, key=lambda r: (r["position"][0], r["position"][1], r["metric"], r["config"].get("seed") or 0))
     metrics = [m for m in COLUMNS if any(r["metric"] == m for r in records)]
     rows: Dict[Tuple[str, str], Dict[str, dict]] = {}
     for r in records:
@@ -141,7 +141,7 @@ def render_markdown(records: Sequence[dict], title: Optional[str] = None) -> str
 
 def flat_records(records: Sequence[dict]) -> pd.DataFrame:
     rows = []
-    for r in sorted(records, key=lambda r: (r["position"][0], r["position"][1], r["metric"])):
+    for r in sorted(records, key=lambda r: (r["position"][0], r["position"][1], r["metric"], r["config"].get("seed") or 0)):
         m = r.get("measurement") or {}
         row = {k: r.get(k) for k in ("suite", "backbone", "label", "module", "metric", "status", "key")}
         row.update({"value": m.get("value"), "unit": m.get("unit"), "method": m.get("method")})
@@ -155,12 +155,23 @@ def flat_records(records: Sequence[dict]) -> pd.DataFrame:
 
 
 def write_outputs(records: Sequence[dict], out_dir: Path | str, name: str) -> Dict[str, Path]:
+    """<name>.md and .csv (and, for accuracy suites, a Pareto .png joined with OUT/overhead.jsonl)."""
+    from .store import Store
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, csv = out / f"{name}.md", out / f"{name}.csv"
-    md.write_text(render_markdown(records, name))
+    paths = {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
+    if any(r["metric"] == "accuracy" for r in records):
+        overhead = Store(out / "overhead.jsonl").latest()
+        md.write_text(render_accuracy(records, overhead, name))
+        png = pareto_plot(records, overhead, out / f"{name}.png")
+        if png:
+            paths["plot"] = png
+    else:
+        md.write_text(render_markdown(records, name))
     flat_records(records).to_csv(csv, index=False)
-    return {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
+    return paths
 
 
 def render_compare(a: Sequence[dict], b: Sequence[dict], name_a: str = "A", name_b: str = "B") -> str:
@@ -179,3 +190,109 @@ def render_compare(a: Sequence[dict], b: Sequence[dict], name_a: str = "A", name
         delta = _pct(vb, va) if va is not None and vb is not None else DASH
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {unit} | {fa} | {fb} | {delta} |")
     return "\n".join(lines) + "\n"
+
+
+# --- accuracy suites -------------------------------------------------------------------
+
+def accuracy_rows(records: Sequence[dict], overhead: Sequence[dict] = ()) -> List[dict]:
+    """One row per (backbone, module): mean and std over seeds, joined with overhead latency."""
+    import statistics
+
+    records = sorted((r for r in records if r["metric"] == "accuracy"), key=lambda r: (r["position"], r["config"]["seed"]))
+    latency = {(r["backbone"], r["label"]): r for r in overhead if r["metric"] == "latency_cpu" and r["status"] == "ok"}
+    groups: Dict[Tuple[str, str], List[dict]] = {}
+    for r in records:
+        groups.setdefault((r["backbone"], r["label"]), []).append(r)
+    rows = []
+    for (backbone, label), recs in groups.items():
+        ok = [r["measurement"]["stats"] for r in recs if r["status"] == "ok"]
+        row = {"backbone": backbone, "label": label, "module": recs[0]["module"], "seeds": len(recs), "ok": len(ok),
+               "failed": [r for r in recs if r["status"] == "failed"]}
+
+        def mean_std(key):
+            vals = [s[key] for s in ok if key in s]
+            if not vals:
+                return None, None
+            return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+        for key in ("top1", "top5", "final_train_loss", "train_images_per_s", "params"):
+            row[key], row[key + "_std"] = mean_std(key)
+        lat = latency.get((backbone, label))
+        row["latency_ms"] = lat["measurement"]["value"] if lat else None
+        rows.append(row)
+    base = {r["backbone"]: r for r in rows if r["module"] == "none"}
+    for r in rows:
+        b = base.get(r["backbone"])
+        r["base"] = b if b is not None and b is not r else None
+    return rows
+
+
+def render_accuracy(records: Sequence[dict], overhead: Sequence[dict] = (), title: Optional[str] = None) -> str:
+    rows = accuracy_rows(records, overhead)
+    acc = [r for r in records if r["metric"] == "accuracy"]
+    first = acc[0]["config"]
+    ds, tr = first["dataset"], first["training"]
+    lines = [f"# {title or acc[0]['suite']}", "", environment_line(acc),
+             f"Training: {ds['name']} (train subset {ds.get('train_subset') or 'all'}, test {ds.get('test_subset') or 'all'}), "
+             f"{tr.get('epochs', 1)} epoch(s), batch {tr.get('batch_size', 128)}, {tr.get('optimizer', 'sgd')} lr {tr.get('lr', 0.1)} "
+             f"cosine, stem {tr.get('stem')}; mean ± std over seeds.",
+             "Δlatency: CPU latency from the overhead suite's records in the same folder (224x224, batch 1), when present.", "",
+             "| backbone | module | seeds | top-1 % | Δtop-1 (pp) | top-5 % | final train loss | train img/s | params (M) | Δparams % | Δlatency % |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        b = r["base"]
+        seeds = f"{r['ok']}/{r['seeds']}" if r["ok"] != r["seeds"] else str(r["seeds"])
+        if r["top1"] is None:
+            cells = [seeds, f"failed ({r['failed'][0]['error']['type']})"] + [DASH] * 7
+        else:
+            cells = [
+                seeds, f"{r['top1']:.2f} ± {r['top1_std']:.2f}",
+                f"{r['top1'] - b['top1']:+.2f}" if b and b["top1"] is not None else DASH,
+                f"{r['top5']:.2f}" if r["top5"] is not None else DASH,
+                f"{r['final_train_loss']:.4f}", f"{r['train_images_per_s']:.0f}", f"{r['params'] / 1e6:.3f}",
+                _pct(r["params"], b["params"]) if b and b["params"] else DASH,
+                _pct(r["latency_ms"], b["latency_ms"]) if b and r["latency_ms"] and b["latency_ms"] else DASH,
+            ]
+        lines.append(f"| {r['backbone']} | {r['label']} | " + " | ".join(cells) + " |")
+    notes = [f"failed {r['backbone']}/{r['label']}/seed {r['config']['seed']}: {r['error']['type']}: {r['error']['message']}"
+             for r in acc if r["status"] == "failed"]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(records: Sequence[dict], overhead: Sequence[dict], path: Path) -> Optional[Path]:
+    """Top-1 vs CPU latency (when overhead records exist) and vs parameters; Pareto fronts drawn."""
+    rows = [r for r in accuracy_rows(records, overhead) if r["top1"] is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("params", "parameters (M)", 1e-6)]
+    if any(r["latency_ms"] for r in rows):
+        panels.insert(0, ("latency_ms", "CPU latency, ms (overhead suite, 224x224, batch 1)", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (key, label, scale) in zip(axes[0], panels):
+        pts = [(r[key] * scale, r["top1"], r["top1_std"], f"{r['backbone']}/{r['label']}") for r in rows if r[key]]
+        for x, y, e, name in pts:
+            ax.errorbar(x, y, yerr=e, fmt="o", capsize=3)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front, best = [], -math.inf
+        for x, y, _, _ in sorted(pts):
+            if y > best:
+                front.append((x, y))
+                best = y
+        if len(front) > 1:
+            ax.plot(*zip(*front), "--", color="grey", lw=1, label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 % (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{records[0]['suite']}: accuracy vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

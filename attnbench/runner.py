@@ -22,7 +22,7 @@ from .measures.latency import LatencySettings, measure_latency, measure_peak_mem
 from .measures.params import measure_params
 from .registry import is_baseline
 from .store import Store
-from .suite import GPU_METRICS, MODEL_METRICS, Cell, Suite, plan
+from .suite import ACCURACY, GPU_METRICS, MODEL_METRICS, Cell, Suite, plan
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,13 @@ class Task:
 
     @property
     def exclusive(self) -> bool:
-        """Timings must not share a machine with other timings."""
+        """Timings (and training, which reports images/s) must not share a machine with other timings."""
         return self.cells[0].metric not in MODEL_METRICS
+
+    @property
+    def grouped(self) -> bool:
+        """Latency-style cells of one backbone, measured together in interleaved rounds."""
+        return self.cells[0].metric not in MODEL_METRICS + (ACCURACY,)
 
     @property
     def name(self) -> str:
@@ -69,7 +74,7 @@ def error_info(exc: BaseException) -> Dict[str, str]:
 
 
 def cell_threads(cell: Cell) -> int:
-    return int(cell.latency.get("threads") or torch.get_num_threads())
+    return int(cell.latency.get("threads") or cell.training.get("threads") or torch.get_num_threads())
 
 
 def make_record(cell: Cell, key: str, status: str, started: float, measurement=None, error=None, model=None, note: str = "") -> dict:
@@ -103,11 +108,16 @@ def _no_gpu(cell: Cell) -> bool:
 
 def execute(task: Task) -> List[dict]:
     """Measure a task's cells; every cell yields exactly one record, whatever happens."""
-    if task.exclusive:
+    if task.grouped:
         return _execute_timed(task)
     cell, key = task.cells[0], task.keys[0]
     started, model = time.time(), None
     try:
+        if cell.metric == ACCURACY:
+            from .train import train_cell
+
+            m = train_cell(cell.backbone, cell.variant.module, cell.variant.options, cell.dataset, cell.training, cell.seed)
+            return [make_record(cell, key, "ok", started, m)]
         model = build_cell_model(cell)
         if cell.metric == "params":
             m = measure_params(model)
@@ -158,7 +168,7 @@ def make_tasks(cells: List[Cell], keys: List[str]) -> List[Task]:
     """Counts are one task per cell; timings of one backbone and metric form one interleaved group."""
     tasks, groups = [], {}
     for cell, key in zip(cells, keys):
-        if cell.metric in MODEL_METRICS:
+        if cell.metric in MODEL_METRICS + (ACCURACY,):
             tasks.append(Task((cell,), (key,)))
         else:
             group = groups.get((cell.backbone, cell.metric))

@@ -21,6 +21,7 @@ from .registry import BASELINE_NAMES, get_module, is_baseline
 MODEL_METRICS = ("params", "flops")
 TIMED_METRICS = ("latency_cpu", "latency_gpu", "train_step_cpu", "train_step_gpu", "memory_gpu")
 METRICS = MODEL_METRICS + TIMED_METRICS
+ACCURACY = "accuracy"  # the metric of accuracy suites: one cell per (backbone, module, seed)
 GPU_METRICS = ("latency_gpu", "train_step_gpu", "memory_gpu")
 LATENCY_KEYS = ("threads", "warmup", "rounds", "min_time", "min_iters", "unstable_threshold", "amp", "channels_last", "compile")
 TOP_KEYS = {
@@ -50,6 +51,7 @@ class Variant:
     label: str
     module: str  # registry name, or 'none'
     options: Dict[str, Any] = field(default_factory=dict)
+    training: Dict[str, Any] = field(default_factory=dict)  # accuracy suites: overrides of the suite's training
 
 
 @dataclass
@@ -67,7 +69,9 @@ class Suite:
     description: str = ""
     backbone_options: Dict[str, Any] = field(default_factory=dict)
     latency: Dict[str, Any] = field(default_factory=dict)
-    raw: Dict[str, Any] = field(default_factory=dict)  # the whole file, for kind-specific sections
+    dataset: Dict[str, Any] = field(default_factory=dict)
+    training: Dict[str, Any] = field(default_factory=dict)
+    seeds: List[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,14 @@ class Cell:
     dtype: str
     backbone_options: Dict[str, Any] = field(default_factory=dict)
     latency: Dict[str, Any] = field(default_factory=dict)
+    seed: Optional[int] = None
+    dataset: Dict[str, Any] = field(default_factory=dict)
+    training: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}/{self.variant.label}/{self.metric}"
+        seed = f"/seed{self.seed}" if self.seed is not None else ""
+        return f"{self.backbone}/{self.variant.label}/{self.metric}{seed}"
 
     def config(self) -> Dict[str, Any]:
         cfg = {
@@ -97,6 +105,8 @@ class Cell:
         }
         if self.metric in TIMED_METRICS:
             cfg["latency"] = self.latency
+        if self.metric == ACCURACY:
+            cfg.update(seed=self.seed, dataset=self.dataset, training=self.training)
         return cfg
 
     def key(self, env_fingerprint: Dict[str, Any]) -> str:
@@ -164,6 +174,8 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     _need(isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(), source, "name",
           f"must be a word made of letters, digits, '-' or '_', got {name!r}")
 
+    kind = data.get("kind", "overhead")
+    _need(kind in ("overhead", "accuracy"), source, "kind", f"must be 'overhead' or 'accuracy', got {kind!r}")
     backbones = data.get("backbones")
     _need(isinstance(backbones, list) and backbones and all(isinstance(b, str) for b in backbones), source, "backbones",
           f"must be a non-empty list of timm model names, got {backbones!r}")
@@ -189,7 +201,10 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
             module = entry.pop("module", None) or entry.get("name")
             label = entry.pop("name", None) or module
             _need(isinstance(module, str) and isinstance(label, str), source, fld, "a mapping needs 'module' (registry name) and optionally 'name' (label)")
-            variant = Variant(label, "none" if is_baseline(module) else module, entry)
+            override = entry.pop("training", {})
+            _need(isinstance(override, dict) and (not override or kind == "accuracy"), source, f"{fld}.training",
+                  "a per-module training override is a mapping, in accuracy suites only")
+            variant = Variant(label, "none" if is_baseline(module) else module, entry, dict(override))
         else:
             raise SuiteError(source, fld, f"must be a module name or a mapping, got {entry!r}")
         if check_names and not is_baseline(variant.module):
@@ -209,14 +224,15 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
           "input_size", f"must be an int or [height, width], got {data.get('input_size')!r}")
     batch = _pos_int(data.get("batch_size", 1), source, "batch_size")
 
-    kind = data.get("kind", "overhead")
-    _need(kind in ("overhead", "accuracy"), source, "kind", f"must be 'overhead' or 'accuracy', got {kind!r}")
+    dataset, training, seeds = _accuracy_sections(data, source, kind, check_names, variants)
     metrics = data.get("metrics", ["params", "flops"] if kind == "overhead" else [])
     _need(isinstance(metrics, list) and all(isinstance(m, str) for m in metrics), source, "metrics", f"must be a list from {list(METRICS)}")
     for i, m in enumerate(metrics):
         if m not in METRICS:
             raise SuiteError(source, f"metrics[{i}]", str(UnknownNameError("metric", m, METRICS, f"known: {', '.join(METRICS)}")))
     _need(kind == "accuracy" or metrics, source, "metrics", "must name at least one metric")
+    _need(kind == "overhead" or not metrics, source, "metrics", "an accuracy suite measures accuracy only; "
+          "put params/FLOPs/latency in an overhead suite (its latency is joined into the accuracy table)")
 
     latency = data.get("latency") or {}
     _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_KEYS)}")
@@ -232,13 +248,60 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
         name=name, source=source, backbones=list(backbones), variants=variants, metrics=list(metrics),
         input_size=(size[0], size[1]), batch_size=batch, device=device, dtype=dtype, kind=kind,
         description=str(data.get("description", "")), backbone_options=dict(backbone_options),
-        latency=dict(latency), raw=data,
+        latency=dict(latency), dataset=dataset, training=training, seeds=seeds,
     )
+
+
+def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names: bool, variants: List[Variant]):
+    """dataset / training / seeds: required for accuracy suites, refused elsewhere."""
+    from .train import DATASET_KEYS, TRAINING_KEYS
+
+    if kind != "accuracy":
+        for key in ("dataset", "training", "seeds"):
+            _need(key not in data, source, key, "only accuracy suites train; add 'kind: accuracy' or drop it")
+        return {}, {}, []
+    dataset = data.get("dataset")
+    if isinstance(dataset, str):
+        dataset = {"name": dataset}
+    _need(isinstance(dataset, dict) and isinstance(dataset.get("name"), str), source, "dataset",
+          "must be a dataset name or a mapping with 'name' (see `attnbench list datasets`)")
+    for key in dataset:
+        _need(key in DATASET_KEYS, source, f"dataset.{key}", f"unknown setting; known: {', '.join(DATASET_KEYS)}")
+    for key in ("train_subset", "test_subset"):
+        if dataset.get(key) is not None:
+            _pos_int(dataset[key], source, f"dataset.{key}")
+    if check_names:
+        from .registry import DATASETS
+
+        if dataset["name"] not in DATASETS.names():
+            raise SuiteError(source, "dataset.name", str(UnknownNameError("dataset", dataset["name"], DATASETS.names())))
+    training = data.get("training") or {}
+    _need(isinstance(training, dict), source, "training", f"must be a mapping with keys {list(TRAINING_KEYS)}")
+    for key in training:
+        _need(key in TRAINING_KEYS, source, f"training.{key}", f"unknown setting; known: {', '.join(TRAINING_KEYS)}")
+    for i, v in enumerate(variants):
+        for key in v.training:
+            _need(key in TRAINING_KEYS, source, f"modules[{i}].training.{key}", f"unknown setting; known: {', '.join(TRAINING_KEYS)}")
+    for key in ("epochs", "batch_size"):
+        if key in training:
+            _pos_int(training[key], source, f"training.{key}")
+    seeds = data.get("seeds", [0])
+    _need(isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds) and len(set(seeds)) == len(seeds),
+          source, "seeds", f"must be a non-empty list of distinct integers, got {seeds!r}")
+    return dict(dataset), dict(training), list(seeds)
 
 
 def plan(suite: Suite) -> List[Cell]:
     """The grid, metric-major within each backbone so cheap counts come before timings."""
     cells = []
+    if suite.kind == ACCURACY:
+        for bi, backbone in enumerate(suite.backbones):
+            for vi, variant in enumerate(suite.variants):
+                for seed in suite.seeds:
+                    cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
+                                      "cpu", suite.dtype, suite.backbone_options, {}, seed, suite.dataset,
+                                      {**suite.training, **variant.training}))
+        return cells
     for bi, backbone in enumerate(suite.backbones):
         for metric in suite.metrics:
             for vi, variant in enumerate(suite.variants):
