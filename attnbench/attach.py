@@ -29,8 +29,16 @@ PLACEMENTS = ("block", "stage")
 ATTACH_OPTIONS = ("placement", "stages", "blocks")
 # Names the Non-Local paper's users expect; mapped onto the generic stage options.
 ALIASES = {"nonlocal_stages": "stages", "nonlocal_blocks": "blocks"}
-# timm families whose blocks take an attention layer per block, and the hook they use.
-BLOCK_HOOKS = {"resnet": "block_args.attn_layer"}
+# timm families whose blocks take an attention layer per block, and the hook used:
+# ResNet/ResNeXt through timm's own constructor argument; the others by replacing the block
+# attribute where the family calls its SE/attention layer (native SE is replaced, Identity filled).
+BLOCK_HOOKS = {
+    "resnet": "block_args.attn_layer",
+    "efficientnet": "se",  # EfficientNet, MobileNetV2, MixNet, ... (_efficientnet_blocks)
+    "mobilenetv3": "se",
+    "regnet": "se",
+    "byobnet": "attn_last",  # after the last conv + norm, before the residual add
+}
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,11 @@ class Attachment:
     placement: str
     sites: List[str] = field(default_factory=list)
     stages: Optional[List[int]] = None
+    replaced: int = 0  # sites where the family's own attention (e.g. MobileNetV3's SE) was replaced
 
     def as_dict(self) -> dict:
-        return {"module": self.module, "placement": self.placement, "sites": len(self.sites), "stages": self.stages}
+        return {"module": self.module, "placement": self.placement, "sites": len(self.sites), "stages": self.stages,
+                "replaced": self.replaced}
 
 
 class AttentionSlot(nn.Module):
@@ -136,10 +146,50 @@ def _stage_entries(model: nn.Module) -> List[dict]:
     return entries
 
 
+def default_stages(factory: Callable, n: int) -> List[int]:
+    """A factory's ``default_stages``: "penultimate" (Non-Local's res4; the default), "all_but_last" (BAM), "all"."""
+    rule = getattr(factory, "default_stages", "penultimate")
+    if rule == "all_but_last":
+        return list(range(1, max(2, n)))
+    if rule == "all":
+        return list(range(1, n + 1))
+    return [max(1, n - 1)]
+
+
+def _attach_at_block_sites(model: nn.Module, attr: str, make: Callable, in_chans: int) -> int:
+    """Replace ``block.<attr>`` in every block that calls it, with channels seen in a dry run.
+
+    Returns how many replaced modules were not ``nn.Identity`` (the family's own attention)."""
+    owners = [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, attr, None), nn.Module)
+              and not isinstance(m, AttentionSlot)]
+    channels: Dict[str, int] = {}
+
+    def record(name):
+        def hook(module, args):
+            channels.setdefault(name, args[0].shape[1])  # returns None: the input is left alone
+        return hook
+
+    hooks = [getattr(m, attr).register_forward_pre_hook(record(n)) for n, m in owners]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_chans, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    replaced = 0
+    for name, owner in owners:
+        if name in channels:
+            replaced += not isinstance(getattr(owner, attr), nn.Identity)
+            setattr(owner, attr, make(channels[name]))
+    return replaced
+
+
 def _insert_after_stages(model, name, factory, options, stages, blocks) -> List[int]:
     entries = _stage_entries(model)
     n = len(entries)
-    chosen = list(stages) if stages is not None else [max(1, n - 1)]
+    chosen = list(stages) if stages is not None else default_stages(factory, n)
     for s in chosen:
         if not isinstance(s, int) or not 1 <= s <= n:
             raise ModuleDoesNotFit(f"stage {s!r} does not exist: this backbone has stages 1..{n}; fix 'stages'")
@@ -193,7 +243,11 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
         raise AttnBenchError(f"placement {placement!r} for module {attention!r} is not one of {PLACEMENTS}")
     check_module_options(attention, factory, module_options)
 
-    stages = None
+    stages, replaced = None, 0
+    fallback = placement == "block" and family not in BLOCK_HOOKS and "placement" not in attach
+    if fallback:  # no per-block hook in this family: after every stage output instead
+        placement = "stage"
+        attach.setdefault("stages", list(range(1, len(_stage_entries(timm.create_model(backbone, **kwargs))) + 1)))
     if placement == "block":
         if family not in BLOCK_HOOKS:
             raise ModuleDoesNotFit(
@@ -202,15 +256,20 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
             )
         if "stages" in attach or "blocks" in attach:
             raise AttnBenchError(f"'stages'/'blocks' apply to placement: stage, not to module {attention!r} per block")
-        block_args = dict(kwargs.pop("block_args", {}) or {})
-        block_args["attn_layer"] = _slot_factory(attention, factory, module_options)
-        model = timm.create_model(backbone, block_args=block_args, **kwargs)
+        make = _slot_factory(attention, factory, module_options)
+        if family == "resnet":
+            block_args = dict(kwargs.pop("block_args", {}) or {})
+            block_args["attn_layer"] = make
+            model = timm.create_model(backbone, block_args=block_args, **kwargs)
+        else:
+            model = timm.create_model(backbone, **kwargs)
+            replaced = _attach_at_block_sites(model, BLOCK_HOOKS[family], make, kwargs.get("in_chans", 3))
     else:
         model = timm.create_model(backbone, **kwargs)
         stages = _insert_after_stages(model, attention, factory, module_options, attach.get("stages"), attach.get("blocks"))
 
     sites = [n for n, m in model.named_modules() if isinstance(m, AttentionSlot)]
-    model.attnbench_attachment = Attachment(attention, placement, sites, stages)
+    model.attnbench_attachment = Attachment(attention, placement, sites, stages, replaced)
     return model
 
 

@@ -146,6 +146,19 @@ def measure(
     out_console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for validate.md")):
+    """Published figures (SENet, CBAM, ECA, ...) beside the harness's own numbers."""
+    from .validate import render_validate, validate as run_validate
+
+    rows = run_validate()
+    text = render_validate(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validate.md").write_text(text)
+    out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if any(r["status"] == "MISMATCH" for r in rows) else 0)
+
+
 def _records_from(path: Path):
     from .store import Store
 

@@ -102,8 +102,36 @@ def _settings_line(records: Sequence[dict]) -> str:
     return "Settings: " + ", ".join(out) + "."
 
 
+def where(cells: Dict[str, dict]) -> str:
+    """Where the module sits, from any record of the row: 'block x16', 'stages 1,2,3', ..."""
+    attach = next((c["attachment"] for c in cells.values() if c.get("attachment")), None)
+    if not attach:
+        return DASH
+    if attach["placement"] == "none":
+        return "—"
+    if attach["placement"] == "stage":
+        text = f"stage{'s' if len(attach['stages'] or []) > 1 else ''} {','.join(map(str, attach['stages'] or []))}"
+        return text if attach["sites"] == len(attach["stages"] or []) else f"{text} (x{attach['sites']})"
+    replaced = f", replaces {attach['replaced']} native" if attach.get("replaced") else ""
+    return f"block x{attach['sites']}{replaced}"
+
+
+def _table(rows: Dict[Tuple[str, str], Dict[str, dict]], metrics: List[str]) -> List[str]:
+    baselines = {b: cells for (b, _), cells in rows.items() if any(c["module"] == "none" for c in cells.values())}
+    header = ["backbone", "module", "where"] + [h for m in metrics for h, _ in COLUMNS[m]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    for (backbone, label), cells in rows.items():
+        base = baselines.get(backbone, {})
+        vals = [backbone, label, where(cells)]
+        for m in metrics:
+            vals += [_cell(kind, m, cells.get(m), base.get(m)) for _, kind in COLUMNS[m]]
+        lines.append("| " + " | ".join(vals) + " |")
+    return lines
+
+
 def render_markdown(records: Sequence[dict], title: Optional[str] = None) -> str:
-    """One table per suite: a row per (backbone, module), Δ against that backbone's 'none' row."""
+    """A row per (backbone, module), Δ against that backbone's 'none' row; one table per
+    backbone when there are three or more backbones, else one table."""
     if not records:
         return f"# {title or 'attnbench'}\n\nNo records.\n"
     records = sorted(records, key=lambda r: (r["position"][0], r["position"][1], r["metric"], r["config"].get("seed") or 0))
@@ -111,19 +139,16 @@ def render_markdown(records: Sequence[dict], title: Optional[str] = None) -> str
     rows: Dict[Tuple[str, str], Dict[str, dict]] = {}
     for r in records:
         rows.setdefault((r["backbone"], r["label"]), {})[r["metric"]] = r
-    baselines = {b: cells for (b, _), cells in rows.items() if any(c["module"] == "none" for c in cells.values())}
-    header = ["backbone", "module"] + [h for m in metrics for h, _ in COLUMNS[m]]
     lines = [f"# {title or records[0]['suite']}", "", environment_line(records), _settings_line(records),
              "FLOPs: one multiply-add = one FLOP; total = fvcore's count + element-wise/reduction ops "
-             "(1 per output / input element); 'fvcore GFLOPs' is fvcore alone.", "",
-             "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
-    for (backbone, label), cells in rows.items():
-        base = baselines.get(backbone, {})
-        vals = [backbone, label]
-        for m in metrics:
-            vals += [_cell(kind, m, cells.get(m), base.get(m)) for _, kind in COLUMNS[m]]
-        lines.append("| " + " | ".join(vals) + " |")
+             "(1 per output / input element); 'fvcore GFLOPs' is fvcore alone.", ""]
+    backbones = list(dict.fromkeys(b for b, _ in rows))
+    if len(backbones) >= 3:
+        for b in backbones:
+            lines += [f"## {b}", ""] + _table({k: v for k, v in rows.items() if k[0] == b}, metrics) + [""]
+        lines.pop()
+    else:
+        lines += _table(rows, metrics)
     notes = []
     if any((r.get("measurement") or {}).get("stats", {}).get("unstable") for r in records):
         notes.append(f"{UNSTABLE} IQR above 10% of the median: unstable timing, rerun on a quieter machine.")

@@ -67,7 +67,13 @@ class RunResult:
 def error_info(exc: BaseException) -> Dict[str, str]:
     """Type and one line of message; out-of-memory gets a fix."""
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    msg = (lines[0] if lines else repr(exc))[:300]
+    msg = (lines[0] if lines else f"{type(exc).__name__} with no message")[:300]
+    if not lines and exc.__traceback__ is not None:  # a bare assert: say where it fired
+        import traceback
+
+        frames = traceback.extract_tb(exc.__traceback__)
+        frame = next((f for f in reversed(frames) if "/torch/" not in f.filename), frames[-1])
+        msg += f" at {'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in msg.lower():
         return {"type": "OutOfMemoryError", "message": f"{msg}; lower batch_size or input_size"}
     return {"type": type(exc).__name__, "message": msg}

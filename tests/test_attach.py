@@ -120,7 +120,10 @@ def test_bad_options_and_placements():
     with pytest.raises(ModuleDoesNotFit, match="stage 9 does not exist: this backbone has stages 1..4"):
         build("resnet18", "nonlocal", stages=[9])
     with pytest.raises(ModuleDoesNotFit, match="per-block placement.*use placement: stage"):
-        build("convnext_nano", "se")
-    # ...and the suggested fix works on a family without a per-block hook
-    m = build("convnext_nano", "se", placement="stage", stages=[1, 2, 3, 4])
-    assert m.attnbench_attachment.sites == ["stages.0.attn", "stages.1.attn", "stages.2.attn", "stages.3.attn"]
+        build("convnext_nano", "se", placement="block")
+    # without an explicit placement, a family with no per-block hook gets the module after every stage
+    m = build("convnext_nano", "se")
+    a = m.attnbench_attachment
+    assert a.placement == "stage" and a.stages == [1, 2, 3, 4]
+    assert a.sites == ["stages.0.attn", "stages.1.attn", "stages.2.attn", "stages.3.attn"]
+    assert attention_parameters(m) == sum(2 * c * (c // 16) + c // 16 + c for c in (80, 160, 320, 640))

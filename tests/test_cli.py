@@ -45,7 +45,8 @@ def test_run_writes_table_records_and_csv(tmp_path, capsys):
     assert out.strip().endswith(md.strip().splitlines()[-1])
     rows = [ln for ln in md.splitlines() if ln.startswith("| resnet18")]
     assert [r.split(" | ")[1] for r in rows] == ["none", "se", "cbam", "nonlocal"]
-    assert "| resnet18 | se | 11.779 | +89,080 | +0.76% |" in md
+    assert "| resnet18 | se | block x8 | 11.779 | +89,080 | +0.76% |" in md
+    assert "| resnet18 | nonlocal | stage 3 | 11.822 | +132,224 |" in md
     assert "threads 1" in md and "torch " in md and "timm " in md
     records = [json.loads(l) for l in (tmp_path / "res" / "small.jsonl").read_text().splitlines()]
     assert len(records) == 16
@@ -75,7 +76,7 @@ def run_cli_subprocess(*args, cwd=None):
 def test_unknown_module_exits_2_with_one_line(tmp_path):
     p = run_cli_subprocess("measure", "resnet18", "sse")
     assert p.returncode == 2
-    assert p.stderr.strip() == "error: unknown module 'sse'; did you mean 'se'? (see `attnbench list modules`)"
+    assert p.stderr.strip() == "error: unknown module 'sse'; did you mean 'se', 'sge', 'ese'? (see `attnbench list modules`)"
 
 
 def test_unknown_backbone_and_suite_exit_2(tmp_path):

@@ -38,7 +38,7 @@ def test_plugin_in_a_suite_and_a_crashing_forward_fails_alone(with_plugin, tmp_p
     assert set(status.values()) == {"ok"}  # params of demo_explode, and every other cell
     assert result.failed == 2 and result.exit_code == 1
     md = (tmp_path / "plug.md").read_text()
-    assert "| resnet18 | demo_gate | 11.691 | +1,920 |" in md
+    assert "| resnet18 | demo_gate | block x8 | 11.691 | +1,920 |" in md
     assert "failed demo_explode" not in md and "- failed resnet18/demo_explode/flops: RuntimeError: demo_explode: forward raised on purpose" in md
 
 

@@ -1,0 +1,44 @@
+"""ECA (Wang et al., CVPR 2020): GAP, 1-D conv of size k across channels (no bias), sigmoid, scale.
+
+k adapts to C: t = int(|log2(C) + b| / gamma), k = t if t is odd else t + 1 (gamma=2, b=1, the
+official code); ``kernel_size`` fixes k instead. Parameters: k.
+``EcaMlp`` is timm's ``ecam`` experiment (not in the paper): 1x1 conv 1->C/8 (bias), ReLU,
+k-conv C/8->1 (bias) over the channel axis.
+"""
+import math
+
+from torch import nn
+
+
+def adaptive_kernel(channels: int, gamma: float = 2, b: float = 1) -> int:
+    t = int(abs(math.log2(channels) + b) / gamma)
+    return t if t % 2 else t + 1
+
+
+class ECA(nn.Module):
+    placement = "block"
+
+    def __init__(self, channels: int, kernel_size: int = 0, gamma: float = 2, b: float = 1):
+        super().__init__()
+        k = kernel_size or adaptive_kernel(channels, gamma, b)
+        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3))[:, None, :])  # N, 1, C
+        return x * y.sigmoid()[:, 0, :, None, None]
+
+
+class EcaMlp(nn.Module):
+    placement = "block"
+
+    def __init__(self, channels: int, kernel_size: int = 0, hidden: int = 0, gamma: float = 2, b: float = 1):
+        super().__init__()
+        k = kernel_size or max(3, adaptive_kernel(channels, gamma, b))
+        hidden = hidden or max(8, int(channels / 8 + 4) // 8 * 8)  # timm's make_divisible(C/8, 8)
+        self.conv = nn.Conv1d(1, hidden, 1)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv1d(hidden, 1, k, padding=k // 2)
+
+    def forward(self, x):
+        y = self.conv2(self.act(self.conv(x.mean((2, 3))[:, None, :])))
+        return x * y.sigmoid()[:, 0, :, None, None]

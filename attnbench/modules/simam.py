@@ -1,0 +1,20 @@
+"""SimAM (Yang et al., ICML 2021): parameter-free, energy-based 3-D attention, lambda=1e-4.
+
+e_inv = (x - mu)^2 / (4 * (sum((x - mu)^2) / (H*W - 1) + lambda)) + 0.5 per channel;
+out = x * sigmoid(e_inv). Parameters: 0.
+"""
+from torch import nn
+
+
+class SimAM(nn.Module):
+    placement = "block"
+
+    def __init__(self, channels: int = 0, lam: float = 1e-4):
+        super().__init__()
+        self.lam = lam
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3] - 1
+        d = (x - x.mean((2, 3), keepdim=True)).pow(2)
+        e_inv = d / (4 * (d.sum((2, 3), keepdim=True) / n + self.lam)) + 0.5
+        return x * e_inv.sigmoid()
