@@ -58,6 +58,7 @@ def run(
     executor: str = typer.Option("local", "--executor", help="local or dask"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"),
     workers: int = typer.Option(2, "--workers", help="LocalCluster workers when no --scheduler"),
+    slot: str = typer.Option("lock", "--slot", help="dask: how timings get a node to themselves: lock or resource"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"),
     download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
@@ -72,7 +73,7 @@ def run(
     ex = None
     if executor == "dask":
         from .executors import dask_executor
-        ex = dask_executor(scheduler=scheduler, n_workers=workers, local_directory=out / "dask-scratch")
+        ex = dask_executor(scheduler=scheduler, n_workers=workers, local_directory=out / "dask-scratch", slot=slot)
     elif executor != "local":
         _fail(f"unknown executor {executor!r}; use --executor local or --executor dask")
     total = len(plan(s))

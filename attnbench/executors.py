@@ -14,10 +14,13 @@ import socket
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
+import time
+
 from .errors import AttnBenchError
-from .runner import Task, execute
+from .runner import Task, error_info, execute, make_record
 
 NO_WORKERS_TIMEOUT = "120s"  # a task no worker can take fails instead of waiting forever
+SLOT_RESOURCE = "latency_slot"
 
 
 def timing_lock_name(host: Optional[str] = None) -> str:
@@ -34,8 +37,25 @@ def run_task_on_worker(task: Task) -> List[dict]:
         return execute(task)
 
 
-def dask_executor(scheduler: Optional[str] = None, n_workers: int = 2, local_directory: Path | str = "results/dask-scratch"):
-    """An executor for ``run_suite``: ``tasks -> iterator of (task, records)`` as they complete."""
+def failed_records(task: Task, exc: BaseException, hint: str = "") -> List[dict]:
+    """A task that never ran to completion (no worker could take it, the worker died): one failed record per cell."""
+    err = error_info(exc)
+    if hint:
+        err["message"] = f"{err['message']}; {hint}"
+    now = time.time()
+    return [make_record(c, k, "failed", now, error=err) for c, k in zip(task.cells, task.keys)]
+
+
+def dask_executor(scheduler: Optional[str] = None, n_workers: int = 2, local_directory: Path | str = "results/dask-scratch",
+                  slot: str = "lock", no_workers_timeout: str = NO_WORKERS_TIMEOUT):
+    """An executor for ``run_suite``: ``tasks -> iterator of (task, records)`` as they complete.
+
+    ``slot="lock"`` (default) serialises timings per hostname with a distributed.Lock and works on
+    any cluster; ``slot="resource"`` asks for the worker resource ``latency_slot=1`` instead (start
+    exactly one worker per node with ``--resources latency_slot=1``). A request no worker can
+    satisfy fails after ``no_workers_timeout`` and is stored as failed cells."""
+    if slot not in ("lock", "resource"):
+        raise AttnBenchError(f"slot {slot!r} is not 'lock' or 'resource'")
     try:
         import dask
         from distributed import Client, LocalCluster, as_completed
@@ -49,7 +69,7 @@ def dask_executor(scheduler: Optional[str] = None, n_workers: int = 2, local_dir
         scratch.mkdir(parents=True, exist_ok=True)
         os.environ["DASK_TEMPORARY_DIRECTORY"] = str(scratch)  # workers spill and lock here, not in /tmp
         with dask.config.set({"temporary-directory": str(scratch),
-                              "distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT}):
+                              "distributed.scheduler.no-workers-timeout": no_workers_timeout}):
             cluster = None
             try:
                 if scheduler:
@@ -63,11 +83,20 @@ def dask_executor(scheduler: Optional[str] = None, n_workers: int = 2, local_dir
             futures = {}
             try:
                 for task in tasks:
-                    fut = client.submit(run_task_on_worker, task, pure=False, priority=0 if task.exclusive else 10,
-                                        key=f"attnbench-{task.keys[0]}")
+                    use_resource = task.exclusive and slot == "resource"
+                    fut = client.submit(execute if use_resource else run_task_on_worker, task, pure=False,
+                                        priority=0 if task.exclusive else 10, key=f"attnbench-{task.keys[0]}",
+                                        resources={SLOT_RESOURCE: 1} if use_resource else None)
                     futures[fut] = task
                 for fut in as_completed(list(futures)):
-                    yield futures[fut], fut.result()
+                    task = futures[fut]
+                    try:
+                        records = fut.result()
+                    except Exception as exc:  # no worker with the resource, a killed worker, ...
+                        hint = (f"start one worker per node with --resources {SLOT_RESOURCE}=1"
+                                if task.exclusive and slot == "resource" else "see the Dask worker logs")
+                        records = failed_records(task, exc, hint)
+                    yield task, records
             finally:
                 for fut in futures:
                     fut.cancel()

@@ -114,3 +114,10 @@ def test_accuracy_suites_validate():
                      "training": {"epoch": 1}}, "x.yaml")
     with pytest.raises(AttnBenchError, match="field 'dataset.name': unknown dataset 'digit'; did you mean 'digits'"):
         parse_suite({"kind": "accuracy", "backbones": ["resnet18"], "modules": ["se"], "dataset": "digit"}, "x.yaml")
+
+
+def test_cifar_without_files_says_how_to_get_them(tmp_path):
+    from attnbench.data import cifar10
+
+    with pytest.raises(AttnBenchError, match=r"CIFAR10 not found in .*--data-root.*--download"):
+        cifar10(root=str(tmp_path))

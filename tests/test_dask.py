@@ -35,3 +35,16 @@ def test_local_cluster_matches_in_process_and_serialises_timings(tmp_path):
     assert len(spans) == 2
     assert spans[0][1] <= spans[1][0], f"two timing groups overlapped: {spans}"
     assert len({r["pid"] for r in dist.records}) >= 1 and all(r["pid"] != local.records[0]["pid"] for r in dist.records)
+
+
+def test_impossible_resource_request_fails_fast_as_failed_cells(tmp_path):
+    suite = parse_suite(dict(SUITE, backbones=["resnet18"], modules=["none", "se"]), "fan.yaml")
+    ex = dask_executor(n_workers=1, local_directory=tmp_path / "scratch", slot="resource", no_workers_timeout="2s")
+    result = run_suite(suite, tmp_path, executor=ex)
+    by_metric = {}
+    for r in result.records:
+        by_metric.setdefault(r["metric"], set()).add(r["status"])
+    assert by_metric == {"params": {"ok"}, "flops": {"ok"}, "latency_cpu": {"failed"}}
+    err = next(r["error"] for r in result.records if r["status"] == "failed")
+    assert "--resources latency_slot=1" in err["message"]
+    assert result.exit_code == 1
