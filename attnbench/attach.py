@@ -189,7 +189,10 @@ def _attach_at_block_sites(model: nn.Module, attr: str, make: Callable, in_chans
 def _insert_after_stages(model, name, factory, options, stages, blocks) -> List[int]:
     entries = _stage_entries(model)
     n = len(entries)
-    chosen = list(stages) if stages is not None else default_stages(factory, n)
+    if stages == "all":
+        chosen = list(range(1, n + 1))
+    else:
+        chosen = list(stages) if stages is not None else default_stages(factory, n)
     for s in chosen:
         if not isinstance(s, int) or not 1 <= s <= n:
             raise ModuleDoesNotFit(f"stage {s!r} does not exist: this backbone has stages 1..{n}; fix 'stages'")
@@ -244,10 +247,9 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
     check_module_options(attention, factory, module_options)
 
     stages, replaced = None, 0
-    fallback = placement == "block" and family not in BLOCK_HOOKS and "placement" not in attach
-    if fallback:  # no per-block hook in this family: after every stage output instead
-        placement = "stage"
-        attach.setdefault("stages", list(range(1, len(_stage_entries(timm.create_model(backbone, **kwargs))) + 1)))
+    if placement == "block" and family not in BLOCK_HOOKS and "placement" not in attach:
+        placement = "stage"  # no per-block hook in this family: after every stage output instead
+        attach.setdefault("stages", "all")
     if placement == "block":
         if family not in BLOCK_HOOKS:
             raise ModuleDoesNotFit(

@@ -86,7 +86,7 @@ def run(
         return f"ok {counts['done']} failed {counts['failed']} skipped {counts['skipped']}"
 
     with progress:
-        bar = progress.add_task(f"{s.name}: planning", total=total, counts=fmt_counts())
+        bar = progress.add_task(f"{s.name}: {'on dask' if ex else 'starting'}", total=total, counts=fmt_counts())
 
         def on_start(task):
             progress.update(bar, description=task.name)

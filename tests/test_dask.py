@@ -48,3 +48,16 @@ def test_impossible_resource_request_fails_fast_as_failed_cells(tmp_path):
     err = next(r["error"] for r in result.records if r["status"] == "failed")
     assert "--resources latency_slot=1" in err["message"]
     assert result.exit_code == 1
+
+
+def test_malloc_trimming_is_relaxed_only_where_dask_set_it():
+    import os
+    import subprocess
+    import sys
+
+    code = "from attnbench.executors import relax_malloc_trimming as r; print(r())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    dask_env = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(env, MALLOC_TRIM_THRESHOLD_="65536"))
+    assert plain.stdout.strip() == "False" and dask_env.stdout.strip() == "True"
