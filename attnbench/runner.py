@@ -25,6 +25,11 @@ from .store import Store
 from .suite import ACCURACY, GPU_METRICS, MODEL_METRICS, Cell, Suite, plan
 
 
+def is_grouped(metric: str) -> bool:
+    """Latency-style metrics: the variants of one backbone are measured together, interleaved."""
+    return metric not in MODEL_METRICS + (ACCURACY,)
+
+
 @dataclass(frozen=True)
 class Task:
     """What one worker does at once: a single count, or one interleaved timing group."""
@@ -39,8 +44,7 @@ class Task:
 
     @property
     def grouped(self) -> bool:
-        """Latency-style cells of one backbone, measured together in interleaved rounds."""
-        return self.cells[0].metric not in MODEL_METRICS + (ACCURACY,)
+        return is_grouped(self.cells[0].metric)
 
     @property
     def name(self) -> str:
@@ -171,19 +175,15 @@ def _execute_timed(task: Task) -> List[dict]:
 
 
 def make_tasks(cells: List[Cell], keys: List[str]) -> List[Task]:
-    """Counts are one task per cell; timings of one backbone and metric form one interleaved group."""
-    tasks, groups = [], {}
+    """Counts and trainings are one task per cell; timings of one backbone and metric form one
+    interleaved group. Tasks keep the order in which their first cell was planned."""
+    groups: Dict[object, Tuple[List[Cell], List[str]]] = {}
     for cell, key in zip(cells, keys):
-        if cell.metric in MODEL_METRICS + (ACCURACY,):
-            tasks.append(Task((cell,), (key,)))
-        else:
-            group = groups.get((cell.backbone, cell.metric))
-            if group is None:
-                group = groups[(cell.backbone, cell.metric)] = ([], [])
-                tasks.append((cell.backbone, cell.metric))
-            group[0].append(cell)
-            group[1].append(key)
-    return [t if isinstance(t, Task) else Task(tuple(groups[t][0]), tuple(groups[t][1])) for t in tasks]
+        group = (cell.backbone, cell.metric) if is_grouped(cell.metric) else key
+        group_cells, group_keys = groups.setdefault(group, ([], []))
+        group_cells.append(cell)
+        group_keys.append(key)
+    return [Task(tuple(c), tuple(k)) for c, k in groups.values()]
 
 
 def cell_keys(cells: List[Cell]) -> List[str]:
