@@ -240,7 +240,7 @@ def accuracy_rows(records: Sequence[dict], overhead: Sequence[dict] = ()) -> Lis
                 return None, None
             return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
-        for key in ("top1", "top5", "final_train_loss", "train_images_per_s", "params"):
+        for key in ("top1", "top5", "final_train_loss", "train_images_per_s", "params", "wall_s"):
             row[key], row[key + "_std"] = mean_std(key)
         lat = latency.get((backbone, label))
         row["latency_ms"] = lat["measurement"]["value"] if lat else None
@@ -262,19 +262,19 @@ def render_accuracy(records: Sequence[dict], overhead: Sequence[dict] = (), titl
              f"{tr.get('epochs', 1)} epoch(s), batch {tr.get('batch_size', 128)}, {tr.get('optimizer', 'sgd')} lr {tr.get('lr', 0.1)} "
              f"cosine, stem {tr.get('stem')}; mean ± std over seeds.",
              "Δlatency: CPU latency from the overhead suite's records in the same folder (224x224, batch 1), when present.", "",
-             "| backbone | module | seeds | top-1 % | Δtop-1 (pp) | top-5 % | final train loss | train img/s | params (M) | Δparams % | Δlatency % |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| backbone | module | seeds | top-1 % | Δtop-1 (pp) | top-5 % | final train loss | train img/s | wall s | params (M) | Δparams % | Δlatency % |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = r["base"]
         seeds = f"{r['ok']}/{r['seeds']}" if r["ok"] != r["seeds"] else str(r["seeds"])
         if r["top1"] is None:
-            cells = [seeds, f"failed ({r['failed'][0]['error']['type']})"] + [DASH] * 7
+            cells = [seeds, f"failed ({r['failed'][0]['error']['type']})"] + [DASH] * 8
         else:
             cells = [
                 seeds, f"{r['top1']:.2f} ± {r['top1_std']:.2f}",
                 f"{r['top1'] - b['top1']:+.2f}" if b and b["top1"] is not None else DASH,
                 f"{r['top5']:.2f}" if r["top5"] is not None else DASH,
-                f"{r['final_train_loss']:.4f}", f"{r['train_images_per_s']:.0f}", f"{r['params'] / 1e6:.3f}",
+                f"{r['final_train_loss']:.4f}", f"{r['train_images_per_s']:.0f}", f"{r['wall_s']:.0f}", f"{r['params'] / 1e6:.3f}",
                 _pct(r["params"], b["params"]) if b and b["params"] else DASH,
                 _pct(r["latency_ms"], b["latency_ms"]) if b and r["latency_ms"] and b["latency_ms"] else DASH,
             ]

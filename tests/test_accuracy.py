@@ -100,7 +100,7 @@ def test_smoke_suite_table_and_plot(tmp_path):
     rows = [ln for ln in md.splitlines() if ln.startswith("| resnet18")]
     assert [r.split(" | ")[1] for r in rows] == ["none", "se", "cbam", "nonlocal"]
     se_row = rows[1].split(" | ")
-    assert se_row[9] == "+0.80%"  # params from the trained model: 11,173,962 -> 11,263,042 (in_chans=1, 10 classes)
+    assert se_row[10] == "+0.80%"  # params from the trained model: 11,173,962 -> 11,263,042 (in_chans=1, 10 classes)
     png = tmp_path / "accuracy-smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -95,3 +95,45 @@ def test_measure_one_combination(capsys):
     assert "params 28,088,024 (attention 2,530,992)" in out
     assert "FLOPs 4,141,013,168 = fvcore 4,114,027,520 + element-wise 26,985,648 (attention 13,569,712)" in out
     assert "unhandled operators: none" in out
+
+
+def test_compare_two_runs(tmp_path, capsys):
+    from attnbench.runner import run_suite
+    from attnbench.suite import parse_suite
+
+    spec = {"name": "cmp", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["params"]}
+    run_suite(parse_suite(spec, "a.yaml"), tmp_path / "a")
+    run_suite(parse_suite(dict(spec, modules=["none", {"name": "se", "module": "se", "reduction": 4}]), "b.yaml"), tmp_path / "b")
+    code, out, _ = cli(["compare", str(tmp_path / "a" / "cmp.jsonl"), str(tmp_path / "b" / "cmp.jsonl")], capsys)
+    assert code == 0
+    assert "| resnet18 | none | params | parameters | 11.690 | 11.690 | +0.00% |" in out
+    # SE at r=4 instead of 16: 2*C*C/4 + C/4 + C per block, against 2*C*C/16 + C/16 + C
+    se16 = sum(2 * c * (c // 16) + c // 16 + c for c in (64, 64, 128, 128, 256, 256, 512, 512))
+    se4 = sum(2 * c * (c // 4) + c // 4 + c for c in (64, 64, 128, 128, 256, 256, 512, 512))
+    pct = (se4 - se16) / (11_689_512 + se16) * 100
+    assert f"| resnet18 | se | params | parameters | 11.779 | {(11_689_512 + se4) / 1e6:.3f} | {pct:+.2f}% |" in out
+
+
+def test_gpu_suite_skips_cleanly_without_cuda(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only path")
+    from attnbench.runner import run_suite
+    from attnbench.suite import load_suite
+
+    suite = load_suite("gpu")
+    suite.metrics = [m for m in suite.metrics if m.endswith("_gpu")]
+    result = run_suite(suite, tmp_path)
+    assert result.exit_code == 0 and result.skipped == 15 and result.ok == 0
+    assert "- skipped latency_gpu, memory_gpu, train_step_gpu: no CUDA device here" in (tmp_path / "gpu.md").read_text()
+
+
+def test_out_of_memory_gets_a_fix():
+    import torch
+
+    from attnbench.runner import error_info
+
+    info = error_info(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert info == {"type": "OutOfMemoryError",
+                    "message": "CUDA out of memory. Tried to allocate 2.00 GiB; lower batch_size or input_size"}
