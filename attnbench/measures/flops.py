@@ -8,7 +8,7 @@ ReLU), which makes SE look ~5x cheaper than it is. We add handlers for those:
 - a windowed pool (max/avg_pool2d): one FLOP per output element per window position
   (equal to the input size for non-overlapping windows);
 - an element-wise op (add, mul, div, sigmoid, ReLU, softmax, ...): one FLOP per *output* element;
-- views and copies (view, expand, permute, cat, ...): free.
+- views, copies, tensor creation and eval-mode dropout (view, expand, permute, cat, pad, eye, ...): free.
 
 The record keeps the fvcore part (equal to fvcore's own total) and the added element-wise
 part apart, and lists every operator still unhandled -- nothing is dropped silently.
@@ -38,6 +38,10 @@ ELEMENTWISE_OPS = [
 ]
 REDUCTION_OPS = ["mean", "sum", "amax", "amin", "max", "min", "var", "std", "adaptive_max_pool2d", "norm", "linalg_vector_norm"]
 WINDOW_OPS = ["max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d"]
+# Views and copies fvcore does not already ignore: free by the convention above.
+FREE_OPS = ["expand_as", "view_as", "reshape_as", "repeat", "clone", "unflatten", "movedim", "pixel_shuffle",
+            "pixel_unshuffle", "channel_shuffle", "contiguous", "alias", "pad", "unfold",
+            "eye", "ones_like", "empty_like", "feature_dropout", "dropout_", "alpha_dropout", "feature_alpha_dropout"]
 
 
 def _numel(value) -> int:
@@ -73,6 +77,7 @@ def extra_handles() -> Dict[str, Any]:
     handles = {f"aten::{op}": _per_output(op) for op in ELEMENTWISE_OPS}
     handles.update({f"aten::{op}": _per_input(op) for op in REDUCTION_OPS})
     handles.update({f"aten::{op}": _per_window(op) for op in WINDOW_OPS})
+    handles.update({f"aten::{op}": None for op in FREE_OPS})  # None = ignored by fvcore
     return handles
 
 
