@@ -50,6 +50,21 @@ def list_cmd(what: What = typer.Argument(..., help="modules, backbones, suites o
         out_console.print(name, markup=False, highlight=False)
 
 
+def subset_suite(s, backbones: List[str], modules: List[str]) -> None:
+    """Keep only the named backbones / module labels of a suite (cells keep their keys, so a later
+    full run with --resume reuses them)."""
+    from .errors import UnknownNameError
+
+    for name in backbones:
+        if name not in s.backbones:
+            raise UnknownNameError("backbone", name, s.backbones, f"this suite has {', '.join(s.backbones)}")
+    labels = [v.label for v in s.variants]
+    for name in modules:
+        if name not in labels:
+            raise UnknownNameError("module", name, labels, f"this suite has {', '.join(labels)}")
+    s.only_backbones, s.only_modules = list(backbones), list(modules)
+
+
 @app.command()
 def run(
     suite: str = typer.Option("overhead", "--suite", "-s", help="suite name from suites/ or a path to a .yaml file"),
@@ -62,12 +77,15 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"),
     download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
+    only_backbone: List[str] = typer.Option([], "--backbone", "-b", help="run only these of the suite's backbones (repeatable)"),
+    only_module: List[str] = typer.Option([], "--module", "-m", help="run only these of the suite's module labels (repeatable)"),
 ):
     """Run a suite, store every cell as it finishes, write and print the table."""
     from .runner import run_suite
     from .suite import load_suite, plan
 
     s = load_suite(suite)
+    subset_suite(s, only_backbone, only_module)
     if data_root or download:
         s.dataset.update({k: v for k, v in (("root", data_root), ("download", download)) if v})
     ex = None

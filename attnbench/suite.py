@@ -72,6 +72,13 @@ class Suite:
     dataset: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
+    # --backbone / --module: run a subset; table positions stay those of the whole suite
+    only_backbones: List[str] = field(default_factory=list)
+    only_modules: List[str] = field(default_factory=list)
+
+    def selected(self, backbone: str, variant: "Variant") -> bool:
+        return (not self.only_backbones or backbone in self.only_backbones) and \
+            (not self.only_modules or variant.label in self.only_modules)
 
 
 @dataclass(frozen=True)
@@ -297,6 +304,8 @@ def plan(suite: Suite) -> List[Cell]:
     if suite.kind == ACCURACY:
         for bi, backbone in enumerate(suite.backbones):
             for vi, variant in enumerate(suite.variants):
+                if not suite.selected(backbone, variant):
+                    continue
                 for seed in suite.seeds:
                     cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
                                       "cpu", suite.dtype, suite.backbone_options, {}, seed, suite.dataset,
@@ -305,6 +314,8 @@ def plan(suite: Suite) -> List[Cell]:
     for bi, backbone in enumerate(suite.backbones):
         for metric in suite.metrics:
             for vi, variant in enumerate(suite.variants):
+                if not suite.selected(backbone, variant):
+                    continue
                 device = suite.device if metric in GPU_METRICS else "cpu"
                 cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), suite.input_size, suite.batch_size,
                                   device, suite.dtype, suite.backbone_options, suite.latency))

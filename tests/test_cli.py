@@ -137,3 +137,18 @@ def test_out_of_memory_gets_a_fix():
     info = error_info(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert info == {"type": "OutOfMemoryError",
                     "message": "CUDA out of memory. Tried to allocate 2.00 GiB; lower batch_size or input_size"}
+
+
+def test_subset_run_then_full_resume_keeps_table_order(tmp_path, capsys):
+    suite = tmp_path / "sub.yaml"
+    suite.write_text("name: sub\nbackbones: [resnet18, resnet34]\nmodules: [none, se, cbam]\ninput_size: 32\nmetrics: [params]\n")
+    out = tmp_path / "res"
+    code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "-b", "resnet34", "-m", "se"], capsys)
+    assert code == 0 and "1 ok" in err
+    code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "--resume"], capsys)
+    assert code == 0 and "5 ok" in err and "1 reused" in err
+    rows = [ln.split(" | ")[:2] for ln in (out / "sub.md").read_text().splitlines() if ln.startswith("| resnet")]
+    assert rows == [["| resnet18", "none"], ["| resnet18", "se"], ["| resnet18", "cbam"],
+                    ["| resnet34", "none"], ["| resnet34", "se"], ["| resnet34", "cbam"]]
+    code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "-m", "eca"], capsys)
+    assert code == 2 and "unknown module 'eca'" in err and "this suite has none, se, cbam" in err
