@@ -77,6 +77,8 @@ CLAIMS: List[Claim] = [
     Claim("SimAM params", "Yang et al., ICML 2021: parameter-free", 0, 1, 0, lambda: _attn_params("resnet50", "simam")),
     Claim("Triplet attention ResNet-50 added params (K)", "Misra et al., WACV 2021: +4.8K", 4.8, 1e3, 1,
           lambda: _attn_params("resnet50", "triplet")),
+    Claim("CoordAtt MobileNetV2 params (M)", "Hou et al., CVPR 2021 (Coordinate Attention), MobileNetV2 + CA", 3.95, 1e6, 2,
+          lambda: _params("mobilenetv2_100", "coord")),
     Claim("SRM-ResNet-50 params (M)", "Lee et al., ICCV 2019 (SRM)", 25.62, 1e6, 2, lambda: _params("resnet50", "srm")),
     Claim("BAM-ResNet-50 params (M)", "Park et al., BMVC 2018 (BAM)", 25.92, 1e6, 2, lambda: _params("resnet50", "bam")),
     Claim("SE block params at C=512, r=16", "the SE tutorial this project started from: 33,792", 33792, 1, 0,
