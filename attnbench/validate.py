@@ -63,6 +63,9 @@ CLAIMS: List[Claim] = [
           "timm's ResNet-50 is v1.5 (stride 2 on the 3x3 conv) and our count adds BN, ReLU, adds and pooling; "
           "the paper's Caffe ResNet-50 strides the first 1x1 conv and counts conv/FC multiply-adds only "
           "(that model's conv+FC count here: 3.858)", _resnet50_v1_conv_fc_flops),
+    Claim("SE-ResNet-50 GFLOPs", "Hu et al. 2018", 3.87, 1e9, 2, lambda: _flops("resnet50", "se").total,
+          "same model difference as ResNet-50's; the v1 model's conv/FC count plus every SE op (pool, FCs, gate, scale) gives 3.87",
+          lambda: _resnet50_v1_conv_fc_flops() + _flops("resnet50", "se").attention),
     Claim("ResNet-101 params (M)", "Woo et al., ECCV 2018 (CBAM), Table 3", 44.55, 1e6, 2, lambda: _params("resnet101")),
     Claim("SE-ResNet-101 params (M)", "Woo et al. 2018, Table 3", 49.33, 1e6, 2, lambda: _params("resnet101", "se")),
     Claim("CBAM-ResNet-50 params (M)", "Woo et al. 2018, Table 3", 28.09, 1e6, 2, lambda: _params("resnet50", "cbam")),
