@@ -146,14 +146,17 @@ def _stage_entries(model: nn.Module) -> List[dict]:
     return entries
 
 
-def default_stages(factory: Callable, n: int) -> List[int]:
-    """A factory's ``default_stages``: "penultimate" (Non-Local's res4; the default), "all_but_last" (BAM), "all"."""
-    rule = getattr(factory, "default_stages", "penultimate")
+def stages_for(rule: str, n: int) -> List[int]:
+    """A stage rule for a backbone with ``n`` stages: "penultimate" (Non-Local's res4; the default
+    when a factory names none), "all_but_last" (BAM), "all" (families without a per-block hook)."""
     if rule == "all_but_last":
         return list(range(1, max(2, n)))
     if rule == "all":
         return list(range(1, n + 1))
-    return [max(1, n - 1)]
+    if rule == "penultimate":
+        return [max(1, n - 1)]
+    raise ModuleDoesNotFit(f"stages {rule!r} is neither a list of stage numbers nor one of "
+                           "'penultimate', 'all_but_last', 'all'; fix 'stages'")
 
 
 def _attach_at_block_sites(model: nn.Module, attr: str, make: Callable, in_chans: int) -> int:
@@ -189,10 +192,9 @@ def _attach_at_block_sites(model: nn.Module, attr: str, make: Callable, in_chans
 def _insert_after_stages(model, name, factory, options, stages, blocks) -> List[int]:
     entries = _stage_entries(model)
     n = len(entries)
-    if stages == "all":
-        chosen = list(range(1, n + 1))
-    else:
-        chosen = list(stages) if stages is not None else default_stages(factory, n)
+    if stages is None:
+        stages = getattr(factory, "default_stages", "penultimate")
+    chosen = stages_for(stages, n) if isinstance(stages, str) else list(stages)
     for s in chosen:
         if not isinstance(s, int) or not 1 <= s <= n:
             raise ModuleDoesNotFit(f"stage {s!r} does not exist: this backbone has stages 1..{n}; fix 'stages'")

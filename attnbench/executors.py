@@ -3,18 +3,17 @@
 Dask (``pip install 'attnbench[dask]'``): counts (params, FLOPs) run freely on any worker;
 timings take an exclusive per-node slot -- a ``distributed.Lock`` keyed by the worker's
 hostname -- so two timings never share a machine, and they start only after every count of
-the run has finished, so counts never share cores with them. Results stream back as they finish and the
-coordinator alone writes the store. Without ``--scheduler`` a LocalCluster of process
+the run has finished, so counts never share cores with them. Results stream back as they
+finish and the coordinator alone writes the store. Without ``--scheduler`` a LocalCluster of process
 workers (one thread each) is started and closed cleanly.
 """
 from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
-
-import time
 
 from .errors import AttnBenchError
 from .runner import Task, error_info, execute, make_record

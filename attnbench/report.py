@@ -29,6 +29,11 @@ ENV_FIELDS = [("torch", "torch"), ("timm", "timm"), ("fvcore", "fvcore"), ("devi
               ("threads", "threads"), ("dtype", "dtype"), ("date", "date")]
 
 
+def record_order(rec: dict) -> tuple:
+    """Suite order: backbone, module variant, metric, seed -- the same for every table and the CSV."""
+    return rec["position"][0], rec["position"][1], rec["metric"], rec["config"].get("seed") or 0
+
+
 def _value(rec: dict) -> Optional[float]:
     m = rec.get("measurement") if rec and rec.get("status") == "ok" else None
     return None if m is None else float(m["value"])
@@ -134,7 +139,7 @@ def render_markdown(records: Sequence[dict], title: Optional[str] = None) -> str
     backbone when there are three or more backbones, else one table."""
     if not records:
         return f"# {title or 'attnbench'}\n\nNo records.\n"
-    records = sorted(records, key=lambda r: (r["position"][0], r["position"][1], r["metric"], r["config"].get("seed") or 0))
+    records = sorted(records, key=record_order)
     metrics = [m for m in COLUMNS if any(r["metric"] == m for r in records)]
     rows: Dict[Tuple[str, str], Dict[str, dict]] = {}
     for r in records:
@@ -166,7 +171,7 @@ def render_markdown(records: Sequence[dict], title: Optional[str] = None) -> str
 
 def flat_records(records: Sequence[dict]) -> pd.DataFrame:
     rows = []
-    for r in sorted(records, key=lambda r: (r["position"][0], r["position"][1], r["metric"], r["config"].get("seed") or 0)):
+    for r in sorted(records, key=record_order):
         m = r.get("measurement") or {}
         row = {k: r.get(k) for k in ("suite", "backbone", "label", "module", "metric", "status", "key")}
         row.update({"value": m.get("value"), "unit": m.get("unit"), "method": m.get("method")})
@@ -223,7 +228,7 @@ def accuracy_rows(records: Sequence[dict], overhead: Sequence[dict] = ()) -> Lis
     """One row per (backbone, module): mean and std over seeds, joined with overhead latency."""
     import statistics
 
-    records = sorted((r for r in records if r["metric"] == "accuracy"), key=lambda r: (r["position"], r["config"]["seed"]))
+    records = sorted((r for r in records if r["metric"] == "accuracy"), key=record_order)
     latency = {(r["backbone"], r["label"]): r for r in overhead if r["metric"] == "latency_cpu" and r["status"] == "ok"}
     groups: Dict[Tuple[str, str], List[dict]] = {}
     for r in records:

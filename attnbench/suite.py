@@ -284,11 +284,10 @@ def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names
             raise SuiteError(source, "dataset.name", str(UnknownNameError("dataset", dataset["name"], DATASETS.names())))
     training = data.get("training") or {}
     _need(isinstance(training, dict), source, "training", f"must be a mapping with keys {list(TRAINING_KEYS)}")
-    for key in training:
-        _need(key in TRAINING_KEYS, source, f"training.{key}", f"unknown setting; known: {', '.join(TRAINING_KEYS)}")
-    for i, v in enumerate(variants):
-        for key in v.training:
-            _need(key in TRAINING_KEYS, source, f"modules[{i}].training.{key}", f"unknown setting; known: {', '.join(TRAINING_KEYS)}")
+    sections = [("training", training)] + [(f"modules[{i}].training", v.training) for i, v in enumerate(variants)]
+    for prefix, section in sections:
+        for key in section:
+            _need(key in TRAINING_KEYS, source, f"{prefix}.{key}", f"unknown setting; known: {', '.join(TRAINING_KEYS)}")
     for key in ("epochs", "batch_size"):
         if key in training:
             _pos_int(training[key], source, f"training.{key}")
