@@ -41,3 +41,16 @@ class ModuleDoesNotFit(AttnBenchError):
 
 class NonFiniteLoss(AttnBenchError):
     """Training produced a NaN/inf loss; the cell is recorded as failed."""
+
+
+class RunAborted(AttnBenchError):
+    """The run as a whole cannot go on (its cluster is gone, its output folder failed): not a cell's fault.
+
+    The runner stops, writes the table from what is stored, and the CLI exits with ``exit_code``;
+    no cell is stored as failed for it. ``--resume`` continues."""
+
+    exit_code = 3
+
+
+class SchedulerLost(RunAborted):
+    """The Dask scheduler went away mid-run."""

@@ -43,6 +43,11 @@ class Task:
         return self.cells[0].metric not in MODEL_METRICS
 
     @property
+    def training(self) -> bool:
+        """Accuracy cells: one training run per cell (may run in parallel, one per worker slot)."""
+        return self.cells[0].metric == ACCURACY
+
+    @property
     def grouped(self) -> bool:
         return is_grouped(self.cells[0].metric)
 

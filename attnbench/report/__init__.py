@@ -1,0 +1,38 @@
+"""Records -> tables, CSV and plots: pure functions of the records they are given.
+
+- ``tables``: the cost tables (markdown), the flat CSV, ``compare``;
+- ``accuracy``: seed statistics and the accuracy table;
+- ``plots``: PNG figures.
+``write_outputs`` is the one place that writes files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence
+
+from .accuracy import accuracy_rows, render_accuracy
+from .plots import pareto_plot
+from .tables import environment_line, flat_records, record_order, render_compare, render_markdown
+
+__all__ = ["accuracy_rows", "environment_line", "flat_records", "pareto_plot", "record_order", "render_accuracy",
+           "render_compare", "render_markdown", "write_outputs"]
+
+
+def write_outputs(records: Sequence[dict], out_dir: Path | str, name: str) -> Dict[str, Path]:
+    """<name>.md and .csv (and, for accuracy suites, a Pareto .png joined with OUT/overhead.jsonl)."""
+    from ..store import Store
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv = out / f"{name}.md", out / f"{name}.csv"
+    paths = {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
+    if any(r["metric"] == "accuracy" for r in records):
+        overhead = Store(out / "overhead.jsonl").latest()
+        md.write_text(render_accuracy(records, overhead, name))
+        png = pareto_plot(records, overhead, out / f"{name}.png")
+        if png:
+            paths["plot"] = png
+    else:
+        md.write_text(render_markdown(records, name))
+    flat_records(records).to_csv(csv, index=False)
+    return paths
