@@ -1,6 +1,7 @@
 """``attnbench`` command line: run suites, list what exists, rebuild and compare tables."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from enum import Enum
@@ -13,9 +14,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from .errors import AttnBenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 out_console = Console()
 err_console = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out_console.print(f"attnbench {__version__}", markup=False, highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="print attnbench's version and exit")):
+    """attnbench: what attention modules cost and buy on timm backbones."""
 
 
 class What(str, Enum):
@@ -72,8 +88,8 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="skip cells already stored in OUT/<suite>.jsonl"),
     executor: str = typer.Option("local", "--executor", help="local or dask"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"),
-    workers: int = typer.Option(2, "--workers", help="LocalCluster workers when no --scheduler"),
-    slot: str = typer.Option("lock", "--slot", help="dask: how timings get a node to themselves: lock or resource"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="dask: LocalCluster workers when no --scheduler (default 2)"),
+    slot: Optional[str] = typer.Option(None, "--slot", help="dask: how timings get a node to themselves: lock (default) or resource"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"),
     download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
@@ -91,17 +107,17 @@ def run(
     ex = None
     if executor == "dask":
         from .executors import dask_executor
-        ex = dask_executor(scheduler=scheduler, n_workers=workers, local_directory=out / "dask-scratch", slot=slot)
+        ex = dask_executor(scheduler=scheduler, n_workers=workers or 2, local_directory=out / "dask-scratch", slot=slot or "lock")
     elif executor != "local":
         _fail(f"unknown executor {executor!r}; use --executor local or --executor dask")
     total = len(plan(s))
-    counts = {"done": 0, "failed": 0, "skipped": 0}
+    counts = {"done": 0, "failed": 0, "skipped": 0, "unsupported": 0}
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         console=err_console, disable=quiet, transient=True)
 
     def fmt_counts():
-        return f"ok {counts['done']} failed {counts['failed']} skipped {counts['skipped']}"
+        return " ".join(f"{'ok' if k == 'done' else k} {v}" for k, v in counts.items() if v or k != "unsupported")
 
     with progress:
         bar = progress.add_task(f"{s.name}: {'on dask' if ex else 'starting'}", total=total, counts=fmt_counts())
@@ -114,18 +130,30 @@ def run(
                 counts["done" if r["status"] == "ok" else r["status"]] += 1
             progress.update(bar, advance=len(records), counts=fmt_counts())
 
-        result = run_suite(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done)
-    if not quiet:
-        out_console.print(result.paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
+        # Whatever the run prints (a plugin's print, a library's chatter) goes to stderr: stdout is the table's.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_suite(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done)
+    _summarise(s.name, result, quiet)
+    if result.aborted is not None:
+        raise result.aborted
+    raise typer.Exit(result.exit_code)
+
+
+def _summarise(name: str, result, quiet: bool) -> None:
+    md = result.paths.get("markdown")
+    if not quiet and md is not None and md.is_file():
+        out_console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)
+    written = ", ".join(str(p) for k, p in result.paths.items() if k != "plot")
+    unsupported = f", {result.unsupported} unsupported" if result.unsupported else ""
     err_console.print(
-        f"{s.name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped, {result.reused} reused "
-        f"in {result.wall_s:.1f} s -> {result.paths['markdown']}, {result.paths['records']}, {result.paths['csv']}",
-        markup=False, highlight=False)
+        f"{name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped{unsupported}, {result.reused} reused "
+        f"in {result.wall_s:.1f} s -> {written}", markup=False, highlight=False)
+    for what in result.unwritten:
+        err_console.print(f"not written: {what}; `attnbench report {result.paths['records']}` rebuilds it", markup=False)
     if result.interrupted:
         err_console.print("interrupted: finished cells are stored; rerun with --resume to continue", markup=False)
     elif result.failed:
         err_console.print(f"{result.failed} cell(s) failed; see the table's notes", markup=False)
-    raise typer.Exit(result.exit_code)
 
 
 def _parse_option(text: str):
@@ -216,11 +244,53 @@ def compare(a: Path = typer.Argument(..., help="first result store"), b: Path = 
     out_console.print(render_compare(ra, rb, str(pa), str(pb)), markup=False, highlight=False, soft_wrap=True)
 
 
-def main() -> None:
+def _usage_error_types() -> tuple:
+    """Click's exception classes, in every copy that may be loaded: typer >= 0.26 vendors its own
+    click (``typer._click``), whose exceptions are not ``click.ClickException``s."""
+    import importlib
+
+    found = []
+    for name in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        found += [getattr(mod, cls) for cls in ("ClickException", "Abort") if hasattr(mod, cls)]
+    return tuple(found)
+
+
+def _report_usage_error(exc: BaseException) -> int:
+    """One line naming the problem, then the usage and the help hint; never a traceback."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # bare `attnbench` / `attnbench list`
+        err_console.print(ctx.get_help(), markup=False, highlight=False, soft_wrap=True)
+        return 2
+    if type(exc).__name__ == "Abort":
+        err_console.print("aborted", markup=False)
+        return 130
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    if ctx is not None:
+        err_console.print(ctx.get_usage(), markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"Try '{ctx.command_path} --help' for help.", markup=False, highlight=False)
+    else:
+        err_console.print("Try 'attnbench --help' for help.", markup=False, highlight=False)
+    code = getattr(exc, "exit_code", 2)
+    return 2 if code in (None, 0, 1) and ctx is not None else (code or 1)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """The console script: every user error exits 2 with one line, an aborted run 3, Ctrl-C 130."""
+    from .errors import RunAborted
+
     warnings.filterwarnings("ignore", category=FutureWarning)
+    usage_errors = _usage_error_types()
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, prog_name="attnbench", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
+    except RunAborted as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except AttnBenchError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -229,11 +299,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # click usage errors come through here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+    except usage_errors as exc:
+        sys.exit(_report_usage_error(exc))
+    except Exception as exc:
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):  # the vendored click's Exit
             sys.exit(exc.exit_code)
         raise
 

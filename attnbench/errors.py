@@ -54,3 +54,16 @@ class RunAborted(AttnBenchError):
 
 class SchedulerLost(RunAborted):
     """The Dask scheduler went away mid-run."""
+
+
+class Unsupported(AttnBenchError):
+    """A module that cannot run on a backbone for a known upstream reason (stated in the message).
+
+    Stored as status ``unsupported`` and counted apart from failures; raise it only for a reason that is
+    known and checked, never to hide a crash."""
+
+
+class OutputError(RunAborted):
+    """The result store or a table could not be written mid-run (disk full, folder gone)."""
+
+    exit_code = 1

@@ -7,9 +7,11 @@ so there is one discovery path. ``register`` adds names in-process (notebooks, t
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from importlib.metadata import entry_points
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import UnknownNameError
 
@@ -25,38 +27,67 @@ class PluginWarning(UserWarning):
 
 
 class Registry:
-    """One entry-point group, loaded once per process; broken entries warn once and are skipped."""
+    """One entry-point group, loaded once per process; broken entries warn once and are skipped.
 
-    def __init__(self, group: str, kind: str):
-        self.group, self.kind = group, kind
+    Names are never taken over silently: attnbench's own entries keep their names; a plugin whose
+    name collides with a built-in, or two plugins with one name, are listed under the qualified
+    name ``<package>:<name>`` with one warning naming both packages. A plugin's import is contained:
+    whatever it raises (``SystemExit`` included) becomes a warning, and what it prints goes to stderr,
+    never into a table on stdout. ``provider(name)`` says which package (and version) a name came from.
+    """
+
+    def __init__(self, group: str, kind: str, owner: str = "attnbench"):
+        self.group, self.kind, self.owner = group, kind, owner
         self._loaded: Optional[Dict[str, Callable]] = None
         self._local: Dict[str, Callable] = {}
+        self._providers: Dict[str, Tuple[str, str]] = {}
         self.broken: Dict[str, str] = {}
+
+    def _warn(self, message: str) -> None:
+        warnings.warn(f"attnbench: {message}", PluginWarning, stacklevel=4)
 
     def _load(self) -> Dict[str, Callable]:
         if self._loaded is None:
-            found: Dict[str, Callable] = {}
-            for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
-                if ep.name in found:
+            claims: Dict[str, List] = {}
+            seen = set()
+            for ep in sorted(entry_points(group=self.group), key=lambda e: (e.name, _dist_name(e))):
+                if (ep.name, ep.value, _dist_name(ep)) in seen:
                     continue  # the same package seen twice on sys.path (editable + site)
-                try:
-                    found[ep.name] = ep.load()
-                except Exception as exc:  # any failure in a plugin's import must not break the others
-                    dist = getattr(getattr(ep, "dist", None), "name", "?")
-                    msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    self.broken[ep.name] = msg
-                    warnings.warn(
-                        f"attnbench: skipped {self.kind} plugin {ep.name!r} ({ep.value}, package {dist}): "
-                        f"{msg}; fix or uninstall that package",
-                        PluginWarning,
-                        stacklevel=3,
-                    )
+                seen.add((ep.name, ep.value, _dist_name(ep)))
+                claims.setdefault(ep.name, []).append(ep)
+            found: Dict[str, Callable] = {}
+            for name, eps in claims.items():
+                own = [e for e in eps if _dist_name(e) == self.owner]
+                winner = own[0] if own else (eps[0] if len(eps) == 1 else None)
+                for ep in eps:
+                    public = name if ep is winner else f"{_dist_name(ep)}:{name}"
+                    if ep is not winner:
+                        others = ", ".join(sorted({_dist_name(e) for e in eps if e is not ep}))
+                        self._warn(f"{self.kind} name {name!r} of package {_dist_name(ep)} is also registered by {others}; "
+                                   f"it is listed as {public!r} (rename the entry point to avoid this)")
+                    factory = self._load_one(ep, public)
+                    if factory is not None:
+                        found[public] = factory
+                        self._providers[public] = (_dist_name(ep), _dist_version(ep))
             self._loaded = found
         return self._loaded
+
+    def _load_one(self, ep, public: str) -> Optional[Callable]:
+        """Import one entry point; any failure (SystemExit too) is a warning, prints go to stderr."""
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return ep.load()
+        except (Exception, SystemExit) as exc:  # a plugin must not take the others (or the CLI) down
+            msg = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0][:300]
+            self.broken[public] = msg
+            self._warn(f"skipped {self.kind} plugin {public!r} ({ep.value}, package {_dist_name(ep)}): "
+                       f"{msg}; fix or uninstall that package")
+            return None
 
     def reload(self) -> None:
         """Forget what was discovered (after installing a plugin in-process)."""
         self._loaded = None
+        self._providers = {}
         self.broken = {}
 
     def names(self) -> List[str]:
@@ -70,7 +101,22 @@ class Registry:
             return table[name]
         if name in self.broken:
             raise UnknownNameError(self.kind, name, [], f"its plugin failed to import: {self.broken[name]}")
+        qualified = sorted(n for n in table if n.endswith(f":{name}") and not n.startswith("timm:"))
+        if qualified:
+            raise UnknownNameError(self.kind, name, qualified, f"registered by several packages: name one of {', '.join(qualified)}")
         raise UnknownNameError(self.kind, name, self.names(), f"see `attnbench list {self.kind}s`")
+
+    def provider(self, name: str) -> Tuple[str, str]:
+        """(package, version) that registered ``name``; in-process registrations are ``("<in-process>", "")``."""
+        if name in self._local:
+            return ("<in-process>", "")
+        self._load()
+        return self._providers.get(name, ("?", ""))
+
+    def plugin_packages(self) -> Dict[str, str]:
+        """Every third-party package that registered an entry here: name -> version."""
+        self._load()
+        return {d: v for d, v in sorted(set(self._providers.values())) if d != self.owner}
 
     def register(self, name: str, factory: Callable, override: bool = False) -> Callable:
         existing = self._local.get(name) or self._load().get(name)
@@ -81,6 +127,16 @@ class Registry:
 
     def unregister(self, name: str) -> None:
         self._local.pop(name, None)
+
+
+def _dist_name(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return getattr(dist, "name", None) or "?"
+
+
+def _dist_version(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return getattr(dist, "version", None) or ""
 
 
 MODULES = Registry(MODULE_GROUP, "module")

@@ -17,11 +17,13 @@ import torch
 
 from .attach import build
 from .env import environment, fingerprint
+from .errors import OutputError, RunAborted, Unsupported
+from .guard import CellTimeout, check_finite, deadline, is_out_of_memory
 from .measures.flops import measure_flops
 from .measures.latency import LatencySettings, measure_latency, measure_peak_memory
 from .measures.params import measure_params
 from .registry import is_baseline
-from .store import Store
+from .store import FolderLock, Store, check_output_dir
 from .suite import ACCURACY, GPU_METRICS, MODEL_METRICS, Cell, Suite, plan
 
 
@@ -36,6 +38,13 @@ class Task:
 
     cells: Tuple[Cell, ...]
     keys: Tuple[str, ...]
+    checkpoint_dir: Optional[str] = None  # training cells checkpoint here every epoch (OUT/checkpoints)
+
+    def train_kwargs(self) -> Dict[str, object]:
+        """What a training cell needs beyond its config: where to checkpoint (and resume from)."""
+        if not self.training or self.checkpoint_dir is None:
+            return {}
+        return {"checkpoint_path": Path(self.checkpoint_dir) / f"{self.keys[0]}.pt"}
 
     @property
     def exclusive(self) -> bool:
@@ -63,18 +72,25 @@ class RunResult:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    unsupported: int = 0  # known upstream limits, counted apart from failures
     reused: int = 0
     interrupted: bool = False
+    aborted: Optional[RunAborted] = None  # the run as a whole stopped (scheduler lost, disk full)
     wall_s: float = 0.0
     paths: Dict[str, Path] = field(default_factory=dict)
+    unwritten: List[str] = field(default_factory=list)  # outputs that could not be written
 
     @property
     def exit_code(self) -> int:
-        return 130 if self.interrupted else (1 if self.failed else 0)
+        if self.interrupted:
+            return 130
+        if self.aborted is not None:
+            return self.aborted.exit_code
+        return 1 if self.failed or self.unwritten else 0
 
 
 def error_info(exc: BaseException) -> Dict[str, str]:
-    """Type and one line of message; out-of-memory gets a fix."""
+    """Type and one line of message; out-of-memory, timeouts and NaN outputs get their own names and a fix."""
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     msg = (lines[0] if lines else f"{type(exc).__name__} with no message")[:300]
     if not lines and exc.__traceback__ is not None:  # a bare assert: say where it fired
@@ -83,9 +99,18 @@ def error_info(exc: BaseException) -> Dict[str, str]:
         frames = traceback.extract_tb(exc.__traceback__)
         frame = next((f for f in reversed(frames) if "/torch/" not in f.filename), frames[-1])
         msg += f" at {'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in msg.lower():
-        return {"type": "OutOfMemoryError", "message": f"{msg}; lower batch_size or input_size"}
+    if isinstance(exc, CellTimeout):
+        return {"type": "Timeout", "message": msg}
+    if is_out_of_memory(exc):
+        return {"type": "OutOfMemory", "message": f"{msg}; lower batch_size or input_size"}
     return {"type": type(exc).__name__, "message": msg}
+
+
+def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None) -> dict:
+    """The record of a cell that did not measure: ``unsupported`` for a known upstream reason, else ``failed``."""
+    if isinstance(exc, Unsupported):
+        return make_record(cell, key, "unsupported", started, model=model, note=str(exc))
+    return make_record(cell, key, "failed", started, error=error_info(exc), model=model)
 
 
 def cell_threads(cell: Cell) -> int:
@@ -100,9 +125,16 @@ def make_record(cell: Cell, key: str, status: str, started: float, measurement=N
         "position": list(cell.position), "config": cell.config(), "status": status,
         "measurement": measurement.to_dict() if measurement is not None else None,
         "error": error, "note": note, "attachment": attach.as_dict() if attach is not None else None,
-        "env": environment(cell.device, cell.dtype, cell_threads(cell)),
+        "env": {**environment(cell.device, cell.dtype, cell_threads(cell)), "module_package": module_package(cell),
+                "plugins": _plugin_packages()},
         "host": socket.gethostname(), "pid": os.getpid(), "started": started, "ended": time.time(),
     }
+
+
+def _plugin_packages() -> Dict[str, str]:
+    from .registry import MODULES
+
+    return MODULES.plugin_packages()
 
 
 def build_cell_model(cell: Cell):
@@ -114,7 +146,7 @@ def build_cell_model(cell: Cell):
 def latency_settings(cell: Cell) -> LatencySettings:
     lat = dict(cell.latency)
     return LatencySettings(batch_size=cell.batch_size, input_size=tuple(cell.input_size),
-                           train=cell.metric.startswith("train_step"), **lat)
+                           train=cell.metric.startswith("train_step"), timeout=cell.timeout, **lat)
 
 
 def _no_gpu(cell: Cell) -> bool:
@@ -122,25 +154,33 @@ def _no_gpu(cell: Cell) -> bool:
 
 
 def execute(task: Task) -> List[dict]:
-    """Measure a task's cells; every cell yields exactly one record, whatever happens."""
+    """Measure a task's cells; every cell yields exactly one record, whatever happens.
+
+    Everything a cell does -- input allocation, build, warm-up, timing, training -- happens inside
+    this boundary, under the cell's deadline."""
     if task.grouped:
         return _execute_timed(task)
     cell, key = task.cells[0], task.keys[0]
     started, model = time.time(), None
     try:
-        if cell.metric == ACCURACY:
-            from .train import train_cell
+        with deadline(cell.timeout, f"cell {cell.name}"):
+            if cell.metric == ACCURACY:
+                from .train import train_cell
 
-            m = train_cell(cell.backbone, cell.variant.module, cell.variant.options, cell.dataset, cell.training, cell.seed)
-            return [make_record(cell, key, "ok", started, m)]
-        model = build_cell_model(cell)
-        if cell.metric == "params":
-            m = measure_params(model)
-        else:
-            m = measure_flops(model, torch.randn(1, 3, *cell.input_size))
-        return [make_record(cell, key, "ok", started, m, model=model)]
+                m = train_cell(cell.backbone, cell.variant.module, cell.variant.options, cell.dataset, cell.training, cell.seed,
+                               **task.train_kwargs())
+                return [make_record(cell, key, "ok", started, m)]
+            model = build_cell_model(cell)
+            if cell.metric == "params":
+                m = measure_params(model)
+            else:
+                x = torch.randn(1, 3, *cell.input_size)
+                with torch.no_grad():
+                    check_finite(model.eval()(x), f"{cell.backbone} + {cell.variant.label}")
+                m = measure_flops(model, x)
+            return [make_record(cell, key, "ok", started, m, model=model)]
     except Exception as exc:
-        return [make_record(cell, key, "failed", started, error=error_info(exc), model=model)]
+        return [failure(cell, key, started, exc, model)]
 
 
 def _execute_timed(task: Task) -> List[dict]:
@@ -154,32 +194,40 @@ def _execute_timed(task: Task) -> List[dict]:
     for cell, key in zip(task.cells, task.keys):
         by_label[cell.variant.label] = (cell, key)
         try:
-            models[cell.variant.label] = build_cell_model(cell)
+            with deadline(cell.timeout, f"building {cell.name}"):
+                models[cell.variant.label] = build_cell_model(cell)
         except Exception as exc:
-            records[cell.variant.label] = make_record(cell, key, "failed", started, error=error_info(exc))
+            records[cell.variant.label] = failure(cell, key, started, exc)
 
     def on_error(label, exc):
         cell, key = by_label[label]
-        records[label] = make_record(cell, key, "failed", started, error=error_info(exc), model=models.get(label))
+        records[label] = failure(cell, key, started, exc, models.get(label))
 
-    settings = latency_settings(first)
-    if first.metric == "memory_gpu":
-        for label, model in models.items():
-            cell, key = by_label[label]
-            try:
-                records[label] = make_record(cell, key, "ok", started, measure_peak_memory(model, settings, cell.device), model=model)
-            except Exception as exc:
+    try:
+        settings = latency_settings(first)
+        if first.metric == "memory_gpu":
+            for label, model in models.items():
+                cell, key = by_label[label]
+                try:
+                    with deadline(cell.timeout, f"cell {cell.name}"):
+                        m = measure_peak_memory(model, settings, cell.device)
+                    records[label] = make_record(cell, key, "ok", started, m, model=model)
+                except Exception as exc:
+                    on_error(label, exc)
+                torch.cuda.empty_cache()
+        elif models:
+            device = first.device if first.metric.endswith("_gpu") else "cpu"
+            for label, m in measure_latency(models, settings, device, on_error=on_error).items():
+                cell, key = by_label[label]
+                records[label] = make_record(cell, key, "ok", started, m, model=models[label])
+    except Exception as exc:  # the group's shared input or settings: every cell not yet recorded fails with it
+        for label in by_label:
+            if label not in records:
                 on_error(label, exc)
-            torch.cuda.empty_cache()
-    elif models:
-        device = first.device if first.metric.endswith("_gpu") else "cpu"
-        for label, m in measure_latency(models, settings, device, on_error=on_error).items():
-            cell, key = by_label[label]
-            records[label] = make_record(cell, key, "ok", started, m, model=models[label])
     return [records[c.variant.label] for c in task.cells]
 
 
-def make_tasks(cells: List[Cell], keys: List[str]) -> List[Task]:
+def make_tasks(cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path] = None) -> List[Task]:
     """Counts and trainings are one task per cell; timings of one backbone and metric form one
     interleaved group. Tasks keep the order in which their first cell was planned."""
     groups: Dict[object, Tuple[List[Cell], List[str]]] = {}
@@ -188,11 +236,23 @@ def make_tasks(cells: List[Cell], keys: List[str]) -> List[Task]:
         group_cells, group_keys = groups.setdefault(group, ([], []))
         group_cells.append(cell)
         group_keys.append(key)
-    return [Task(tuple(c), tuple(k)) for c, k in groups.values()]
+    ckpt = str(checkpoint_dir) if checkpoint_dir is not None else None
+    return [Task(tuple(c), tuple(k), ckpt) for c, k in groups.values()]
+
+
+def module_package(cell: Cell) -> str:
+    """The package (and version) that provides a cell's module: plugins are part of what a number means."""
+    if is_baseline(cell.variant.module):
+        return ""
+    from .registry import MODULES
+
+    dist, ver = MODULES.provider(cell.variant.module)
+    return f"{dist} {ver}".strip()
 
 
 def cell_keys(cells: List[Cell]) -> List[str]:
-    return [c.key(fingerprint(environment(c.device, c.dtype, cell_threads(c)))) for c in cells]
+    return [c.key({**fingerprint(environment(c.device, c.dtype, cell_threads(c))), "module_package": module_package(c)})
+            for c in cells]
 
 
 def local_executor(tasks: Iterable[Task]):
@@ -205,11 +265,19 @@ def run_suite(
     executor: Optional[Callable[[List[Task]], Iterable[Tuple[Task, List[dict]]]]] = None,
     on_start: Optional[Callable[[Task], None]] = None, on_done: Optional[Callable[[Task, List[dict]], None]] = None,
 ) -> RunResult:
-    """Run every cell not already stored (with ``resume``), store records as they land, write tables."""
-    from .report import write_outputs
+    """Run every cell not already stored (with ``resume``), store records as they land, write tables.
 
-    t0 = time.time()
+    The output folder is checked and locked before any work. A run that cannot go on as a whole
+    (its scheduler is gone, the disk is full) stops with ``result.aborted`` set; what was stored
+    stays, the table is written from it when possible, and ``--resume`` continues."""
     out = Path(out_dir)
+    check_output_dir(out)
+    with FolderLock(out):
+        return _run_locked(suite, out, resume, executor, on_start, on_done)
+
+
+def _run_locked(suite, out, resume, executor, on_start, on_done) -> RunResult:
+    t0 = time.time()
     store = Store(out / f"{suite.name}.jsonl")
     if resume:
         store.repair()
@@ -220,7 +288,7 @@ def run_suite(
     done = store.done_keys() if resume else set()
     todo = [(c, k) for c, k in zip(cells, keys) if k not in done]
     result = RunResult(reused=len(cells) - len(todo))
-    tasks = make_tasks([c for c, _ in todo], [k for _, k in todo])
+    tasks = make_tasks([c for c, _ in todo], [k for _, k in todo], checkpoint_dir=out / "checkpoints")
     run = executor or local_executor
 
     def announced(ts):
@@ -229,19 +297,48 @@ def run_suite(
                 on_start(t)
             yield t
 
+    stream = run(announced(tasks) if executor is None else tasks)
     try:
-        for task, records in run(announced(tasks) if executor is None else tasks):
-            store.extend(records)
+        for task, records in stream:
+            try:
+                store.extend(records)
+            except OSError as exc:
+                raise OutputError(f"could not write {store.path}: {exc.strerror or exc}; {result.ok + result.failed} "
+                                  "cell(s) are stored; free space and rerun with --resume to continue")
             for r in records:
-                result.ok += r["status"] == "ok"
-                result.failed += r["status"] == "failed"
-                result.skipped += r["status"] == "skipped"
+                setattr(result, r["status"], getattr(result, r["status"]) + 1)
             if on_done:
                 on_done(task, records)
     except KeyboardInterrupt:
         result.interrupted = True
+    except RunAborted as exc:
+        result.aborted = exc
+    finally:
+        close = getattr(stream, "close", None)
+        if close:
+            close()  # an executor's generator shuts its cluster down now, not at garbage collection
     wanted = set(keys)
     result.records = [r for r in store.latest() if r["key"] in wanted]
-    result.paths = write_outputs(result.records, out, suite.name)
+    result.paths, result.unwritten = write_outputs_safely(result.records, out, suite.name)
     result.wall_s = time.time() - t0
     return result
+
+
+def write_outputs_safely(records: List[dict], out: Path, name: str) -> Tuple[Dict[str, Path], List[str]]:
+    """Write the tables with Ctrl-C deferred (a second interrupt during shutdown must not leave a
+    half-written table); each file is replaced atomically. Returns (paths, what could not be written)."""
+    import signal
+    import threading
+
+    from .report import write_outputs
+
+    interrupted = []
+    deferring = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True)) if deferring else None
+    try:
+        return write_outputs(records, out, name), []
+    except OSError as exc:
+        return {"records": out / f"{name}.jsonl"}, [f"{name}.md/.csv ({exc.strerror or exc})"]
+    finally:
+        if deferring:
+            signal.signal(signal.SIGINT, previous)

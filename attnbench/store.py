@@ -2,36 +2,68 @@
 
 A kill -9 can at worst leave a torn last line, which is skipped on read, so a run loses at
 most the cell in flight. The newest record per key wins; ``--resume`` skips keys whose
-record is ok or skipped and re-runs failed ones.
+record is ok, skipped or unsupported and re-runs failed ones. Lines that are not records of
+this shape (torn, binary, foreign fields) are skipped with one warning that counts them.
+A run holds ``OUT/.attnbench.lock`` so that two runs never write one folder.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import warnings
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
+
+from .errors import AttnBenchError
+
+STATUSES = ("ok", "failed", "skipped", "unsupported")
+DONE_STATUSES = ("ok", "skipped", "unsupported")
+# Field -> type every record must have for report, compare and resume to read it.
+REQUIRED = {"key": str, "suite": str, "backbone": str, "label": str, "module": str, "metric": str,
+            "position": list, "config": dict, "status": str}
+MIN_FREE_BYTES = 16 * 2**20
+
+
+class StoreWarning(UserWarning):
+    """Lines of a store that are not records were skipped."""
+
+
+def is_record(rec) -> bool:
+    """The shape report/compare/resume rely on; anything else is foreign and skipped."""
+    if not isinstance(rec, dict) or any(not isinstance(rec.get(k), t) for k, t in REQUIRED.items()):
+        return False
+    if rec["status"] not in STATUSES or len(rec["position"]) != 2:
+        return False
+    if rec["status"] == "ok" and not (isinstance(rec.get("measurement"), dict) and "value" in rec["measurement"]):
+        return False
+    if rec["status"] == "failed" and not (isinstance(rec.get("error"), dict) and {"type", "message"} <= set(rec["error"])):
+        return False
+    return True
 
 
 class Store:
     def __init__(self, path: Path | str):
         self.path = Path(path)
 
-    def exists(self) -> bool:
-        return self.path.is_file()
-
     def records(self) -> List[dict]:
-        """Every readable record, oldest first (torn or foreign lines are skipped)."""
+        """Every readable record, oldest first; torn, binary or foreign lines are skipped and counted once."""
         if not self.path.is_file():
             return []
-        out = []
-        with self.path.open() as f:
-            for line in f:
+        out, skipped = [], 0
+        with self.path.open("rb") as f:
+            for raw in f:
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict) and "key" in rec:
+                    rec = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                    rec = None
+                if is_record(rec):
                     out.append(rec)
+                elif raw.strip():
+                    skipped += 1
+        if skipped:
+            warnings.warn(f"attnbench: skipped {skipped} line(s) of {self.path} that are not attnbench records "
+                          "(torn, binary or foreign)", StoreWarning, stacklevel=2)
         return out
 
     def latest(self) -> List[dict]:
@@ -42,7 +74,7 @@ class Store:
         return list(by_key.values())
 
     def done_keys(self) -> set:
-        return {r["key"] for r in self.latest() if r.get("status") in ("ok", "skipped")}
+        return {r["key"] for r in self.latest() if r.get("status") in DONE_STATUSES}
 
     def repair(self) -> None:
         """Cut a torn last line (a kill -9 mid-write) so the next append starts on a fresh line."""
@@ -69,3 +101,52 @@ class Store:
         """Start a fresh store; the previous one is kept beside it as ``*.prev``."""
         if self.path.is_file():
             self.path.replace(self.path.with_suffix(self.path.suffix + ".prev"))
+
+
+def check_output_dir(out: Path) -> None:
+    """Before any work: OUT is (or can be made) a writable folder with some free space."""
+    if out.exists() and not out.is_dir():
+        raise AttnBenchError(f"--out {out} is a file, not a folder; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".attnbench-write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise AttnBenchError(f"cannot write to --out {out}: {exc.strerror or exc}; give a writable folder")
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE_BYTES:
+        raise AttnBenchError(f"--out {out} has only {free / 2**20:.1f} MiB free; free some space or give another folder")
+
+
+class FolderLock:
+    """An exclusive lock on a results folder (``fcntl.flock`` on OUT/.attnbench.lock, which holds the
+    owner's pid): a second run on the same folder is refused, naming the process that holds it. The
+    lock dies with its process, so a kill -9 never leaves a stale lock behind."""
+
+    NAME = ".attnbench.lock"
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / self.NAME
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise AttnBenchError(f"{self.path.parent} is in use by another attnbench run ({holder}); wait for it to "
+                                 "finish or give another --out")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock; the file stays (removing it would race a new locker)
+            self._fd = None

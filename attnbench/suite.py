@@ -8,6 +8,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import os
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,7 +26,6 @@ TIMED_METRICS = ("latency_cpu", "latency_gpu", "train_step_cpu", "train_step_gpu
 METRICS = MODEL_METRICS + TIMED_METRICS
 ACCURACY = "accuracy"  # the metric of accuracy suites: one cell per (backbone, module, seed)
 GPU_METRICS = ("latency_gpu", "train_step_gpu", "memory_gpu")
-LATENCY_KEYS = ("threads", "warmup", "rounds", "min_time", "min_iters", "unstable_threshold", "amp", "channels_last", "compile")
 TOP_KEYS = {
     "name": "suite name (string)",
     "description": "free text",
@@ -37,11 +39,40 @@ TOP_KEYS = {
     "metrics": f"subset of {list(METRICS)}",
     "device": "CUDA device for the *_gpu metrics (default cuda)",
     "dtype": "float32",
-    "latency": f"mapping with keys {list(LATENCY_KEYS)}",
+    "latency": "timing settings: threads, warmup, rounds, min_time, min_iters, unstable_threshold, amp, channels_last, compile",
     "dataset": "dataset settings (accuracy suites)",
     "training": "training settings (accuracy suites)",
     "seeds": "list of ints (accuracy suites)",
+    "timeout": "seconds a cell may run before it is failed as Timeout (default 1800; accuracy cells 86400)",
 }
+MAX_SUITE_BYTES = 1 << 20  # a suite file is a few hundred bytes; refuse anything near a megabyte
+MAX_YAML_NODES = 20_000  # after alias expansion: anchors are fine, alias bombs are not
+DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_ACCURACY_TIMEOUT_S = 86400.0
+# Latency settings and what each must be: (check, problem text). Keys are LatencySettings' fields.
+_POS_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be an integer >= 1")
+_NONNEG_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "must be an integer >= 0")
+_POS_NUM = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+            "must be a finite number > 0")
+_BOOL = (lambda v: isinstance(v, bool), "must be true or false")
+LATENCY_RULES = {
+    "threads": _POS_INT, "warmup": _NONNEG_INT, "rounds": _POS_INT, "min_time": _POS_NUM, "min_iters": _POS_INT,
+    "unstable_threshold": _POS_NUM, "channels_last": _BOOL, "compile": _BOOL,
+    "amp": (lambda v: v is None or v in ("fp16", "float16", "bf16", "bfloat16"), "must be fp16, bf16 or null"),
+}
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A bounded repr for error messages: never expands a huge (or alias-bombed) value."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 40, 40
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _name(key: Any) -> str:
+    """A mapping key as a field name in an error: itself when it is a short string, else bounded."""
+    return key if isinstance(key, str) and len(key) <= 40 else short(key, 40)
 
 
 @dataclass(frozen=True)
@@ -72,6 +103,7 @@ class Suite:
     dataset: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
+    timeout: Optional[float] = None  # seconds per cell; None = the kind's default
     # --backbone / --module: run a subset; table positions stay those of the whole suite
     only_backbones: List[str] = field(default_factory=list)
     only_modules: List[str] = field(default_factory=list)
@@ -97,6 +129,7 @@ class Cell:
     seed: Optional[int] = None
     dataset: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT_S  # not part of the key: it bounds a run, it does not change a result
 
     @property
     def name(self) -> str:
@@ -151,13 +184,54 @@ def resolve_suite(name_or_path: str) -> Path:
 def load_suite(name_or_path: str, check_names: bool = True) -> Suite:
     path = resolve_suite(name_or_path)
     source = str(path)
+    size = path.stat().st_size
+    if size > MAX_SUITE_BYTES:
+        raise SuiteError(source, "<file>", f"is {size:,} bytes; a suite file is at most {MAX_SUITE_BYTES:,} bytes")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(source, "<file>", f"is not UTF-8 text (byte {exc.start}); give a YAML suite file")
+    return parse_suite(read_yaml(text, source), source, default_name=path.stem, check_names=check_names)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with a bound on what the document expands to (aliases counted every time
+    they are used), so an alias bomb is refused before anything walks it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, source, {}, set())
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SuiteError(source, "<file>", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")
-    return parse_suite(data, source, default_name=path.stem, check_names=check_names)
+        raise SuiteError(source, "<file>", f"not valid YAML{where}: {short(getattr(exc, 'problem', None) or exc)}")
+    except RecursionError:
+        raise SuiteError(source, "<file>", "is nested too deeply; a suite is a flat mapping of fields")
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, source: str, memo: Dict[int, int], active: set) -> int:
+    """Nodes the document holds once every alias is expanded (memoised on the shared nodes)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if id(node) in active:
+        raise SuiteError(source, "<file>", "holds a recursive YAML alias; write the value out")
+    active.add(id(node))
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, source, memo, active) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, source, memo, active) + _expanded_size(v, source, memo, active) for k, v in node.value)
+    active.discard(id(node))
+    memo[id(node)] = total
+    if total > MAX_YAML_NODES:
+        raise SuiteError(source, "<file>", f"expands to more than {MAX_YAML_NODES:,} YAML nodes (alias expansion); "
+                                           "a suite is a few dozen fields")
+    return total
 
 
 def _need(cond: bool, source: str, fld: str, problem: str) -> None:
@@ -166,7 +240,8 @@ def _need(cond: bool, source: str, fld: str, problem: str) -> None:
 
 
 def _pos_int(value, source, fld) -> int:
-    _need(isinstance(value, int) and not isinstance(value, bool) and value > 0, source, fld, f"must be a positive integer, got {value!r}")
+    _need(isinstance(value, int) and not isinstance(value, bool) and value > 0, source, fld,
+          f"must be a positive integer, got {short(value)}")
     return value
 
 
@@ -176,16 +251,16 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
         if key not in TOP_KEYS:
             close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(TOP_KEYS)}"
-            raise SuiteError(source, str(key), f"unknown field; {hint}")
+            raise SuiteError(source, _name(key), f"unknown field; {hint}")
     name = data.get("name", default_name)
     _need(isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(), source, "name",
-          f"must be a word made of letters, digits, '-' or '_', got {name!r}")
+          f"must be a word made of letters, digits, '-' or '_', got {short(name)}")
 
     kind = data.get("kind", "overhead")
-    _need(kind in ("overhead", "accuracy"), source, "kind", f"must be 'overhead' or 'accuracy', got {kind!r}")
+    _need(kind in ("overhead", "accuracy"), source, "kind", f"must be 'overhead' or 'accuracy', got {short(kind)}")
     backbones = data.get("backbones")
     _need(isinstance(backbones, list) and backbones and all(isinstance(b, str) for b in backbones), source, "backbones",
-          f"must be a non-empty list of timm model names, got {backbones!r}")
+          f"must be a non-empty list of timm model names, got {short(backbones)}")
     if check_names:
         import timm
 
@@ -197,7 +272,7 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     _need(isinstance(module_options, dict) and all(isinstance(v, dict) for v in module_options.values()), source,
           "module_options", "must map a module name to a mapping of options")
     modules = data.get("modules")
-    _need(isinstance(modules, list) and modules, source, "modules", f"must be a non-empty list, got {modules!r}")
+    _need(isinstance(modules, list) and modules, source, "modules", f"must be a non-empty list, got {short(modules)}")
     variants: List[Variant] = []
     for i, entry in enumerate(modules):
         fld = f"modules[{i}]"
@@ -213,23 +288,28 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
                   "a per-module training override is a mapping, in accuracy suites only")
             variant = Variant(label, "none" if is_baseline(module) else module, entry, dict(override))
         else:
-            raise SuiteError(source, fld, f"must be a module name or a mapping, got {entry!r}")
+            raise SuiteError(source, fld, f"must be a module name or a mapping, got {short(entry)}")
         if check_names and not is_baseline(variant.module):
             try:
                 get_module(variant.module)
             except UnknownNameError as exc:
                 raise SuiteError(source, fld, str(exc))
-        _need(variant.label not in [v.label for v in variants], source, fld, f"duplicate module label {variant.label!r}; give it a 'name'")
+        _need(variant.label not in [v.label for v in variants], source, fld, f"duplicate module label {short(variant.label)}; give it a 'name'")
         variants.append(variant)
     for mod in module_options:
-        _need(mod in [v.label for v in variants] or mod in BASELINE_NAMES, source, f"module_options.{mod}", "names no module of this suite")
+        _need(mod in [v.label for v in variants] or mod in BASELINE_NAMES, source, f"module_options.{_name(mod)}",
+              "names no module of this suite")
+    if check_names:
+        for i, variant in enumerate(variants):
+            _check_options(variant, source, f"module_options.{variant.label}" if variant.label in module_options else f"modules[{i}]")
 
     size = data.get("input_size", 224)
     if isinstance(size, int) and not isinstance(size, bool):
         size = [size, size]
     _need(isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size), source,
-          "input_size", f"must be an int or [height, width], got {data.get('input_size')!r}")
+          "input_size", f"must be an int or [height, width], got {short(data.get('input_size'))}")
     batch = _pos_int(data.get("batch_size", 1), source, "batch_size")
+    _check_input_fits(batch, size, source)
 
     dataset, training, seeds = _accuracy_sections(data, source, kind, check_names, variants)
     metrics = data.get("metrics", ["params", "flops"] if kind == "overhead" else [])
@@ -242,21 +322,64 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
           "put params/FLOPs/latency in an overhead suite (its latency is joined into the accuracy table)")
 
     latency = data.get("latency") or {}
-    _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_KEYS)}")
-    for key in latency:
-        _need(key in LATENCY_KEYS, source, f"latency.{key}", f"unknown setting; known: {', '.join(LATENCY_KEYS)}")
+    _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_RULES)}")
+    for key, value in latency.items():
+        _need(key in LATENCY_RULES, source, f"latency.{_name(key)}", f"unknown setting; known: {', '.join(LATENCY_RULES)}")
+        check, problem = LATENCY_RULES[key]
+        _need(check(value), source, f"latency.{key}", f"{problem}, got {short(value)}")
     device = data.get("device", "cuda")
-    _need(isinstance(device, str) and device.startswith("cuda"), source, "device", f"must be 'cuda' or 'cuda:N', got {device!r}")
+    _need(isinstance(device, str) and device.startswith("cuda"), source, "device", f"must be 'cuda' or 'cuda:N', got {short(device)}")
     dtype = data.get("dtype", "float32")
     _need(dtype == "float32", source, "dtype", "only float32 weights are supported; use latency.amp for fp16/bf16 autocast")
     backbone_options = data.get("backbone_options") or {}
     _need(isinstance(backbone_options, dict), source, "backbone_options", "must be a mapping of timm.create_model keywords")
+    timeout = data.get("timeout")
+    if timeout is not None:
+        check, problem = _POS_NUM
+        _need(check(timeout), source, "timeout", f"{problem} (seconds per cell), got {short(timeout)}")
     return Suite(
         name=name, source=source, backbones=list(backbones), variants=variants, metrics=list(metrics),
         input_size=(size[0], size[1]), batch_size=batch, device=device, dtype=dtype, kind=kind,
         description=str(data.get("description", "")), backbone_options=dict(backbone_options),
         latency=dict(latency), dataset=dataset, training=training, seeds=seeds,
+        timeout=float(timeout) if timeout is not None else None,
     )
+
+
+def _check_options(variant: Variant, source: str, fld: str) -> None:
+    """A misspelt option (``reducton: 8``) is found now, not as failed cells at run time."""
+    from .attach import check_module_options, split_options
+
+    if is_baseline(variant.module):
+        if variant.options:
+            raise SuiteError(source, fld, f"options {sorted(map(str, variant.options))} given to the baseline; drop them")
+        return
+    _, module_options = split_options(variant.options)
+    try:
+        check_module_options(variant.module, get_module(variant.module), module_options)
+    except AttnBenchError as exc:
+        raise SuiteError(source, fld, str(exc))
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available now (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_input_fits(batch: int, size, source: str) -> None:
+    """An input tensor that alone exceeds the memory available now cannot run anywhere here."""
+    need = batch * 3 * size[0] * size[1] * 4
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise SuiteError(source, "batch_size", f"batch {batch} at {size[0]}x{size[1]} needs {need / 2**30:.1f} GiB for the "
+                                               f"input alone, more than the {avail / 2**30:.1f} GiB available; lower batch_size or input_size")
 
 
 def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names: bool, variants: List[Variant]):
@@ -293,7 +416,7 @@ def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names
             _pos_int(training[key], source, f"training.{key}")
     seeds = data.get("seeds", [0])
     _need(isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds) and len(set(seeds)) == len(seeds),
-          source, "seeds", f"must be a non-empty list of distinct integers, got {seeds!r}")
+          source, "seeds", f"must be a non-empty list of distinct integers, got {short(seeds)}")
     return dict(dataset), dict(training), list(seeds)
 
 
@@ -306,9 +429,10 @@ def plan(suite: Suite) -> List[Cell]:
                 if not suite.selected(backbone, variant):
                     continue
                 for seed in suite.seeds:
+                    training = {**suite.training, **variant.training}
                     cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
-                                      "cpu", suite.dtype, suite.backbone_options, {}, seed, suite.dataset,
-                                      {**suite.training, **variant.training}))
+                                      str(training.get("device", "cpu")), suite.dtype, suite.backbone_options, {}, seed,
+                                      suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S))
         return cells
     for bi, backbone in enumerate(suite.backbones):
         for metric in suite.metrics:
@@ -317,5 +441,5 @@ def plan(suite: Suite) -> List[Cell]:
                     continue
                 device = suite.device if metric in GPU_METRICS else "cpu"
                 cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), suite.input_size, suite.batch_size,
-                                  device, suite.dtype, suite.backbone_options, suite.latency))
+                                  device, suite.dtype, suite.backbone_options, suite.latency, timeout=suite.timeout or DEFAULT_TIMEOUT_S))
     return cells

@@ -135,7 +135,7 @@ def test_out_of_memory_gets_a_fix():
     from attnbench.runner import error_info
 
     info = error_info(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert info == {"type": "OutOfMemoryError",
+    assert info == {"type": "OutOfMemory",
                     "message": "CUDA out of memory. Tried to allocate 2.00 GiB; lower batch_size or input_size"}
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..guard import check_finite, deadline
 from .record import Measurement
 
 AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -38,6 +39,7 @@ class LatencySettings:
     channels_last: bool = False
     compile: bool = False
     train: bool = False  # time a full training step (forward, backward, SGD step) instead
+    timeout: Optional[float] = None  # seconds one model's warm-up or timing block may take (a hung module fails alone)
 
     def as_dict(self) -> dict:
         return {
@@ -77,6 +79,7 @@ class _Step:
             loss = nn.functional.cross_entropy(self.model(self.x), self.target)
         loss.backward()
         self.opt.step()
+        return loss.detach()
 
 
 def measure_latency(
@@ -106,10 +109,12 @@ def measure_latency(
                 if settings.compile:
                     model = torch.compile(model)
                 step = _Step(model, x, settings, dev)
-                for _ in range(max(1, settings.warmup)):
-                    step()
-                if cuda:
-                    torch.cuda.synchronize(dev)
+                with deadline(settings.timeout, f"warm-up of {label}"):
+                    for _ in range(max(1, settings.warmup)):
+                        out = step()
+                    if cuda:
+                        torch.cuda.synchronize(dev)
+                check_finite(out, label)  # a NaN model is never timed as if it worked
                 steps[label] = step
             except Exception as exc:
                 if on_error is None:
@@ -121,7 +126,8 @@ def measure_latency(
             k = r % len(order) if order else 0
             for label in order[k:] + order[:k]:
                 try:
-                    times[label].extend(_time_block(steps[label], settings, dev))
+                    with deadline(settings.timeout, f"timing of {label}"):
+                        times[label].extend(_time_block(steps[label], settings, dev))
                 except Exception as exc:
                     if on_error is None:
                         raise

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -19,7 +20,10 @@ __all__ = ["accuracy_rows", "environment_line", "flat_records", "pareto_plot", "
 
 
 def write_outputs(records: Sequence[dict], out_dir: Path | str, name: str) -> Dict[str, Path]:
-    """<name>.md and .csv (and, for accuracy suites, a Pareto .png joined with OUT/overhead.jsonl)."""
+    """<name>.md and .csv (and, for accuracy suites, a Pareto .png joined with OUT/overhead.jsonl).
+
+    Each file is written beside its final name and moved into place, so a reader (or an interrupt)
+    never sees half a table."""
     from ..store import Store
 
     out = Path(out_dir)
@@ -28,11 +32,17 @@ def write_outputs(records: Sequence[dict], out_dir: Path | str, name: str) -> Di
     paths = {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
     if any(r["metric"] == "accuracy" for r in records):
         overhead = Store(out / "overhead.jsonl").latest()
-        md.write_text(render_accuracy(records, overhead, name))
+        _write_atomic(md, render_accuracy(records, overhead, name))
         png = pareto_plot(records, overhead, out / f"{name}.png")
         if png:
             paths["plot"] = png
     else:
-        md.write_text(render_markdown(records, name))
-    flat_records(records).to_csv(csv, index=False)
+        _write_atomic(md, render_markdown(records, name))
+    _write_atomic(csv, flat_records(records).to_csv(index=False))
     return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,4 @@
+"""``python -m attnbench``: the same command line as the ``attnbench`` script."""
+from .cli import main
+
+main()
