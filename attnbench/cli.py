@@ -95,6 +95,8 @@ def run(
     download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
     only_backbone: List[str] = typer.Option([], "--backbone", "-b", help="run only these of the suite's backbones (repeatable)"),
     only_module: List[str] = typer.Option([], "--module", "-m", help="run only these of the suite's module labels (repeatable)"),
+    latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="accuracy suites: the overhead store whose CPU "
+                                                "latency joins the table (default OUT/overhead.jsonl when it exists)"),
 ):
     """Run a suite, store every cell as it finishes, write and print the table."""
     from .runner import run_suite
@@ -127,12 +129,13 @@ def run(
 
         def on_done(task, records):
             for r in records:
-                counts["done" if r["status"] == "ok" else r["status"]] += 1
+                counts["done" if r.status == "ok" else r.status] += 1
             progress.update(bar, advance=len(records), counts=fmt_counts())
 
         # Whatever the run prints (a plugin's print, a library's chatter) goes to stderr: stdout is the table's.
         with contextlib.redirect_stdout(sys.stderr):
-            result = run_suite(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done)
+            result = run_suite(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done,
+                               overhead=_overhead_records(latency_from, out))
     _summarise(s.name, result, quiet)
     if result.aborted is not None:
         raise result.aborted
@@ -220,9 +223,24 @@ def _records_from(path: Path):
     return p, Store(p).latest()
 
 
+def _overhead_records(path: Optional[Path], out: Path):
+    """The latency records an accuracy table joins: --latency-from, else OUT/overhead.jsonl if present."""
+    from .store import Store
+
+    if path is None:
+        path = out / "overhead.jsonl"
+        if not path.is_file():
+            return []
+    elif not Path(path).is_file():
+        _fail(f"--latency-from {path}: no such result store; give the overhead .jsonl written by `attnbench run`")
+    return [r for r in Store(path).latest() if r.metric == "latency_cpu"]
+
+
 @app.command()
 def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a folder holding one)"),
-           out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the .md/.csv (default: beside the store)")):
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the .md/.csv (default: beside the store)"),
+           latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="accuracy stores: overhead store for the "
+                                                       "latency column (default: overhead.jsonl beside the store)")):
     """Rebuild the tables from a result store alone."""
     from .report import write_outputs
 
@@ -230,7 +248,7 @@ def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a
     if not records:
         _fail(f"{path} holds no records")
     name = path.stem
-    paths = write_outputs(records, out or path.parent, name)
+    paths = write_outputs(records, out or path.parent, name, _overhead_records(latency_from, path.parent))
     out_console.print(paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
 
 

@@ -11,7 +11,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,13 +23,10 @@ from .measures.flops import measure_flops
 from .measures.latency import LatencySettings, measure_latency, measure_peak_memory
 from .measures.params import measure_params
 from .registry import is_baseline
+from .records import Record
 from .store import FolderLock, Store, check_output_dir
-from .suite import ACCURACY, GPU_METRICS, MODEL_METRICS, Cell, Suite, plan
-
-
-def is_grouped(metric: str) -> bool:
-    """Latency-style metrics: the variants of one backbone are measured together, interleaved."""
-    return metric not in MODEL_METRICS + (ACCURACY,)
+from .metrics import ACCURACY, spec
+from .suite import Cell, Suite, plan
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ class Task:
     @property
     def exclusive(self) -> bool:
         """Timings (and training, which reports images/s) must not share a machine with other timings."""
-        return self.cells[0].metric not in MODEL_METRICS
+        return spec(self.cells[0].metric).exclusive or self.training
 
     @property
     def training(self) -> bool:
@@ -58,7 +55,7 @@ class Task:
 
     @property
     def grouped(self) -> bool:
-        return is_grouped(self.cells[0].metric)
+        return spec(self.cells[0].metric).grouped
 
     @property
     def name(self) -> str:
@@ -68,7 +65,7 @@ class Task:
 
 @dataclass
 class RunResult:
-    records: List[dict] = field(default_factory=list)
+    records: List[Record] = field(default_factory=list)
     ok: int = 0
     failed: int = 0
     skipped: int = 0
@@ -106,7 +103,7 @@ def error_info(exc: BaseException) -> Dict[str, str]:
     return {"type": type(exc).__name__, "message": msg}
 
 
-def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None) -> dict:
+def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None) -> Record:
     """The record of a cell that did not measure: ``unsupported`` for a known upstream reason, else ``failed``."""
     if isinstance(exc, Unsupported):
         return make_record(cell, key, "unsupported", started, model=model, note=str(exc))
@@ -117,18 +114,17 @@ def cell_threads(cell: Cell) -> int:
     return int(cell.latency.get("threads") or cell.training.get("threads") or torch.get_num_threads())
 
 
-def make_record(cell: Cell, key: str, status: str, started: float, measurement=None, error=None, model=None, note: str = "") -> dict:
+def make_record(cell: Cell, key: str, status: str, started: float, measurement=None, error=None, model=None,
+                note: str = "") -> Record:
     attach = getattr(model, "attnbench_attachment", None)
-    return {
-        "key": key, "suite": cell.suite, "backbone": cell.backbone, "label": cell.variant.label,
-        "module": cell.variant.module, "options": cell.variant.options, "metric": cell.metric,
-        "position": list(cell.position), "config": cell.config(), "status": status,
-        "measurement": measurement.to_dict() if measurement is not None else None,
-        "error": error, "note": note, "attachment": attach.as_dict() if attach is not None else None,
-        "env": {**environment(cell.device, cell.dtype, cell_threads(cell)), "module_package": module_package(cell),
-                "plugins": _plugin_packages()},
-        "host": socket.gethostname(), "pid": os.getpid(), "started": started, "ended": time.time(),
-    }
+    return Record(
+        key=key, suite=cell.suite, backbone=cell.backbone, label=cell.variant.label, module=cell.variant.module,
+        metric=cell.metric, position=tuple(cell.position), config=cell.config(), status=status,
+        measurement=measurement, error=error, note=note, attachment=attach.as_dict() if attach is not None else None,
+        env={**environment(cell.device, cell.dtype, cell_threads(cell)), "module_package": module_package(cell),
+             "plugins": _plugin_packages()},
+        host=socket.gethostname(), pid=os.getpid(), started=started, ended=time.time(),
+    )
 
 
 def _plugin_packages() -> Dict[str, str]:
@@ -146,14 +142,14 @@ def build_cell_model(cell: Cell):
 def latency_settings(cell: Cell) -> LatencySettings:
     lat = dict(cell.latency)
     return LatencySettings(batch_size=cell.batch_size, input_size=tuple(cell.input_size),
-                           train=cell.metric.startswith("train_step"), timeout=cell.timeout, **lat)
+                           train=spec(cell.metric).train, timeout=cell.timeout, **lat)
 
 
 def _no_gpu(cell: Cell) -> bool:
-    return cell.metric in GPU_METRICS and not torch.cuda.is_available()
+    return spec(cell.metric).gpu and not torch.cuda.is_available()
 
 
-def execute(task: Task) -> List[dict]:
+def execute(task: Task) -> List[Record]:
     """Measure a task's cells; every cell yields exactly one record, whatever happens.
 
     Everything a cell does -- input allocation, build, warm-up, timing, training -- happens inside
@@ -183,13 +179,13 @@ def execute(task: Task) -> List[dict]:
         return [failure(cell, key, started, exc, model)]
 
 
-def _execute_timed(task: Task) -> List[dict]:
+def _execute_timed(task: Task) -> List[Record]:
     started = time.time()
     first = task.cells[0]
     if _no_gpu(first):
         note = "no CUDA device here (torch.cuda.is_available() is False); run on a GPU machine"
         return [make_record(c, k, "skipped", started, note=note) for c, k in zip(task.cells, task.keys)]
-    records: Dict[str, dict] = {}
+    records: Dict[str, Record] = {}
     models, by_label = {}, {}
     for cell, key in zip(task.cells, task.keys):
         by_label[cell.variant.label] = (cell, key)
@@ -216,7 +212,7 @@ def _execute_timed(task: Task) -> List[dict]:
                     on_error(label, exc)
                 torch.cuda.empty_cache()
         elif models:
-            device = first.device if first.metric.endswith("_gpu") else "cpu"
+            device = first.device if spec(first.metric).gpu else "cpu"
             for label, m in measure_latency(models, settings, device, on_error=on_error).items():
                 cell, key = by_label[label]
                 records[label] = make_record(cell, key, "ok", started, m, model=models[label])
@@ -232,7 +228,7 @@ def make_tasks(cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path
     interleaved group. Tasks keep the order in which their first cell was planned."""
     groups: Dict[object, Tuple[List[Cell], List[str]]] = {}
     for cell, key in zip(cells, keys):
-        group = (cell.backbone, cell.metric) if is_grouped(cell.metric) else key
+        group = (cell.backbone, cell.metric) if spec(cell.metric).grouped else key
         group_cells, group_keys = groups.setdefault(group, ([], []))
         group_cells.append(cell)
         group_keys.append(key)
@@ -262,8 +258,9 @@ def local_executor(tasks: Iterable[Task]):
 
 def run_suite(
     suite: Suite, out_dir: Path | str = "results", resume: bool = False,
-    executor: Optional[Callable[[List[Task]], Iterable[Tuple[Task, List[dict]]]]] = None,
-    on_start: Optional[Callable[[Task], None]] = None, on_done: Optional[Callable[[Task, List[dict]], None]] = None,
+    executor: Optional[Callable[[List[Task]], Iterable[Tuple[Task, List[Record]]]]] = None,
+    on_start: Optional[Callable[[Task], None]] = None, on_done: Optional[Callable[[Task, List[Record]], None]] = None,
+    overhead: Sequence[Record] = (),
 ) -> RunResult:
     """Run every cell not already stored (with ``resume``), store records as they land, write tables.
 
@@ -273,10 +270,10 @@ def run_suite(
     out = Path(out_dir)
     check_output_dir(out)
     with FolderLock(out):
-        return _run_locked(suite, out, resume, executor, on_start, on_done)
+        return _run_locked(suite, out, resume, executor, on_start, on_done, overhead)
 
 
-def _run_locked(suite, out, resume, executor, on_start, on_done) -> RunResult:
+def _run_locked(suite, out, resume, executor, on_start, on_done, overhead) -> RunResult:
     t0 = time.time()
     store = Store(out / f"{suite.name}.jsonl")
     if resume:
@@ -306,7 +303,7 @@ def _run_locked(suite, out, resume, executor, on_start, on_done) -> RunResult:
                 raise OutputError(f"could not write {store.path}: {exc.strerror or exc}; {result.ok + result.failed} "
                                   "cell(s) are stored; free space and rerun with --resume to continue")
             for r in records:
-                setattr(result, r["status"], getattr(result, r["status"]) + 1)
+                setattr(result, r.status, getattr(result, r.status) + 1)
             if on_done:
                 on_done(task, records)
     except KeyboardInterrupt:
@@ -318,13 +315,14 @@ def _run_locked(suite, out, resume, executor, on_start, on_done) -> RunResult:
         if close:
             close()  # an executor's generator shuts its cluster down now, not at garbage collection
     wanted = set(keys)
-    result.records = [r for r in store.latest() if r["key"] in wanted]
-    result.paths, result.unwritten = write_outputs_safely(result.records, out, suite.name)
+    result.records = [r for r in store.latest() if r.key in wanted]
+    result.paths, result.unwritten = write_outputs_safely(result.records, out, suite.name, overhead)
     result.wall_s = time.time() - t0
     return result
 
 
-def write_outputs_safely(records: List[dict], out: Path, name: str) -> Tuple[Dict[str, Path], List[str]]:
+def write_outputs_safely(records: List[Record], out: Path, name: str,
+                         overhead: Sequence[Record] = ()) -> Tuple[Dict[str, Path], List[str]]:
     """Write the tables with Ctrl-C deferred (a second interrupt during shutdown must not leave a
     half-written table); each file is replaced atomically. Returns (paths, what could not be written)."""
     import signal
@@ -336,7 +334,7 @@ def write_outputs_safely(records: List[dict], out: Path, name: str) -> Tuple[Dic
     deferring = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True)) if deferring else None
     try:
-        return write_outputs(records, out, name), []
+        return write_outputs(records, out, name, overhead), []
     except OSError as exc:
         return {"records": out / f"{name}.jsonl"}, [f"{name}.md/.csv ({exc.strerror or exc})"]
     finally:

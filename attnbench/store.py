@@ -16,12 +16,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from .errors import AttnBenchError
+from .records import DONE_STATUSES, ForeignRecord, Record
 
-STATUSES = ("ok", "failed", "skipped", "unsupported")
-DONE_STATUSES = ("ok", "skipped", "unsupported")
-# Field -> type every record must have for report, compare and resume to read it.
-REQUIRED = {"key": str, "suite": str, "backbone": str, "label": str, "module": str, "metric": str,
-            "position": list, "config": dict, "status": str}
 MIN_FREE_BYTES = 16 * 2**20
 
 
@@ -29,24 +25,11 @@ class StoreWarning(UserWarning):
     """Lines of a store that are not records were skipped."""
 
 
-def is_record(rec) -> bool:
-    """The shape report/compare/resume rely on; anything else is foreign and skipped."""
-    if not isinstance(rec, dict) or any(not isinstance(rec.get(k), t) for k, t in REQUIRED.items()):
-        return False
-    if rec["status"] not in STATUSES or len(rec["position"]) != 2:
-        return False
-    if rec["status"] == "ok" and not (isinstance(rec.get("measurement"), dict) and "value" in rec["measurement"]):
-        return False
-    if rec["status"] == "failed" and not (isinstance(rec.get("error"), dict) and {"type", "message"} <= set(rec["error"])):
-        return False
-    return True
-
-
 class Store:
     def __init__(self, path: Path | str):
         self.path = Path(path)
 
-    def records(self) -> List[dict]:
+    def records(self) -> List[Record]:
         """Every readable record, oldest first; torn, binary or foreign lines are skipped and counted once."""
         if not self.path.is_file():
             return []
@@ -54,27 +37,23 @@ class Store:
         with self.path.open("rb") as f:
             for raw in f:
                 try:
-                    rec = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-                    rec = None
-                if is_record(rec):
-                    out.append(rec)
-                elif raw.strip():
-                    skipped += 1
+                    out.append(Record.from_dict(json.loads(raw.decode("utf-8"))))
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ForeignRecord):
+                    skipped += raw.strip() != b""
         if skipped:
             warnings.warn(f"attnbench: skipped {skipped} line(s) of {self.path} that are not attnbench records "
                           "(torn, binary or foreign)", StoreWarning, stacklevel=2)
         return out
 
-    def latest(self) -> List[dict]:
+    def latest(self) -> List[Record]:
         """The newest record for each key, in first-seen key order."""
-        by_key: Dict[str, dict] = {}
+        by_key: Dict[str, Record] = {}
         for rec in self.records():
-            by_key[rec["key"]] = rec
+            by_key[rec.key] = rec
         return list(by_key.values())
 
     def done_keys(self) -> set:
-        return {r["key"] for r in self.latest() if r.get("status") in DONE_STATUSES}
+        return {r.key for r in self.latest() if r.status in DONE_STATUSES}
 
     def repair(self) -> None:
         """Cut a torn last line (a kill -9 mid-write) so the next append starts on a fresh line."""
@@ -85,15 +64,15 @@ class Store:
             if not data.endswith(b"\n"):
                 f.truncate(data.rfind(b"\n") + 1)
 
-    def append(self, record: dict) -> None:
+    def append(self, record: Record) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True, default=str) + "\n"
+        line = json.dumps(record.to_dict(), sort_keys=True, default=str) + "\n"
         with self.path.open("a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
-    def extend(self, records: Iterable[dict]) -> None:
+    def extend(self, records: Iterable[Record]) -> None:
         for r in records:
             self.append(r)
 

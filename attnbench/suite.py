@@ -21,11 +21,7 @@ import yaml
 from .errors import AttnBenchError, SuiteError, UnknownNameError
 from .registry import BASELINE_NAMES, get_module, is_baseline
 
-MODEL_METRICS = ("params", "flops")
-TIMED_METRICS = ("latency_cpu", "latency_gpu", "train_step_cpu", "train_step_gpu", "memory_gpu")
-METRICS = MODEL_METRICS + TIMED_METRICS
-ACCURACY = "accuracy"  # the metric of accuracy suites: one cell per (backbone, module, seed)
-GPU_METRICS = ("latency_gpu", "train_step_gpu", "memory_gpu")
+from .metrics import ACCURACY, ALIASES, SUITE_METRICS, spec
 TOP_KEYS = {
     "name": "suite name (string)",
     "description": "free text",
@@ -36,7 +32,7 @@ TOP_KEYS = {
     "module_options": "mapping module name -> options",
     "input_size": "int or [height, width]",
     "batch_size": "positive int",
-    "metrics": f"subset of {list(METRICS)}",
+    "metrics": f"subset of {list(SUITE_METRICS)}",
     "device": "CUDA device for the *_gpu metrics (default cuda)",
     "dtype": "float32",
     "latency": "timing settings: threads, warmup, rounds, min_time, min_iters, unstable_threshold, amp, channels_last, compile",
@@ -143,7 +139,7 @@ class Cell:
             "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype,
             "backbone_options": self.backbone_options,
         }
-        if self.metric in TIMED_METRICS:
+        if spec(self.metric).kind in ("timing", "memory"):
             cfg["latency"] = self.latency
         if self.metric == ACCURACY:
             cfg.update(seed=self.seed, dataset=self.dataset, training=self.training)
@@ -312,11 +308,14 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     _check_input_fits(batch, size, source)
 
     dataset, training, seeds = _accuracy_sections(data, source, kind, check_names, variants)
-    metrics = data.get("metrics", ["params", "flops"] if kind == "overhead" else [])
-    _need(isinstance(metrics, list) and all(isinstance(m, str) for m in metrics), source, "metrics", f"must be a list from {list(METRICS)}")
+    metrics = data.get("metrics", ["params", "macs"] if kind == "overhead" else [])
+    _need(isinstance(metrics, list) and all(isinstance(m, str) for m in metrics), source, "metrics",
+          f"must be a list from {list(SUITE_METRICS)}")
+    metrics = [ALIASES.get(m, m) for m in metrics]
     for i, m in enumerate(metrics):
-        if m not in METRICS:
-            raise SuiteError(source, f"metrics[{i}]", str(UnknownNameError("metric", m, METRICS, f"known: {', '.join(METRICS)}")))
+        if m not in SUITE_METRICS:
+            raise SuiteError(source, f"metrics[{i}]", str(UnknownNameError("metric", m, SUITE_METRICS, f"known: {', '.join(SUITE_METRICS)}")))
+    _need(len(set(metrics)) == len(metrics), source, "metrics", "names a metric twice")
     _need(kind == "accuracy" or metrics, source, "metrics", "must name at least one metric")
     _need(kind == "overhead" or not metrics, source, "metrics", "an accuracy suite measures accuracy only; "
           "put params/FLOPs/latency in an overhead suite (its latency is joined into the accuracy table)")
@@ -439,7 +438,7 @@ def plan(suite: Suite) -> List[Cell]:
             for vi, variant in enumerate(suite.variants):
                 if not suite.selected(backbone, variant):
                     continue
-                device = suite.device if metric in GPU_METRICS else "cpu"
+                device = suite.device if spec(metric).gpu else "cpu"
                 cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), suite.input_size, suite.batch_size,
                                   device, suite.dtype, suite.backbone_options, suite.latency, timeout=suite.timeout or DEFAULT_TIMEOUT_S))
     return cells

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Dict, Sequence
 
+from ..records import Record
 from .accuracy import accuracy_rows, render_accuracy
 from .plots import pareto_plot
 from .tables import environment_line, flat_records, record_order, render_compare, render_markdown
@@ -19,19 +20,18 @@ __all__ = ["accuracy_rows", "environment_line", "flat_records", "pareto_plot", "
            "render_compare", "render_markdown", "write_outputs"]
 
 
-def write_outputs(records: Sequence[dict], out_dir: Path | str, name: str) -> Dict[str, Path]:
-    """<name>.md and .csv (and, for accuracy suites, a Pareto .png joined with OUT/overhead.jsonl).
+def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
+                  overhead: Sequence[Record] = ()) -> Dict[str, Path]:
+    """<name>.md and .csv; for accuracy suites also the plots, with CPU latency joined from the
+    ``overhead`` records the caller passes (none: no latency column is filled).
 
     Each file is written beside its final name and moved into place, so a reader (or an interrupt)
     never sees half a table."""
-    from ..store import Store
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, csv = out / f"{name}.md", out / f"{name}.csv"
     paths = {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
-    if any(r["metric"] == "accuracy" for r in records):
-        overhead = Store(out / "overhead.jsonl").latest()
+    if any(r.metric == "accuracy" for r in records):
         _write_atomic(md, render_accuracy(records, overhead, name))
         png = pareto_plot(records, overhead, out / f"{name}.png")
         if png:
