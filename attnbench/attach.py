@@ -1,78 +1,126 @@
 """Build a timm backbone (``pretrained=False`` always) with an attention module attached.
 
-Two placements:
-- ``block``: inside every residual block, at the end of the residual branch (after the last
-  BatchNorm, before the addition) -- the SE-ResNet layout. Uses timm's own hook for the
-  family (ResNet/ResNeXt ``block_args=dict(attn_layer=...)``).
-- ``stage``: whole blocks inserted after chosen stages (Non-Local's layout), found through
-  timm's ``feature_info``; works for any family that reports it.
+Baselines: ``build(b)`` / ``"none"`` is the **bare** backbone -- a family's native attention
+(EfficientNet's and MobileNetV3's SE, RegNetY's SE, SE-ResNet's SE, ...) replaced by Identity and
+counted in the record; ``build(b, "native")`` is timm's model as built. Every module row is built
+on the bare backbone, so its Δ is what the module costs, unless ``keep_native: true`` (conv and
+stage placements only) keeps the native attention beside it.
 
-Every attached module is wrapped in an :class:`AttentionSlot`, which adapts timm's
-constructor keywords (``device``/``dtype``) to the plain ``factory(channels, **options)``
-contract, checks that the module keeps the input shape, and marks the site so parameter and
-FLOP counts can be split into backbone and attention parts.
+Three placements (``placement`` option; default the factory's ``placement`` attribute):
+- ``block``: the block's attention slot, at the end of the residual branch (after the last
+  BatchNorm, before the addition) -- the SE-ResNet layout (ResNet/ResNeXt, EfficientNet/MobileNetV2/
+  MobileNetV3, RegNet, ByobNet). ``stages`` restricts it (GCNet's c3-c5 = ``stages: [2, 3, 4]``).
+- ``conv``: the module *replaces* the block's spatial convolution, keeping width and stride --
+  SKNet's layout, as in timm's sknet.py: a ResNet/ResNeXt Bottleneck's 3x3 ``conv2``, a BasicBlock's
+  first 3x3 ``conv1``. The block's norm + activation after that conv stay, unless the factory sets
+  ``includes_norm_act = True`` (SK brings its own BN + ReLU per branch, as timm's SelectiveKernel).
+- ``stage``: whole blocks inserted after chosen stages (Non-Local's layout), found through timm's
+  ``feature_info``; works for any family that reports it.
+``stages`` is 1-based over feature_info's stages (ResNet: 1=res2 ... 4=res5) or a rule
+("all", "last", "penultimate", "all_but_last"); a factory's ``default_stages`` applies to its own
+placement. ``blocks`` (stage placement) puts that many after every other block from a stage's end.
+
+Context keywords: a factory gets ``factory(channels, **options)`` plus any of ``feat_size`` ((H, W)
+of the site's input at the suite's ``input_size``), ``stride`` (of the replaced conv; 1 elsewhere),
+``stage`` (1-based), ``block_index`` (0-based within the stage) and ``out_channels`` (of the
+replaced conv; ``channels`` elsewhere) that its signature *names* (``**kwargs`` gets none). They
+come from one dry run at ``input_size``. A conv-placed factory must name ``out_channels``/``stride``
+where the conv changes width or resolution.
+
+Every attached module is wrapped in an :class:`AttentionSlot`, which checks the output shape and
+marks the site so parameter and FLOP counts can be split into backbone and attention parts.
 """
 from __future__ import annotations
 
 import inspect
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError
+from .placement import (BLOCK_SLOTS, Site, assign_stages, block_sites, choose_stages, conv_sites,
+                        declared_context, drop_norm_act, native_label, native_sites, probe_inputs, stage_entries,
+                        stage_sites)
 from .registry import get_module, is_baseline
 
-PLACEMENTS = ("block", "stage")
-ATTACH_OPTIONS = ("placement", "stages", "blocks")
+NATIVE = "native"  # baseline name: timm's model as built, native attention included
+PLACEMENTS = ("block", "conv", "stage")
+ATTACH_OPTIONS = ("placement", "stages", "blocks", "keep_native")
 # Names the Non-Local paper's users expect; mapped onto the generic stage options.
 ALIASES = {"nonlocal_stages": "stages", "nonlocal_blocks": "blocks"}
-# timm families whose blocks take an attention layer per block, and the hook used:
-# ResNet/ResNeXt through timm's own constructor argument; the others by replacing the block
-# attribute where the family calls its SE/attention layer (native SE is replaced, Identity filled).
-BLOCK_HOOKS = {
-    "resnet": "block_args.attn_layer",
-    "efficientnet": "se",  # EfficientNet, MobileNetV2, MixNet, ... (_efficientnet_blocks)
-    "mobilenetv3": "se",
-    "regnet": "se",
-    "byobnet": "attn_last",  # after the last conv + norm, before the residual add
-}
 
 
 @dataclass(frozen=True)
 class Attachment:
-    """Where a module sits in a built model; copied into every record."""
+    """Where a module sits in a built model and what happened to the native attention; copied into every record."""
 
     module: str
-    placement: str
+    placement: str  # "none" (bare backbone), "native" (as timm builds it), "block", "conv", "stage"
     sites: List[str] = field(default_factory=list)
-    stages: Optional[List[int]] = None
-    replaced: int = 0  # sites where the family's own attention (e.g. MobileNetV3's SE) was replaced
+    stages: Optional[List[int]] = None  # chosen stages; None for block/conv in every stage
+    native: Optional[str] = None  # the backbone's own attention, e.g. "SE"; None: it has none
+    native_removed: int = 0  # native sites emptied (bare backbone) or taken by the module
+    native_kept: int = 0
+
+    @property
+    def replaced(self) -> int:
+        """Native sites no longer there (the name older records use)."""
+        return self.native_removed
 
     def as_dict(self) -> dict:
         return {"module": self.module, "placement": self.placement, "sites": len(self.sites), "stages": self.stages,
-                "replaced": self.replaced}
+                "native": self.native, "native_removed": self.native_removed, "native_kept": self.native_kept}
+
+
+def _stage_text(stages: Sequence[int]) -> str:
+    return f"stage{'s' if len(stages) > 1 else ''} {','.join(map(str, stages))}"
+
+
+def describe(attachment: Optional[dict]) -> str:
+    """The table's `where` text from ``Attachment.as_dict()``: 'block x16', 'conv, stage 4 x3',
+    'bare: native SE x16 removed', 'stage 3, native SE kept', ... (older records say 'replaced')."""
+    if not attachment:
+        return "—"
+    a, n = attachment, attachment.get("sites", 0)
+    native = a.get("native") or "attention"
+    removed, kept = a.get("native_removed", a.get("replaced")) or 0, a.get("native_kept") or 0
+    if a["placement"] == "none":
+        return f"bare: native {native} x{removed} removed" if removed else "—"
+    if a["placement"] == NATIVE:
+        return f"as built: native {native} x{n}" if n else "as built (no native attention)"
+    stages = a.get("stages") or []
+    if a["placement"] == "stage":
+        text = _stage_text(stages) + ("" if n == len(stages) else f" x{n}")
+    else:
+        text = f"{a['placement']}{', ' + _stage_text(stages) if stages else ''} x{n}"
+    if removed:
+        text += f" (native {native} x{removed} removed)"
+    return text + (f", native {native} kept" if kept else "")
 
 
 class AttentionSlot(nn.Module):
-    """One attached attention module; fails clearly if it changes the feature shape."""
+    """One attached module; fails clearly if its output is not the shape its site needs."""
 
-    def __init__(self, module: nn.Module, name: str, channels: int):
+    def __init__(self, module: nn.Module, name: str, channels: int, out_channels: Optional[int] = None, stride: int = 1):
         super().__init__()
         self.attn = module
         self.module_name = name
         self.channels = channels
+        self.out_channels = out_channels or channels
+        self.stride = stride
 
     def forward(self, x):
         y = self.attn(x)
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        n, _, h, w = x.shape
+        want = (n, self.out_channels, -(-h // self.stride), -(-w // self.stride))
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != want:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ModuleDoesNotFit(
-                f"attention module {self.module_name!r} returned {got} for input {tuple(x.shape)}; "
-                "an attention module must keep the (N, C, H, W) shape"
-            )
+            need = ("an attention module must keep the (N, C, H, W) shape" if want == tuple(x.shape)
+                    else f"in place of a conv it must return {want}")
+            raise ModuleDoesNotFit(f"attention module {self.module_name!r} returned {got} for input {tuple(x.shape)}; {need}")
         return y
 
 
@@ -103,142 +151,91 @@ def split_options(options: Dict) -> tuple[Dict, Dict]:
 def check_module_options(name: str, factory: Callable, options: Dict) -> None:
     """Fail before building anything if the factory cannot take these options."""
     try:
-        inspect.signature(factory).bind(1, **options)
+        context = {k: None for k in declared_context(factory) if k not in options}  # the harness fills these
+        inspect.signature(factory).bind(1, **options, **context)
     except TypeError as exc:
         raise AttnBenchError(f"module {name!r} does not accept options {sorted(options)}: {exc}; fix its options in the suite")
     except ValueError:
         pass  # no introspectable signature (C extension): find out at build time
 
 
-def _slot_factory(name: str, factory: Callable, options: Dict) -> Callable[..., AttentionSlot]:
-    """What timm gets as ``attn_layer``: swallows timm's own keywords (device, dtype, ...)."""
-
-    def make(channels: int, device=None, dtype=None, **_timm_kwargs) -> AttentionSlot:
-        try:
-            module = factory(channels, **options)
-        except AttnBenchError:
-            raise
-        except Exception as exc:
-            raise ModuleDoesNotFit(
-                f"attention module {name!r} failed to build for {channels} channels: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(module, nn.Module):
-            raise ModuleDoesNotFit(f"attention module {name!r} returned {type(module).__name__}, not a torch.nn.Module")
-        if device is not None or dtype is not None:
-            module = module.to(device=device, dtype=dtype)
-        return AttentionSlot(module, name, channels)
-
-    return make
-
-
-def _stage_entries(model: nn.Module) -> List[dict]:
-    """feature_info entries that are stages (a leading stem or activation entry is dropped)."""
-    info = getattr(model, "feature_info", None)
-    if not info:
-        raise ModuleDoesNotFit(f"backbone {type(model).__name__} reports no feature_info, so no stage to attach after")
-    entries = [dict(e) for e in info]
-    while entries:
-        sub = model.get_submodule(entries[0]["module"])
-        if "stem" in entries[0]["module"] or not list(sub.children()):
-            entries.pop(0)
-        else:
-            break
-    return entries
-
-
-def stages_for(rule: str, n: int) -> List[int]:
-    """A stage rule for a backbone with ``n`` stages: "penultimate" (Non-Local's res4; the default
-    when a factory names none), "all_but_last" (BAM), "all" (families without a per-block hook)."""
-    if rule == "all_but_last":
-        return list(range(1, max(2, n)))
-    if rule == "all":
-        return list(range(1, n + 1))
-    if rule == "penultimate":
-        return [max(1, n - 1)]
-    raise ModuleDoesNotFit(f"stages {rule!r} is neither a list of stage numbers nor one of "
-                           "'penultimate', 'all_but_last', 'all'; fix 'stages'")
-
-
-def _attach_at_block_sites(model: nn.Module, attr: str, make: Callable, in_chans: int) -> int:
-    """Replace ``block.<attr>`` in every block that calls it, with channels seen in a dry run.
-
-    Returns how many replaced modules were not ``nn.Identity`` (the family's own attention)."""
-    owners = [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, attr, None), nn.Module)
-              and not isinstance(m, AttentionSlot)]
-    channels: Dict[str, int] = {}
-
-    def record(name):
-        def hook(module, args):
-            channels.setdefault(name, args[0].shape[1])  # returns None: the input is left alone
-        return hook
-
-    hooks = [getattr(m, attr).register_forward_pre_hook(record(n)) for n, m in owners]
-    was_training = model.training
+def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared: Sequence[str]) -> AttentionSlot:
+    """Build the module for one site (with the context keywords its factory names) and wrap it."""
+    context = {k: v for k, v in site.context().items() if k in declared}
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, in_chans, 64, 64))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    replaced = 0
-    for name, owner in owners:
-        if name in channels:
-            replaced += not isinstance(getattr(owner, attr), nn.Identity)
-            setattr(owner, attr, make(channels[name]))
-    return replaced
+        module = factory(site.channels, **options, **context)
+    except AttnBenchError:
+        raise
+    except Exception as exc:
+        raise ModuleDoesNotFit(f"attention module {name!r} failed to build at {site.path} ({site.channels} channels): "
+                               f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise ModuleDoesNotFit(f"attention module {name!r} returned {type(module).__name__}, not a torch.nn.Module")
+    like = next(site.owner.parameters(), None)  # the backbone's device and dtype
+    if like is not None:
+        module = module.to(device=like.device, dtype=like.dtype)
+    return AttentionSlot(module, name, site.channels, site.out_channels, site.stride)
 
 
-def _insert_after_stages(model, name, factory, options, stages, blocks) -> List[int]:
-    entries = _stage_entries(model)
-    n = len(entries)
-    if stages is None:
-        stages = getattr(factory, "default_stages", "penultimate")
-    chosen = stages_for(stages, n) if isinstance(stages, str) else list(stages)
-    for s in chosen:
-        if not isinstance(s, int) or not 1 <= s <= n:
-            raise ModuleDoesNotFit(f"stage {s!r} does not exist: this backbone has stages 1..{n}; fix 'stages'")
-    make = _slot_factory(name, factory, options)
-    for s in chosen:
-        entry = entries[s - 1]
-        path, channels = entry["module"], entry["num_chs"]
-        stage = model.get_submodule(path)
-        k = int(blocks or 1)
-        if isinstance(stage, nn.Sequential) and len(stage) >= 2 * k - 1:
-            # Every other residual block counted from the stage's end, as in the paper's 5-block model.
-            after = {len(stage) - 1 - 2 * i for i in range(k)}
-            items = []
-            for i, (child_name, child) in enumerate(stage.named_children()):
-                items.append((child_name, child))
-                if i in after:
-                    items.append((f"attn{i}", make(channels)))
-            new = nn.Sequential(OrderedDict(items))
-        elif k == 1:
-            new = nn.Sequential(OrderedDict([("stage", stage), ("attn", make(channels))]))
-        else:
-            raise ModuleDoesNotFit(f"stage {s} ({path}) is not a sequence of blocks; use blocks: 1 there")
-        parent_path, _, attr = path.rpartition(".")
-        setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
-    return chosen
+def _check_conv_fit(name: str, site: Site, declared: Sequence[str]) -> None:
+    for key, value, same in (("out_channels", site.out_channels, site.channels), ("stride", site.stride, 1)):
+        if value != same and key not in declared:
+            raise ModuleDoesNotFit(f"module {name!r} cannot replace {site.path} ({site.channels}->{site.out_channels} "
+                                   f"channels, stride {site.stride}): its factory takes no {key!r}; use placement: block")
 
 
-def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Optional[Dict] = None, **options) -> nn.Module:
-    """A timm model with ``attention`` attached; ``None``/``"none"`` gives the plain baseline.
+def _size(input_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    return (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
 
-    ``options`` are the module's own (``reduction=8``) plus ``placement`` ("block"/"stage"),
-    ``stages`` (1-based, default the penultimate stage) and ``blocks`` (per stage).
+
+def _empty(sites: List[Site]) -> None:
+    for site in sites:
+        setattr(site.owner, site.attr, nn.Identity())
+
+
+def _sites(model: nn.Module, backbone: str, family: str, placement: str, attach: Dict, factory: Callable):
+    """(sites, recorded stages) for a placement; stage placement inserts its placeholders here."""
+    own = placement == getattr(factory, "placement", "block")
+    rule = attach.get("stages") or (getattr(factory, "default_stages", None) if own else None)
+    n = len(stage_entries(model))
+    if placement == "stage":
+        chosen = choose_stages(rule or "penultimate", n)
+        return stage_sites(model, chosen, attach.get("blocks")), chosen
+    if "blocks" in attach:
+        raise AttnBenchError(f"'blocks' applies to placement: stage, not to {placement} placement; drop it")
+    if placement == "block" and family not in BLOCK_SLOTS:
+        raise ModuleDoesNotFit(f"per-block placement is supported for {', '.join(sorted(BLOCK_SLOTS))} backbones, "
+                               f"not {backbone!r} ({family}); use placement: stage")
+    sites = block_sites(model, BLOCK_SLOTS[family][:1]) if placement == "block" else conv_sites(model, backbone)
+    assign_stages(model, sites)
+    chosen = choose_stages(rule or "all", n)
+    return [s for s in sites if s.stage in chosen], (None if sorted(set(chosen)) == list(range(1, n + 1)) else chosen)
+
+
+def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Optional[Dict] = None,
+          input_size: Union[int, Sequence[int]] = 224, **options) -> nn.Module:
+    """A timm model with ``attention`` attached: ``None``/``"none"`` is the bare backbone, ``"native"``
+    timm's model as built (see the module docstring).
+
+    ``options`` are the module's own (``reduction=8``) plus ``placement``, ``stages``, ``blocks`` and
+    ``keep_native``; ``input_size`` (int or (H, W)) is where context keywords are measured.
     The result carries ``model.attnbench_attachment`` (an :class:`Attachment`).
     """
     import timm
 
     family = backbone_family(backbone)
-    kwargs = dict(backbone_kwargs or {})
-    kwargs["pretrained"] = False
-    if is_baseline(attention):
+    kwargs = dict(backbone_kwargs or {}, pretrained=False)
+    model = timm.create_model(backbone, **kwargs)
+    native = native_sites(model, family)
+    label = native_label([getattr(s.owner, s.attr) for s in native]) if native else None
+    if is_baseline(attention) or attention == NATIVE:
         if options:
             raise AttnBenchError(f"options {sorted(options)} given without an attention module; drop them or name a module")
-        model = timm.create_model(backbone, **kwargs)
-        model.attnbench_attachment = Attachment("none", "none")
+        if attention == NATIVE:
+            model.attnbench_attachment = Attachment(NATIVE, NATIVE, [s.path for s in native], None, label, 0, len(native))
+        else:
+            _empty(native)
+            model.attnbench_attachment = Attachment("none", "none", [], None, label, len(native))
         return model
 
     factory = get_module(attention)
@@ -247,34 +244,55 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
     if placement not in PLACEMENTS:
         raise AttnBenchError(f"placement {placement!r} for module {attention!r} is not one of {PLACEMENTS}")
     check_module_options(attention, factory, module_options)
-
-    stages, replaced = None, 0
-    if placement == "block" and family not in BLOCK_HOOKS and "placement" not in attach:
-        placement = "stage"  # no per-block hook in this family: after every stage output instead
+    declared = declared_context(factory)
+    clash = sorted(set(module_options) & set(declared))
+    if clash:
+        raise AttnBenchError(f"options {clash} of module {attention!r} are filled by attnbench from each site; drop them")
+    keep = bool(attach.get("keep_native", False))
+    if keep and placement == "block" and native:
+        raise AttnBenchError(f"keep_native applies to conv and stage placements; a block module {attention!r} takes "
+                             "the native attention's slot; drop keep_native")
+    if placement == "block" and family not in BLOCK_SLOTS and "placement" not in attach:
+        placement = "stage"  # no per-block slot in this family: after every stage output instead
         attach.setdefault("stages", "all")
-    if placement == "block":
-        if family not in BLOCK_HOOKS:
-            raise ModuleDoesNotFit(
-                f"module {attention!r} wants per-block placement, which attnbench supports for "
-                f"{', '.join(sorted(BLOCK_HOOKS))} backbones, not {backbone!r} ({family}); use placement: stage"
-            )
-        if "stages" in attach or "blocks" in attach:
-            raise AttnBenchError(f"'stages'/'blocks' apply to placement: stage, not to module {attention!r} per block")
-        make = _slot_factory(attention, factory, module_options)
-        if family == "resnet":
-            block_args = dict(kwargs.pop("block_args", {}) or {})
-            block_args["attn_layer"] = make
-            model = timm.create_model(backbone, block_args=block_args, **kwargs)
-        else:
-            model = timm.create_model(backbone, **kwargs)
-            replaced = _attach_at_block_sites(model, BLOCK_HOOKS[family], make, kwargs.get("in_chans", 3))
-    else:
-        model = timm.create_model(backbone, **kwargs)
-        stages = _insert_after_stages(model, attention, factory, module_options, attach.get("stages"), attach.get("blocks"))
 
-    sites = [n for n, m in model.named_modules() if isinstance(m, AttentionSlot)]
-    model.attnbench_attachment = Attachment(attention, placement, sites, stages, replaced)
+    sites, stages = _sites(model, backbone, family, placement, attach, factory)
+    if not keep:
+        _empty(native)
+    probe_inputs(model, sites, _size(input_size), kwargs.get("in_chans", 3))
+    sites = [s for s in sites if s.channels]  # slots the forward pass reaches
+    for site in sites:
+        if placement == "conv":
+            _check_conv_fit(attention, site, declared)
+        setattr(site.owner, site.attr, _make_slot(attention, factory, module_options, site, declared))
+        if placement == "conv" and getattr(factory, "includes_norm_act", False):
+            drop_norm_act(site)
+    removed = 0 if keep else len(native)
+    model.attnbench_attachment = Attachment(attention, placement, [s.path for s in sites], stages, label,
+                                            removed, len(native) - removed)
     return model
+
+
+@lru_cache(maxsize=None)
+def _native_summary(backbone: str) -> Optional[Tuple]:
+    import timm
+
+    model = timm.create_model(backbone, pretrained=False)
+    modules = [getattr(s.owner, s.attr) for s in native_sites(model, backbone_family(backbone))]
+    if not modules:
+        return None
+    return ("+".join(dict.fromkeys(type(m).__name__ for m in modules)), native_label(modules), len(modules),
+            sum(p.numel() for m in modules for p in m.parameters()))
+
+
+def native_attention(backbone: str) -> Optional[dict]:
+    """The attention timm builds into ``backbone`` ({type, label, sites, params}), or None.
+
+    Searched in the block slots of the families attnbench attaches to per block (see
+    ``placement.BLOCK_SLOTS``); the planner adds a ``native`` row only where this is not None."""
+    summary = _native_summary(backbone)
+    return None if summary is None else dict(zip(("type", "label", "sites", "params"), summary))
+
 
 
 def attention_parameters(model: nn.Module) -> int:

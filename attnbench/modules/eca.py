@@ -1,11 +1,15 @@
 """ECA (Wang et al., CVPR 2020): GAP, 1-D conv of size k across channels (no bias), sigmoid, scale.
 
-k adapts to C: t = int(|log2(C) + b| / gamma), k = t if t is odd else t + 1 (gamma=2, b=1, the
-official code); ``kernel_size`` fixes k instead. Parameters: k.
+k adapts to C by the paper's rule (Eq. 12): t = int(|log2(C) + b| / gamma), k = t if t is odd else
+t + 1 (gamma=2, b=1). The official ResNet models do not use that rule: they fix k per stage
+(``--ksize 3557`` for ECA-Net50, 3357 for ECA-Net101/152 in github.com/BangguWu/ECANet), which
+``kernel_sizes=(3, 5, 5, 7)`` reproduces through the ``stage`` the harness passes; ``kernel_size``
+fixes one k everywhere. Parameters: k.
 ``EcaMlp`` is timm's ``ecam`` experiment (not in the paper): 1x1 conv 1->C/8 (bias), ReLU,
 k-conv C/8->1 (bias) over the channel axis.
 """
 import math
+from typing import Sequence
 
 from torch import nn
 
@@ -18,9 +22,12 @@ def adaptive_kernel(channels: int, gamma: float = 2, b: float = 1) -> int:
 class ECA(nn.Module):
     placement = "block"
 
-    def __init__(self, channels: int, kernel_size: int = 0, gamma: float = 2, b: float = 1):
+    def __init__(self, channels: int, kernel_size: int = 0, gamma: float = 2, b: float = 1,
+                 kernel_sizes: Sequence[int] = (), stage: int = 0):
         super().__init__()
-        k = kernel_size or adaptive_kernel(channels, gamma, b)
+        if kernel_sizes and not 1 <= stage <= len(kernel_sizes):
+            raise ValueError(f"kernel_sizes {list(kernel_sizes)} has no entry for stage {stage}")
+        k = kernel_sizes[stage - 1] if kernel_sizes else kernel_size or adaptive_kernel(channels, gamma, b)
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
 
     def forward(self, x):

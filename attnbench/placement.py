@@ -1,0 +1,243 @@
+"""Where a module goes inside a timm model: stages, block slots, spatial convs, native attention.
+
+A *site* is one place a module is built for: a block's attention slot (``block``), a block's
+spatial convolution (``conv``) or a stage output (``stage``). One dry run at the suite's input
+size records every site's input shape, so a factory can be given the context it declares
+(:data:`CONTEXT_KEYS`) -- e.g. timm's ``BottleneckAttn`` needs the feature size it will see.
+"""
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .errors import ModuleDoesNotFit
+
+# Keywords a factory may declare (by name, in its signature) to be told about its site.
+CONTEXT_KEYS = ("feat_size", "stride", "stage", "block_index", "out_channels")
+# timm families and the block attributes that hold their per-block attention (None/Identity when
+# absent). The first is where a ``block`` module goes; all of them are searched for native attention.
+BLOCK_SLOTS = {
+    "resnet": ("se",),  # ResNet/ResNeXt BasicBlock/Bottleneck: after the last BN, before the add
+    "efficientnet": ("se",),  # EfficientNet, MobileNetV2, MixNet, ... (_efficientnet_blocks)
+    "mobilenetv3": ("se",),
+    "regnet": ("se",),
+    "byobnet": ("attn_last", "attn"),  # attn_last: after the last conv + norm, before the add
+}
+# Short names for the native attention layers timm's families ship.
+NATIVE_LABELS = {"SqueezeExcite": "SE", "SEModule": "SE", "EffectiveSEModule": "eSE", "EcaModule": "ECA",
+                 "CecaModule": "ECA", "CbamModule": "CBAM", "LightCbamModule": "CBAM", "GlobalContext": "GC"}
+
+
+@dataclass
+class Site:
+    """One place a module is built for, with the context a factory may ask for."""
+
+    owner: nn.Module
+    attr: str
+    path: str
+    stage: int = 0  # 1-based
+    block_index: int = 0  # 0-based, within the stage
+    channels: int = 0
+    out_channels: int = 0
+    stride: int = 1
+    feat_size: Tuple[int, int] = (0, 0)  # (H, W) of the site's input at the suite's input size
+
+    def context(self) -> Dict:
+        return {"feat_size": self.feat_size, "stride": self.stride, "stage": self.stage,
+                "block_index": self.block_index, "out_channels": self.out_channels}
+
+
+def declared_context(factory: Callable) -> Tuple[str, ...]:
+    """The context keywords a factory names in its signature (``**kwargs`` does not count)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return ()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(k for k in CONTEXT_KEYS if k in params and params[k].kind in named)
+
+
+def stage_entries(model: nn.Module) -> List[dict]:
+    """feature_info entries that are stages (a leading stem or activation entry is dropped)."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ModuleDoesNotFit(f"backbone {type(model).__name__} reports no feature_info, so no stage to attach after")
+    entries = [dict(e) for e in info]
+    while entries:
+        sub = model.get_submodule(entries[0]["module"])
+        if "stem" in entries[0]["module"] or not list(sub.children()):
+            entries.pop(0)
+        else:
+            break
+    return entries
+
+
+def stages_for(rule: str, n: int) -> List[int]:
+    """A stage rule for a backbone with ``n`` stages: "penultimate" (Non-Local's res4; the default
+    stage placement), "all_but_last" (BAM), "all_but_first" (GCNet's c3-c5 on a ResNet), "all" (every
+    stage: the block/conv default), "last" (BoTNet/HaloNet-style self-attention)."""
+    rules = {"all_but_last": list(range(1, max(2, n))), "all_but_first": list(range(min(2, n), n + 1)),
+             "all": list(range(1, n + 1)),
+             "penultimate": [max(1, n - 1)], "last": [n]}
+    if rule not in rules:
+        raise ModuleDoesNotFit(f"stages {rule!r} is neither a list of stage numbers nor one of "
+                               f"{', '.join(repr(r) for r in rules)}; fix 'stages'")
+    return rules[rule]
+
+
+def choose_stages(stages, n: int) -> List[int]:
+    """A rule name or a list of 1-based stage numbers, checked against the backbone's ``n`` stages."""
+    chosen = stages_for(stages, n) if isinstance(stages, str) else list(stages)
+    for s in chosen:
+        if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= n:
+            raise ModuleDoesNotFit(f"stage {s!r} does not exist: this backbone has stages 1..{n}; fix 'stages'")
+    return chosen
+
+
+def _module_order(model: nn.Module) -> Dict[str, int]:
+    return {name: i for i, (name, _) in enumerate(model.named_modules())}
+
+
+def assign_stages(model: nn.Module, sites: List[Site]) -> None:
+    """Stage of a site: the first stage (feature_info entry) that holds it or follows it in the
+    model's module order; ``block_index`` counts the sites within that stage."""
+    order = _module_order(model)
+    ends = []  # module-order position of each stage's last submodule
+    for e in stage_entries(model):
+        prefix = e["module"] + "."
+        ends.append(max(i for name, i in order.items() if name == e["module"] or name.startswith(prefix)))
+    counts: Dict[int, int] = {}
+    for site in sites:
+        pos = order[site.path.rpartition(".")[0]]
+        site.stage = next((k + 1 for k, end in enumerate(ends) if pos <= end), len(ends))
+        site.block_index = counts.get(site.stage, 0)
+        counts[site.stage] = site.block_index + 1
+
+
+def probe_inputs(model: nn.Module, sites: List[Site], input_size: Sequence[int], in_chans: int) -> None:
+    """One forward pass at the suite's input size; fills each site's channels and feat_size.
+
+    A slot that holds ``None`` (timm's ResNet blocks without attention) gets a pass-through
+    probe for the run and is restored afterwards."""
+    shapes: Dict[str, Tuple[int, ...]] = {}
+
+    def record(path):
+        def hook(module, args):
+            shapes.setdefault(path, tuple(args[0].shape[1:]))  # returns None: the input is left alone
+        return hook
+
+    emptied, hooks = [], []
+    for site in sites:
+        target = getattr(site.owner, site.attr)
+        if target is None:
+            target = nn.Identity()
+            setattr(site.owner, site.attr, target)
+            emptied.append(site)
+        hooks.append(target.register_forward_pre_hook(record(site.path)))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_chans, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        for site in emptied:
+            setattr(site.owner, site.attr, None)
+        model.train(was_training)
+    for site in sites:
+        if site.path in shapes:
+            c, h, w = shapes[site.path]
+            site.channels, site.feat_size = c, (h, w)
+            site.out_channels = site.out_channels or c
+
+
+def block_sites(model: nn.Module, attrs: Sequence[str]) -> List[Site]:
+    """Every block that owns one of ``attrs`` (holding a module or ``None``), in module order."""
+    from .attach import AttentionSlot
+
+    sites = []
+    for name, m in model.named_modules():
+        if isinstance(m, AttentionSlot):
+            continue
+        for attr in attrs:
+            if attr in m._modules or (attr in vars(m) and vars(m)[attr] is None):
+                sites.append(Site(m, attr, f"{name}.{attr}" if name else attr))
+                break
+    return sites
+
+
+def native_sites(model: nn.Module, family: str) -> List[Site]:
+    """Block slots of the family that hold timm's own attention (not empty, not ours)."""
+    from .attach import AttentionSlot
+
+    found = []
+    for attr in BLOCK_SLOTS.get(family, ()):
+        for site in block_sites(model, (attr,)):
+            m = getattr(site.owner, attr)
+            if m is not None and not isinstance(m, (nn.Identity, AttentionSlot)):
+                found.append(site)
+    return found
+
+
+def native_label(modules: Sequence[nn.Module]) -> str:
+    names = list(dict.fromkeys(type(m).__name__ for m in modules))
+    return "+".join(NATIVE_LABELS.get(n, n) for n in names)
+
+
+# Spatial convolutions of timm's ResNet blocks, as SKNet replaces them (timm's sknet.py):
+# BasicBlock's first 3x3 (with the stride), Bottleneck's 3x3 (with the stride). (conv, norm, act)
+CONV_SITES = {"BasicBlock": ("conv1", "bn1", "act1"), "Bottleneck": ("conv2", "bn2", "act2")}
+
+
+def conv_sites(model: nn.Module, backbone: str) -> List[Site]:
+    """The spatial conv of every ResNet/ResNeXt block, with its width and stride."""
+    sites = []
+    for name, m in model.named_modules():
+        names = CONV_SITES.get(type(m).__name__) if type(m).__module__.startswith("timm.models.resnet") else None
+        conv = getattr(m, names[0], None) if names else None
+        if isinstance(conv, nn.Conv2d):
+            sites.append(Site(m, names[0], f"{name}.{names[0]}", out_channels=conv.out_channels, stride=conv.stride[0]))
+    if not sites:
+        raise ModuleDoesNotFit(f"placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks; {backbone!r} "
+                               "has none; use placement: block or stage")
+    return sites
+
+
+def drop_norm_act(site: Site) -> None:
+    """The module brings its own norm + activation (SK, as timm's SelectiveKernel): the block's go."""
+    _, norm, act = CONV_SITES[type(site.owner).__name__]
+    setattr(site.owner, norm, nn.Identity())
+    setattr(site.owner, act, nn.Identity())
+
+
+def stage_sites(model: nn.Module, chosen: List[int], blocks: Optional[int]) -> List[Site]:
+    """Insert placeholders after the chosen stages (every other block from a stage's end when
+    ``blocks`` > 1: the Non-Local paper's layout); returns one site per placeholder."""
+    entries = stage_entries(model)
+    sites = []
+    k = int(blocks or 1)
+    for s in chosen:
+        path = entries[s - 1]["module"]
+        stage = model.get_submodule(path)
+        if isinstance(stage, nn.Sequential) and len(stage) >= 2 * k - 1:
+            after = {len(stage) - 1 - 2 * i for i in range(k)}
+            items = []
+            for i, (child_name, child) in enumerate(stage.named_children()):
+                items.append((child_name, child))
+                if i in after:
+                    items.append((f"attn{i}", nn.Identity()))
+        elif k == 1:
+            items = [("stage", stage), ("attn", nn.Identity())]
+        else:
+            raise ModuleDoesNotFit(f"stage {s} ({path}) is not a sequence of blocks; use blocks: 1 there")
+        new = nn.Sequential(OrderedDict(items))
+        parent_path, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
+        for i, (child_name, _) in enumerate(c for c in items if c[0].startswith("attn")):
+            sites.append(Site(new, child_name, f"{path}.{child_name}", stage=s, block_index=i))
+    return sites

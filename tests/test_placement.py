@@ -1,0 +1,178 @@
+"""conv placement (SKNet's layout), stages for block modules, context keywords, bare/native baselines."""
+import re
+
+import pytest
+import timm
+import torch
+from formulas import gc_params, se_params, sk_params
+
+import attnbench
+from attnbench import attention_parameters, build, count_params
+from attnbench.attach import describe, native_attention
+from attnbench.errors import AttnBenchError, ModuleDoesNotFit
+
+RESNET50 = 25_557_032
+WIDTHS50 = [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3  # bottleneck 3x3 widths, res2..res5
+
+
+def test_sknet50_is_timms_skresnext50_weight_for_weight():
+    ours = build("resnext50_32x4d", "sk").eval()
+    ref = timm.create_model("skresnext50_32x4d").eval()
+    assert count_params(ours) == count_params(ref) == 27_479_784  # SKNet paper: 27.5M
+    assert ours.attnbench_attachment.placement == "conv" and len(ours.attnbench_attachment.sites) == 16
+    state, selects = {}, {}
+    for k, v in ours.state_dict().items():
+        k = re.sub(r"conv2\.attn\.branches\.(\d)\.0\.", r"conv2.paths.\1.conv.", k)
+        k = re.sub(r"conv2\.attn\.branches\.(\d)\.1\.", r"conv2.paths.\1.bn.", k)
+        k = k.replace("conv2.attn.fuse.0.", "conv2.attn.fc_reduce.").replace("conv2.attn.fuse.1.", "conv2.attn.bn.")
+        k = re.sub(r"^(layer\d\.\d+)\.(conv|bn)([13])\.", lambda m: f"{m[1]}.conv{m[3]}.{'conv' if m[2] == 'conv' else 'bn'}.", k)
+        if ".conv2.attn.select." in k:
+            selects.setdefault(k.split(".conv2.")[0], []).append(v)
+        else:
+            state[k] = v
+    for block, ws in selects.items():  # timm's fc_select stacks the branches' C rows
+        state[f"{block}.conv2.attn.fc_select.weight"] = torch.cat(ws)
+    ref.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_sk_replaces_the_3x3_of_resnet50_by_formula():
+    m = build("resnet50", "sk")
+    removed = sum(9 * w * w + 2 * w for w in WIDTHS50)  # the 3x3 conv and its BN, per block
+    assert attention_parameters(m) == sum(sk_params(w) for w in WIDTHS50)
+    assert count_params(m) == RESNET50 - removed + sum(sk_params(w) for w in WIDTHS50)
+    assert describe(m.attnbench_attachment.as_dict()) == "conv x16"
+    assert type(m.layer2[0].bn2).__name__ == "Identity"  # SK brings its own BN + ReLU, as timm's skresnet
+
+
+def test_sk_in_basic_blocks_takes_width_and_stride():
+    m = build("resnet18", "sk").eval()
+    a = m.attnbench_attachment
+    assert a.sites[:3] == ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1"]
+    conv = m.layer2[0].conv1.attn.branches[0][0]
+    assert (conv.in_channels, conv.out_channels, conv.stride) == (64, 128, (2, 2))
+    assert attention_parameters(m) == sum(sk_params(c, c_in) for c, c_in in
+                                          [(64, 64)] * 2 + [(128, 64), (128, 128), (256, 128), (256, 256), (512, 256), (512, 512)])
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_bottleneck_attention_gets_feat_size_at_the_suite_input_size():
+    def botnet_params(feat):  # qkv 1x1 C->3C (no bias) + relative position tables (2H-1 + 2W-1) x C/4 heads
+        return 3 * 512 * 512 + 2 * (2 * feat - 1) * 128
+
+    m = build("resnet50", "timm:bottleneck").eval()
+    assert describe(m.attnbench_attachment.as_dict()) == "conv, stage 4 x3"  # BoTNet: last stage only
+    assert attention_parameters(m) == sum(botnet_params(f) for f in (14, 7, 7))
+    assert count_params(m) == RESNET50 - 3 * 9 * 512 * 512 + attention_parameters(m)  # its BN + ReLU stay
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    m = build("resnet50", "timm:bottleneck", input_size=256)
+    assert attention_parameters(m) == sum(botnet_params(f) for f in (16, 8, 8))
+
+
+def test_halo_attention_runs_in_the_last_stage():
+    m = build("resnet50", "timm:halo", block_size=7).eval()  # 14x14 and 7x7 at 224 divide by 7
+    assert m.attnbench_attachment.sites == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+class PositionGate(torch.nn.Module):
+    """A position-attention plugin: a learned (C, H, W) map, so it must know its feature size."""
+
+    seen = []
+
+    def __init__(self, channels, feat_size, stage, block_index, out_channels, stride):
+        super().__init__()
+        self.seen.append((stage, block_index, feat_size, out_channels, stride))
+        self.pos = torch.nn.Parameter(torch.zeros(channels, *feat_size))
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.pos)
+
+
+def test_context_keywords_reach_a_factory_that_names_them():
+    attnbench.register("test_pos")(PositionGate)
+    try:
+        PositionGate.seen.clear()
+        m = build("resnet18", "test_pos", input_size=(160, 128), stages=[2, 3])
+        assert PositionGate.seen == [(2, 0, (20, 16), 128, 1), (2, 1, (20, 16), 128, 1),
+                                     (3, 0, (10, 8), 256, 1), (3, 1, (10, 8), 256, 1)]
+        assert attention_parameters(m) == 2 * 128 * 20 * 16 + 2 * 256 * 10 * 8
+        assert describe(m.attnbench_attachment.as_dict()) == "block, stages 2,3 x4"
+        with pytest.raises(AttnBenchError, match=r"options \['stage'\] of module 'test_pos' are filled by attnbench"):
+            build("resnet18", "test_pos", stage=1)
+    finally:
+        attnbench.registry.MODULES.unregister("test_pos")
+
+
+def test_conv_placement_refuses_what_cannot_fit():
+    with pytest.raises(ModuleDoesNotFit, match=r"cannot replace layer2.0.conv1 \(64->128 channels, stride 2\): "
+                                               r"its factory takes no 'out_channels'"):
+        build("resnet18", "se", placement="conv")
+    with pytest.raises(ModuleDoesNotFit, match="placement 'conv' replaces the 3x3 conv of timm's ResNet"):
+        build("convnext_nano", "sk")
+
+
+def test_gc_takes_gcnet_layout_c3_to_c5():
+    m = build("resnet50", "gc")  # default: GCNet's c3-c5 = stages 2, 3, 4
+    expected = sum(gc_params(4 * w) for w in WIDTHS50[3:])
+    assert attention_parameters(m) == expected and count_params(m) == RESNET50 + expected == 28_078_773
+    assert describe(m.attnbench_attachment.as_dict()) == "block, stages 2,3,4 x13"
+    every = build("resnet18", "gc", stages="all")
+    assert describe(every.attnbench_attachment.as_dict()) == "block x8"
+    assert attention_parameters(every) == sum(2 * gc_params(c) for c in (64, 128, 256, 512))
+
+
+def _timm_native_params(backbone):
+    """Parameters of timm's own SE modules in timm's own model (the reference for 'bare')."""
+    from timm.models._efficientnet_blocks import SqueezeExcite
+
+    model = timm.create_model(backbone)
+    return count_params(model), sum(count_params(m) for m in model.modules() if isinstance(m, SqueezeExcite))
+
+
+@pytest.mark.parametrize("backbone,total,native,sites", [
+    ("efficientnet_b0", 5_288_548, 636_540, 16), ("mobilenetv3_large_100", 5_483_032, 1_512_280, 8)])
+def test_none_is_bare_native_is_timms(backbone, total, native, sites):
+    assert _timm_native_params(backbone) == (total, native)
+    bare, built = build(backbone), build(backbone, "native")
+    assert count_params(built) == total and count_params(bare) == total - native
+    assert native_attention(backbone) == {"type": "SqueezeExcite", "label": "SE", "sites": sites, "params": native}
+    assert describe(bare.attnbench_attachment.as_dict()) == f"bare: native SE x{sites} removed"
+    assert describe(built.attnbench_attachment.as_dict()) == f"as built: native SE x{sites}"
+    # a stage module is added to the bare backbone, or beside the native SE when asked
+    nl, kept = build(backbone, "nonlocal"), build(backbone, "nonlocal", keep_native=True)
+    assert count_params(nl) - count_params(bare) == count_params(kept) - total == attention_parameters(nl) > 0
+    assert describe(kept.attnbench_attachment.as_dict()).endswith(", native SE kept")
+
+
+def test_se_rows_on_efficientnet_cost_what_se_costs():
+    native = [m for m in timm.create_model("efficientnet_b0").modules() if type(m).__name__ == "SqueezeExcite"]
+    widths = [m.conv_reduce.in_channels for m in native]  # timm's own expanded widths at its SE sites
+    ours = build("efficientnet_b0", "se")
+    assert count_params(ours) - 4_652_008 == sum(se_params(c) for c in widths)
+    assert describe(ours.attnbench_attachment.as_dict()) == "block x16 (native SE x16 removed)"
+
+
+def test_seresnet50_bare_is_resnet50():
+    assert count_params(build("seresnet50")) == count_params(timm.create_model("resnet50")) == RESNET50
+    assert count_params(build("seresnet50", "native")) == 28_088_024
+    assert native_attention("resnet50") is None
+    with pytest.raises(AttnBenchError, match="keep_native applies to conv and stage placements"):
+        build("seresnet50", "cbam", keep_native=True)
+
+
+@pytest.mark.parametrize("record,text", [
+    (None, "—"),
+    ({"placement": "none", "sites": 0}, "—"),
+    ({"placement": "conv", "sites": 3, "stages": [4], "native": None}, "conv, stage 4 x3"),
+    ({"placement": "stage", "sites": 1, "stages": [3], "native": "SE", "native_kept": 16}, "stage 3, native SE kept"),
+    ({"placement": "stage", "sites": 4, "stages": [2, 3]}, "stages 2,3 x4"),
+    ({"placement": "block", "sites": 15, "stages": None, "replaced": 8}, "block x15 (native attention x8 removed)"),
+])
+def test_describe(record, text):
+    assert describe(record) == text
