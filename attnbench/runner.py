@@ -26,7 +26,7 @@ from .registry import is_baseline
 from .records import Record
 from .store import FolderLock, Store, check_output_dir
 from .metrics import ACCURACY, spec
-from .suite import Cell, Suite, plan
+from .suite import Cell, Suite, is_reference, plan
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,8 @@ def _plugin_packages() -> Dict[str, str]:
 def build_cell_model(cell: Cell):
     torch.manual_seed(0)
     module = None if is_baseline(cell.variant.module) else cell.variant.module
-    return build(cell.backbone, module, backbone_kwargs=cell.backbone_options, **cell.variant.options)
+    return build(cell.backbone, module, backbone_kwargs=cell.backbone_options, input_size=tuple(cell.input_size),
+                 **cell.variant.options)
 
 
 def latency_settings(cell: Cell) -> LatencySettings:
@@ -238,7 +239,7 @@ def make_tasks(cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path
 
 def module_package(cell: Cell) -> str:
     """The package (and version) that provides a cell's module: plugins are part of what a number means."""
-    if is_baseline(cell.variant.module):
+    if is_reference(cell.variant.module):
         return ""
     from .registry import MODULES
 

@@ -21,6 +21,8 @@ import yaml
 from .errors import AttnBenchError, SuiteError, UnknownNameError
 from .registry import BASELINE_NAMES, get_module, is_baseline
 
+NATIVE = "native"  # timm's model as built (attach.NATIVE)
+
 from .metrics import ACCURACY, ALIASES, SUITE_METRICS, spec
 TOP_KEYS = {
     "name": "suite name (string)",
@@ -79,6 +81,7 @@ class Variant:
     module: str  # registry name, or 'none'
     options: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)  # accuracy suites: overrides of the suite's training
+    auto: bool = False  # added by attnbench (the 'native' row), planned only where the backbone has native attention
 
 
 @dataclass
@@ -285,7 +288,7 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
             variant = Variant(label, "none" if is_baseline(module) else module, entry, dict(override))
         else:
             raise SuiteError(source, fld, f"must be a module name or a mapping, got {short(entry)}")
-        if check_names and not is_baseline(variant.module):
+        if check_names and not is_reference(variant.module):
             try:
                 get_module(variant.module)
             except UnknownNameError as exc:
@@ -295,6 +298,10 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     for mod in module_options:
         _need(mod in [v.label for v in variants] or mod in BASELINE_NAMES, source, f"module_options.{_name(mod)}",
               "names no module of this suite")
+    labels = [v.label for v in variants]
+    if kind == "overhead" and "none" in labels and NATIVE not in labels:
+        # Backbones that ship attention get both baselines: the bare one (Δ reference) and timm's as built.
+        variants.insert(labels.index("none") + 1, Variant(NATIVE, NATIVE, auto=True))
     if check_names:
         for i, variant in enumerate(variants):
             _check_options(variant, source, f"module_options.{variant.label}" if variant.label in module_options else f"modules[{i}]")
@@ -349,7 +356,7 @@ def _check_options(variant: Variant, source: str, fld: str) -> None:
     """A misspelt option (``reducton: 8``) is found now, not as failed cells at run time."""
     from .attach import check_module_options, split_options
 
-    if is_baseline(variant.module):
+    if is_reference(variant.module):
         if variant.options:
             raise SuiteError(source, fld, f"options {sorted(map(str, variant.options))} given to the baseline; drop them")
         return
@@ -419,6 +426,17 @@ def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names
     return dict(dataset), dict(training), list(seeds)
 
 
+def is_reference(module: str) -> bool:
+    """The two baselines: 'none' (bare backbone) and 'native' (timm's model as built)."""
+    return is_baseline(module) or module == NATIVE
+
+
+def has_native_attention(backbone: str) -> bool:
+    from .attach import native_attention
+
+    return native_attention(backbone) is not None
+
+
 def plan(suite: Suite) -> List[Cell]:
     """The grid, metric-major within each backbone so cheap counts come before timings."""
     cells = []
@@ -436,7 +454,7 @@ def plan(suite: Suite) -> List[Cell]:
     for bi, backbone in enumerate(suite.backbones):
         for metric in suite.metrics:
             for vi, variant in enumerate(suite.variants):
-                if not suite.selected(backbone, variant):
+                if not suite.selected(backbone, variant) or (variant.auto and not has_native_attention(backbone)):
                     continue
                 device = suite.device if spec(metric).gpu else "cpu"
                 cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), suite.input_size, suite.batch_size,

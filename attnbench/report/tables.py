@@ -139,7 +139,8 @@ def render_markdown(records: Sequence[Record], title: Optional[str] = None) -> s
     lines = [f"# {title or records[0].suite}", "", environment_line(records), settings_line(records)]
     if any(spec(m).scale == 1e9 for m in metrics):
         lines.append(MACS_NOTE)
-    lines.append("Δ: against the same backbone's `none` row (the bare backbone: native attention removed where it has any).")
+    lines.append("Δ: against the same backbone's `none` row, the bare backbone (native attention removed where it has any); "
+                 "a `native` row is timm's model as built, so its Δ is what the native attention costs.")
     lines.append("")
     backbones = list(dict.fromkeys(b for b, _ in rows))
     if len(backbones) >= 3:
