@@ -4,14 +4,24 @@
 
 Speed lives here, not in tests/: nothing is asserted about time.
 """
+from importlib.metadata import distribution
+
 import pytest
 import torch
 
 from attnbench import get_module
 from attnbench.measures.flops import count_flops
 
-MODULES = ["se", "cbam", "nonlocal", "eca", "eca_mlp", "gc", "sk", "coord", "simam", "triplet", "bam", "srm",
-           "ge_theta", "ese", "sge"]
+
+def first_party_modules():
+    """attnbench's own modules from its entry points, minus the timm: wrappers (as tests/formulas.py;
+    benchmarks/ cannot import tests/), so a new module is benchmarked without editing this file."""
+    return sorted(ep.name for ep in distribution("attnbench").entry_points
+                  if ep.group == "attnbench.modules" and ep.value.startswith("attnbench.modules.")
+                  and not ep.value.startswith("attnbench.modules.timm_attn:"))
+
+
+MODULES = first_party_modules()
 SHAPE = (8, 256, 28, 28)  # ResNet-50 res3 at 224x224, batch 8
 
 

@@ -1,11 +1,48 @@
-"""Timing code paths (values are never asserted: speed belongs in benchmarks); GPU tests skip without CUDA."""
+"""Timing code paths: what runs, in which order, under which settings (values are never asserted:
+speed belongs in benchmarks); GPU tests skip without CUDA."""
 import pytest
 import torch
+from torch import nn
 
 from attnbench import build
 from attnbench.measures.latency import LatencySettings, measure_latency, measure_peak_memory, summarize
+from attnbench.threads import fixed_threads
 
 FAST = dict(input_size=(32, 32), warmup=1, rounds=2, min_time=0.0, min_iters=2, threads=1)
+ONE_CALL = dict(input_size=(8, 8), warmup=1, min_time=0.0, min_iters=1, threads=1)  # one call per model per round
+
+
+class Logged(nn.Module):
+    """A tiny classifier that appends its label to a shared log on every forward."""
+
+    def __init__(self, label, log):
+        super().__init__()
+        self.label, self.log = label, log
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.log.append(self.label)
+        return self.fc(x.mean((2, 3)))
+
+
+class Probe(nn.Module):
+    """Records what the harness actually ran: the dtype and memory layout reaching the middle of
+    the network, and the grad/inference mode it ran in."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((x.dtype, x.is_contiguous(memory_format=torch.channels_last),
+                          torch.is_inference_mode_enabled(), self.training))
+        return x
+
+
+def _probed_model():
+    probe = Probe()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), probe, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return model, probe
 
 
 def test_summary_statistics_by_hand():
@@ -15,25 +52,75 @@ def test_summary_statistics_by_hand():
     assert summarize([0.01] * 4, 1, 0.1)["unstable"] is False
 
 
-def test_interleaved_rounds_and_failure_isolation():
-    class Boom(torch.nn.Module):
+def test_rounds_rotate_the_order():
+    log = []
+    models = {k: Logged(k, log) for k in "abc"}
+    out = measure_latency(models, LatencySettings(**ONE_CALL, rounds=4))
+    warmup, timed = log[:3], log[3:]
+    assert warmup == ["a", "b", "c"]
+    assert [timed[i:i + 3] for i in range(0, 12, 3)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+    assert {k: m.stats["runs"] for k, m in out.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+def test_failing_models_are_dropped_the_others_finish():
+    class Boom(nn.Module):
         def forward(self, x):
             raise RuntimeError("boom")
 
-    failed = {}
-    out = measure_latency({"a": build("resnet18"), "b": Boom(), "c": build("resnet18", "se")},
-                          LatencySettings(**FAST), on_error=lambda label, exc: failed.setdefault(label, str(exc)))
-    assert set(out) == {"a", "c"} and failed == {"b": "boom"}
-    for m in out.values():
-        assert m.metric == "latency_cpu" and m.unit == "ms" and m.stats["runs"] == 4  # 2 rounds x 2 calls
-        assert m.settings["threads"] == 1 and m.settings["mode"] == "eval"
+    class LateBoom(Logged):  # passes warm-up, fails on its second timed call
+        def forward(self, x):
+            if self.log.count(self.label) == 2:  # warm-up and round 1 done
+                raise RuntimeError("late boom")
+            return super().forward(x)
+
+    log, failed = [], {}
+    models = {"a": Logged("a", log), "b": Boom(), "c": LateBoom("c", log), "d": Logged("d", log)}
+    out = measure_latency(models, LatencySettings(**ONE_CALL, rounds=3),
+                          on_error=lambda label, exc: failed.setdefault(label, str(exc)))
+    assert failed == {"b": "boom", "c": "late boom"} and set(out) == {"a", "d"}
+    # warm-up a c d; round 1: a c d; round 2 (rotated: c d a): c fails first, the round ends; round 3 over [a, d]: a d
+    assert log == list("acd") + list("acd") + list("ad")
+    assert out["a"].stats["runs"] == 2 and out["d"].stats["runs"] == 2
+    assert all(m.metric == "latency_cpu" and m.unit == "ms" and m.settings["mode"] == "eval" for m in out.values())
+
+
+def test_defaults_run_float32_contiguous_under_inference_mode():
+    model, probe = _probed_model()
+    measure_latency({"m": model}, LatencySettings(**FAST))
+    assert set(probe.seen) == {(torch.float32, False, True, False)}  # 1 warm-up + 2 rounds x 2 calls
+    assert len(probe.seen) == 5
 
 
 def test_train_step_channels_last_and_bf16_autocast_on_cpu():
+    model, probe = _probed_model()
     s = LatencySettings(**FAST, train=True, channels_last=True, amp="bf16", batch_size=2)
-    out = measure_latency({"se": build("resnet18", "se")}, s)
-    m = out["se"]
+    m = measure_latency({"m": model}, s)["m"]
+    # the conv ran under bf16 autocast on a channels_last input, with autograd on and the model in train mode
+    assert set(probe.seen) == {(torch.bfloat16, True, False, True)} and len(probe.seen) == 5
+    assert model[4].weight.grad is not None  # a training step ran backward
     assert m.metric == "train_step_cpu" and m.settings["amp"] == "bf16" and m.settings["channels_last"]
+
+
+def test_thread_count_is_set_for_the_run_and_restored_after():
+    seen = []
+
+    class Threads(Logged):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return super().forward(x)
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    m = measure_latency({"t": Threads("t", [])}, LatencySettings(**dict(ONE_CALL, threads=target), rounds=1))["t"]
+    assert set(seen) == {target} and m.settings["threads"] == target
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with fixed_threads(target) as n:
+            assert n == torch.get_num_threads() == target
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with fixed_threads(None) as n:
+        assert n == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")

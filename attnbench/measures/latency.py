@@ -6,7 +6,8 @@ seconds (at least ``min_iters`` calls) in rotating order: A B C, B C A, ... .
 CUDA: the same schedule timed with CUDA events, synchronised at each block's ends, with
 ``cudnn.benchmark`` and optional AMP, channels_last and ``torch.compile``.
 Each result carries median, IQR, runs and an ``unstable`` flag when IQR/median exceeds
-``unstable_threshold`` (pyperf warns on unstable runs the same way).
+``unstable_threshold`` (0.10: the rule behind torch.utils.benchmark's "Interquartile range is ...% of
+the median" warning; pyperf judges stability by standard deviation/mean instead).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..guard import check_finite, deadline
+from ..threads import fixed_threads
 from .record import Measurement
 
 AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -92,14 +94,11 @@ def measure_latency(
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device available")
-    old_threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(int(settings.threads))
     if cuda:
         torch.backends.cudnn.benchmark = True
     mem_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     steps: Dict[str, _Step] = {}
-    try:
+    with fixed_threads(settings.threads) as threads:
         torch.manual_seed(0)
         x = torch.randn(settings.batch_size, settings.in_chans, *settings.input_size, device=dev)
         x = x.contiguous(memory_format=mem_format)
@@ -136,7 +135,6 @@ def measure_latency(
                     times.pop(label, None)
                     break  # the rotation list changed; the next round starts afresh
         metric = ("train_step_" if settings.train else "latency_") + ("gpu" if cuda else "cpu")
-        threads = torch.get_num_threads()
         method = ("CUDA events, synchronised" if cuda else "time.perf_counter per call") + \
             f", {settings.rounds} interleaved rounds, " + ("SGD training step" if settings.train else "eval, inference_mode")
         out = {}
@@ -145,8 +143,6 @@ def measure_latency(
             out[label] = Measurement(metric, stats["median_ms"], "ms", method,
                                      dict(settings.as_dict(), threads=threads, device=str(dev)), stats)
         return out
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _time_block(step: _Step, s: LatencySettings, dev: torch.device) -> List[float]:

@@ -7,7 +7,7 @@ out = x * (1 + sigmoid(channel * spatial)). r=16, d=4.
 """
 from torch import nn
 
-from .se import reduced_channels
+from .common import reduced_channels
 
 
 class BAM(nn.Module):

@@ -2,13 +2,13 @@
 
 Channel gate: avg- and max-pooled descriptors through one shared MLP (C->C/r->C, with bias),
 summed, sigmoid. Spatial gate: channel-wise max and mean -> 7x7 conv 2->1 (no bias) +
-BatchNorm -> sigmoid. Channel gate first, then spatial gate (sequential arrangement).
+BatchNorm -> sigmoid (``common.SpatialGate``, shared with Triplet). Channel gate first, then spatial gate (sequential arrangement).
 Parameters: SE's 2*C*(C/r) + C/r + C, plus 2*k*k + 2 for the spatial conv and its BatchNorm.
 """
 import torch
 from torch import nn
 
-from .se import reduced_channels
+from .common import SpatialGate, reduced_channels
 
 
 class ChannelGate(nn.Module):
@@ -20,17 +20,6 @@ class ChannelGate(nn.Module):
     def forward(self, x):
         att = self.mlp(x.mean((2, 3))) + self.mlp(x.amax((2, 3)))
         return x * torch.sigmoid(att)[:, :, None, None]
-
-
-class SpatialGate(nn.Module):
-    def __init__(self, kernel_size: int = 7):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1)
-
-    def forward(self, x):
-        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
 
 class CBAM(nn.Module):

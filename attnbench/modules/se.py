@@ -5,10 +5,7 @@ sigmoid; scale: channel-wise multiply. Parameters: 2*C*(C/r) + C/r + C (weights 
 """
 from torch import nn
 
-
-def reduced_channels(channels: int, reduction: float) -> int:
-    """C/r as the paper writes it (floored, at least 1); no rounding to a multiple of 8."""
-    return max(1, int(channels // reduction))
+from .common import reduced_channels  # C/r, floored; re-exported for modules that import it from here
 
 
 class SqueezeExcite(nn.Module):

@@ -1,22 +1,13 @@
 """Triplet Attention (Misra et al., WACV 2021): three branches capturing (C,H), (C,W), (H,W).
 
-Each branch: Z-pool (max and mean over one axis -> 2 maps), 7x7 conv 2->1 (no bias) + BN,
-sigmoid, scale; the branches for (C,W) and (C,H) work on rotated tensors; outputs averaged.
+Each branch is CBAM's spatial gate (``common.SpatialGate``): Z-pool (max and mean over one axis ->
+2 maps), 7x7 conv 2->1 (no bias) + BN, sigmoid, scale; the branches for (C,W) and (C,H) work on
+rotated tensors; outputs averaged.
 Parameters: 3 * (2*k*k + 2) = 300 for k=7.
 """
-import torch
 from torch import nn
 
-
-class _Gate(nn.Module):
-    def __init__(self, kernel_size: int):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1)
-
-    def forward(self, x):
-        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
-        return x * self.bn(self.conv(pooled)).sigmoid()
+from .common import SpatialGate
 
 
 class TripletAttention(nn.Module):
@@ -24,9 +15,9 @@ class TripletAttention(nn.Module):
 
     def __init__(self, channels: int = 0, kernel_size: int = 7):
         super().__init__()
-        self.cw = _Gate(kernel_size)  # rotate so H plays the channel role: attends over (C, W)
-        self.hc = _Gate(kernel_size)  # rotate so W plays the channel role: attends over (H, C)
-        self.hw = _Gate(kernel_size)  # plain spatial branch
+        self.cw = SpatialGate(kernel_size)  # rotate so H plays the channel role: attends over (C, W)
+        self.hc = SpatialGate(kernel_size)  # rotate so W plays the channel role: attends over (H, C)
+        self.hw = SpatialGate(kernel_size)  # plain spatial branch
 
     def forward(self, x):
         a = self.cw(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
