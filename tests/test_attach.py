@@ -8,6 +8,8 @@ from attnbench import attention_parameters, build, count_params
 from attnbench.attach import AttentionSlot
 from attnbench.errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError
 
+from formulas import nonlocal_params, se_params
+
 
 def test_builtins_are_listed():
     assert {"se", "cbam", "nonlocal"} <= set(attnbench.list_modules())
@@ -72,9 +74,7 @@ def test_nonlocal_stages_and_blocks():
     a = m.attnbench_attachment
     assert a.stages == [2, 3]
     assert a.sites == ["layer2.attn1", "layer2.attn3", "layer3.attn3", "layer3.attn5"]
-    c2, c3 = 512, 1024
-    per = lambda c: 2 * c * c + 3 * (c // 2) + c + 2 * c  # noqa: E731
-    assert attention_parameters(m) == 2 * per(c2) + 2 * per(c3)
+    assert attention_parameters(m) == 2 * nonlocal_params(512) + 2 * nonlocal_params(1024)
 
 
 def test_plain_plugin_constructor_gets_no_timm_keywords():
@@ -126,4 +126,4 @@ def test_bad_options_and_placements():
     a = m.attnbench_attachment
     assert a.placement == "stage" and a.stages == [1, 2, 3, 4]
     assert a.sites == ["stages.0.attn", "stages.1.attn", "stages.2.attn", "stages.3.attn"]
-    assert attention_parameters(m) == sum(2 * c * (c // 16) + c // 16 + c for c in (80, 160, 320, 640))
+    assert attention_parameters(m) == sum(se_params(c) for c in (80, 160, 320, 640))

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from attnbench.cli import main
+from formulas import se_params
 
 SMALL = """
 name: small
@@ -108,8 +109,8 @@ def test_compare_two_runs(tmp_path, capsys):
     assert code == 0
     assert "| resnet18 | none | params | parameters | 11.690 | 11.690 | +0.00% |" in out
     # SE at r=4 instead of 16: 2*C*C/4 + C/4 + C per block, against 2*C*C/16 + C/16 + C
-    se16 = sum(2 * c * (c // 16) + c // 16 + c for c in (64, 64, 128, 128, 256, 256, 512, 512))
-    se4 = sum(2 * c * (c // 4) + c // 4 + c for c in (64, 64, 128, 128, 256, 256, 512, 512))
+    se16 = sum(se_params(c, 16) for c in (64, 64, 128, 128, 256, 256, 512, 512))
+    se4 = sum(se_params(c, 4) for c in (64, 64, 128, 128, 256, 256, 512, 512))
     pct = (se4 - se16) / (11_689_512 + se16) * 100
     assert f"| resnet18 | se | params | parameters | 11.779 | {(11_689_512 + se4) / 1e6:.3f} | {pct:+.2f}% |" in out
 

@@ -13,6 +13,8 @@ from typing import Sequence
 
 from torch import nn
 
+from .common import make_divisible
+
 
 def adaptive_kernel(channels: int, gamma: float = 2, b: float = 1) -> int:
     t = int(abs(math.log2(channels) + b) / gamma)
@@ -41,7 +43,7 @@ class EcaMlp(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 0, hidden: int = 0, gamma: float = 2, b: float = 1):
         super().__init__()
         k = kernel_size or max(3, adaptive_kernel(channels, gamma, b))
-        hidden = hidden or max(8, int(channels / 8 + 4) // 8 * 8)  # timm's make_divisible(C/8, 8)
+        hidden = hidden or make_divisible(channels / 8, 8)  # timm's ecam
         self.conv = nn.Conv1d(1, hidden, 1)
         self.act = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv1d(hidden, 1, k, padding=k // 2)
