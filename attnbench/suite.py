@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import os
 import reprlib
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from .registry import BASELINE_NAMES, get_module, is_baseline
 
 NATIVE = "native"  # timm's model as built (attach.NATIVE)
 
+from .measures.latency import LatencySettings
 from .metrics import ACCURACY, ALIASES, SUITE_METRICS, spec
+from .settings import POSITIVE_NUMBER, suite_rules
 TOP_KEYS = {
     "name": "suite name (string)",
     "description": "free text",
@@ -47,17 +48,7 @@ MAX_SUITE_BYTES = 1 << 20  # a suite file is a few hundred bytes; refuse anythin
 MAX_YAML_NODES = 20_000  # after alias expansion: anchors are fine, alias bombs are not
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_ACCURACY_TIMEOUT_S = 86400.0
-# Latency settings and what each must be: (check, problem text). Keys are LatencySettings' fields.
-_POS_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be an integer >= 1")
-_NONNEG_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "must be an integer >= 0")
-_POS_NUM = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
-            "must be a finite number > 0")
-_BOOL = (lambda v: isinstance(v, bool), "must be true or false")
-LATENCY_RULES = {
-    "threads": _POS_INT, "warmup": _NONNEG_INT, "rounds": _POS_INT, "min_time": _POS_NUM, "min_iters": _POS_INT,
-    "unstable_threshold": _POS_NUM, "channels_last": _BOOL, "compile": _BOOL,
-    "amp": (lambda v: v is None or v in ("fp16", "float16", "bf16", "bfloat16"), "must be fp16, bf16 or null"),
-}
+LATENCY_RULES = suite_rules(LatencySettings)  # the suite's `latency:` keys are LatencySettings' suite fields
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -341,7 +332,7 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     _need(isinstance(backbone_options, dict), source, "backbone_options", "must be a mapping of timm.create_model keywords")
     timeout = data.get("timeout")
     if timeout is not None:
-        check, problem = _POS_NUM
+        check, problem = POSITIVE_NUMBER
         _need(check(timeout), source, "timeout", f"{problem} (seconds per cell), got {short(timeout)}")
     return Suite(
         name=name, source=source, backbones=list(backbones), variants=variants, metrics=list(metrics),

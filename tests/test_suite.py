@@ -24,7 +24,8 @@ def test_shipped_suites_load():
     assert {"overhead", "smoke"} <= set(list_suites())
     s = load_suite("overhead")
     assert s.backbones == ["resnet18", "resnet50"]
-    assert [v.label for v in s.variants] == ["none", "se", "cbam", "nonlocal"]
+    assert [v.label for v in s.variants] == ["none", "native", "se", "cbam", "nonlocal"]
+    assert [v.label for v in s.variants if v.auto] == ["native"]  # planned only where a backbone ships attention
     assert s.metrics == ["params", "flops", "latency_cpu"] and s.input_size == (224, 224) and s.batch_size == 1
     assert len(plan(s)) == 2 * 4 * 3
 
@@ -66,3 +67,13 @@ def test_malformed_suites_name_file_and_field(tmp_path, text, field, problem):
 def test_unknown_suite_name():
     with pytest.raises(UnknownNameError, match="unknown suite 'overhed'; did you mean 'overhead'"):
         load_suite("overhed")
+
+
+def test_native_row_only_for_backbones_that_ship_attention():
+    from attnbench.suite import parse_suite
+
+    s = parse_suite({"name": "n", "backbones": ["resnet18", "efficientnet_b0"], "modules": ["none", "se"],
+                     "metrics": ["params"]}, "n.yaml")
+    assert [(c.backbone, c.variant.label) for c in plan(s)] == [
+        ("resnet18", "none"), ("resnet18", "se"),
+        ("efficientnet_b0", "none"), ("efficientnet_b0", "native"), ("efficientnet_b0", "se")]

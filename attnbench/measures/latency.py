@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..guard import check_finite, deadline
+from ..settings import BOOLEAN, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, choice, optional, suite_field
 from ..threads import fixed_threads
 from .record import Measurement
 
@@ -31,15 +32,16 @@ class LatencySettings:
     batch_size: int = 1
     input_size: tuple = (224, 224)
     in_chans: int = 3
-    threads: Optional[int] = None  # CPU threads; None = torch's current setting
-    warmup: int = 5
-    rounds: int = 5
-    min_time: float = 0.3  # seconds per model per round
-    min_iters: int = 3
-    unstable_threshold: float = 0.10
-    amp: Optional[str] = None  # "fp16" / "bf16" on CUDA
-    channels_last: bool = False
-    compile: bool = False
+    # Suite-settable (the suite's `latency:` mapping): keys, defaults and checks are these fields.
+    threads: Optional[int] = suite_field(None, optional(POSITIVE_INT))  # CPU threads; None = torch's current setting
+    warmup: int = suite_field(5, NONNEGATIVE_INT)
+    rounds: int = suite_field(5, POSITIVE_INT)
+    min_time: float = suite_field(0.3, POSITIVE_NUMBER)  # seconds per model per round
+    min_iters: int = suite_field(3, POSITIVE_INT)
+    unstable_threshold: float = suite_field(0.10, POSITIVE_NUMBER)
+    amp: Optional[str] = suite_field(None, choice(None, *AMP_DTYPES))  # "fp16" / "bf16" autocast
+    channels_last: bool = suite_field(False, BOOLEAN)
+    compile: bool = suite_field(False, BOOLEAN)
     train: bool = False  # time a full training step (forward, backward, SGD step) instead
     timeout: Optional[float] = None  # seconds one model's warm-up or timing block may take (a hung module fails alone)
 

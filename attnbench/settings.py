@@ -1,0 +1,49 @@
+"""Settings dataclasses are the one source of truth for suite keys, their defaults and their checks.
+
+A field a suite may set is declared with ``suite_field(default, rule)``; ``suite_rules(cls)`` gives
+suite validation the keys and checks, so a key list never has to be repeated beside the dataclass.
+A rule is ``(check, problem)``: ``check(value) -> bool`` and the text shown when it fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, Tuple
+
+Rule = Tuple[Callable[[Any], bool], str]
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+POSITIVE_INT: Rule = (lambda v: _int(v) and v >= 1, "must be an integer >= 1")
+NONNEGATIVE_INT: Rule = (lambda v: _int(v) and v >= 0, "must be an integer >= 0")
+POSITIVE_NUMBER: Rule = (lambda v: _num(v) and v > 0, "must be a finite number > 0")
+NONNEGATIVE_NUMBER: Rule = (lambda v: _num(v) and v >= 0, "must be a finite number >= 0")
+BOOLEAN: Rule = (lambda v: isinstance(v, bool), "must be true or false")
+
+
+def choice(*options) -> Rule:
+    return (lambda v: v in options, f"must be one of {', '.join(map(str, options))}")
+
+
+def optional(rule: Rule) -> Rule:
+    check, problem = rule
+    return (lambda v: v is None or check(v), f"{problem} (or null)")
+
+
+def suite_field(default: Any, rule: Rule, **kwargs) -> Any:
+    """A dataclass field a suite file may set, with the check suite validation applies to it."""
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"suite": rule}, **kwargs)
+    return dataclasses.field(default=default, metadata={"suite": rule}, **kwargs)
+
+
+def suite_rules(cls) -> Dict[str, Rule]:
+    """The suite-settable fields of a settings dataclass and their checks, in declaration order."""
+    return {f.name: f.metadata["suite"] for f in dataclasses.fields(cls) if "suite" in f.metadata}
