@@ -40,14 +40,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .contract import PLACEMENTS, first_line, plugin_frame
 from .errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError
+from .guard import is_out_of_memory
 from .placement import (BLOCK_SLOTS, Site, assign_stages, block_sites, choose_stages, conv_sites,
                         declared_context, drop_norm_act, native_label, native_sites, probe_inputs, stage_entries,
                         stage_sites)
 from .registry import get_module, is_baseline
 
 NATIVE = "native"  # baseline name: timm's model as built, native attention included
-PLACEMENTS = ("block", "conv", "stage")
 ATTACH_OPTIONS = ("placement", "stages", "blocks", "keep_native")
 # Names the Non-Local paper's users expect; mapped onto the generic stage options.
 ALIASES = {"nonlocal_stages": "stages", "nonlocal_blocks": "blocks"}
@@ -101,27 +102,55 @@ def describe(attachment: Optional[dict]) -> str:
     return text + (f", native {native} kept" if kept else "")
 
 
-class AttentionSlot(nn.Module):
-    """One attached module; fails clearly if its output is not the shape its site needs."""
+class ModuleFailed(ModuleDoesNotFit):
+    """An attached module raised inside its forward; the message names the module, its site and the plugin's line."""
 
-    def __init__(self, module: nn.Module, name: str, channels: int, out_channels: Optional[int] = None, stride: int = 1):
+
+class AttentionSlot(nn.Module):
+    """One attached module; fails clearly if its output is not the shape its site needs, and names
+    the module, the site and the plugin's own file:line when the module raises."""
+
+    def __init__(self, module: nn.Module, name: str, channels: int, out_channels: Optional[int] = None, stride: int = 1,
+                 site: str = ""):
         super().__init__()
         self.attn = module
         self.module_name = name
         self.channels = channels
         self.out_channels = out_channels or channels
         self.stride = stride
+        self.site = site  # e.g. 'layer3.2.se'; set by build()
 
     def forward(self, x):
-        y = self.attn(x)
+        try:  # no per-call work: latency is measured through this forward
+            y = self.attn(x)
+        except AttnBenchError:  # CellTimeout, OutOfMemory ... pass through unchanged
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            raise ModuleFailed(self._failure(exc, x)) from exc
         n, _, h, w = x.shape
         want = (n, self.out_channels, -(-h // self.stride), -(-w // self.stride))
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != want:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             need = ("an attention module must keep the (N, C, H, W) shape" if want == tuple(x.shape)
                     else f"in place of a conv it must return {want}")
-            raise ModuleDoesNotFit(f"attention module {self.module_name!r} returned {got} for input {tuple(x.shape)}; {need}")
+            raise ModuleDoesNotFit(f"attention module {self.module_name!r}{self._where()} returned {got} for input "
+                                   f"{tuple(x.shape)}; {need}")
         return y
+
+    def _where(self) -> str:
+        """' at layer3.2' for a block's slot (the block names the site), else the inserted/replaced path."""
+        owner, _, attr = self.site.rpartition(".")
+        site = owner if owner and any(attr in slots for slots in BLOCK_SLOTS.values()) else self.site
+        return f" at {site}" if site else ""
+
+    def _failure(self, exc: Exception, x) -> str:
+        """Site and plugin line first: a row's note keeps the first 300 characters."""
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        line = plugin_frame(exc)
+        return (f"attention module {self.module_name!r}{self._where()} ({self.channels} channels, input {shape})"
+                f"{', ' + line if line else ''}: {first_line(exc)}")
 
 
 def list_backbones(pattern: str = "") -> List[str]:
@@ -174,7 +203,7 @@ def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared
     like = next(site.owner.parameters(), None)  # the backbone's device and dtype
     if like is not None:
         module = module.to(device=like.device, dtype=like.dtype)
-    return AttentionSlot(module, name, site.channels, site.out_channels, site.stride)
+    return AttentionSlot(module, name, site.channels, site.out_channels, site.stride, site.path)
 
 
 def _check_conv_fit(name: str, site: Site, declared: Sequence[str]) -> None:

@@ -15,10 +15,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .contract import CONTEXT_KEYS  # the contract's list (also imported from here)
 from .errors import ModuleDoesNotFit
 
-# Keywords a factory may declare (by name, in its signature) to be told about its site.
-CONTEXT_KEYS = ("feat_size", "stride", "stage", "block_index", "out_channels")
 # timm families and the block attributes that hold their per-block attention (None/Identity when
 # absent). The first is where a ``block`` module goes; all of them are searched for native attention.
 BLOCK_SLOTS = {
