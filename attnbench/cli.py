@@ -197,6 +197,22 @@ def measure(
 
 
 @app.command()
+def check(target: str = typer.Argument(..., help="registered name, pkg.module:Class or path/file.py:Class"),
+          backbone: str = typer.Option("resnet18", "--backbone", "-b", help="backbone to attach it to ('' = the module alone)"),
+          option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
+          channels: int = typer.Option(64, "--channels", help="channels for the module-alone checks"),
+          input_size: int = typer.Option(224, "--input-size", help="input resolution for the backbone checks")):
+    """Check a module against the plugin contract, in seconds, before any suite (exit 0: nothing failed)."""
+    from .check import render_check, run_check
+
+    options = dict(_parse_option(o) for o in option)
+    with contextlib.redirect_stdout(sys.stderr):
+        report = run_check(target, backbone, options, channels=channels, input_size=input_size)
+    out_console.print(render_check(report), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
 def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for validate.md")):
     """Published figures (SENet, CBAM, ECA, ...) beside the harness's own numbers."""
     from .validate import render_validate, validate as run_validate

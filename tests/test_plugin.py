@@ -27,19 +27,21 @@ def test_plugin_builds_into_resnet18(with_plugin):
 def test_plugin_in_a_suite_and_a_crashing_forward_fails_alone(with_plugin, tmp_path):
     suite = parse_suite({
         "name": "plug", "backbones": ["resnet18"], "modules": ["none", "demo_gate", "demo_explode", "se"],
-        "input_size": 32, "metrics": ["params", "flops", "latency_cpu"],
+        "input_size": 32, "metrics": ["params", "macs", "latency_cpu"],
         "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
     }, "plug.yaml")
     result = run_suite(suite, tmp_path)
-    status = {(r["label"], r["metric"]): r["status"] for r in result.records}
+    status = {(r.label, r.metric): r.status for r in result.records}
     assert len(status) == 12
-    assert status.pop(("demo_explode", "flops")) == "failed"
+    assert status.pop(("demo_explode", "macs")) == "failed"
     assert status.pop(("demo_explode", "latency_cpu")) == "failed"
     assert set(status.values()) == {"ok"}  # params of demo_explode, and every other cell
     assert result.failed == 2 and result.exit_code == 1
     md = (tmp_path / "plug.md").read_text()
     assert "| resnet18 | demo_gate | block x8 | 11.691 | +1,920 |" in md
-    assert "failed demo_explode" not in md and "- failed resnet18/demo_explode/flops: RuntimeError: demo_explode: forward raised on purpose" in md
+    # the note names the module, its site, the plugin's own file:line and the original error
+    assert "- failed resnet18/demo_explode/macs: ModuleFailed: attention module 'demo_explode' at layer1.0 (64 channels, " \
+           "input (1, 64, 8, 8)), attnbench_demo/gate.py:19: RuntimeError: demo_explode: forward raised on purpose" in md
 
 
 def test_cli_lists_plugin_and_warns_once(plugin_site):

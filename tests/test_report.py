@@ -92,3 +92,17 @@ def test_schema_1_records_are_migrated_and_foreign_ones_refused():
                 {**old, "status": "failed", "error": None}, [1, 2]):
         with pytest.raises(ForeignRecord):
             Record.from_dict(bad)
+
+
+def test_rows_whose_parameters_hide_compute_are_marked():
+    md = render_markdown([
+        rec("none", "params", 100, stats={"attention": 0}), rec("none", "macs", 1e9, stats={"attention": 0}),
+        rec("lst", "params", 100, position=(0, 1), stats={"attention": 0, "hidden_numel": 8320,
+                                                           "hidden_state": ["layer1.0.x.convs[0]"]}),
+        rec("lst", "macs", 1.1e9, position=(0, 1), stats={"attention": 1000}),
+        rec("free", "params", 100, position=(0, 2), stats={"attention": 0}),
+        rec("free", "macs", 1.2e9, position=(0, 2), stats={"attention": 5000}),
+    ])
+    assert "| resnet18 | lst§ |" in md and "| resnet18 | free§ |" in md and "| resnet18 | none |" in md
+    assert "- § resnet18/lst: state parameters() cannot see: 8,320 elements (layer1.0.x.convs[0])." in md
+    assert "- § resnet18/free: no registered parameters, 5,000 MACs inside the module." in md

@@ -15,6 +15,7 @@ from ..records import Record
 DASH = "—"
 UNSTABLE = "†"
 UNCOUNTED = "‡"
+UNSEEN = "§"
 ENV_FIELDS = [("torch", "torch"), ("timm", "timm"), ("fvcore", "fvcore"), ("device", "device_name"),
               ("threads", "threads"), ("dtype", "dtype"), ("date", "date")]
 MACS_NOTE = ("MACs: one multiply-add = 1 MAC (the SE, CBAM and ECA papers call this a FLOP); convolutions, linears and "
@@ -109,6 +110,19 @@ def where(cells: Dict[str, Record]) -> str:
     return describe(attach) if attach else DASH
 
 
+def unseen_state(cells: Dict[str, Record]) -> str:
+    """Why a row's parameter count may mislead: state parameters() cannot see, or no parameters
+    but compute inside the attached module (parameter-free by design, or hidden state)."""
+    params, macs = cells.get("params"), cells.get("macs")
+    if params is None or params.value is None or params.module in ("none", "native"):
+        return ""
+    if params.stats.get("hidden_numel"):
+        return f"state parameters() cannot see: {params.stats['hidden_numel']:,} elements ({', '.join(params.stats['hidden_state'][:3])})"
+    if params.stats.get("attention") == 0 and macs is not None and macs.value is not None and macs.stats.get("attention"):
+        return f"no registered parameters, {macs.stats['attention']:,} MACs inside the module"
+    return ""
+
+
 def _is_bare_baseline(rec: Record) -> bool:
     return rec.module == "none"
 
@@ -119,7 +133,7 @@ def _table(rows: Dict[Tuple[str, str], Dict[str, Record]], metrics: List[str]) -
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     for (backbone, label), cells in rows.items():
         base = baselines.get(backbone, {})
-        vals = [backbone, label, where(cells)]
+        vals = [backbone, label + (UNSEEN if unseen_state(cells) else ""), where(cells)]
         for m in metrics:
             vals += [_cell(kind, m, cells.get(m), base.get(m)) for _, kind in spec(m).columns]
         lines.append("| " + " | ".join(vals) + " |")
@@ -166,6 +180,13 @@ def _notes(records: Sequence[Record]) -> List[str]:
     if uncounted:
         ops = "; ".join(f"{op} ({', '.join(sorted(rows))})" for op, rows in sorted(uncounted.items()))
         notes.append(f"{UNCOUNTED} operators with no counting rule, so not in these MACs: {ops}.")
+    rows: Dict[Tuple[str, str], Dict[str, Record]] = {}
+    for r in records:
+        rows.setdefault((r.backbone, r.label), {})[r.metric] = r
+    for (backbone, label), cells in rows.items():
+        why = unseen_state(cells)
+        if why:
+            notes.append(f"{UNSEEN} {backbone}/{label}: {why}.")
     for r in records:
         if r.status == "failed":
             notes.append(f"failed {r.backbone}/{r.label}/{r.metric}: {r.error['type']}: {r.error['message']}")
