@@ -88,7 +88,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="skip cells already stored in OUT/<suite>.jsonl"),
     executor: str = typer.Option("local", "--executor", help="local or dask"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="dask: LocalCluster workers when no --scheduler (default 2)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="dask: LocalCluster workers (default 2; not with --scheduler)"),
     slot: Optional[str] = typer.Option(None, "--slot", help="dask: how timings get a node to themselves: lock (default) or resource"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"),
@@ -99,19 +99,15 @@ def run(
                                                 "latency joins the table (default OUT/overhead.jsonl when it exists)"),
 ):
     """Run a suite, store every cell as it finishes, write and print the table."""
+    from .executors import make_executor
     from .runner import run_suite
     from .suite import load_suite, plan
 
+    ex = make_executor(executor, scheduler, workers, slot, out / "dask-scratch")  # options checked before any work
     s = load_suite(suite)
     subset_suite(s, only_backbone, only_module)
     if data_root or download:
         s.dataset.update({k: v for k, v in (("root", data_root), ("download", download)) if v})
-    ex = None
-    if executor == "dask":
-        from .executors import dask_executor
-        ex = dask_executor(scheduler=scheduler, n_workers=workers or 2, local_directory=out / "dask-scratch", slot=slot or "lock")
-    elif executor != "local":
-        _fail(f"unknown executor {executor!r}; use --executor local or --executor dask")
     total = len(plan(s))
     counts = {"done": 0, "failed": 0, "skipped": 0, "unsupported": 0}
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
