@@ -1,136 +1,218 @@
-"""FLOPs with a stated convention: one multiply-add = one FLOP (SE/CBAM/ECA papers' convention).
+"""Multiply-adds (MACs; one multiply-add = 1, the SE/CBAM/ECA papers' "FLOPs"), counted twice.
 
-fvcore's ``FlopCountAnalysis`` counts convolutions, linears, matmuls and norms but skips the
-operators attention modules are made of (mean, amax, sigmoid, softmax, mul, add, max-pool,
-ReLU), which makes SE look ~5x cheaper than it is. We add handlers for those:
+Every operator is counted by the rules in ``macs_rules.RULES`` (stated there: 1 per output element
+for element-wise ops, 1 per input element for reductions, output x window for pools, and one rule
+for normalisation layers: 1 per element for normalise + affine, +1 per element for each statistic
+computed at run time -- LayerNorm/GroupNorm/InstanceNorm/train-mode BatchNorm 3, eval BatchNorm 1)
+or listed as unhandled; none is a silent zero.
 
-- a reduction (mean, sum, amax/max, var/std, adaptive max pool): one FLOP per *input* element;
-- a windowed pool (max/avg_pool2d): one FLOP per output element per window position
-  (equal to the input size for non-overlapping windows);
-- an element-wise op (add, mul, div, sigmoid, ReLU, softmax, ...): one FLOP per *output* element;
-- views, copies, tensor creation and eval-mode dropout (view, expand, permute, cat, pad, eye, ...): free.
-
-The record keeps the fvcore part (equal to fvcore's own total) and the added element-wise
-part apart, and lists every operator still unhandled -- nothing is dropped silently.
+Counter 1 walks fvcore's TorchScript trace (fvcore's own ignore list is emptied, so comparisons,
+masked_fill, gather ... reach our rules); conv/linear/matmul use fvcore's own handles. Counter 2 is
+``macs_dispatch.MacCounterMode`` (torch's FlopCounterMode). Both totals are recorded; a difference
+is named per operator. ``fvcore`` keeps fvcore's own unmodified total for reference: it moves with
+coding style (fvcore counts ``nn.AdaptiveAvgPool2d`` but not ``x.mean``, and its own norm rules),
+while ``conv_linear_matmul`` does not.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from functools import lru_cache
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
 from ..attach import AttentionSlot
+from .macs_dispatch import count_forward_macs
+from .macs_rules import ELEMENTWISE, MATMUL, NORM, RULES, RuleError, Shape, apply, rule_of
 from .record import Measurement
 
-TAG = "elementwise:"
-
-ELEMENTWISE_OPS = [
-    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "neg", "reciprocal", "abs",
-    "exp", "log", "sqrt", "rsqrt", "pow", "maximum", "minimum", "where", "clamp", "clamp_", "clamp_min",
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "gelu", "silu", "silu_", "mish",
-    "sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "hardsigmoid_", "hardswish", "hardswish_",
-    "hardtanh", "hardtanh_", "softplus", "softmax", "log_softmax",
-]
-REDUCTION_OPS = ["mean", "sum", "amax", "amin", "max", "min", "var", "std", "adaptive_max_pool2d", "norm", "linalg_vector_norm"]
-WINDOW_OPS = ["max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d"]
-# Views and copies fvcore does not already ignore: free by the convention above.
-FREE_OPS = ["expand_as", "view_as", "reshape_as", "repeat", "clone", "unflatten", "movedim", "pixel_shuffle",
-            "pixel_unshuffle", "channel_shuffle", "contiguous", "alias", "pad", "unfold",
-            "eye", "ones_like", "empty_like", "feature_dropout", "dropout_", "alpha_dropout", "feature_alpha_dropout"]
-
-
-def _numel(value) -> int:
-    try:
-        sizes = value.type().sizes()
-    except (RuntimeError, AttributeError):
-        return 0  # a scalar or list (shape arithmetic in the trace): no tensor work
-    return math.prod(sizes) if sizes is not None else 0
-
-
-def _per_output(name):
-    return lambda inputs, outputs: Counter({TAG + name: _numel(outputs[0])})
-
-
-def _per_input(name):
-    # max(in, out) also covers the binary element-wise form of aten::max / aten::min.
-    return lambda inputs, outputs: Counter({TAG + name: max(_numel(inputs[0]), _numel(outputs[0]))})
-
-
-def _per_window(name):
-    def handle(inputs, outputs):
-        try:
-            kernel = inputs[1].toIValue()
-            window = math.prod(kernel) if isinstance(kernel, (list, tuple)) else int(kernel) ** 2
-        except Exception:
-            return Counter({TAG + name: _numel(inputs[0])})
-        return Counter({TAG + name: _numel(outputs[0]) * window})
-
-    return handle
-
-
-def extra_handles() -> Dict[str, Any]:
-    handles = {f"aten::{op}": _per_output(op) for op in ELEMENTWISE_OPS}
-    handles.update({f"aten::{op}": _per_input(op) for op in REDUCTION_OPS})
-    handles.update({f"aten::{op}": _per_window(op) for op in WINDOW_OPS})
-    handles.update({f"aten::{op}": None for op in FREE_OPS})  # None = ignored by fvcore
-    return handles
+FVCORE = "fvcore"  # key prefix of fvcore's own (unmodified) counts inside the trace's counters
 
 
 @dataclass(frozen=True)
 class FlopCount:
-    total: int  # fvcore + elementwise
-    fvcore: int  # what fvcore's FlopCountAnalysis counts by itself
-    elementwise: int  # what the added handlers count
+    """MACs of one eval-mode forward (the name is kept: other code imports it)."""
+
+    total: int  # conv_linear_matmul + elementwise + norm (trace counter)
+    fvcore: int  # fvcore's FlopCountAnalysis with its default handles, unmodified
+    elementwise: int  # element-wise ops, reductions, pools, softmax, ... by our rules
     attention: int  # part of total inside attached attention modules
     unhandled: Dict[str, int] = field(default_factory=dict)  # operator -> occurrences, never dropped
     by_operator: Dict[str, int] = field(default_factory=dict)
+    conv_linear_matmul: int = 0  # style-independent part: conv, linear, matmul, bmm, einsum, sdpa matmuls
+    norm: int = 0  # normalisation layers
+    dispatch_total: int = 0  # the dispatch-level counter's total
+    counter_difference: str = ""  # empty when both counters agree
+
+    @property
+    def counters_agree(self) -> bool:
+        return self.total == self.dispatch_total
+
+
+@lru_cache(maxsize=None)
+def _argument_names(schema: str) -> List[str]:
+    return [a.name for a in torch._C.parse_schema(schema).arguments]
+
+
+def _jit_value(v) -> Any:
+    """A traced value as a rule sees it: a Shape, a constant (sizes read through ``x.shape[i]``),
+    a list of those, or None (not known from the trace)."""
+    node, kind = v.node(), v.node().kind()
+    inputs = [_jit_value(i) for i in node.inputs()] if kind in _PASS_THROUGH else None
+    if kind == "prim::Constant":
+        value = v.toIValue()
+        return Shape(value.shape) if isinstance(value, torch.Tensor) else value
+    if kind in ("aten::Int", "prim::NumToTensor", "aten::ScalarImplicit"):
+        return inputs[0]
+    if kind == "aten::size" and len(inputs) == 2:
+        shape, dim = inputs
+        return shape[dim] if isinstance(shape, Shape) and isinstance(dim, int) else None
+    if kind == "prim::ListConstruct":
+        return None if any(i is None for i in inputs) else inputs
+    if isinstance(v.type(), torch._C.TensorType) and v.type().sizes() is not None:
+        return Shape(v.type().sizes())
+    return None
+
+
+_PASS_THROUGH = ("aten::Int", "prim::NumToTensor", "aten::ScalarImplicit", "aten::size", "prim::ListConstruct")
+
+
+def _jit_args(inputs, outputs) -> Dict[str, Any]:
+    node = outputs[0].node()
+    try:
+        names = _argument_names(node.schema())
+    except RuntimeError as exc:  # "(no schema)"
+        raise RuleError(str(exc)) from None
+    return {name: _jit_value(v) for name, v in zip(names, inputs)}
+
+
+def _shape_arithmetic(outputs) -> bool:
+    """0-dim integer tensors in a trace are Python ints when run eagerly (e.g. ``h * w - 1``): free."""
+    types = [o.type() for o in outputs]
+    return all(isinstance(t, torch._C.TensorType) and t.sizes() == [] and t.scalarType() in ("Long", "Int", "Bool")
+               for t in types)
+
+
+def _as_int(count) -> int:
+    return int(sum(count.values())) if isinstance(count, Counter) else int(count)
+
+
+def _trace_handle(op: str, unreadable: Counter):
+    """fvcore handle: our rule under '<category>|<op>', fvcore's own count under 'fvcore|<op>'."""
+    from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS
+
+    theirs, label = _DEFAULT_SUPPORTED_OPS.get(op), op.split("::")[-1]
+
+    def handle(inputs, outputs) -> Counter:
+        counts = Counter()
+        if _shape_arithmetic(outputs):
+            return counts
+        if theirs is not None:
+            counts[f"{FVCORE}|{label}"] = _as_int(theirs(inputs, outputs))
+        try:
+            if rule_of(op) == "product":
+                if theirs is None:
+                    raise RuleError("fvcore has no formula")
+                fv = theirs(inputs, outputs)  # fvcore names convolutions 'conv'
+                names = fv if isinstance(fv, Counter) else {label: fv}
+                counts.update({f"{MATMUL}|{k}": int(v) for k, v in names.items()})
+            else:
+                outs = [Shape(o.type().sizes()) for o in outputs
+                        if isinstance(o.type(), torch._C.TensorType) and o.type().sizes() is not None]
+                counts.update({f"{cat}|{label}": n for cat, n in apply(op, _jit_args(inputs, outputs), outs).items()})
+        except RuleError:
+            unreadable[op] += 1
+        return counts
+
+    return handle
+
+
+def _trace_handles(unreadable: Counter) -> Dict[str, Any]:
+    handles = {}
+    for name, rule in RULES.items():
+        for op in (f"aten::{name}", f"aten::{name}_"):
+            handles[op] = None if rule == "free" else _trace_handle(op, unreadable)
+    return handles
+
+
+def _sum(counts: Dict[str, int], prefix: str) -> int:
+    return int(sum(v for k, v in counts.items() if k.startswith(prefix + "|")))
+
+
+def _ours(counts: Dict[str, int]) -> int:
+    return int(sum(v for k, v in counts.items() if not k.startswith(FVCORE + "|")))
+
+
+def _difference(trace: Dict[str, int], dispatch: Dict[str, int], unhandled: Dict[str, int]) -> str:
+    """Name what differs: per category, then unhandled operators (operator names differ between levels:
+    the trace's linear/softmax/batch_norm are addmm/_softmax/native_batch_norm at dispatch)."""
+    parts = [f"{cat}: trace {trace.get(cat, 0):,} vs dispatch {dispatch.get(cat, 0):,}"
+             for cat in (MATMUL, ELEMENTWISE, NORM) if trace.get(cat, 0) != dispatch.get(cat, 0)]
+    if unhandled:
+        parts.append(f"unhandled {unhandled}")
+    return "; ".join(parts)
 
 
 def count_flops(model: nn.Module, inputs) -> FlopCount:
-    """Trace ``model`` on ``inputs`` (eval mode) and count FLOPs by the convention above."""
+    """Count MACs of an eval-mode forward by the stated rules, with both counters."""
     from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    unreadable: Counter = Counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             analysis = FlopCountAnalysis(model, inputs)
-            analysis.set_op_handle(**extra_handles())
+            analysis._ignored_ops = set()  # fvcore silently skips eq, gt, gather, masked_fill, max, relu ...
+            analysis.set_op_handle(**_trace_handles(unreadable))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             with torch.no_grad():
                 by_op = dict(analysis.by_operator())
-                by_module = analysis.by_module()
-                unhandled = dict(analysis.unsupported_ops())
+                by_module = analysis.by_module_and_operator()
+                unhandled = Counter(analysis.unsupported_ops()) + unreadable
     finally:
         model.train(was_training)
-    elementwise = sum(v for k, v in by_op.items() if k.startswith(TAG))
-    fv = sum(v for k, v in by_op.items() if not k.startswith(TAG))
+    dispatch = count_forward_macs(model, inputs)
+    unhandled.update(dispatch.unhandled)
+    ours = Counter()
+    for key, value in by_op.items():
+        if not key.startswith(FVCORE + "|"):
+            ours[key.split("|", 1)[1]] += int(value)
+    total = _ours(by_op)
     sites = [n for n, m in model.named_modules() if isinstance(m, AttentionSlot)]
-    attention = sum(by_module.get(s, 0) for s in sites)
     return FlopCount(
-        total=int(fv + elementwise), fvcore=int(fv), elementwise=int(elementwise), attention=int(attention),
-        unhandled={k: int(v) for k, v in unhandled.items()},
-        by_operator={k.replace(TAG, ""): int(v) for k, v in sorted(by_op.items())},
+        total=total, fvcore=_sum(by_op, FVCORE), elementwise=_sum(by_op, ELEMENTWISE),
+        attention=sum(_ours(by_module.get(s, {})) for s in sites),
+        unhandled={k: int(v) for k, v in sorted(unhandled.items())},
+        by_operator=dict(sorted(ours.items())),
+        conv_linear_matmul=_sum(by_op, MATMUL), norm=_sum(by_op, NORM), dispatch_total=dispatch.total,
+        counter_difference="" if total == dispatch.total and not unhandled else _difference(
+            {MATMUL: _sum(by_op, MATMUL), ELEMENTWISE: _sum(by_op, ELEMENTWISE), NORM: _sum(by_op, NORM)},
+            {MATMUL: dispatch.conv_linear_matmul, ELEMENTWISE: dispatch.elementwise, NORM: dispatch.norm},
+            dict(unhandled)),
     )
 
 
 def measure_flops(model: nn.Module, inputs) -> Measurement:
     fc = count_flops(model, inputs)
+    stats = {
+        "conv_linear_matmul": fc.conv_linear_matmul, "elementwise": fc.elementwise, "norm": fc.norm,
+        "attention": fc.attention, "unhandled": fc.unhandled, "by_operator": fc.by_operator,
+        "fvcore": fc.fvcore, "dispatch_total": fc.dispatch_total, "counters_agree": fc.counters_agree,
+    }
+    if fc.counter_difference:
+        stats["counter_difference"] = fc.counter_difference
     return Measurement(
         metric="flops",
         value=fc.total,
-        unit="FLOPs (multiply-adds)",
-        method="fvcore FlopCountAnalysis + element-wise/reduction handlers (1 per output/input element)",
+        unit="MACs",
+        method="multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by fvcore), "
+               "checked by a dispatch-level counter (torch FlopCounterMode)",
         settings={"input_shape": list(inputs.shape)},
-        stats={
-            "fvcore": fc.fvcore, "elementwise": fc.elementwise, "attention": fc.attention,
-            "unhandled": fc.unhandled, "by_operator": fc.by_operator,
-        },
+        stats=stats,
     )
