@@ -171,7 +171,7 @@ def measure(
     input_size: int = typer.Option(224, "--input-size", help="square input resolution"),
     option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
 ):
-    """Parameters and FLOPs of one backbone/module pair, straight to the terminal."""
+    """Parameters and MACs of one backbone/module pair, straight to the terminal."""
     import torch
 
     from .attach import attention_parameters, build
@@ -180,13 +180,15 @@ def measure(
     from .registry import is_baseline
 
     options = dict(_parse_option(o) for o in option)
-    model = build(backbone, None if is_baseline(module) else module, **options)
+    model = build(backbone, None if is_baseline(module) else module, input_size=input_size, **options)
     fc = count_flops(model, torch.randn(1, 3, input_size, input_size))
     where = model.attnbench_attachment
     lines = [
         f"{backbone} + {module} ({where.placement}, {len(where.sites)} sites), input {input_size}x{input_size}",
         f"params {count_params(model):,} (attention {attention_parameters(model):,})",
-        f"FLOPs {fc.total:,} = fvcore {fc.fvcore:,} + element-wise {fc.elementwise:,} (attention {fc.attention:,})",
+        f"MACs {fc.total:,} = conv/linear/matmul {fc.conv_linear_matmul:,} + element-wise {fc.elementwise:,} + norm {fc.norm:,}",
+        f"  attention {fc.attention:,}; fvcore alone {fc.fvcore:,}; dispatch counter {fc.dispatch_total:,}"
+        f" ({'agrees' if fc.counters_agree else 'differs: ' + fc.counter_difference})",
         f"unhandled operators: {fc.unhandled or 'none'}",
     ]
     out_console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

@@ -20,6 +20,8 @@ from .env import environment, fingerprint
 from .errors import OutputError, RunAborted, Unsupported
 from .guard import CellTimeout, check_finite, deadline, is_out_of_memory
 from .measures.flops import measure_flops
+from .measures.macs_dispatch import measure_train_macs
+from .measures.record import Measurement
 from .measures.latency import LatencySettings, measure_latency, measure_peak_memory
 from .measures.params import measure_params
 from .registry import is_baseline
@@ -168,16 +170,24 @@ def execute(task: Task) -> List[Record]:
                                **task.train_kwargs())
                 return [make_record(cell, key, "ok", started, m)]
             model = build_cell_model(cell)
-            if cell.metric == "params":
-                m = measure_params(model)
-            else:
-                x = torch.randn(1, 3, *cell.input_size)
-                with torch.no_grad():
-                    check_finite(model.eval()(x), f"{cell.backbone} + {cell.variant.label}")
-                m = measure_flops(model, x)
-            return [make_record(cell, key, "ok", started, m, model=model)]
+            return [make_record(cell, key, "ok", started, measure_count(cell, model), model=model)]
     except Exception as exc:
         return [failure(cell, key, started, exc, model)]
+
+
+def measure_count(cell: Cell, model) -> "Measurement":
+    """A count metric of one built model: params, or MACs (inference per image, or one training step
+    at the suite's batch size) after a forward that must be finite."""
+    if cell.metric == "params":
+        return measure_params(model)
+    x = torch.randn(1, 3, *cell.input_size)
+    with torch.no_grad():
+        check_finite(model.eval()(x), f"{cell.backbone} + {cell.variant.label}")
+    if cell.metric == "macs":
+        return measure_flops(model, x)
+    if cell.metric == "macs_train":
+        return measure_train_macs(model, torch.randn(cell.batch_size, 3, *cell.input_size))
+    raise ValueError(f"no count measure for metric {cell.metric!r}")
 
 
 def _execute_timed(task: Task) -> List[Record]:

@@ -208,7 +208,7 @@ def measure_flops(model: nn.Module, inputs) -> Measurement:
     if fc.counter_difference:
         stats["counter_difference"] = fc.counter_difference
     return Measurement(
-        metric="flops",
+        metric="macs",
         value=fc.total,
         unit="MACs",
         method="multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by fvcore), "

@@ -47,7 +47,7 @@ def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record])
         return (rec.status_text() if rec is not None else DASH) if kind in ("value", "spread") else DASH
     stats = rec.stats
     if kind == "value":
-        return _fmt(metric, v) + (UNCOUNTED if stats.get("unhandled") else "")
+        return _fmt(metric, v) + (UNCOUNTED if stats.get("unhandled") or stats.get("counters_agree") is False else "")
     if kind == "spread":
         mark = UNSTABLE if stats.get("unstable") else ""
         return f"{_fmt(metric, v)} ({stats.get('iqr_ms', float('nan')):.2f}){mark}"
@@ -180,6 +180,9 @@ def _notes(records: Sequence[Record]) -> List[str]:
     if uncounted:
         ops = "; ".join(f"{op} ({', '.join(sorted(rows))})" for op, rows in sorted(uncounted.items()))
         notes.append(f"{UNCOUNTED} operators with no counting rule, so not in these MACs: {ops}.")
+    for r in records:
+        if r.stats.get("counters_agree") is False and not r.stats.get("unhandled"):
+            notes.append(f"{UNCOUNTED} {r.backbone}/{r.label}: the two MAC counters differ: {r.stats.get('counter_difference', '?')}.")
     rows: Dict[Tuple[str, str], Dict[str, Record]] = {}
     for r in records:
         rows.setdefault((r.backbone, r.label), {})[r.metric] = r
