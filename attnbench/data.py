@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -114,6 +114,22 @@ def cifar10(root: Optional[str] = None, download: bool = False) -> Splits:
 
 def cifar100(root: Optional[str] = None, download: bool = False) -> Splits:
     return _cifar("CIFAR100", 100, root, download)
+
+
+# (training images, test images, classes) of the built-in datasets, known without loading them.
+KNOWN_SIZES = {"digits": (1347, 450, 10), "fashion_mnist": (60000, 10000, 10), "cifar10": (50000, 10000, 10),
+               "cifar100": (50000, 10000, 100)}
+
+
+def train_size(dataset: Dict[str, Any]) -> Optional[int]:
+    """Training images a dataset section yields (the class-balanced subset keeps n // classes per
+    class), or None for a plugin dataset: lets a suite be checked before anything is loaded."""
+    known = KNOWN_SIZES.get(dataset.get("name"))
+    if known is None:
+        return None
+    full, _, classes = known
+    n = dataset.get("train_subset")
+    return full if not n or n >= full else (n // classes) * classes
 
 
 def load_dataset(name: str, root: Optional[str] = None, download: bool = False) -> Splits:

@@ -1,31 +1,37 @@
-"""Short, seeded, deterministic training on small in-memory datasets: what a module buys.
+"""Seeded, deterministic training on in-memory datasets: what a module buys, epoch by epoch.
 
-Data stay as tensors (no DataLoader workers at these sizes); each epoch is a seeded
-permutation; SGD (Nesterov) or AdamW with per-step cosine decay; the loss is checked every
-step and a NaN/inf stops the cell with a NonFiniteLoss failure. The loop is measured against
-a plain PyTorch loop in benchmarks/bench_train_loop.py.
+Data stay as tensors (no DataLoader workers at these sizes), moved to the training device once
+per cell; each epoch is a seeded permutation drawn on the CPU (the same order on every device);
+SGD (Nesterov) or AdamW with per-step cosine decay. After every epoch the test split is scored,
+so each record carries its learning curve, and (with a checkpoint path) the whole training state
+is saved, so a kill loses at most one epoch and a rerun continues bit-for-bit. A NaN/inf loss
+stops the cell with NonFiniteLoss. Throughput vs a plain loop: benchmarks/train_loop.py.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import pickle
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .attach import adapt_stem, build
-from .data import Splits, load_dataset
+from .data import Splits, load_dataset, train_size
 from .errors import AttnBenchError, NonFiniteLoss
 from .measures.params import count_params
 from .measures.record import Measurement
 from .registry import is_baseline
 
-TRAINING_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "warmup_steps",
-                 "stem", "channels_last", "threads", "eval_batch_size", "label_smoothing")
 DATASET_KEYS = ("name", "root", "train_subset", "test_subset", "download")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,51 @@ class TrainConfig:
     threads: Optional[int] = None
     eval_batch_size: int = 1000
     label_smoothing: float = 0.0
+    device: str = "cpu"  # or cuda, cuda:N
+    amp: Optional[str] = None  # None, bf16 or fp16 (fp16 on CUDA only, with a gradient scaler)
+    checkpoint: bool = True  # save the training state after every epoch when the runner gives a path
+
+
+TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_training(training: Dict[str, Any], dataset: Optional[Dict[str, Any]] = None) -> List[Tuple[str, str]]:
+    """(field, problem) for every bad training setting; empty when the suite can train.
+
+    Checked at load time so a bad suite fails in a second with one line, not after an hour."""
+    t, problems = {**asdict(TrainConfig()), **training}, []
+    for key in training:
+        if key not in TRAINING_KEYS:
+            problems.append((key, f"unknown setting; known: {', '.join(TRAINING_KEYS)}"))
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if not (isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] > 0):
+            problems.append((key, f"must be a positive integer, got {t[key]!r}"))
+    if t["optimizer"] not in ("sgd", "adamw"):
+        problems.append(("optimizer", f"must be 'sgd' or 'adamw', got {t['optimizer']!r}"))
+    if not (_is_number(t["lr"]) and t["lr"] > 0):
+        problems.append(("lr", f"must be a finite number > 0, got {t['lr']!r}"))
+    for key in ("weight_decay", "warmup_steps", "label_smoothing"):
+        if not (_is_number(t[key]) and t[key] >= 0):
+            problems.append((key, f"must be a finite number >= 0, got {t[key]!r}"))
+    if not (_is_number(t["momentum"]) and 0 <= t["momentum"] < 1):
+        problems.append(("momentum", f"must be in [0, 1), got {t['momentum']!r}"))
+    device = t["device"]
+    if not (isinstance(device, str) and (device in ("cpu", "cuda") or
+                                         (device.startswith("cuda:") and device[5:].isdigit()))):
+        problems.append(("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {device!r}"))
+    if t["amp"] not in (None, *AMP_DTYPES):
+        problems.append(("amp", f"must be null, 'bf16' or 'fp16', got {t['amp']!r}"))
+    elif t["amp"] == "fp16" and device == "cpu":
+        problems.append(("amp", "fp16 autocast needs a CUDA device; use bf16 on the CPU"))
+    n = train_size(dataset) if dataset else None
+    if n is not None and isinstance(t["batch_size"], int) and t["batch_size"] > n:
+        problems.append(("batch_size", f"{t['batch_size']} exceeds the {n} training images of {dataset['name']} "
+                                        "(0 steps per epoch); lower training.batch_size or raise dataset.train_subset"))
+    return problems
 
 
 @lru_cache(maxsize=4)
@@ -88,57 +139,161 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
 
 
+def autocast(cfg: TrainConfig):
+    """bf16/fp16 autocast on the training device, or a no-op context (the CPU default: float32)."""
+    device_type = torch.device(cfg.device).type
+    return torch.autocast(device_type, dtype=AMP_DTYPES[cfg.amp], enabled=True) if cfg.amp else \
+        torch.autocast(device_type, enabled=False)
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, mem_format) -> Dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, mem_format, cfg: Optional[TrainConfig] = None
+             ) -> Dict[str, float]:
+    """Top-1, top-5 and mean cross-entropy (without label smoothing) on (x, y); leaves the model in eval mode."""
     model.eval()
     top1 = top5 = 0
+    loss = 0.0
     k = min(5, model.num_classes if hasattr(model, "num_classes") else 5)
     for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch].contiguous(memory_format=mem_format))
+        with autocast(cfg or TrainConfig()):
+            logits = model(x[i:i + batch].contiguous(memory_format=mem_format)).float()
         target = y[i:i + batch]
+        loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
         top = logits.topk(k, dim=1).indices
         top1 += (top[:, 0] == target).sum().item()
         top5 += (top == target[:, None]).any(dim=1).sum().item()
-    return {"top1": 100.0 * top1 / len(x), "top5": 100.0 * top5 / len(x)}
+    return {"top1": 100.0 * top1 / len(x), "top5": 100.0 * top5 / len(x), "loss": loss / len(x)}
 
 
-def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int) -> Dict[str, float]:
-    """Train ``model`` in place; returns top-1/top-5, final loss, throughput. Raises NonFiniteLoss."""
+def _check_finite(pending: List[torch.Tensor], epoch: int, first_step: int, lr: float) -> List[float]:
+    """The pending losses as floats (one device sync); NonFiniteLoss names the first bad step."""
+    values = torch.stack(pending).tolist() if len(pending) > 1 else [pending[0].item()]
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss became {value} at epoch {epoch + 1}, step {first_step + i + 1} (lr {lr:g}); "
+                                "lower training.lr or add warmup_steps")
+    return values
+
+
+def _rng_state(device: torch.device) -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    """Write-then-rename, so a kill during the save leaves the previous epoch's checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Optional[Path], fingerprint: str) -> Optional[Dict[str, Any]]:
+    """The saved state of this very cell, or None; an unreadable checkpoint, or one of other settings, is discarded."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):  # truncated by a full disk: start over
+        state = {}
+    if state.get("fingerprint") != fingerprint:
+        Path(path).unlink()
+        return None
+    return state
+
+
+def _data_on(data, device: torch.device, mem_format):
     tx, ty, vx, vy, num_classes = data
+    move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    return move(tx).contiguous(memory_format=mem_format), move(ty), move(vx).contiguous(memory_format=mem_format), \
+        move(vy), num_classes
+
+
+def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_path: Optional[Path] = None,
+                fingerprint: str = "", on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Train ``model`` in place, scoring the test split after every epoch; returns the final scores,
+    the curve, loss and throughput. Resumes from ``checkpoint_path`` when it holds this cell's state.
+    ``on_epoch(point)`` runs after each epoch's checkpoint is saved. Raises NonFiniteLoss."""
+    device = torch.device(cfg.device)
     mem_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=mem_format).train()
+    model = model.to(device=device, memory_format=mem_format).train()
+    tx, ty, vx, vy, num_classes = _data_on(data, device, mem_format)
     opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(tx) // cfg.batch_size  # drop the ragged last batch: BN needs > 1 sample
+    if steps_per_epoch == 0:
+        raise AttnBenchError(f"training.batch_size {cfg.batch_size} exceeds the {len(tx)} training images: 0 steps per "
+                             "epoch; lower training.batch_size or raise dataset.train_subset")
     total = steps_per_epoch * cfg.epochs
-    step, seen, train_time, last_losses = 0, 0, 0.0, []
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(tx), generator=gen)
-        last_losses = []
+    check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would stall the GPU's queue
+    start, step, seen, train_time, curve, top5, wall_before, w0 = 0, 0, 0, 0.0, [], None, 0.0, time.perf_counter()
+    saved = load_checkpoint(checkpoint_path, fingerprint)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        gen.set_state(saved["generator"])
+        _set_rng_state(saved["rng"], device)
+        start, step, seen, train_time, curve = saved["epoch"], saved["step"], saved["seen"], saved["train_s"], saved["curve"]
+        wall_before = saved["wall_s"]
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(tx), generator=gen).to(device)
+        losses, pending = [], []
         t0 = time.perf_counter()
         for b in range(steps_per_epoch):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            lr = lr_at(step, total, cfg)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, cfg)
-            loss = loss_fn(model(tx[idx].contiguous(memory_format=mem_format)), ty[idx])
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"loss became {value} at epoch {epoch + 1}, step {b + 1} (lr {opt.param_groups[0]['lr']:g}); "
-                                    "lower training.lr or add warmup_steps")
+                group["lr"] = lr
+            with autocast(cfg):
+                loss = loss_fn(model(tx[idx].contiguous(memory_format=mem_format)), ty[idx])
+            pending.append(loss.detach().float())
+            if len(pending) == check_every or b == steps_per_epoch - 1:
+                losses += _check_finite(pending, epoch, b + 1 - len(pending), lr)
+                pending = []
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            last_losses.append(value)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             seen += len(idx)
-        train_time += time.perf_counter() - t0
-    result = evaluate(model, vx, vy, cfg.eval_batch_size, mem_format)
-    if num_classes <= 5:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_s = time.perf_counter() - t0
+        train_time += epoch_s
+        t1 = time.perf_counter()
+        scores = evaluate(model, vx, vy, cfg.eval_batch_size, mem_format, cfg)
+        top5 = scores["top5"]
+        curve.append({"epoch": epoch + 1, "images_seen": seen, "test_top1": scores["top1"], "test_loss": scores["loss"],
+                      "train_loss": sum(losses) / len(losses), "lr": lr, "s": epoch_s,
+                      "eval_s": time.perf_counter() - t1})
+        if checkpoint_path is not None and cfg.checkpoint and epoch + 1 < cfg.epochs:
+            save_checkpoint(Path(checkpoint_path), {
+                "fingerprint": fingerprint, "epoch": epoch + 1, "step": step, "seen": seen, "train_s": train_time,
+                "wall_s": wall_before + time.perf_counter() - w0,
+                "curve": curve, "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "generator": gen.get_state(), "rng": _rng_state(device)})
+        if on_epoch is not None:
+            on_epoch(curve[-1])
+    last = curve[-1]
+    result = {"top1": last["test_top1"], "top5": top5, "test_loss": last["test_loss"]}
+    if num_classes <= 5 or top5 is None:
         result.pop("top5")
     result.update({
-        "final_train_loss": sum(last_losses) / max(1, len(last_losses)), "train_images_per_s": seen / train_time if train_time else 0.0,
-        "train_s": train_time, "steps": step, "train_size": len(tx), "test_size": len(vx),
+        "final_train_loss": last["train_loss"], "train_images_per_s": seen / train_time if train_time else 0.0,
+        "train_s": train_time, "steps": step, "train_size": len(tx), "test_size": len(vx), "curve": curve,
+        "resumed_from_epoch": start, "wall_before": wall_before,
     })
     return result
 
@@ -154,8 +309,37 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, training: Dict, seed: int) -> Measurement:
+@contextmanager
+def deterministic_cuda(device: str):
+    """cuDNN's deterministic kernels, no autotuning, while a CUDA cell trains; restored afterwards.
+
+    Not covered (PyTorch has no deterministic kernel or we do not force one): atomics in some
+    backward passes (e.g. adaptive pooling, index_add), and AMP rounding, so CUDA runs agree run
+    to run on one GPU in practice but are not promised bit-for-bit, and never equal the CPU's."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, training: Dict, seed: int,
+               checkpoint_path: Optional[Path] = None,
+               on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Measurement:
+    """Train one (backbone, module, seed) cell; with ``checkpoint_path`` it saves every epoch there,
+    resumes from it when present, and deletes it once the cell has finished."""
+    problems = validate_training(training)
+    if problems:
+        raise AttnBenchError(f"training.{problems[0][0]}: {problems[0][1]}")
     cfg = TrainConfig(**training)
+    if cfg.device != "cpu" and not torch.cuda.is_available():
+        raise AttnBenchError(f"training.device is {cfg.device!r} but torch.cuda.is_available() is False here; "
+                             "run on a GPU machine or set training.device: cpu")
+    fingerprint = json.dumps([backbone, module, options, dataset, training, seed], sort_keys=True, default=str)
     old_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -168,9 +352,14 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
                       backbone_kwargs={"num_classes": num_classes, "in_chans": in_chans}, **options)
         if cfg.stem:
             adapt_stem(model, **cfg.stem)
-        stats = train_model(model, data, cfg, seed)
-        stats.update({"params": count_params(model), "seed": seed, "wall_s": time.perf_counter() - t0,
-                      "threads": torch.get_num_threads(), "weights_sha1": weights_digest(model)})
+        with deterministic_cuda(cfg.device):
+            stats = train_model(model, data, cfg, seed, checkpoint_path, fingerprint, on_epoch)
+        wall = time.perf_counter() - t0 + stats.pop("wall_before", 0.0)
+        stats.update({"params": count_params(model), "seed": seed, "wall_s": wall,
+                      "threads": torch.get_num_threads(), "weights_sha1": weights_digest(model), "device": cfg.device,
+                      "amp": cfg.amp})
+        if checkpoint_path is not None and Path(checkpoint_path).exists():
+            Path(checkpoint_path).unlink()
         return Measurement("accuracy", stats["top1"], "% top-1", "train from scratch, evaluate on the test split",
                            {"dataset": dataset, "training": training, "seed": seed}, stats)
     finally:

@@ -12,7 +12,9 @@ from attnbench.errors import AttnBenchError
 from attnbench.registry import DATASETS
 from attnbench.runner import run_suite
 from attnbench.suite import load_suite, parse_suite
-from attnbench.train import train_cell
+from attnbench.report.accuracy import accuracy_rows, render_accuracy
+from attnbench.report.plots import curves_plot
+from attnbench.train import train_cell, validate_training
 
 TINY = {"epochs": 1, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "threads": 1}
 
@@ -69,6 +71,39 @@ def test_seeded_digits_training_is_bit_for_bit_reproducible():
         assert a[key] == b[key], key
     assert a["weights_sha1"] != c["weights_sha1"]
     assert a["train_size"] == 300 and a["test_size"] == 450 and a["steps"] == 300 // 64
+    assert [p["epoch"] for p in a["curve"]] == [1] and a["curve"][0]["test_top1"] == a["top1"]
+
+
+def _record(label, seed, curve, position):
+    """A stored accuracy record as the runner writes it, with a hand-made curve (no training)."""
+    stats = {"top1": curve[-1], "top5": 99.0, "final_train_loss": 0.5, "train_images_per_s": 100.0, "params": 1e6,
+             "wall_s": 10.0, "train_size": 1000, "curve": [{"epoch": e + 1, "images_seen": 1000 * (e + 1), "test_top1": t,
+                                                         "test_loss": 1.0, "train_loss": 0.5} for e, t in enumerate(curve)]}
+    return {"metric": "accuracy", "status": "ok", "suite": "hand", "backbone": "resnet18", "label": label, "module": label,
+            "position": [0, position], "env": {"torch": "x"}, "measurement": {"stats": stats},
+            "config": {"seed": seed, "dataset": {"name": "digits"}, "training": {"epochs": len(curve), "batch_size": 100}}}
+
+
+def test_table_interval_verdict_and_convergence_from_records():
+    # baseline final top-1 [88, 89, 90], still +3 pp in its last epoch (mean curve 86 -> 89): not converged.
+    # se final [90, 91, 92]: Δ = +2, Welch [-0.27, +4.27] (worked by hand in test_stats.py), MDD 3.04.
+    # cbam final [80, 82, 84] (s² = 4): Δ = -7, se = sqrt(4/3 + 1/3) = 1.290994, df = 50/17 (test_stats.py),
+    # t(0.975, 2.941) = 3.218759 -> half-width 4.155400 -> [-11.16, -2.84]: worse.
+    recs = [_record("none", s, [85 + s, 88 + s], 0) for s in range(3)]
+    recs += [_record("se", s, [92 + s, 90 + s], 1) for s in range(3)]  # best at epoch 1 (mean 93), final mean 91
+    recs += [_record("cbam", s, [70, 80 + 2 * s], 2) for s in range(3)]
+    recs += [dict(_record("nonlocal", 0, [50], 3), status="skipped", measurement=None)]  # a cuda cell, no CUDA here
+    rows = {r["label"]: r for r in accuracy_rows(recs)}
+    assert rows["se"]["best_top1"] == 93.0 and rows["se"]["best_epoch"] == 1
+    assert rows["none"]["curve"]["test_top1"] == [86.0, 89.0] and rows["none"]["curve"]["images_seen"] == [1000, 2000]
+    md = render_accuracy(recs)
+    lines = {ln.split(" | ")[1]: ln.split(" | ") for ln in md.splitlines() if ln.startswith("| resnet18")}
+    assert lines["se"][3:9] == ["91.00 ± 1.00", "93.00", "1", "+2.00 [-0.27, +4.27]", "no detectable difference ‡", "3.04"]
+    assert lines["cbam"][6:8] == ["-7.00 [-11.16, -2.84]", "worse ‡"]
+    assert lines["none"][6:9] == ["—", "—", "—"]
+    assert lines["nonlocal"][2:5] == ["0/1", "skipped", "—"]
+    assert "not converged: Δ describes this budget" in md and "rose +3.00 pp in its last epoch" in md
+    assert "Welch's t" in md and "Budget: digits, 2 epoch(s) x 1,000 training images = 2,000 images seen per cell" in md
 
 
 def test_diverging_cell_fails_with_nan_and_others_land(tmp_path):
@@ -92,7 +127,7 @@ def test_smoke_suite_table_and_plot(tmp_path):
     suite = load_suite("accuracy-smoke")
     suite.seeds = [0]
     suite.training = dict(suite.training, epochs=1)
-    suite.dataset = dict(suite.dataset, train_subset=300)
+    suite.dataset = dict(suite.dataset, train_subset=300, test_subset=100)  # per-epoch scoring stays cheap
     (tmp_path / "overhead.jsonl").write_text("")  # no overhead records: latency column stays empty
     result = run_suite(suite, tmp_path)
     assert result.ok == 4
@@ -100,15 +135,22 @@ def test_smoke_suite_table_and_plot(tmp_path):
     rows = [ln for ln in md.splitlines() if ln.startswith("| resnet18")]
     assert [r.split(" | ")[1] for r in rows] == ["none", "se", "cbam", "nonlocal"]
     se_row = rows[1].split(" | ")
-    assert se_row[10] == "+0.80%"  # params from the trained model: 11,173,962 -> 11,263,042 (in_chans=1, 10 classes)
+    assert se_row[13] == "+0.80%"  # params from the trained model: 11,173,962 -> 11,263,042 (in_chans=1, 10 classes)
+    assert se_row[7] == "n/a (< 2 seeds)" and "a single epoch cannot show convergence" in md
     png = tmp_path / "accuracy-smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert curves_plot(result.records, tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_accuracy_suites_validate():
     s = load_suite("accuracy")
     assert s.kind == "accuracy" and len(s.seeds) >= 3 and s.dataset["name"] == "fashion_mnist"
     assert [v.label for v in s.variants] == ["none", "se", "cbam", "nonlocal"]
+    full, gpu = load_suite("accuracy-full"), load_suite("accuracy-gpu")
+    assert full.dataset == {"name": "fashion_mnist"} and len(full.seeds) >= 3 and full.training["epochs"] >= 20
+    assert gpu.training["device"] == "cuda" and gpu.training["amp"] == "bf16" and gpu.training["channels_last"] is True
+    for suite in (s, full, gpu, load_suite("accuracy-smoke")):
+        assert validate_training(suite.training, suite.dataset) == [], suite.name
     with pytest.raises(AttnBenchError, match="field 'training.epoch': unknown setting"):
         parse_suite({"kind": "accuracy", "backbones": ["resnet18"], "modules": ["se"], "dataset": "digits",
                      "training": {"epoch": 1}}, "x.yaml")
