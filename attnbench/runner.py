@@ -149,7 +149,11 @@ def latency_settings(cell: Cell) -> LatencySettings:
 
 
 def _no_gpu(cell: Cell) -> bool:
-    return spec(cell.metric).gpu and not torch.cuda.is_available()
+    """A GPU metric, or a training cell on a CUDA device, on a machine without CUDA: skipped, not failed."""
+    return (spec(cell.metric).gpu or cell.device.startswith("cuda")) and not torch.cuda.is_available()
+
+
+NO_GPU_NOTE = "no CUDA device here (torch.cuda.is_available() is False); run on a GPU machine"
 
 
 def execute(task: Task) -> List[Record]:
@@ -165,6 +169,9 @@ def execute(task: Task) -> List[Record]:
         with deadline(cell.timeout, f"cell {cell.name}"):
             if cell.metric == ACCURACY:
                 from .train import train_cell
+
+                if _no_gpu(cell):
+                    return [make_record(cell, key, "skipped", started, note=NO_GPU_NOTE)]
 
                 m = train_cell(cell.backbone, cell.variant.module, cell.variant.options, cell.dataset, cell.training, cell.seed,
                                **task.train_kwargs())
@@ -194,8 +201,7 @@ def _execute_timed(task: Task) -> List[Record]:
     started = time.time()
     first = task.cells[0]
     if _no_gpu(first):
-        note = "no CUDA device here (torch.cuda.is_available() is False); run on a GPU machine"
-        return [make_record(c, k, "skipped", started, note=note) for c, k in zip(task.cells, task.keys)]
+        return [make_record(c, k, "skipped", started, note=NO_GPU_NOTE) for c, k in zip(task.cells, task.keys)]
     records: Dict[str, Record] = {}
     models, by_label = {}, {}
     for cell, key in zip(task.cells, task.keys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from typing import Any, Callable, Dict, Tuple
 
 Rule = Tuple[Callable[[Any], bool], str]
@@ -47,3 +48,11 @@ def suite_field(default: Any, rule: Rule, **kwargs) -> Any:
 def suite_rules(cls) -> Dict[str, Rule]:
     """The suite-settable fields of a settings dataclass and their checks, in declaration order."""
     return {f.name: f.metadata["suite"] for f in dataclasses.fields(cls) if "suite" in f.metadata}
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A bounded repr for error messages: never expands a huge (or alias-bombed) value."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 40, 40
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -9,7 +9,6 @@ import difflib
 import hashlib
 import json
 import os
-import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +23,7 @@ NATIVE = "native"  # timm's model as built (attach.NATIVE)
 
 from .measures.latency import LatencySettings
 from .metrics import ACCURACY, ALIASES, SUITE_METRICS, spec
-from .settings import POSITIVE_NUMBER, suite_rules
+from .settings import POSITIVE_NUMBER, short, suite_rules
 TOP_KEYS = {
     "name": "suite name (string)",
     "description": "free text",
@@ -49,14 +48,6 @@ MAX_YAML_NODES = 20_000  # after alias expansion: anchors are fine, alias bombs 
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_ACCURACY_TIMEOUT_S = 86400.0
 LATENCY_RULES = suite_rules(LatencySettings)  # the suite's `latency:` keys are LatencySettings' suite fields
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """A bounded repr for error messages: never expands a huge (or alias-bombed) value."""
-    r = reprlib.Repr()
-    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 40, 40
-    text = r.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _name(key: Any) -> str:
@@ -381,7 +372,7 @@ def _check_input_fits(batch: int, size, source: str) -> None:
 
 def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names: bool, variants: List[Variant]):
     """dataset / training / seeds: required for accuracy suites, refused elsewhere."""
-    from .train import DATASET_KEYS, TRAINING_KEYS
+    from .train import DATASET_KEYS, TRAINING_KEYS, validate_training
 
     if kind != "accuracy":
         for key in ("dataset", "training", "seeds"):
@@ -406,11 +397,9 @@ def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names
     _need(isinstance(training, dict), source, "training", f"must be a mapping with keys {list(TRAINING_KEYS)}")
     sections = [("training", training)] + [(f"modules[{i}].training", v.training) for i, v in enumerate(variants)]
     for prefix, section in sections:
-        for key in section:
-            _need(key in TRAINING_KEYS, source, f"{prefix}.{key}", f"unknown setting; known: {', '.join(TRAINING_KEYS)}")
-    for key in ("epochs", "batch_size"):
-        if key in training:
-            _pos_int(training[key], source, f"training.{key}")
+        merged = training if prefix == "training" else {**training, **section}
+        for fld, problem in validate_training(merged, dataset):
+            raise SuiteError(source, f"{prefix if fld in section else 'training'}.{_name(fld)}", problem)
     seeds = data.get("seeds", [0])
     _need(isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds) and len(set(seeds)) == len(seeds),
           source, "seeds", f"must be a non-empty list of distinct integers, got {short(seeds)}")

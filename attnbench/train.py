@@ -29,6 +29,8 @@ from .errors import AttnBenchError, NonFiniteLoss
 from .measures.params import count_params
 from .measures.record import Measurement
 from .registry import is_baseline
+from .settings import short
+from .threads import fixed_threads
 
 DATASET_KEYS = ("name", "root", "train_subset", "test_subset", "download")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,22 +72,22 @@ def validate_training(training: Dict[str, Any], dataset: Optional[Dict[str, Any]
             problems.append((key, f"unknown setting; known: {', '.join(TRAINING_KEYS)}"))
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if not (isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] > 0):
-            problems.append((key, f"must be a positive integer, got {t[key]!r}"))
+            problems.append((key, f"must be a positive integer, got {short(t[key])}"))
     if t["optimizer"] not in ("sgd", "adamw"):
-        problems.append(("optimizer", f"must be 'sgd' or 'adamw', got {t['optimizer']!r}"))
+        problems.append(("optimizer", f"must be 'sgd' or 'adamw', got {short(t['optimizer'])}"))
     if not (_is_number(t["lr"]) and t["lr"] > 0):
-        problems.append(("lr", f"must be a finite number > 0, got {t['lr']!r}"))
+        problems.append(("lr", f"must be a finite number > 0, got {short(t['lr'])}"))
     for key in ("weight_decay", "warmup_steps", "label_smoothing"):
         if not (_is_number(t[key]) and t[key] >= 0):
-            problems.append((key, f"must be a finite number >= 0, got {t[key]!r}"))
+            problems.append((key, f"must be a finite number >= 0, got {short(t[key])}"))
     if not (_is_number(t["momentum"]) and 0 <= t["momentum"] < 1):
-        problems.append(("momentum", f"must be in [0, 1), got {t['momentum']!r}"))
+        problems.append(("momentum", f"must be in [0, 1), got {short(t['momentum'])}"))
     device = t["device"]
     if not (isinstance(device, str) and (device in ("cpu", "cuda") or
                                          (device.startswith("cuda:") and device[5:].isdigit()))):
-        problems.append(("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {device!r}"))
+        problems.append(("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {short(device)}"))
     if t["amp"] not in (None, *AMP_DTYPES):
-        problems.append(("amp", f"must be null, 'bf16' or 'fp16', got {t['amp']!r}"))
+        problems.append(("amp", f"must be null, 'bf16' or 'fp16', got {short(t['amp'])}"))
     elif t["amp"] == "fp16" and device == "cpu":
         problems.append(("amp", "fp16 autocast needs a CUDA device; use bf16 on the CPU"))
     n = train_size(dataset) if dataset else None
@@ -340,10 +342,7 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
         raise AttnBenchError(f"training.device is {cfg.device!r} but torch.cuda.is_available() is False here; "
                              "run on a GPU machine or set training.device: cpu")
     fingerprint = json.dumps([backbone, module, options, dataset, training, seed], sort_keys=True, default=str)
-    old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    try:
+    with fixed_threads(cfg.threads):
         t0 = time.perf_counter()
         data = prepare(dataset)
         in_chans, num_classes = data[0].shape[1], data[4]
@@ -362,5 +361,3 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
             Path(checkpoint_path).unlink()
         return Measurement("accuracy", stats["top1"], "% top-1", "train from scratch, evaluate on the test split",
                            {"dataset": dataset, "training": training, "seed": seed}, stats)
-    finally:
-        torch.set_num_threads(old_threads)

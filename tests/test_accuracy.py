@@ -1,4 +1,5 @@
 """Datasets, seeded training and accuracy tables (digits: seconds; Fashion-MNIST when installed)."""
+import dataclasses
 import gzip
 import struct
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 
 from attnbench.data import FASHION_MNIST_DEBIAN, digits, fashion_mnist, read_idx
 from attnbench.errors import AttnBenchError
+from attnbench.records import Record
 from attnbench.registry import DATASETS
 from attnbench.runner import run_suite
 from attnbench.suite import load_suite, parse_suite
@@ -79,9 +81,11 @@ def _record(label, seed, curve, position):
     stats = {"top1": curve[-1], "top5": 99.0, "final_train_loss": 0.5, "train_images_per_s": 100.0, "params": 1e6,
              "wall_s": 10.0, "train_size": 1000, "curve": [{"epoch": e + 1, "images_seen": 1000 * (e + 1), "test_top1": t,
                                                          "test_loss": 1.0, "train_loss": 0.5} for e, t in enumerate(curve)]}
-    return {"metric": "accuracy", "status": "ok", "suite": "hand", "backbone": "resnet18", "label": label, "module": label,
-            "position": [0, position], "env": {"torch": "x"}, "measurement": {"stats": stats},
-            "config": {"seed": seed, "dataset": {"name": "digits"}, "training": {"epochs": len(curve), "batch_size": 100}}}
+    return Record.from_dict({
+        "key": f"{label}-{seed}", "metric": "accuracy", "status": "ok", "suite": "hand", "backbone": "resnet18",
+        "label": label, "module": label, "position": [0, position], "env": {"torch": "x"},
+        "measurement": {"metric": "accuracy", "value": curve[-1], "unit": "% top-1", "method": "hand", "stats": stats},
+        "config": {"seed": seed, "dataset": {"name": "digits"}, "training": {"epochs": len(curve), "batch_size": 100}}})
 
 
 def test_table_interval_verdict_and_convergence_from_records():
@@ -92,7 +96,7 @@ def test_table_interval_verdict_and_convergence_from_records():
     recs = [_record("none", s, [85 + s, 88 + s], 0) for s in range(3)]
     recs += [_record("se", s, [92 + s, 90 + s], 1) for s in range(3)]  # best at epoch 1 (mean 93), final mean 91
     recs += [_record("cbam", s, [70, 80 + 2 * s], 2) for s in range(3)]
-    recs += [dict(_record("nonlocal", 0, [50], 3), status="skipped", measurement=None)]  # a cuda cell, no CUDA here
+    recs += [dataclasses.replace(_record("nonlocal", 0, [50], 3), status="skipped", measurement=None)]  # a cuda cell, no CUDA here
     rows = {r["label"]: r for r in accuracy_rows(recs)}
     assert rows["se"]["best_top1"] == 93.0 and rows["se"]["best_epoch"] == 1
     assert rows["none"]["curve"]["test_top1"] == [86.0, 89.0] and rows["none"]["curve"]["images_seen"] == [1000, 2000]
@@ -113,10 +117,10 @@ def test_diverging_cell_fails_with_nan_and_others_land(tmp_path):
         "dataset": {"name": "digits", "train_subset": 300}, "training": TINY, "seeds": [0, 1],
     }, "diverge.yaml")
     result = run_suite(suite, tmp_path)
-    status = {(r["label"], r["config"]["seed"]): r for r in result.records}
-    assert {k: r["status"] for k, r in status.items()} == {
+    status = {(r.label, r.seed): r for r in result.records}
+    assert {k: r.status for k, r in status.items()} == {
         ("none", 0): "ok", ("none", 1): "ok", ("se-hot", 0): "failed", ("se-hot", 1): "failed"}
-    err = status[("se-hot", 0)]["error"]
+    err = status[("se-hot", 0)].error
     assert err["type"] == "NonFiniteLoss" and "lower training.lr" in err["message"]
     md = (tmp_path / "diverge.md").read_text()
     assert "| resnet18 | none | 2 |" in md and "| resnet18 | se-hot | 0/2 | failed (NonFiniteLoss) |" in md

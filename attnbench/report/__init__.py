@@ -13,10 +13,10 @@ from typing import Dict, Sequence
 
 from ..records import Record
 from .accuracy import accuracy_rows, render_accuracy
-from .plots import pareto_plot
+from .plots import curves_plot, pareto_plot
 from .tables import environment_line, flat_records, record_order, render_compare, render_markdown
 
-__all__ = ["accuracy_rows", "environment_line", "flat_records", "pareto_plot", "record_order", "render_accuracy",
+__all__ = ["accuracy_rows", "curves_plot", "environment_line", "flat_records", "pareto_plot", "record_order", "render_accuracy",
            "render_compare", "render_markdown", "write_outputs"]
 
 
@@ -33,9 +33,10 @@ def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
     paths = {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
     if any(r.metric == "accuracy" for r in records):
         _write_atomic(md, render_accuracy(records, overhead, name))
-        png = pareto_plot(records, overhead, out / f"{name}.png")
-        if png:
-            paths["plot"] = png
+        for key, png in (("plot", pareto_plot(records, overhead, out / f"{name}.png")),
+                         ("curves", curves_plot(records, out / f"{name}-curves.png"))):
+            if png:
+                paths[key] = png
     else:
         _write_atomic(md, render_markdown(records, name))
     _write_atomic(csv, flat_records(records).to_csv(index=False))

@@ -9,6 +9,7 @@ import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import stats as st
+from ..records import Record
 from .tables import DASH, _pct, environment_line, record_order
 
 COLUMNS = ["backbone", "module", "seeds", "final top-1 %", "best top-1 %", "best epoch", "Δtop-1 pp [95% CI]", "verdict",
@@ -21,7 +22,7 @@ def _mean_std(vals: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def mean_curve(ok: Sequence[dict]) -> Dict[str, list]:
+def mean_curve(ok: Sequence[Record]) -> Dict[str, list]:
     """Per-epoch mean and std of test top-1 over the seeds that have a curve (epochs all seeds reached)."""
     curves = [s["curve"] for s in ok if s.get("curve")]
     if not curves:
@@ -35,26 +36,26 @@ def mean_curve(ok: Sequence[dict]) -> Dict[str, list]:
     return out
 
 
-def accuracy_rows(records: Sequence[dict], overhead: Sequence[dict] = ()) -> List[dict]:
+def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) -> List[dict]:
     """One row per (backbone, module): mean and std over seeds, the mean curve, Δ vs the baseline
     with Welch's interval, and overhead latency joined in."""
-    records = sorted((r for r in records if r["metric"] == "accuracy"), key=record_order)
-    latency = {(r["backbone"], r["label"]): r for r in overhead if r["metric"] == "latency_cpu" and r["status"] == "ok"}
-    groups: Dict[Tuple[str, str], List[dict]] = {}
+    records = sorted((r for r in records if r.metric == "accuracy"), key=record_order)
+    latency = {(r.backbone, r.label): r for r in overhead if r.metric == "latency_cpu" and r.ok}
+    groups: Dict[Tuple[str, str], List[Record]] = {}
     for r in records:
-        groups.setdefault((r["backbone"], r["label"]), []).append(r)
+        groups.setdefault((r.backbone, r.label), []).append(r)
     rows = []
     for (backbone, label), recs in groups.items():
-        ok = [r["measurement"]["stats"] for r in recs if r["status"] == "ok"]
-        row = {"backbone": backbone, "label": label, "module": recs[0]["module"], "seeds": len(recs), "ok": len(ok),
-               "failed": [r for r in recs if r["status"] == "failed"], "top1_values": [s["top1"] for s in ok],
+        ok = [r.stats for r in recs if r.ok]
+        row = {"backbone": backbone, "label": label, "module": recs[0].module, "seeds": len(recs), "ok": len(ok),
+               "failed": [r for r in recs if r.status == "failed"], "top1_values": [s["top1"] for s in ok],
                "curve": mean_curve(ok)}
         for key in ("top1", "top5", "final_train_loss", "train_images_per_s", "params", "wall_s"):
             row[key], row[key + "_std"] = _mean_std([s[key] for s in ok if s.get(key) is not None])
         top = row["curve"].get("test_top1")
         row["best_top1"], row["best_epoch"] = (max(top), row["curve"]["epoch"][top.index(max(top))]) if top else (None, None)
         lat = latency.get((backbone, label))
-        row["latency_ms"] = lat["measurement"]["value"] if lat else None
+        row["latency_ms"] = lat.value if lat else None
         rows.append(row)
     base = {r["backbone"]: r for r in rows if r["module"] == "none"}
     for r in rows:
@@ -65,7 +66,7 @@ def accuracy_rows(records: Sequence[dict], overhead: Sequence[dict] = ()) -> Lis
     return rows
 
 
-def convergence_notes(rows: Sequence[dict]) -> Dict[str, str]:
+def convergence_notes(rows: Sequence[Record]) -> Dict[str, str]:
     """backbone -> one sentence on whether its baseline had stopped improving at the last epoch."""
     notes = {}
     for r in rows:
@@ -83,17 +84,17 @@ def convergence_notes(rows: Sequence[dict]) -> Dict[str, str]:
     return notes
 
 
-def budget_line(acc: Sequence[dict]) -> str:
-    first = acc[0]["config"]
+def budget_line(acc: Sequence[Record]) -> str:
+    first = acc[0].config
     ds, tr = first["dataset"], first["training"]
-    ok = [r["measurement"]["stats"] for r in acc if r["status"] == "ok"]
+    ok = [r.stats for r in acc if r.ok]
     seen = f" = {ok[0]['curve'][-1]['images_seen']:,} images seen per cell" if ok and ok[0].get("curve") else ""
     n_train = ok[0]["train_size"] if ok else (ds.get("train_subset") or "all")
     device = tr.get("device", "cpu") + (f", {tr['amp']} autocast" if tr.get("amp") else "")
     return (f"Budget: {ds['name']}, {tr.get('epochs', 1)} epoch(s) x {n_train:,} training images{seen} "
             f"(test {ds.get('test_subset') or 'all'}); batch {tr.get('batch_size', 128)}, {tr.get('optimizer', 'sgd')} "
             f"lr {tr.get('lr', 0.1)} cosine, stem {tr.get('stem')}, {device}. Every Δ below describes this budget; "
-            f"the curves plot ({acc[0]['suite']}-curves.png) shows where each module stood at every epoch.") \
+            f"the curves plot ({acc[0].suite}-curves.png) shows where each module stood at every epoch.") \
         if isinstance(n_train, int) else f"Budget: {ds['name']}, {tr.get('epochs', 1)} epoch(s), no cell finished."
 
 
@@ -122,7 +123,7 @@ def _row_cells(r: dict, flag: str) -> List[str]:
     b = r["base"]
     seeds = f"{r['ok']}/{r['seeds']}" if r["ok"] != r["seeds"] else str(r["seeds"])
     if r["top1"] is None:
-        status = f"failed ({r['failed'][0]['error']['type']})" if r["failed"] else "skipped"
+        status = r["failed"][0].status_text() if r["failed"] else "skipped"
         return [seeds, status] + [DASH] * (len(COLUMNS) - 4)
     best = [f"{r['best_top1']:.2f}", str(r["best_epoch"])] if r["best_top1"] is not None else [DASH, DASH]
     return [seeds, f"{r['top1']:.2f} ± {r['top1_std']:.2f}", *best, *_delta_cells(r, flag),
@@ -131,19 +132,19 @@ def _row_cells(r: dict, flag: str) -> List[str]:
             _pct(r["latency_ms"], b["latency_ms"]) if b and r["latency_ms"] and b["latency_ms"] else DASH]
 
 
-def render_accuracy(records: Sequence[dict], overhead: Sequence[dict] = (), title: Optional[str] = None) -> str:
+def render_accuracy(records: Sequence[Record], overhead: Sequence[Record] = (), title: Optional[str] = None) -> str:
     rows = accuracy_rows(records, overhead)
-    acc = [r for r in records if r["metric"] == "accuracy"]
+    acc = [r for r in records if r.metric == "accuracy"]
     notes = convergence_notes(rows)
     unconverged = {bb for bb, text in notes.items() if st.NOT_CONVERGED in text}
-    lines = [f"# {title or acc[0]['suite']}", "", environment_line(acc), budget_line(acc), "",
+    lines = [f"# {title or acc[0].suite}", "", environment_line(acc), budget_line(acc), "",
              "| " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * (len(COLUMNS) - 2)]
     for r in rows:
         flag = " ‡" if r["backbone"] in unconverged and r["delta"] is not None else ""
         lines.append(f"| {r['backbone']} | {r['label']} | " + " | ".join(_row_cells(r, flag)) + " |")
     lines += [""] + [f"- ‡ {text}" if bb in unconverged else f"- {text}" for bb, text in notes.items()] + METHODS
-    failed = [f"failed {r['backbone']}/{r['label']}/seed {r['config']['seed']}: {r['error']['type']}: {r['error']['message']}"
-              for r in acc if r["status"] == "failed"]
+    failed = [f"failed {r.backbone}/{r.label}/seed {r.seed}: {r.error['type']}: {r.error['message']}"
+              for r in acc if r.status == "failed"]
     if failed:
         lines += [""] + [f"- {n}" for n in failed]
     return "\n".join(lines) + "\n"

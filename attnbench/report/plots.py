@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..records import Record
 from .accuracy import accuracy_rows
 
 
@@ -17,7 +18,7 @@ def _pyplot():
     return plt
 
 
-def curves_plot(records: Sequence[dict], path: Path) -> Optional[Path]:
+def curves_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     """Test top-1 vs epoch and vs images seen, seed mean with a ± std band per module: shows whether a
     Δ is a budget effect (curves still rising, or crossing) or a steady gap."""
     rows = [r for r in accuracy_rows(records) if r["curve"]]
@@ -38,14 +39,14 @@ def curves_plot(records: Sequence[dict], path: Path) -> Optional[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     axes[0][0].xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"{records[0]['suite']}: learning curves (every Δ in the table is read at the last point)")
+    fig.suptitle(f"{records[0].suite}: learning curves (every Δ in the table is read at the last point)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def pareto_plot(records: Sequence[dict], overhead: Sequence[dict], path: Path) -> Optional[Path]:
+def pareto_plot(records: Sequence[Record], overhead: Sequence[Record], path: Path) -> Optional[Path]:
     """Top-1 vs CPU latency (when overhead records exist) and vs parameters; Pareto fronts drawn."""
     rows = [r for r in accuracy_rows(records, overhead) if r["top1"] is not None]
     if not rows:
@@ -71,7 +72,7 @@ def pareto_plot(records: Sequence[dict], overhead: Sequence[dict], path: Path) -
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 % (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{records[0]['suite']}: accuracy vs cost")
+    fig.suptitle(f"{records[0].suite}: accuracy vs cost")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
