@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .contract import CONTEXT_KEYS  # the contract's list (also imported from here)
-from .errors import ModuleDoesNotFit
+from .errors import ModuleDoesNotFit, Unsupported
 
 # timm families and the block attributes that hold their per-block attention (None/Identity when
 # absent). The first is where a ``block`` module goes; all of them are searched for native attention.
@@ -202,8 +202,8 @@ def conv_sites(model: nn.Module, backbone: str) -> List[Site]:
         if isinstance(conv, nn.Conv2d):
             sites.append(Site(m, names[0], f"{name}.{names[0]}", out_channels=conv.out_channels, stride=conv.stride[0]))
     if not sites:
-        raise ModuleDoesNotFit(f"placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks; {backbone!r} "
-                               "has none; use placement: block or stage")
+        raise Unsupported(f"placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks, and {backbone!r} "
+                          "has none (attnbench does not replace other families' convs); use placement: block or stage")
     return sites
 
 
