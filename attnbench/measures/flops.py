@@ -207,12 +207,11 @@ def measure_flops(model: nn.Module, inputs) -> Measurement:
     }
     if fc.counter_difference:
         stats["counter_difference"] = fc.counter_difference
-    return Measurement(
-        metric="macs",
-        value=fc.total,
-        unit="MACs",
-        method="multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by fvcore), "
-               "checked by a dispatch-level counter (torch FlopCounterMode)",
-        settings={"input_shape": list(inputs.shape)},
-        stats=stats,
-    )
+    return macs_measurement("macs", fc.total, inputs, stats,
+                            "multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by "
+                            "fvcore), checked by a dispatch-level counter (torch FlopCounterMode)")
+
+
+def macs_measurement(metric: str, total: int, inputs, stats: dict, method: str) -> Measurement:
+    """A MAC count as a Measurement: unit MACs, the input shape it was counted at."""
+    return Measurement(metric, total, "MACs", method, {"input_shape": list(inputs.shape)}, stats)

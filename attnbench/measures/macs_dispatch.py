@@ -162,16 +162,11 @@ def count_train_macs(model: nn.Module, inputs) -> MacCount:
 
 def measure_train_macs(model: nn.Module, inputs) -> Measurement:
     mc = count_train_macs(model, inputs)
-    return Measurement(
-        metric="macs_train",
-        value=mc.total,
-        unit="MACs",
-        method="torch FlopCounterMode (conv/matmul by torch's formulas / 2) + attnbench rules for the rest; "
-               "train-mode forward + cross-entropy + backward to the parameters, no optimizer step",
-        settings={"input_shape": list(inputs.shape)},
-        stats={
-            "conv_linear_matmul": mc.conv_linear_matmul, "elementwise": mc.elementwise, "norm": mc.norm,
-            "forward": mc.forward, "backward": mc.total - mc.forward,
-            "unhandled": mc.unhandled, "by_operator": mc.by_operator,
-        },
-    )
+    from .flops import macs_measurement
+
+    stats = {"conv_linear_matmul": mc.conv_linear_matmul, "elementwise": mc.elementwise, "norm": mc.norm,
+             "forward": mc.forward, "backward": mc.total - mc.forward, "unhandled": mc.unhandled,
+             "by_operator": mc.by_operator}
+    return macs_measurement("macs_train", mc.total, inputs, stats,
+                            "torch FlopCounterMode (conv/matmul by torch's formulas / 2) + attnbench rules for the "
+                            "rest; train-mode forward + cross-entropy + backward to the parameters, no optimizer step")
