@@ -75,9 +75,10 @@ def subset_suite(s, backbones: List[str], modules: List[str]) -> None:
         if name not in s.backbones:
             raise UnknownNameError("backbone", name, s.backbones, f"this suite has {', '.join(s.backbones)}")
     labels = [v.label for v in s.variants]
+    listed = [v.label for v in s.variants if not v.auto]  # 'native' rows are added only where a backbone has one
     for name in modules:
         if name not in labels:
-            raise UnknownNameError("module", name, labels, f"this suite has {', '.join(labels)}")
+            raise UnknownNameError("module", name, listed, f"this suite has {', '.join(listed)}")
     s.only_backbones, s.only_modules = list(backbones), list(modules)
 
 

@@ -163,7 +163,7 @@ def test_no_operator_left_unhandled_in_any_registry_entry():
 
 def test_measurement_is_in_macs_with_both_counters():
     m = measure_flops(SqueezeExcite(32, reduction=4), torch.randn(1, 32, 5, 5))
-    assert (m.metric, m.value, m.unit) == ("flops", 2152, "MACs")
+    assert (m.metric, m.value, m.unit) == ("macs", 2152, "MACs")
     assert m.stats["conv_linear_matmul"] + m.stats["elementwise"] + m.stats["norm"] == m.value
     assert (m.stats["dispatch_total"], m.stats["counters_agree"], m.stats["fvcore"]) == (2152, True, 512)
     assert "counter_difference" not in m.stats

@@ -215,18 +215,18 @@ def faulty_modules():
 def test_hung_oom_and_nan_cells_fail_alone(tmp_path, faulty_modules):
     suite = parse_suite({
         "name": "guard", "backbones": ["resnet18"], "modules": ["none", "hang_test", "cpu_oom_test", "srm"],
-        "input_size": 32, "metrics": ["flops", "latency_cpu"], "timeout": 10,
+        "input_size": 32, "metrics": ["macs", "latency_cpu"], "timeout": 10,
         "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
     }, "guard.yaml")
     t0 = time.perf_counter()
     result = run_suite(suite, tmp_path)
     assert time.perf_counter() - t0 < 60
-    errors = {(r["label"], r["metric"]): (r["error"] or {}).get("type") for r in result.records}
-    assert errors[("hang_test", "flops")] == "Timeout" and errors[("hang_test", "latency_cpu")] == "Timeout"
-    assert errors[("cpu_oom_test", "flops")] == "OutOfMemory" and errors[("cpu_oom_test", "latency_cpu")] == "OutOfMemory"
+    errors = {(r.label, r.metric): (r.error or {}).get("type") for r in result.records}
+    assert errors[("hang_test", "macs")] == "Timeout" and errors[("hang_test", "latency_cpu")] == "Timeout"
+    assert errors[("cpu_oom_test", "macs")] == "OutOfMemory" and errors[("cpu_oom_test", "latency_cpu")] == "OutOfMemory"
     # SRM's unbiased std of a 1x1 map (resnet18's res5 at 32x32) is NaN: never an ok number
-    assert errors[("srm", "flops")] == "NonFiniteOutput" and errors[("srm", "latency_cpu")] == "NonFiniteOutput"
-    assert errors[("none", "flops")] is None and errors[("none", "latency_cpu")] is None
+    assert errors[("srm", "macs")] == "NonFiniteOutput" and errors[("srm", "latency_cpu")] == "NonFiniteOutput"
+    assert errors[("none", "macs")] is None and errors[("none", "latency_cpu")] is None
     assert result.exit_code == 1
 
 
@@ -268,7 +268,7 @@ def test_second_run_on_a_folder_is_refused_naming_the_first(tmp_path):
 def test_disk_full_mid_run_stops_cleanly_and_resume_recovers(tmp_path, monkeypatch):
     from attnbench.errors import OutputError
 
-    suite = parse_suite({**TINY, "metrics": ["params", "flops"]}, "tiny.yaml")
+    suite = parse_suite({**TINY, "metrics": ["params", "macs"]}, "tiny.yaml")
     real_append, calls = Store.append, []
 
     def append(self, record):
@@ -314,9 +314,9 @@ def test_interrupt_while_writing_the_table_leaves_it_whole(tmp_path, monkeypatch
 
     real = report.write_outputs
 
-    def interrupted_write(records, out, name):
+    def interrupted_write(*args):
         os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again during shutdown
-        return real(records, out, name)
+        return real(*args)
 
     monkeypatch.setattr(report, "write_outputs", interrupted_write)
     result = run_suite(parse_suite(TINY, "tiny.yaml"), tmp_path)

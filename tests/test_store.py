@@ -9,6 +9,7 @@ import time
 from attnbench.runner import run_suite
 import pytest
 
+from attnbench.records import Record
 from attnbench.store import Store, StoreWarning
 from attnbench.suite import parse_suite
 
@@ -46,8 +47,9 @@ def test_ctrl_c_keeps_finished_cells(tmp_path):
 
 def record(key, status="ok"):
     """The smallest record of the shape the store accepts."""
-    return {"key": key, "suite": "x", "backbone": "resnet18", "label": "se", "module": "se", "metric": "params",
-            "position": [0, 1], "config": {}, "status": status, "measurement": {"value": 1}}
+    return Record.from_dict({"key": key, "suite": "x", "backbone": "resnet18", "label": "se", "module": "se",
+                             "metric": "params", "position": [0, 1], "config": {}, "status": status,
+                             "measurement": {"metric": "params", "value": 1, "unit": "parameters", "method": "test"}})
 
 
 def test_torn_last_line_is_cut_before_appending(tmp_path):
@@ -56,10 +58,10 @@ def test_torn_last_line_is_cut_before_appending(tmp_path):
     with store.path.open("a") as f:
         f.write('{"key": "b", "sta')  # kill -9 mid-write
     with pytest.warns(StoreWarning, match="skipped 1 line"):
-        assert [r["key"] for r in store.records()] == ["a"]
+        assert [r.key for r in store.records()] == ["a"]
     store.repair()
     store.append(record("c"))
-    assert [r["key"] for r in store.records()] == ["a", "c"]
+    assert [r.key for r in store.records()] == ["a", "c"]
 
 
 def test_sigkill_mid_run_then_resume_stores_every_cell_once(tmp_path):
