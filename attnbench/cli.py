@@ -14,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from .errors import AttnBenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="attnbench: run suites, list what exists, check modules, rebuild and compare tables.",
                   rich_markup_mode=None)
 out_console = Console()
 err_console = Console(stderr=True)
