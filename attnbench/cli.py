@@ -179,10 +179,9 @@ def measure(
     from .attach import attention_parameters, build
     from .measures.flops import count_flops
     from .measures.params import count_params
-    from .registry import is_baseline
 
     options = dict(_parse_option(o) for o in option)
-    model = build(backbone, None if is_baseline(module) else module, input_size=input_size, **options)
+    model = build(backbone, module, input_size=input_size, **options)
     fc = count_flops(model, torch.randn(1, 3, input_size, input_size))
     where = model.attnbench_attachment
     lines = [

@@ -34,10 +34,6 @@ class Splits:
     num_classes: int
 
     @property
-    def in_chans(self) -> int:
-        return int(self.train_x.shape[1])
-
-    @property
     def image_size(self) -> tuple:
         return tuple(self.train_x.shape[2:])
 

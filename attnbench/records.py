@@ -96,7 +96,7 @@ class Record:
                 raise ForeignRecord("an ok record without a measurement")
         if isinstance(m, dict):
             try:
-                data["measurement"] = Measurement(**{k: v for k, v in m.items() if k in Measurement.__dataclass_fields__})
+                data["measurement"] = Measurement.from_dict(m)
             except TypeError as exc:
                 raise ForeignRecord(f"measurement: {exc}")
         if d["status"] == "failed" and not (isinstance(d.get("error"), dict) and {"type", "message"} <= set(d["error"])):

@@ -24,7 +24,6 @@ from .measures.macs_dispatch import measure_train_macs
 from .measures.record import Measurement
 from .measures.latency import LatencySettings, measure_latency, measure_peak_memory
 from .measures.params import measure_params
-from .registry import is_baseline
 from .records import Record
 from .store import FolderLock, Store, check_output_dir
 from .metrics import ACCURACY, spec
@@ -137,8 +136,7 @@ def _plugin_packages() -> Dict[str, str]:
 
 def build_cell_model(cell: Cell):
     torch.manual_seed(0)
-    module = None if is_baseline(cell.variant.module) else cell.variant.module
-    return build(cell.backbone, module, backbone_kwargs=cell.backbone_options, input_size=tuple(cell.input_size),
+    return build(cell.backbone, cell.variant.module, backbone_kwargs=cell.backbone_options, input_size=tuple(cell.input_size),
                  **cell.variant.options)
 
 

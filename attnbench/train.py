@@ -28,7 +28,6 @@ from .data import Splits, load_dataset, train_size
 from .errors import AttnBenchError, NonFiniteLoss
 from .measures.params import count_params
 from .measures.record import Measurement
-from .registry import is_baseline
 from .settings import short
 from .threads import fixed_threads
 
@@ -347,7 +346,7 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
         data = prepare(dataset)
         in_chans, num_classes = data[0].shape[1], data[4]
         torch.manual_seed(seed)
-        model = build(backbone, None if is_baseline(module) else module,
+        model = build(backbone, module,
                       backbone_kwargs={"num_classes": num_classes, "in_chans": in_chans}, **options)
         if cfg.stem:
             adapt_stem(model, **cfg.stem)

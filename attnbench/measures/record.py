@@ -19,4 +19,5 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Measurement":
-        return cls(**d)
+        """Read a stored measurement; fields this version does not know are ignored."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
