@@ -1,3 +1,4 @@
+import contextlib
 import subprocess
 import sys
 import warnings
@@ -11,30 +12,49 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = Path(__file__).parent / "plugin_pkg"
 
 
-@pytest.fixture(scope="session")
-def plugin_site(tmp_path_factory):
-    """The demo plugin, pip-installed (offline, no build isolation) into its own site folder."""
-    target = tmp_path_factory.mktemp("plugin_site")
-    build = tmp_path_factory.mktemp("plugin_build")
+def install_package(src: Path, tmp_path_factory) -> Path:
+    """A test package pip-installed (offline, no build isolation) into its own site folder."""
+    target = tmp_path_factory.mktemp(f"{src.name}_site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(PLUGIN_SRC)],
-        check=True, cwd=build,
+         "--target", str(target), str(src)],
+        check=True, cwd=tmp_path_factory.mktemp(f"{src.name}_build"),
     )
     return target
 
 
-@pytest.fixture
-def with_plugin(plugin_site, monkeypatch):
-    """Put the installed plugin on sys.path and rediscover entry points; undone afterwards."""
-    monkeypatch.syspath_prepend(str(plugin_site))
+@contextlib.contextmanager
+def plugins_from(site: Path, monkeypatch):
+    """Put an installed plugin site on sys.path and rediscover entry points; yields the warnings
+    discovery raised. Undone afterwards."""
+    monkeypatch.syspath_prepend(str(site))
     MODULES.reload()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         MODULES.names()
-    yield caught
-    monkeypatch.undo()
-    MODULES.reload()
+    try:
+        yield caught
+    finally:
+        monkeypatch.undo()
+        MODULES.reload()
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory):
+    """The demo plugin (tests/plugin_pkg)."""
+    return install_package(PLUGIN_SRC, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def hostile_site(tmp_path_factory):
+    """A package whose entry points take a built-in's name, exit on import, and print on import."""
+    return install_package(Path(__file__).parent / "hostile_pkg", tmp_path_factory)
+
+
+@pytest.fixture
+def with_plugin(plugin_site, monkeypatch):
+    with plugins_from(plugin_site, monkeypatch) as caught:
+        yield caught
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from attnbench.registry import MODULES, PluginWarning
 from attnbench.runner import error_info, run_suite
 from attnbench.store import FolderLock, Store, StoreWarning
 from attnbench.suite import load_suite, parse_suite
+from conftest import plugins_from
 
 SCRIPT = Path(sys.executable).with_name("attnbench")  # the installed console script
 TINY = {"name": "tiny", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["params"]}
@@ -67,28 +68,10 @@ def test_version_and_python_dash_m():
 
 # --- 2. plugins --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def hostile_site(tmp_path_factory):
-    """A package whose entry points take a built-in's name, exit on import, and print on import."""
-    target = tmp_path_factory.mktemp("hostile_site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(target), str(Path(__file__).parent / "hostile_pkg")],
-                   check=True, cwd=tmp_path_factory.mktemp("hostile_build"))
-    return target
-
-
 @pytest.fixture
 def hostile(hostile_site, monkeypatch):
-    monkeypatch.syspath_prepend(str(hostile_site))
-    MODULES.reload()
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        names = MODULES.names()
-    yield names, [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
-    monkeypatch.undo()
-    MODULES.reload()
+    with plugins_from(hostile_site, monkeypatch) as caught:
+        yield MODULES.names(), [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
 
 
 def test_plugin_cannot_take_a_builtin_name(hostile):
