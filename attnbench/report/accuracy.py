@@ -107,7 +107,8 @@ METHODS = [
     "observed: (t(0.975, df) + t(0.80, df)) x se.",
     f"- convergence: a baseline whose mean top-1 still rose by > {st.CONVERGED_PP} pp in its last epoch is "
     f"\"{st.NOT_CONVERGED}\" (‡ in the verdict).",
-    "- Δlatency: CPU latency from the overhead suite's records in the same folder (224x224, batch 1), when present.",
+    "- Δlatency: CPU inference latency from the overhead records passed in (`--latency-from`, default OUT/overhead.jsonl), "
+    "at their own input size and batch (see that table's settings line), when present.",
 ]
 
 

@@ -54,7 +54,7 @@ def pareto_plot(records: Sequence[Record], overhead: Sequence[Record], path: Pat
     plt = _pyplot()
     panels = [("params", "parameters (M)", 1e-6)]
     if any(r["latency_ms"] for r in rows):
-        panels.insert(0, ("latency_ms", "CPU latency, ms (overhead suite, 224x224, batch 1)", 1.0))
+        panels.insert(0, ("latency_ms", "CPU latency, ms (the overhead records passed in)", 1.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (key, label, scale) in zip(axes[0], panels):
         pts = [(r[key] * scale, r["top1"], r["top1_std"], f"{r['backbone']}/{r['label']}") for r in rows if r[key]]
