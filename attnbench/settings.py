@@ -18,14 +18,15 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v) -> bool:
+def is_finite_number(v) -> bool:
+    """A real number that is not a bool, NaN or infinite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 POSITIVE_INT: Rule = (lambda v: _int(v) and v >= 1, "must be an integer >= 1")
 NONNEGATIVE_INT: Rule = (lambda v: _int(v) and v >= 0, "must be an integer >= 0")
-POSITIVE_NUMBER: Rule = (lambda v: _num(v) and v > 0, "must be a finite number > 0")
-NONNEGATIVE_NUMBER: Rule = (lambda v: _num(v) and v >= 0, "must be a finite number >= 0")
+POSITIVE_NUMBER: Rule = (lambda v: is_finite_number(v) and v > 0, "must be a finite number > 0")
+NONNEGATIVE_NUMBER: Rule = (lambda v: is_finite_number(v) and v >= 0, "must be a finite number >= 0")
 BOOLEAN: Rule = (lambda v: isinstance(v, bool), "must be true or false")
 
 

@@ -28,7 +28,7 @@ from .data import Splits, load_dataset, train_size
 from .errors import AttnBenchError, NonFiniteLoss
 from .measures.params import count_params
 from .measures.record import Measurement
-from .settings import short
+from .settings import is_finite_number, short
 from .threads import fixed_threads
 
 DATASET_KEYS = ("name", "root", "train_subset", "test_subset", "download")
@@ -57,10 +57,6 @@ class TrainConfig:
 TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig))
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def validate_training(training: Dict[str, Any], dataset: Optional[Dict[str, Any]] = None) -> List[Tuple[str, str]]:
     """(field, problem) for every bad training setting; empty when the suite can train.
 
@@ -74,12 +70,12 @@ def validate_training(training: Dict[str, Any], dataset: Optional[Dict[str, Any]
             problems.append((key, f"must be a positive integer, got {short(t[key])}"))
     if t["optimizer"] not in ("sgd", "adamw"):
         problems.append(("optimizer", f"must be 'sgd' or 'adamw', got {short(t['optimizer'])}"))
-    if not (_is_number(t["lr"]) and t["lr"] > 0):
+    if not (is_finite_number(t["lr"]) and t["lr"] > 0):
         problems.append(("lr", f"must be a finite number > 0, got {short(t['lr'])}"))
     for key in ("weight_decay", "warmup_steps", "label_smoothing"):
-        if not (_is_number(t[key]) and t[key] >= 0):
+        if not (is_finite_number(t[key]) and t[key] >= 0):
             problems.append((key, f"must be a finite number >= 0, got {short(t[key])}"))
-    if not (_is_number(t["momentum"]) and 0 <= t["momentum"] < 1):
+    if not (is_finite_number(t["momentum"]) and 0 <= t["momentum"] < 1):
         problems.append(("momentum", f"must be in [0, 1), got {short(t['momentum'])}"))
     device = t["device"]
     if not (isinstance(device, str) and (device in ("cpu", "cuda") or
