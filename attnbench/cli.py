@@ -268,13 +268,28 @@ def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a
 
 
 @app.command()
-def compare(a: Path = typer.Argument(..., help="first result store"), b: Path = typer.Argument(..., help="second result store")):
-    """Show the Δ between two runs, cell by cell."""
-    from .report import render_compare
+def compare(a: Path = typer.Argument(..., help="first result store (the reference)"),
+            b: Path = typer.Argument(..., help="second result store (the candidate)"),
+            fail_above: Optional[float] = typer.Option(None, "--fail-above", help="exit 1 when a cost got worse by more "
+                                                       "than PCT % and beyond its noise band (for CI)")):
+    """Show the Δ between two runs, cell by cell, with the noise band of every timing."""
+    import math
 
+    from .report.tables import compare_rows, render_compare
+
+    if fail_above is not None and not (math.isfinite(fail_above) and fail_above >= 0):
+        _fail(f"--fail-above {fail_above}: give a percentage >= 0, e.g. --fail-above 5")
     pa, ra = _records_from(a)
     pb, rb = _records_from(b)
-    out_console.print(render_compare(ra, rb, str(pa), str(pb)), markup=False, highlight=False, soft_wrap=True)
+    out_console.print(render_compare(ra, rb, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True)
+    if fail_above is not None:
+        worse = [r for r in compare_rows(ra, rb) if r.regression_above(fail_above)]
+        if worse:
+            names = ", ".join(f"{r.backbone}/{r.label}/{r.metric} {r.delta.pct:+.1f}%" for r in worse[:5])
+            more = f" and {len(worse) - 5} more" if len(worse) > 5 else ""
+            err_console.print(f"error: {len(worse)} regression(s) above {fail_above:g}% beyond the noise band: {names}{more}",
+                              markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
 
 
 def _usage_error_types() -> tuple:

@@ -21,6 +21,11 @@ class MetricSpec:
     train: bool = False  # measures a training step rather than inference
     columns: Tuple[Column, ...] = ()
     scale: float = 1.0  # value / scale is what the table prints
+    # The suite axes a value depends on: a cell is planned once per distinct projection of the
+    # suite's points onto them (params do not change with batch, MACs per image not with runtime).
+    axes: Tuple[str, ...] = ("input_size",)
+    runtimes: Tuple[str, ...] = ("eager",)  # runtimes it can be measured under (when "runtime" is an axis)
+    optional_columns: Tuple[Column, ...] = ()  # shown only when some record has the stat (e.g. export time)
 
     @property
     def grouped(self) -> bool:
@@ -37,6 +42,9 @@ class MetricSpec:
         return self.device == "gpu"
 
 
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")  # attnbench.runtimes implements them
+BATCHED = ("input_size", "batch_size")
+TIMED = ("input_size", "batch_size", "runtime")
 SPECS: Dict[str, MetricSpec] = {s.name: s for s in (
     MetricSpec("params", "count", "parameters",
                columns=(("params (M)", "value"), ("Δparams", "delta_abs"), ("Δparams %", "delta_pct")), scale=1e6),
@@ -44,17 +52,26 @@ SPECS: Dict[str, MetricSpec] = {s.name: s for s in (
                columns=(("GMACs", "value"), ("ΔGMACs %", "delta_pct"), ("conv/linear GMACs", "part:conv_linear_matmul")),
                scale=1e9),
     MetricSpec("macs_train", "count", "MACs", train=True,
-               columns=(("train GMACs", "value"), ("Δtrain GMACs %", "delta_pct")), scale=1e9),
+               columns=(("train GMACs", "value"), ("Δtrain GMACs %", "delta_pct")), scale=1e9, axes=BATCHED),
+    MetricSpec("activations", "count", "elements",
+               columns=(("act. M/img", "value"), ("Δact. %", "delta_pct"), ("conv/linear act. M (fvcore)", "part:fvcore")),
+               scale=1e6),
+    MetricSpec("train_memory", "count", "bytes", train=True,
+               columns=(("saved for backward MiB/img", "value"), ("Δsaved %", "delta_pct")), scale=2 ** 20, axes=BATCHED),
     MetricSpec("latency_cpu", "timing", "ms",
-               columns=(("CPU ms, median (IQR)", "spread"), ("Δ CPU latency %", "delta_pct"), ("CPU img/s", "throughput"))),
+               columns=(("CPU ms, median (IQR)", "spread"), ("Δ CPU latency % [95% CI]", "delta_ci"), ("CPU img/s", "throughput")),
+               axes=TIMED, runtimes=RUNTIMES, optional_columns=(("setup s", "part:prepare_s"),)),
     MetricSpec("train_step_cpu", "timing", "ms", train=True,
-               columns=(("CPU train step ms (IQR)", "spread"), ("Δ CPU train %", "delta_pct"))),
+               columns=(("CPU train step ms (IQR)", "spread"), ("Δ CPU train % [95% CI]", "delta_ci")),
+               axes=TIMED, runtimes=("eager", "compile")),
     MetricSpec("latency_gpu", "timing", "ms", device="gpu",
-               columns=(("GPU ms, median (IQR)", "spread"), ("Δ GPU latency %", "delta_pct"), ("GPU img/s", "throughput"))),
+               columns=(("GPU ms, median (IQR)", "spread"), ("Δ GPU latency % [95% CI]", "delta_ci"), ("GPU img/s", "throughput")),
+               axes=TIMED, runtimes=("eager", "compile", "onnxruntime"), optional_columns=(("setup s", "part:prepare_s"),)),
     MetricSpec("train_step_gpu", "timing", "ms", device="gpu", train=True,
-               columns=(("GPU train step ms (IQR)", "spread"), ("Δ GPU train %", "delta_pct"))),
+               columns=(("GPU train step ms (IQR)", "spread"), ("Δ GPU train % [95% CI]", "delta_ci")),
+               axes=TIMED, runtimes=("eager", "compile")),
     MetricSpec("memory_gpu", "memory", "MiB", device="gpu",
-               columns=(("peak GPU MiB", "value"), ("Δ GPU memory %", "delta_pct"))),
+               columns=(("peak GPU MiB", "value"), ("Δ GPU memory %", "delta_pct")), axes=BATCHED),
     MetricSpec("accuracy", "accuracy", "% top-1"),
 )}
 ACCURACY = "accuracy"

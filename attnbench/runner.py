@@ -21,6 +21,7 @@ from .errors import OutputError, RunAborted, Unsupported
 from .guard import CellTimeout, check_finite, deadline, is_out_of_memory
 from .measures.flops import measure_flops
 from .measures.macs_dispatch import measure_train_macs
+from .measures.memory import measure_activations, measure_saved_memory
 from .measures.record import Measurement
 from .measures.latency import LatencySettings, measure_latency, measure_peak_memory
 from .measures.params import measure_params
@@ -108,6 +109,8 @@ def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None
     """The record of a cell that did not measure: ``unsupported`` for a known upstream reason, else ``failed``."""
     if isinstance(exc, Unsupported):
         return make_record(cell, key, "unsupported", started, model=model, note=str(exc))
+    if type(exc).__name__ == "RuntimeMissing":  # attnbench.runtimes: an optional extra not installed
+        return make_record(cell, key, "skipped", started, model=model, note=str(exc))
     return make_record(cell, key, "failed", started, error=error_info(exc), model=model)
 
 
@@ -142,7 +145,7 @@ def build_cell_model(cell: Cell):
 
 def latency_settings(cell: Cell) -> LatencySettings:
     lat = dict(cell.latency)
-    return LatencySettings(batch_size=cell.batch_size, input_size=tuple(cell.input_size),
+    return LatencySettings(batch_size=cell.batch_size, input_size=tuple(cell.input_size), runtime=cell.runtime,
                            train=spec(cell.metric).train, timeout=cell.timeout, **lat)
 
 
@@ -192,6 +195,10 @@ def measure_count(cell: Cell, model) -> "Measurement":
         return measure_flops(model, x)
     if cell.metric == "macs_train":
         return measure_train_macs(model, torch.randn(cell.batch_size, 3, *cell.input_size))
+    if cell.metric == "activations":
+        return measure_activations(model, x)
+    if cell.metric == "train_memory":
+        return measure_saved_memory(model, torch.randn(cell.batch_size, 3, *cell.input_size))
     raise ValueError(f"no count measure for metric {cell.metric!r}")
 
 
@@ -200,6 +207,12 @@ def _execute_timed(task: Task) -> List[Record]:
     first = task.cells[0]
     if _no_gpu(first):
         return [make_record(c, k, "skipped", started, note=NO_GPU_NOTE) for c, k in zip(task.cells, task.keys)]
+    from .runtimes import RuntimeMissing, check_available
+
+    try:
+        check_available(first.runtime, first.device)
+    except RuntimeMissing as exc:  # an optional extra not installed: skipped with the install hint, not failed
+        return [make_record(c, k, "skipped", started, note=str(exc)) for c, k in zip(task.cells, task.keys)]
     records: Dict[str, Record] = {}
     models, by_label = {}, {}
     for cell, key in zip(task.cells, task.keys):
@@ -243,7 +256,7 @@ def make_tasks(cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path
     interleaved group. Tasks keep the order in which their first cell was planned."""
     groups: Dict[object, Tuple[List[Cell], List[str]]] = {}
     for cell, key in zip(cells, keys):
-        group = (cell.backbone, cell.metric) if spec(cell.metric).grouped else key
+        group = (cell.backbone, cell.metric, cell.point) if spec(cell.metric).grouped else key
         group_cells, group_keys = groups.setdefault(group, ([], []))
         group_cells.append(cell)
         group_keys.append(key)

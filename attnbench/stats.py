@@ -90,3 +90,63 @@ def convergence(mean_curve: Sequence[float], threshold: float = CONVERGED_PP) ->
     """(converged?, last-epoch gain): None when one epoch cannot tell."""
     gain = last_epoch_gain(mean_curve)
     return (None if gain is None else gain <= threshold), gain
+
+
+# --- Timing intervals ---------------------------------------------------------------------------
+# Δlatency % of a variant against its baseline, from the paired, interleaved rounds of one timing group:
+#   m_r(v) = median of variant v's calls in round r; d_r = ln m_r(v) - ln m_r(base)   (r = 1..n)
+#   Δ% = 100·(exp(mean d) - 1), 95% interval 100·(exp(mean d ± t(0.975, n-1)·sd(d)/√n) - 1).
+# Rounds pair the variants: within a round they run back to back, so drift between rounds cancels.
+# Logs make the ratio symmetric and the interval multiplicative. Between two runs (``compare``) no
+# pairing exists: Welch's interval on the per-round log medians of each run instead.
+
+
+@dataclass(frozen=True)
+class RatioInterval:
+    """Δ% of a ratio with its 95% interval (low/high None when there are too few rounds)."""
+
+    pct: float
+    low: Optional[float]
+    high: Optional[float]
+    n: int
+    method: str
+
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+
+def round_medians(rounds: Sequence[Sequence[float]]) -> list:
+    return [statistics.median(r) for r in rounds if len(r)]
+
+
+def _pct(log_ratio: float) -> float:
+    return 100.0 * math.expm1(log_ratio)
+
+
+def paired_ratio_interval(variant_rounds: Sequence[Sequence[float]], base_rounds: Sequence[Sequence[float]],
+                          level: float = LEVEL) -> Optional[RatioInterval]:
+    """Δ% of variant vs baseline from rounds paired by index; None when there is no round to pair."""
+    mv, mb = round_medians(variant_rounds), round_medians(base_rounds)
+    n = min(len(mv), len(mb))
+    if n == 0 or any(v <= 0 for v in mv[:n] + mb[:n]):
+        return None
+    d = [math.log(a) - math.log(b) for a, b in zip(mv[:n], mb[:n])]
+    mean = statistics.fmean(d)
+    if n < 2:
+        return RatioInterval(_pct(mean), None, None, n, "paired rounds (1 round: no interval)")
+    half = t_quantile(1 - (1 - level) / 2, n - 1) * statistics.stdev(d) / math.sqrt(n)
+    return RatioInterval(_pct(mean), _pct(mean - half), _pct(mean + half), n,
+                         f"paired t on per-round log ratios of medians, {n} rounds")
+
+
+def unpaired_ratio_interval(b_rounds: Sequence[Sequence[float]], a_rounds: Sequence[Sequence[float]],
+                            level: float = LEVEL) -> Optional[RatioInterval]:
+    """Δ% of run B vs run A (B/A - 1) from each run's per-round medians: Welch's t on their logs."""
+    lb = [math.log(v) for v in round_medians(b_rounds) if v > 0]
+    la = [math.log(v) for v in round_medians(a_rounds) if v > 0]
+    if not lb or not la:
+        return None
+    c = welch(lb, la, level)
+    if c.low is None:
+        return RatioInterval(_pct(c.diff), None, None, min(len(lb), len(la)), "Welch on per-round log medians (< 2 rounds: no interval)")
+    return RatioInterval(_pct(c.diff), _pct(c.low), _pct(c.high), min(len(lb), len(la)), "Welch t on per-round log medians")

@@ -22,7 +22,7 @@ from .registry import BASELINE_NAMES, get_module, is_baseline
 NATIVE = "native"  # timm's model as built (attach.NATIVE)
 
 from .measures.latency import LatencySettings
-from .metrics import ACCURACY, ALIASES, SUITE_METRICS, spec
+from .metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
 from .settings import POSITIVE_NUMBER, short, suite_rules
 TOP_KEYS = {
     "name": "suite name (string)",
@@ -32,12 +32,15 @@ TOP_KEYS = {
     "backbone_options": "keyword arguments for timm.create_model",
     "modules": "list of registry names ('none' = baseline) or {name, module, ...options} mappings",
     "module_options": "mapping module name -> options",
-    "input_size": "int or [height, width]",
-    "batch_size": "positive int",
+    "input_size": "int, 'HxW' or [height, width]; a list of them is a sweep (one cell per point)",
+    "batch_size": "positive int, or a list of them (a sweep)",
+    "runtime": f"one of {', '.join(RUNTIMES)}, or a list of them (an axis; default eager)",
+    "sweeps": "list of mappings of input_size / batch_size / runtime: each is a grid, the suite's points are their union",
     "metrics": f"subset of {list(SUITE_METRICS)}",
     "device": "CUDA device for the *_gpu metrics (default cuda)",
     "dtype": "float32",
-    "latency": "timing settings: threads, warmup, rounds, min_time, min_iters, unstable_threshold, amp, channels_last, compile",
+    "latency": "timing settings: threads, warmup, rounds, min_time, min_iters, unstable_threshold, amp, channels_last "
+               "(compile: true is read as runtime: compile)",
     "dataset": "dataset settings (accuracy suites)",
     "training": "training settings (accuracy suites)",
     "seeds": "list of ints (accuracy suites)",
@@ -66,6 +69,36 @@ class Variant:
     auto: bool = False  # added by attnbench (the 'native' row), planned only where the backbone has native attention
 
 
+AXES = ("input_size", "batch_size", "runtime")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting of the suite's axes: where a timing is taken (counts use the axes they depend on)."""
+
+    input_size: Tuple[int, int] = (224, 224)
+    batch_size: int = 1
+    runtime: str = "eager"
+
+    @property
+    def label(self) -> str:
+        return point_label(self.input_size, self.batch_size, self.runtime)
+
+    def project(self, metric: str, base: "Point") -> Optional["Point"]:
+        """This point as a cell of ``metric`` sees it: axes the metric does not depend on take the
+        suite's base value; None when the metric cannot run under this point's runtime."""
+        s = spec(metric)
+        if "runtime" in s.axes and self.runtime not in s.runtimes:
+            return None
+        return Point(self.input_size if "input_size" in s.axes else base.input_size,
+                     self.batch_size if "batch_size" in s.axes else base.batch_size,
+                     self.runtime if "runtime" in s.axes else "eager")
+
+
+def point_label(input_size, batch_size, runtime: str = "eager") -> str:
+    return f"{input_size[0]}x{input_size[1]} b{batch_size} {runtime}"
+
+
 @dataclass
 class Suite:
     name: str
@@ -85,9 +118,21 @@ class Suite:
     training: Dict[str, Any] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
     timeout: Optional[float] = None  # seconds per cell; None = the kind's default
+    points: List[Point] = field(default_factory=list)  # every (input_size, batch_size, runtime) measured; [] = the base only
     # --backbone / --module: run a subset; table positions stay those of the whole suite
     only_backbones: List[str] = field(default_factory=list)
     only_modules: List[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> Point:
+        return Point(tuple(self.input_size), self.batch_size)
+
+    def all_points(self) -> List[Point]:
+        return self.points or [self.base]
+
+    def metric_points(self, metric: str) -> List[Point]:
+        """The distinct points a metric's cells are planned at, in the suite's order."""
+        return list(dict.fromkeys(q for q in (p.project(metric, self.base) for p in self.all_points()) if q is not None))
 
     def selected(self, backbone: str, variant: "Variant") -> bool:
         return (not self.only_backbones or backbone in self.only_backbones) and \
@@ -111,11 +156,20 @@ class Cell:
     dataset: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT_S  # not part of the key: it bounds a run, it does not change a result
+    runtime: str = "eager"
+    swept: bool = False  # the suite has several points: names say which one (not part of the key)
+
+    @property
+    def point(self) -> Point:
+        return Point(tuple(self.input_size), self.batch_size, self.runtime)
 
     @property
     def name(self) -> str:
         seed = f"/seed{self.seed}" if self.seed is not None else ""
-        return f"{self.backbone}/{self.variant.label}/{self.metric}{seed}"
+        axes = spec(self.metric).axes
+        at = [f"{self.input_size[0]}x{self.input_size[1]}", f"b{self.batch_size}", self.runtime]
+        at = " @ " + " ".join(a for a, ax in zip(at, AXES) if ax in axes) if self.swept else ""
+        return f"{self.backbone}/{self.variant.label}/{self.metric}{seed}{at}"
 
     def config(self) -> Dict[str, Any]:
         cfg = {
@@ -126,6 +180,8 @@ class Cell:
         }
         if spec(self.metric).kind in ("timing", "memory"):
             cfg["latency"] = self.latency
+        if self.runtime != "eager":  # absent for eager, so keys from before runtimes existed stay valid
+            cfg["runtime"] = self.runtime
         if self.metric == ACCURACY:
             cfg.update(seed=self.seed, dataset=self.dataset, training=self.training)
         return cfg
@@ -288,13 +344,14 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
         for i, variant in enumerate(variants):
             _check_options(variant, source, f"module_options.{variant.label}" if variant.label in module_options else f"modules[{i}]")
 
-    size = data.get("input_size", 224)
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = [size, size]
-    _need(isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size), source,
-          "input_size", f"must be an int or [height, width], got {short(data.get('input_size'))}")
-    batch = _pos_int(data.get("batch_size", 1), source, "batch_size")
-    _check_input_fits(batch, size, source)
+    latency = data.get("latency") or {}
+    _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_RULES)}")
+    latency = dict(latency)
+    legacy_compile = latency.pop("compile", None)  # earlier versions: latency.compile -> today's runtime axis
+    _need(legacy_compile in (None, True, False), source, "latency.compile", f"must be true or false, got {short(legacy_compile)}")
+    if legacy_compile and "runtime" not in data:
+        data = {**data, "runtime": "compile"}
+    points, base = _points(data, source, kind)
 
     dataset, training, seeds = _accuracy_sections(data, source, kind, check_names, variants)
     metrics = data.get("metrics", ["params", "macs"] if kind == "overhead" else [])
@@ -309,12 +366,12 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     _need(kind == "overhead" or not metrics, source, "metrics", "an accuracy suite measures accuracy only; "
           "put params/FLOPs/latency in an overhead suite (its latency is joined into the accuracy table)")
 
-    latency = data.get("latency") or {}
-    _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_RULES)}")
     for key, value in latency.items():
         _need(key in LATENCY_RULES, source, f"latency.{_name(key)}", f"unknown setting; known: {', '.join(LATENCY_RULES)}")
         check, problem = LATENCY_RULES[key]
         _need(check(value), source, f"latency.{key}", f"{problem}, got {short(value)}")
+    _need(not latency.get("amp") or all(p.runtime == "eager" for p in points), source, "latency.amp",
+          "autocast applies to the eager runtime only; drop amp or the other runtimes")
     device = data.get("device", "cuda")
     _need(isinstance(device, str) and device.startswith("cuda"), source, "device", f"must be 'cuda' or 'cuda:N', got {short(device)}")
     dtype = data.get("dtype", "float32")
@@ -327,11 +384,81 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
         _need(check(timeout), source, "timeout", f"{problem} (seconds per cell), got {short(timeout)}")
     return Suite(
         name=name, source=source, backbones=list(backbones), variants=variants, metrics=list(metrics),
-        input_size=(size[0], size[1]), batch_size=batch, device=device, dtype=dtype, kind=kind,
+        input_size=base.input_size, batch_size=base.batch_size, device=device, dtype=dtype, kind=kind,
         description=str(data.get("description", "")), backbone_options=dict(backbone_options),
         latency=dict(latency), dataset=dataset, training=training, seeds=seeds,
-        timeout=float(timeout) if timeout is not None else None,
+        timeout=float(timeout) if timeout is not None else None, points=points,
     )
+
+
+def _sizes(value: Any, source: str, fld: str) -> List[Tuple[int, int]]:
+    """input_size: an int (square), 'HxW', [height, width], or a list of them (a sweep)."""
+    def one(v, f):
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return (v, v)
+        if isinstance(v, str) and v.count("x") == 1 and all(p.strip().isdigit() and int(p) > 0 for p in v.split("x")):
+            h, w = v.split("x")
+            return (int(h), int(w))
+        if isinstance(v, list) and len(v) == 2 and all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in v):
+            return (v[0], v[1])
+        raise SuiteError(source, f, f"must be a positive int, 'HxW' or [height, width], got {short(v)}")
+
+    if isinstance(value, list):  # a sweep: [112, 224, 448], ['224x160', ...] or [[224, 160], ...]
+        _need(bool(value), source, fld, "an empty list measures nothing; give a size or a list of sizes")
+        sizes = [one(v, f"{fld}[{i}]") for i, v in enumerate(value)]
+    else:
+        sizes = [one(value, fld)]
+    _need(len(set(sizes)) == len(sizes), source, fld, f"names a size twice; a list is a sweep (for one HxW input write '{sizes[0][0]}x{sizes[0][1]}')")
+    return sizes
+
+
+def _batches(value: Any, source: str, fld: str) -> List[int]:
+    values = value if isinstance(value, list) and value else [value]
+    out = [_pos_int(v, source, fld if len(values) == 1 else f"{fld}[{i}]") for i, v in enumerate(values)]
+    _need(len(set(out)) == len(out), source, fld, "names a batch size twice")
+    return out
+
+
+def _runtimes(value: Any, source: str, fld: str) -> List[str]:
+    values = value if isinstance(value, list) and value else [value]
+    for i, v in enumerate(values):
+        if v not in RUNTIMES:
+            raise SuiteError(source, fld if len(values) == 1 else f"{fld}[{i}]",
+                             str(UnknownNameError("runtime", v if isinstance(v, str) else short(v), RUNTIMES, f"known: {', '.join(RUNTIMES)}")))
+    _need(len(set(values)) == len(values), source, fld, "names a runtime twice")
+    return list(values)
+
+
+AXIS_PARSERS = {"input_size": _sizes, "batch_size": _batches, "runtime": _runtimes}
+
+
+def _points(data: Dict[str, Any], source: str, kind: str) -> Tuple[List[Point], Point]:
+    """The suite's points: the grid of the top-level axes, or the union of the grids its ``sweeps``
+    give (an axis a sweep does not name keeps the top-level values). Base = first value of each axis."""
+    import itertools
+
+    top = {"input_size": _sizes(data.get("input_size", 224), source, "input_size"),
+           "batch_size": _batches(data.get("batch_size", 1), source, "batch_size"),
+           "runtime": _runtimes(data.get("runtime", "eager"), source, "runtime")}
+    sweeps = data.get("sweeps")
+    if kind == "accuracy":
+        _need(all(len(v) == 1 for v in top.values()) and sweeps is None and top["runtime"] == ["eager"], source,
+              "input_size", "an accuracy suite trains at one input size and batch (training.batch_size); sweeps and "
+                            "runtimes are for overhead suites")
+    grids = [dict(top)]
+    if sweeps is not None:
+        _need(isinstance(sweeps, list) and sweeps and all(isinstance(s, dict) and s for s in sweeps), source, "sweeps",
+              f"must be a non-empty list of mappings of {', '.join(AXES)}, got {short(sweeps)}")
+        grids = []
+        for i, sweep in enumerate(sweeps):
+            for key in sweep:
+                _need(key in AXES, source, f"sweeps[{i}].{_name(key)}", f"unknown axis; known: {', '.join(AXES)}")
+            grids.append({**top, **{k: AXIS_PARSERS[k](v, source, f"sweeps[{i}].{k}") for k, v in sweep.items()}})
+    points = list(dict.fromkeys(Point(s, b, r) for g in grids
+                                for s, b, r in itertools.product(g["input_size"], g["batch_size"], g["runtime"])))
+    for p in points:
+        _check_input_fits(p.batch_size, p.input_size, source)
+    return points, Point(top["input_size"][0], top["batch_size"][0])
 
 
 def _check_options(variant: Variant, source: str, fld: str) -> None:
@@ -431,12 +558,15 @@ def plan(suite: Suite) -> List[Cell]:
                                       str(training.get("device", "cpu")), suite.dtype, suite.backbone_options, {}, seed,
                                       suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S))
         return cells
+    swept = len(suite.all_points()) > 1
     for bi, backbone in enumerate(suite.backbones):
         for metric in suite.metrics:
-            for vi, variant in enumerate(suite.variants):
-                if not suite.selected(backbone, variant) or (variant.auto and not has_native_attention(backbone)):
-                    continue
-                device = suite.device if spec(metric).gpu else "cpu"
-                cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), suite.input_size, suite.batch_size,
-                                  device, suite.dtype, suite.backbone_options, suite.latency, timeout=suite.timeout or DEFAULT_TIMEOUT_S))
+            for point in suite.metric_points(metric):
+                for vi, variant in enumerate(suite.variants):
+                    if not suite.selected(backbone, variant) or (variant.auto and not has_native_attention(backbone)):
+                        continue
+                    device = suite.device if spec(metric).gpu else "cpu"
+                    cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), point.input_size, point.batch_size,
+                                      device, suite.dtype, suite.backbone_options, suite.latency,
+                                      timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept))
     return cells

@@ -9,7 +9,7 @@ name: tiny
 backbones: [resnet18]
 modules: [none, se, {name: se-r8, module: se, reduction: 8}]
 module_options: {se: {reduction: 16}}
-input_size: [32, 48]
+input_size: 32x48
 metrics: [params, flops]
 """
 
@@ -46,7 +46,14 @@ def test_variants_and_plan(tmp_path):
     ("backbones: [resnet18]\nmodules: [sse]\n", "modules[0]", "unknown module 'sse'; did you mean 'se'"),
     ("backbones: [resnet5]\nmodules: [se]\n", "backbones[0]", "unknown backbone 'resnet5'"),
     ("backbones: [resnet18]\nmodules: [se]\nmetrics: [params, latncy_cpu]\n", "metrics[1]", "did you mean 'latency_cpu'"),
-    ("backbones: [resnet18]\nmodules: [se]\ninput_size: [1, 2, 3]\n", "input_size", "int or [height, width]"),
+    ("backbones: [resnet18]\nmodules: [se]\ninput_size: [1, 0, 3]\n", "input_size[1]", "positive int, 'HxW' or [height, width]"),
+    ("backbones: [resnet18]\nmodules: [se]\ninput_size: 32x\n", "input_size", "positive int, 'HxW' or [height, width]"),
+    ("backbones: [resnet18]\nmodules: [se]\ninput_size: [64, 64]\n", "input_size", "names a size twice"),
+    ("backbones: [resnet18]\nmodules: [se]\nbatch_size: [1, 0]\n", "batch_size[1]", "positive integer"),
+    ("backbones: [resnet18]\nmodules: [se]\nruntime: [eager, onnx]\n", "runtime[1]", "did you mean 'onnxruntime'"),
+    ("backbones: [resnet18]\nmodules: [se]\nsweeps: [{resolution: [1]}]\n", "sweeps[0].resolution", "unknown axis"),
+    ("backbones: [resnet18]\nmodules: [se]\nsweeps: []\n", "sweeps", "non-empty list"),
+    ("backbones: [resnet18]\nmodules: [se]\nruntime: [eager, compile]\nlatency: {amp: bf16}\n", "latency.amp", "eager runtime only"),
     ("backbones: [resnet18]\nmodules: [se]\nbatch_size: 0\n", "batch_size", "positive integer"),
     ("backbones: [resnet18]\nmodules: [se]\nbackbone: [x]\n", "backbone", "did you mean 'backbones'"),
     ("backbones: [resnet18]\nmodules: [se, se]\n", "modules[1]", "duplicate module label"),

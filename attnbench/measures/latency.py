@@ -4,7 +4,10 @@ CPU: ``time.perf_counter`` around each forward, eval mode, ``torch.inference_mod
 thread count, warm-up, then ``rounds`` rounds in which every model runs for ``min_time``
 seconds (at least ``min_iters`` calls) in rotating order: A B C, B C A, ... .
 CUDA: the same schedule timed with CUDA events, synchronised at each block's ends, with
-``cudnn.benchmark`` and optional AMP, channels_last and ``torch.compile``.
+``cudnn.benchmark`` and optional AMP and channels_last. A non-eager ``runtime`` (torch.compile,
+ONNX Runtime, OpenVINO) is built and checked against eager by ``attnbench.runtimes`` before its warm-up;
+the time that takes is reported apart (``prepare_s``), never inside the latency.
+Every raw sample is kept per round (``rounds_ms``) for the paired Δ interval.
 Each result carries median, IQR, runs and an ``unstable`` flag when IQR/median exceeds
 ``unstable_threshold`` (0.10: the rule behind torch.utils.benchmark's "Interquartile range is ...% of
 the median" warning; pyperf judges stability by standard deviation/mean instead).
@@ -41,7 +44,7 @@ class LatencySettings:
     unstable_threshold: float = suite_field(0.10, POSITIVE_NUMBER)
     amp: Optional[str] = suite_field(None, choice(None, *AMP_DTYPES))  # "fp16" / "bf16" autocast
     channels_last: bool = suite_field(False, BOOLEAN)
-    compile: bool = suite_field(False, BOOLEAN)
+    runtime: str = "eager"  # a suite axis, not a latency key: eager, compile, onnxruntime, openvino (attnbench.runtimes)
     train: bool = False  # time a full training step (forward, backward, SGD step) instead
     timeout: Optional[float] = None  # seconds one model's warm-up or timing block may take (a hung module fails alone)
 
@@ -49,7 +52,7 @@ class LatencySettings:
         return {
             "batch_size": self.batch_size, "input_size": list(self.input_size), "threads": self.threads,
             "warmup": self.warmup, "rounds": self.rounds, "min_time": self.min_time, "amp": self.amp,
-            "channels_last": self.channels_last, "compile": self.compile, "mode": "train" if self.train else "eval",
+            "channels_last": self.channels_last, "runtime": self.runtime, "mode": "train" if self.train else "eval",
         }
 
 
@@ -99,7 +102,8 @@ def measure_latency(
     if cuda:
         torch.backends.cudnn.benchmark = True
     mem_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    steps: Dict[str, _Step] = {}
+    steps: Dict[str, Callable] = {}
+    prepared: Dict[str, dict] = {}  # export/compile time and runtime details, per label
     with fixed_threads(settings.threads) as threads:
         torch.manual_seed(0)
         x = torch.randn(settings.batch_size, settings.in_chans, *settings.input_size, device=dev)
@@ -107,10 +111,8 @@ def measure_latency(
         for label, model in models.items():
             try:
                 model = model.to(dev, memory_format=mem_format).train(settings.train)
-                if settings.compile:
-                    model = torch.compile(model)
-                step = _Step(model, x, settings, dev)
                 with deadline(settings.timeout, f"warm-up of {label}"):
+                    step, prepared[label] = _make_step(model, x, settings, dev, threads)
                     for _ in range(max(1, settings.warmup)):
                         out = step()
                     if cuda:
@@ -121,14 +123,14 @@ def measure_latency(
                 if on_error is None:
                     raise
                 on_error(label, exc)
-        times: Dict[str, List[float]] = {label: [] for label in steps}
+        times: Dict[str, List[List[float]]] = {label: [] for label in steps}  # per round, every call
         order = list(steps)
         for r in range(settings.rounds):
             k = r % len(order) if order else 0
             for label in order[k:] + order[:k]:
                 try:
                     with deadline(settings.timeout, f"timing of {label}"):
-                        times[label].extend(_time_block(steps[label], settings, dev))
+                        times[label].append(_time_block(steps[label], settings, dev))
                 except Exception as exc:
                     if on_error is None:
                         raise
@@ -138,13 +140,35 @@ def measure_latency(
                     break  # the rotation list changed; the next round starts afresh
         metric = ("train_step_" if settings.train else "latency_") + ("gpu" if cuda else "cpu")
         method = ("CUDA events, synchronised" if cuda else "time.perf_counter per call") + \
-            f", {settings.rounds} interleaved rounds, " + ("SGD training step" if settings.train else "eval, inference_mode")
+            f", {settings.rounds} interleaved rounds, " + ("SGD training step" if settings.train else "eval, inference_mode") + \
+            ("" if settings.runtime == "eager" else f", runtime {settings.runtime}")
         out = {}
-        for label, ts in times.items():
-            stats = summarize(ts, settings.batch_size, settings.unstable_threshold)
+        for label, rounds in times.items():
+            stats = summarize([t for block in rounds for t in block], settings.batch_size, settings.unstable_threshold)
+            # Every raw sample, per round (ms): the paired Δ interval and compare's noise band are computed from these.
+            stats["rounds_ms"] = [[round(t * 1e3, 5) for t in block] for block in rounds]
+            stats.update(prepared.get(label) or {})
             out[label] = Measurement(metric, stats["median_ms"], "ms", method,
                                      dict(settings.as_dict(), threads=threads, device=str(dev)), stats)
         return out
+
+
+def _make_step(model: nn.Module, x: torch.Tensor, s: LatencySettings, dev: torch.device, threads: int):
+    """The timed call and what preparing it took: eager (and training steps) run ``_Step``; other
+    runtimes are built by attnbench.runtimes, which checks their output against eager first."""
+    if s.runtime == "eager":
+        return _Step(model, x, s, dev), {}
+    if s.train:  # training steps: eager or torch.compile only (suite planning keeps the rest out)
+        if s.runtime != "compile":
+            raise ValueError(f"runtime {s.runtime} cannot time a training step")
+        t0 = time.perf_counter()
+        step = _Step(torch.compile(model), x, s, dev)
+        step()
+        return step, {"prepare_s": time.perf_counter() - t0, "runtime_info": {"runtime": "compile", "backend": "inductor"}}
+    from ..runtimes import prepare
+
+    p = prepare(s.runtime, model, x, threads, str(dev))
+    return p.step, {"prepare_s": p.prepare_s, "runtime_info": p.info}
 
 
 def _time_block(step: _Step, s: LatencySettings, dev: torch.device) -> List[float]:

@@ -77,3 +77,80 @@ def pareto_plot(records: Sequence[Record], overhead: Sequence[Record], path: Pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
+    """Δ% vs resolution and vs batch, one line per module, one row of panels per backbone: Δ CPU/GPU
+    latency (with the paired 95% interval as error bars) and Δ MACs. Drawn only for an axis with two or
+    more points (eager runtime; the other axes held at their most common value)."""
+    from .tables import at_point, delta_interval, record_point
+
+    panels = []  # (backbone, metric, axis, fixed point filter)
+    backbones = list(dict.fromkeys(r.backbone for r in records))
+    timing = [m for m in ("latency_cpu", "latency_gpu") if any(r.metric == m and r.ok for r in records)]
+    for axis in ("input_size", "batch_size"):
+        for metric in timing + (["macs"] if axis == "input_size" else []):
+            recs = [r for r in records if r.metric == metric and r.ok and record_point(r).runtime == "eager"]
+            if len({getattr(record_point(r), axis) for r in recs}) >= 2:
+                panels.append((metric, axis))
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(backbones), len(panels), figsize=(4.8 * len(panels), 3.8 * len(backbones)), squeeze=False)
+    for row, backbone in enumerate(backbones):
+        for col, (metric, axis) in enumerate(panels):
+            ax = axes[row][col]
+            recs = [r for r in records if r.backbone == backbone and r.metric == metric and r.ok
+                    and record_point(r).runtime == "eager"]
+            others = [a for a in ("input_size", "batch_size") if a != axis]
+            fixed = {a: _mode(getattr(record_point(r), a) for r in recs) for a in others}
+            recs = [r for r in recs if all(getattr(record_point(r), a) == v for a, v in fixed.items() if a in _axes(metric))]
+            bases = {getattr(record_point(r), axis): r for r in recs if r.module == "none"}
+            for label in dict.fromkeys(r.label for r in recs if r.module != "none"):
+                xs, ys, lo, hi = [], [], [], []
+                for r in sorted((r for r in recs if r.label == label), key=lambda r: _x(getattr(record_point(r), axis))):
+                    base = bases.get(getattr(record_point(r), axis))
+                    if base is None or not base.value:
+                        continue
+                    ci = delta_interval(r, base) if r.stats.get("rounds_ms") else None
+                    y = ci.pct if ci is not None else (r.value / base.value - 1) * 100
+                    xs.append(_x(getattr(record_point(r), axis)))
+                    ys.append(y)
+                    lo.append(y - ci.low if ci is not None and ci.low is not None else 0)
+                    hi.append(ci.high - y if ci is not None and ci.high is not None else 0)
+                if xs:
+                    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, label=label)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({_x(getattr(record_point(r), axis)) for r in recs}))
+            ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+            ax.set_xlabel("input resolution (side, px)" if axis == "input_size" else "batch size")
+            held = ", ".join(f"{'input' if a == 'input_size' else 'batch'} {_show(v)}" for a, v in fixed.items() if a in _axes(metric))
+            ax.set_ylabel(f"Δ {metric} % vs none")
+            ax.set_title(f"{backbone}: {metric}" + (f" ({held})" if held else ""), fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{records[0].suite}: how the cost of each module moves with the regime (error bars: paired 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _axes(metric: str):
+    from ..metrics import spec
+
+    return spec(metric).axes
+
+
+def _mode(values):
+    values = list(values)
+    return max(dict.fromkeys(values), key=values.count) if values else None
+
+
+def _x(value) -> float:
+    return float(value[0]) if isinstance(value, tuple) else float(value)
+
+
+def _show(value) -> str:
+    return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else str(value)
