@@ -193,13 +193,18 @@ def measure_count(cell: Cell, model) -> "Measurement":
         check_finite(model.eval()(x), f"{cell.backbone} + {cell.variant.label}")
     if cell.metric == "macs":
         return measure_flops(model, x)
-    if cell.metric == "macs_train":
-        return measure_train_macs(model, torch.randn(cell.batch_size, 3, *cell.input_size))
     if cell.metric == "activations":
         return measure_activations(model, x)
-    if cell.metric == "train_memory":
-        return measure_saved_memory(model, torch.randn(cell.batch_size, 3, *cell.input_size))
-    raise ValueError(f"no count measure for metric {cell.metric!r}")
+    train = {"macs_train": measure_train_macs, "train_memory": measure_saved_memory}.get(cell.metric)
+    if train is None:
+        raise ValueError(f"no count measure for metric {cell.metric!r}")
+    try:
+        return train(model, torch.randn(cell.batch_size, 3, *cell.input_size))
+    except ValueError as exc:
+        if "Expected more than 1 value per channel when training" not in str(exc):
+            raise
+        raise Unsupported(f"BatchNorm cannot train on one value per channel (batch {cell.batch_size} at "
+                          f"{cell.input_size[0]}x{cell.input_size[1]} reaches a 1x1 map); use batch_size >= 2 or a larger input_size")
 
 
 def _execute_timed(task: Task) -> List[Record]:
