@@ -42,7 +42,9 @@ class MetricSpec:
         return self.device == "gpu"
 
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")  # attnbench.runtimes implements them
+# attnbench.runtimes implements them; tensorrt is ONNX Runtime's TensorRT provider (CUDA only)
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
+CPU_RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 BATCHED = ("input_size", "batch_size")
 TIMED = ("input_size", "batch_size", "runtime")
 SPECS: Dict[str, MetricSpec] = {s.name: s for s in (
@@ -60,13 +62,13 @@ SPECS: Dict[str, MetricSpec] = {s.name: s for s in (
                columns=(("saved for backward MiB/img", "value"), ("Δsaved %", "delta_pct")), scale=2 ** 20, axes=BATCHED),
     MetricSpec("latency_cpu", "timing", "ms",
                columns=(("CPU ms, median (IQR)", "spread"), ("Δ CPU latency % [95% CI]", "delta_ci"), ("CPU img/s", "throughput")),
-               axes=TIMED, runtimes=RUNTIMES, optional_columns=(("setup s", "part:prepare_s"),)),
+               axes=TIMED, runtimes=CPU_RUNTIMES, optional_columns=(("setup s", "part:prepare_s"),)),
     MetricSpec("train_step_cpu", "timing", "ms", train=True,
                columns=(("CPU train step ms (IQR)", "spread"), ("Δ CPU train % [95% CI]", "delta_ci")),
                axes=TIMED, runtimes=("eager", "compile")),
     MetricSpec("latency_gpu", "timing", "ms", device="gpu",
                columns=(("GPU ms, median (IQR)", "spread"), ("Δ GPU latency % [95% CI]", "delta_ci"), ("GPU img/s", "throughput")),
-               axes=TIMED, runtimes=("eager", "compile", "onnxruntime"), optional_columns=(("setup s", "part:prepare_s"),)),
+               axes=TIMED, runtimes=("eager", "compile", "onnxruntime", "tensorrt"), optional_columns=(("setup s", "part:prepare_s"),)),
     MetricSpec("train_step_gpu", "timing", "ms", device="gpu", train=True,
                columns=(("GPU train step ms (IQR)", "spread"), ("Δ GPU train % [95% CI]", "delta_ci")),
                axes=TIMED, runtimes=("eager", "compile")),

@@ -96,6 +96,8 @@ def check_available(runtime: str, device: str = "cpu") -> None:
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     cuda = torch.device(device).type == "cuda"
+    if not cuda and runtime == "tensorrt":
+        raise Unsupported("tensorrt (ONNX Runtime's TensorRT provider) runs on CUDA only; time it with latency_gpu")
     if cuda and runtime == "openvino":
         raise Unsupported("openvino runs on the CPU here; use device cpu for runtime openvino, "
                           "or another runtime on cuda")
@@ -116,6 +118,13 @@ def check_available(runtime: str, device: str = "cpu") -> None:
             raise RuntimeMissing(f"onnxruntime has no CUDAExecutionProvider (it has "
                                  f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu "
                                  "in place of onnxruntime")
+    elif runtime == "tensorrt":
+        for package in ("onnx", "onnxscript"):
+            _require(package)
+        ort = _require("onnxruntime")
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeMissing(f"onnxruntime has no TensorrtExecutionProvider (it has "
+                                 f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu and TensorRT")
     elif runtime == "openvino":
         _require("openvino")
 
@@ -187,7 +196,12 @@ def _compile(model, x, threads, device, reference):
                   "graphs": int(graphs), "graph_breaks": int(sum(counters["graph_break"].values()) - breaks_before)}
 
 
-def _onnxruntime(model, x, threads, device, reference):
+def _tensorrt(model, x, threads, device, reference):
+    """ONNX Runtime with its TensorRT provider first (CUDA for what TensorRT does not take)."""
+    return _onnxruntime(model, x, threads, device, reference, provider="TensorrtExecutionProvider")
+
+
+def _onnxruntime(model, x, threads, device, reference, provider: str = "CUDAExecutionProvider"):
     ort, onnx, onnxscript = _require("onnxruntime"), _require("onnx"), _require("onnxscript")
     folder = tempfile.TemporaryDirectory(prefix="attnbench-onnx-")  # kept alive by step(), removed with it
     path = os.path.join(folder.name, "model.onnx")
@@ -212,8 +226,8 @@ def _onnxruntime(model, x, threads, device, reference):
     if cuda:
         # ORT on torch's current stream, so the timer's CUDA events enclose its kernels.
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        providers = [("CUDAExecutionProvider",
-                      {"device_id": index, "user_compute_stream": str(torch.cuda.current_stream(index).cuda_stream)})]
+        stream = {"device_id": index, "user_compute_stream": str(torch.cuda.current_stream(index).cuda_stream)}
+        providers = [(p, dict(stream)) for p in dict.fromkeys((provider, "CUDAExecutionProvider"))]
     else:
         providers = ["CPUExecutionProvider"]
     try:
@@ -221,9 +235,9 @@ def _onnxruntime(model, x, threads, device, reference):
     except Exception as exc:
         raise ConversionFailed(f"runtime onnxruntime cannot load the exported {type(model).__name__}: "
                                f"{_first_line(exc)}; time this model under another runtime") from exc
-    if cuda and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeMissing(f"onnxruntime could not start its CUDAExecutionProvider (it runs on "
-                             f"{session.get_providers()[0]}); check the CUDA and cuDNN versions onnxruntime-gpu needs")
+    if cuda and session.get_providers()[0] != provider:
+        raise RuntimeMissing(f"onnxruntime could not start its {provider} (it runs on "
+                             f"{session.get_providers()[0]}); check the CUDA, cuDNN (and TensorRT) versions onnxruntime-gpu needs")
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
     info = {"version": ort.__version__, "exporter": "torch.onnx.export(dynamo=True)", "opset": ONNX_OPSET,
@@ -291,7 +305,8 @@ def _openvino(model, x, threads, device, reference):
                   "ov_device": "CPU", "properties": properties}
 
 
-_BUILDERS = {"eager": _eager, "compile": _compile, "onnxruntime": _onnxruntime, "openvino": _openvino}
+_BUILDERS = {"eager": _eager, "compile": _compile, "onnxruntime": _onnxruntime, "openvino": _openvino,
+             "tensorrt": _tensorrt}
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -370,6 +370,11 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
         _need(key in LATENCY_RULES, source, f"latency.{_name(key)}", f"unknown setting; known: {', '.join(LATENCY_RULES)}")
         check, problem = LATENCY_RULES[key]
         _need(check(value), source, f"latency.{key}", f"{problem}, got {short(value)}")
+    timed = [m for m in metrics if "runtime" in spec(m).axes]
+    for runtime in dict.fromkeys(p.runtime for p in points):
+        _need(not timed or any(runtime in spec(m).runtimes for m in timed), source, "runtime",
+              f"{runtime} times none of this suite's metrics ({', '.join(timed)}); "
+              + ("tensorrt is a GPU runtime: add latency_gpu" if runtime == "tensorrt" else "add latency_cpu"))
     _need(not latency.get("amp") or all(p.runtime == "eager" for p in points), source, "latency.amp",
           "autocast applies to the eager runtime only; drop amp or the other runtimes")
     device = data.get("device", "cuda")

@@ -59,3 +59,28 @@ def test_missing_runtime_cells_are_skipped_with_the_install_hint(tmp_path, monke
     assert all("pip install 'attnbench[onnx]'" in r.note for r in skipped)
     md = (tmp_path / "rt.md").read_text()
     assert "## 32x32 b1 onnxruntime" in md and "attnbench[onnx]" in md
+
+
+def test_tensorrt_is_a_gpu_runtime():
+    from attnbench.errors import SuiteError, Unsupported
+    from attnbench.runtimes import check_available
+
+    with pytest.raises(Unsupported, match="CUDA only"):
+        check_available("tensorrt", "cpu")
+    with pytest.raises(SuiteError, match="tensorrt is a GPU runtime: add latency_gpu"):
+        parse_suite({"name": "t", "backbones": ["resnet18"], "modules": ["none"], "runtime": "tensorrt",
+                     "metrics": ["latency_cpu"]}, "t.yaml")
+    s = parse_suite({"name": "t", "backbones": ["resnet18"], "modules": ["none"], "runtime": ["eager", "tensorrt"],
+                     "metrics": ["latency_cpu", "latency_gpu"]}, "t.yaml")
+    from attnbench.suite import plan
+
+    assert sorted((c.metric, c.runtime) for c in plan(s)) == [
+        ("latency_cpu", "eager"), ("latency_gpu", "eager"), ("latency_gpu", "tensorrt")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
+def test_gpu_runtimes_skip_cleanly_without_cuda(tmp_path):
+    suite = parse_suite({"name": "g", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32,
+                         "runtime": ["onnxruntime", "tensorrt"], "metrics": ["latency_gpu"]}, "g.yaml")
+    result = run_suite(suite, tmp_path)
+    assert result.exit_code == 0 and {r.status for r in result.records} == {"skipped"} and len(result.records) == 4
