@@ -173,16 +173,19 @@ def measure(
     input_size: int = typer.Option(224, "--input-size", help="square input resolution"),
     option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
 ):
-    """Parameters and MACs of one backbone/module pair, straight to the terminal."""
+    """Parameters, MACs and memory of one backbone/module pair, straight to the terminal."""
     import torch
 
     from .attach import attention_parameters, build
     from .measures.flops import count_flops
+    from .measures.memory import measure_activations, measure_saved_memory
     from .measures.params import count_params
 
     options = dict(_parse_option(o) for o in option)
     model = build(backbone, module, input_size=input_size, **options)
     fc = count_flops(model, torch.randn(1, 3, input_size, input_size))
+    act = measure_activations(model, torch.randn(1, 3, input_size, input_size))
+    saved = measure_saved_memory(model, torch.randn(2, 3, input_size, input_size))  # batch 2: BatchNorm must train
     where = model.attnbench_attachment
     lines = [
         f"{backbone} + {module} ({where.placement}, {len(where.sites)} sites), input {input_size}x{input_size}",
@@ -191,6 +194,8 @@ def measure(
         f"  attention {fc.attention:,}; fvcore alone {fc.fvcore:,}; dispatch counter {fc.dispatch_total:,}"
         f" ({'agrees' if fc.counters_agree else 'differs: ' + fc.counter_difference})",
         f"unhandled operators: {fc.unhandled or 'none'}",
+        f"activations {int(act.value):,} elements/image (fvcore's conv/linear part {int(act.stats['fvcore']):,}); "
+        f"saved for backward {saved.value / 2**20:.2f} MiB/image (batch 2, parameters excluded)",
     ]
     out_console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 

@@ -130,3 +130,20 @@ FORMULAS = {
     "triplet": lambda c: triplet_params(), "bam": bam_params, "srm": srm_params, "ge_theta": ge_theta_params,
     "ese": ese_params, "sge": sge_params,
 }
+
+
+# ResNet-50 at 224: (blocks, output channels, feature side) of its four stages.
+RESNET50_STAGES = ((3, 256, 56), (4, 512, 28), (6, 1024, 14), (3, 2048, 7))
+
+
+def resnet50_activations(conv_outputs=11_113_984, classes=1000):
+    """Eval activations per image by the 'new tensor' rule: every conv output and its BatchNorm output
+    (the ReLUs and residual adds are in place: 0), the stem max-pool's output and its int64 indices
+    (64 x 56 x 56 each), the global average pool (2048) and the classifier (1000). ``conv_outputs`` is
+    fvcore's own conv/linear activation count minus the classifier's 1000."""
+    return 2 * conv_outputs + 2 * 64 * 56 * 56 + 2048 + classes
+
+
+def se_activations(c, side, r=16):
+    """One SE block: pooled C, FC1 C/r (its ReLU in place: 0), FC2 C, sigmoid C, and the scaled map C x H x W."""
+    return 3 * c + c // r + c * side * side

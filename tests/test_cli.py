@@ -99,6 +99,10 @@ def test_measure_one_combination(capsys):
     assert "MACs 4,130,902,704 = conv/linear/matmul 4,091,699,200 + element-wise 28,089,520 + norm 11,113,984" in out
     assert "attention 13,569,712; fvcore alone 4,114,027,520; dispatch counter 4,130,902,704 (agrees)" in out
     assert "unhandled operators: none" in out
+    from formulas import RESNET50_STAGES, resnet50_activations, se_activations
+
+    act = resnet50_activations() + sum(n * se_activations(c, side) for n, c, side in RESNET50_STAGES)
+    assert f"activations {act:,} elements/image" in out and "saved for backward" in out
 
 
 def test_compare_two_runs(tmp_path, capsys):

@@ -165,3 +165,15 @@ def test_everything_saved_is_freed_afterwards(monkeypatch):
     monkeypatch.setattr(memory, "_Saved", Tracked)
     measure_saved_memory(nn.Sequential(conv_relu(), nn.BatchNorm2d(C), DeadBranch()), image())
     assert held and all(ref() is None for ref in held)  # the graph went with the output: no leak
+
+
+def test_resnet50_and_se_activations_by_hand():
+    from attnbench.attach import build
+    from formulas import RESNET50_STAGES, resnet50_activations, se_activations
+
+    x = torch.randn(1, 3, 224, 224)
+    bare = measure_activations(build("resnet50", "none"), x)
+    se = measure_activations(build("resnet50", "se", reduction=16), x)
+    assert bare.stats["fvcore"] == 11_113_984 + 1000  # fvcore's conv + classifier outputs
+    assert bare.value == resnet50_activations() == 22_632_424
+    assert se.value - bare.value == sum(n * se_activations(c, side) for n, c, side in RESNET50_STAGES) == 5_565_616
