@@ -93,6 +93,9 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             recs = [r for r in records if r.metric == metric and r.ok and record_point(r).runtime == "eager"]
             if len({getattr(record_point(r), axis) for r in recs}) >= 2:
                 panels.append((metric, axis))
+    for metric in timing:  # runtimes: categorical, at the most common (input, batch) among the non-eager points
+        if len({record_point(r).runtime for r in records if r.metric == metric and r.ok}) >= 2:
+            panels.append((metric, "runtime"))
     if not panels:
         return None
     plt = _pyplot()
@@ -100,6 +103,9 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     for row, backbone in enumerate(backbones):
         for col, (metric, axis) in enumerate(panels):
             ax = axes[row][col]
+            if axis == "runtime":
+                _runtime_panel(ax, [r for r in records if r.backbone == backbone and r.metric == metric and r.ok], backbone, metric)
+                continue
             recs = [r for r in records if r.backbone == backbone and r.metric == metric and r.ok
                     and record_point(r).runtime == "eager"]
             others = [a for a in ("input_size", "batch_size") if a != axis]
@@ -135,6 +141,42 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
+    """Δ% of each module under each runtime, at the (input, batch) where the runtimes were compared."""
+    from ..metrics import RUNTIMES
+    from .tables import delta_interval, record_point
+
+    others = [r for r in recs if record_point(r).runtime != "eager"]
+    where = _mode((record_point(r).input_size, record_point(r).batch_size) for r in (others or recs))
+    recs = [r for r in recs if (record_point(r).input_size, record_point(r).batch_size) == where]
+    runtimes = sorted({record_point(r).runtime for r in recs}, key=lambda n: RUNTIMES.index(n) if n in RUNTIMES else 99)
+    bases = {record_point(r).runtime: r for r in recs if r.module == "none"}
+    labels = list(dict.fromkeys(r.label for r in recs if r.module != "none"))
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        xs, ys, lo, hi = [], [], [], []
+        for j, runtime in enumerate(runtimes):
+            rec = next((r for r in recs if r.label == label and record_point(r).runtime == runtime), None)
+            base = bases.get(runtime)
+            if rec is None or base is None or not base.value:
+                continue
+            ci = delta_interval(rec, base) if rec.stats.get("rounds_ms") else None
+            y = ci.pct if ci is not None else (rec.value / base.value - 1) * 100
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(y)
+            lo.append(y - ci.low if ci is not None and ci.low is not None else 0)
+            hi.append(ci.high - y if ci is not None and ci.high is not None else 0)
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=4, capsize=3, label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(runtimes)))
+    ax.set_xticklabels(runtimes)
+    ax.set_xlabel("runtime")
+    ax.set_ylabel(f"Δ {metric} % vs none (same runtime)")
+    ax.set_title(f"{backbone}: {metric} (input {where[0][0]}x{where[0][1]}, batch {where[1]})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _axes(metric: str):
