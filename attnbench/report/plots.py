@@ -18,6 +18,14 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, title: str, path: Path, dpi: int) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def curves_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     """Test top-1 vs epoch and vs images seen, seed mean with a ± std band per module: shows whether a
     Δ is a budget effect (curves still rising, or crossing) or a steady gap."""
@@ -39,11 +47,7 @@ def curves_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     axes[0][0].xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"{records[0].suite}: learning curves (every Δ in the table is read at the last point)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, f"{records[0].suite}: learning curves (every Δ in the table is read at the last point)", path, dpi=120)
 
 
 def pareto_plot(records: Sequence[Record], overhead: Sequence[Record], path: Path) -> Optional[Path]:
@@ -72,18 +76,14 @@ def pareto_plot(records: Sequence[Record], overhead: Sequence[Record], path: Pat
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 % (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{records[0].suite}: accuracy vs cost")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, f"{records[0].suite}: accuracy vs cost", path, dpi=120)
 
 
 def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     """Δ% vs resolution and vs batch, one line per module, one row of panels per backbone: Δ CPU/GPU
     latency (with the paired 95% interval as error bars) and Δ MACs. Drawn only for an axis with two or
     more points (eager runtime; the other axes held at their most common value)."""
-    from .tables import at_point, delta_interval, record_point
+    from .tables import record_point
 
     panels = []  # (backbone, metric, axis, fixed point filter)
     backbones = list(dict.fromkeys(r.backbone for r in records))
@@ -118,12 +118,11 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                     base = bases.get(getattr(record_point(r), axis))
                     if base is None or not base.value:
                         continue
-                    ci = delta_interval(r, base) if r.stats.get("rounds_ms") else None
-                    y = ci.pct if ci is not None else (r.value / base.value - 1) * 100
+                    y, below, above = _delta_with_bars(r, base)
                     xs.append(_x(getattr(record_point(r), axis)))
                     ys.append(y)
-                    lo.append(y - ci.low if ci is not None and ci.low is not None else 0)
-                    hi.append(ci.high - y if ci is not None and ci.high is not None else 0)
+                    lo.append(below)
+                    hi.append(above)
                 if xs:
                     ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, label=label)
             ax.axhline(0, color="grey", lw=0.8)
@@ -136,17 +135,25 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             ax.set_title(f"{backbone}: {metric}" + (f" ({held})" if held else ""), fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(f"{records[0].suite}: how the cost of each module moves with the regime (error bars: paired 95% CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, f"{records[0].suite}: how the cost of each module moves with the regime (error bars: paired 95% CI)", path, dpi=110)
+
+
+def _delta_with_bars(rec: Record, base: Record):
+    """(Δ%, length of the error bar below, above): the paired interval of timings; counts have none."""
+    from .tables import delta_interval
+
+    ci = delta_interval(rec, base) if rec.stats.get("rounds_ms") else None
+    if ci is None:
+        return (rec.value / base.value - 1) * 100, 0.0, 0.0
+    if ci.low is None:
+        return ci.pct, 0.0, 0.0
+    return ci.pct, ci.pct - ci.low, ci.high - ci.pct
 
 
 def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
     """Δ% of each module under each runtime, at the (input, batch) where the runtimes were compared."""
     from ..metrics import RUNTIMES
-    from .tables import delta_interval, record_point
+    from .tables import record_point
 
     others = [r for r in recs if record_point(r).runtime != "eager"]
     where = _mode((record_point(r).input_size, record_point(r).batch_size) for r in (others or recs))
@@ -162,12 +169,11 @@ def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
             base = bases.get(runtime)
             if rec is None or base is None or not base.value:
                 continue
-            ci = delta_interval(rec, base) if rec.stats.get("rounds_ms") else None
-            y = ci.pct if ci is not None else (rec.value / base.value - 1) * 100
+            y, below, above = _delta_with_bars(rec, base)
             xs.append(j - 0.4 + width * (i + 0.5))
             ys.append(y)
-            lo.append(y - ci.low if ci is not None and ci.low is not None else 0)
-            hi.append(ci.high - y if ci is not None and ci.high is not None else 0)
+            lo.append(below)
+            hi.append(above)
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=4, capsize=3, label=label)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(runtimes)))
