@@ -10,10 +10,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import stats as st
 from ..records import Record
-from .tables import DASH, _pct, environment_line, record_order
+from .tables import DASH, _cell, _pct, environment_line, record_order
 
 COLUMNS = ["backbone", "module", "seeds", "final top-1 %", "best top-1 %", "best epoch", "Δtop-1 pp [95% CI]", "verdict",
-           "MDD pp", "final train loss", "train img/s", "wall s", "params (M)", "Δparams %", "Δlatency %"]
+           "MDD pp", "final train loss", "train img/s", "wall s", "params (M)", "Δparams %", "Δlatency % [95% CI]"]
 
 
 def _mean_std(vals: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
@@ -40,7 +40,8 @@ def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) ->
     """One row per (backbone, module): mean and std over seeds, the mean curve, Δ vs the baseline
     with Welch's interval, and overhead latency joined in."""
     records = sorted((r for r in records if r.metric == "accuracy"), key=record_order)
-    latency = {(r.backbone, r.label): r for r in overhead if r.metric == "latency_cpu" and r.ok}
+    latency = {(r.backbone, r.label): r for r in overhead
+               if r.metric == "latency_cpu" and r.ok and r.config.get("runtime", "eager") == "eager"}
     groups: Dict[Tuple[str, str], List[Record]] = {}
     for r in records:
         groups.setdefault((r.backbone, r.label), []).append(r)
@@ -56,6 +57,7 @@ def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) ->
         row["best_top1"], row["best_epoch"] = (max(top), row["curve"]["epoch"][top.index(max(top))]) if top else (None, None)
         lat = latency.get((backbone, label))
         row["latency_ms"] = lat.value if lat else None
+        row["latency_record"] = lat
         rows.append(row)
     base = {r["backbone"]: r for r in rows if r["module"] == "none"}
     for r in rows:
@@ -108,7 +110,8 @@ METHODS = [
     f"- convergence: a baseline whose mean top-1 still rose by > {st.CONVERGED_PP} pp in its last epoch is "
     f"\"{st.NOT_CONVERGED}\" (‡ in the verdict).",
     "- Δlatency: CPU inference latency from the overhead records passed in (`--latency-from`, default OUT/overhead.jsonl), "
-    "at their own input size and batch (see that table's settings line), when present.",
+    "at their own input size and batch (see that table's settings line), when present; eager runtime; the 95% interval "
+    "is paired over their interleaved rounds, as in the overhead table.",
 ]
 
 
@@ -130,7 +133,8 @@ def _row_cells(r: dict, flag: str) -> List[str]:
     return [seeds, f"{r['top1']:.2f} ± {r['top1_std']:.2f}", *best, *_delta_cells(r, flag),
             f"{r['final_train_loss']:.4f}", f"{r['train_images_per_s']:.0f}", f"{r['wall_s']:.0f}", f"{r['params'] / 1e6:.3f}",
             _pct(r["params"], b["params"]) if b and b["params"] else DASH,
-            _pct(r["latency_ms"], b["latency_ms"]) if b and r["latency_ms"] and b["latency_ms"] else DASH]
+            _cell("delta_ci", "latency_cpu", r["latency_record"], b["latency_record"]) if b and r is not b and r["latency_record"]
+            and b["latency_record"] else DASH]
 
 
 def render_accuracy(records: Sequence[Record], overhead: Sequence[Record] = (), title: Optional[str] = None) -> str:
