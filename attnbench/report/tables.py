@@ -358,11 +358,12 @@ class CompareRow:
 
     def regression_above(self, pct: float) -> bool:
         """Worse by more than ``pct`` and beyond the noise band: B's Δ exceeds pct and its interval excludes 0.
-        Exact counts have no noise: Δ > pct is enough. Accuracy is never a cost regression here."""
+        Without a band (exact counts; timings stored before raw samples were kept) Δ > pct is enough.
+        Accuracy is never a cost regression here."""
         if self.delta is None or spec(self.metric).kind == "accuracy":
             return False
         if self.delta.low is None:
-            return spec(self.metric).kind == "count" and self.delta.pct > pct
+            return self.delta.pct > pct
         return self.delta.pct > pct and self.delta.low > 0
 
 
