@@ -280,15 +280,16 @@ def compare(a: Path = typer.Argument(..., help="first result store (the referenc
     """Show the Δ between two runs, cell by cell, with the noise band of every timing."""
     import math
 
-    from .report.tables import compare_rows, render_compare
+    from .report.tables import compare_rows, render_compare_rows
 
     if fail_above is not None and not (math.isfinite(fail_above) and fail_above >= 0):
         _fail(f"--fail-above {fail_above}: give a percentage >= 0, e.g. --fail-above 5")
     pa, ra = _records_from(a)
     pb, rb = _records_from(b)
-    out_console.print(render_compare(ra, rb, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True)
+    rows = compare_rows(ra, rb)
+    out_console.print(render_compare_rows(rows, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True)
     if fail_above is not None:
-        worse = [r for r in compare_rows(ra, rb) if r.regression_above(fail_above)]
+        worse = [r for r in rows if r.regression_above(fail_above)]
         if worse:
             names = ", ".join(f"{r.backbone}/{r.label}/{r.metric} {r.delta.pct:+.1f}%" for r in worse[:5])
             more = f" and {len(worse) - 5} more" if len(worse) > 5 else ""

@@ -63,6 +63,11 @@ class Unsupported(AttnBenchError):
     known and checked, never to hide a crash."""
 
 
+class RuntimeMissing(AttnBenchError):
+    """A runtime's package (or its GPU provider) is not installed here: its cells are ``skipped`` with
+    the install hint, never failed (raised by attnbench.runtimes)."""
+
+
 class OutputError(RunAborted):
     """The result store or a table could not be written mid-run (disk full, folder gone)."""
 

@@ -17,7 +17,7 @@ import torch
 
 from .attach import build
 from .env import environment, fingerprint
-from .errors import OutputError, RunAborted, Unsupported
+from .errors import OutputError, RunAborted, RuntimeMissing, Unsupported
 from .guard import CellTimeout, check_finite, deadline, is_out_of_memory
 from .measures.flops import measure_flops
 from .measures.macs_dispatch import measure_train_macs
@@ -109,7 +109,7 @@ def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None
     """The record of a cell that did not measure: ``unsupported`` for a known upstream reason, else ``failed``."""
     if isinstance(exc, Unsupported):
         return make_record(cell, key, "unsupported", started, model=model, note=str(exc))
-    if type(exc).__name__ == "RuntimeMissing":  # attnbench.runtimes: an optional extra not installed
+    if isinstance(exc, RuntimeMissing):  # an optional extra not installed: skipped with the install hint
         return make_record(cell, key, "skipped", started, model=model, note=str(exc))
     return make_record(cell, key, "failed", started, error=error_info(exc), model=model)
 
@@ -212,7 +212,7 @@ def _execute_timed(task: Task) -> List[Record]:
     first = task.cells[0]
     if _no_gpu(first):
         return [make_record(c, k, "skipped", started, note=NO_GPU_NOTE) for c, k in zip(task.cells, task.keys)]
-    from .runtimes import RuntimeMissing, check_available
+    from .runtimes import check_available
 
     try:
         check_available(first.runtime, first.device)

@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
-from .errors import AttnBenchError, ModuleDoesNotFit, Unsupported
+from .errors import AttnBenchError, ModuleDoesNotFit, RuntimeMissing, Unsupported
 from .guard import check_finite
 from .metrics import RUNTIMES  # the suite axis' names live with the metric table
 from .threads import fixed_threads
@@ -67,10 +67,6 @@ _INSTALL_HINTS = {
     "openvino": "pip install 'attnbench[openvino]'",
     "triton": "pip install triton",
 }
-
-
-class RuntimeMissing(AttnBenchError):
-    """A runtime's package (or its GPU provider) is not installed here."""
 
 
 class OutputMismatch(AttnBenchError):
@@ -167,15 +163,21 @@ def _eager(model, x, threads, device, reference):
 _compiled_ids = itertools.count()
 
 
-def _compile(model, x, threads, device, reference):
-    from torch._dynamo.utils import counters
-
+def compile_model(model: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """``torch.compile`` of ``model`` (inductor, default mode, static shapes) entered through a code object
+    of its own, so its own dynamo cache and recompile budget (see the module docstring): the ninth model
+    compiled in one process is compiled too, not silently run eager. Compilation happens at the first call."""
     def run_model(inp):
         return model(inp)
 
-    # Its own code object, so its own dynamo cache and recompile budget (see the module docstring).
     run_model.__code__ = run_model.__code__.replace(co_name=f"attnbench_compiled_{next(_compiled_ids)}")
-    compiled = torch.compile(run_model, backend=COMPILE_BACKEND, mode=COMPILE_MODE, dynamic=False)
+    return torch.compile(run_model, backend=COMPILE_BACKEND, mode=COMPILE_MODE, dynamic=False)
+
+
+def _compile(model, x, threads, device, reference):
+    from torch._dynamo.utils import counters
+
+    compiled = compile_model(model)
     graphs_before = counters["stats"]["unique_graphs"]
     breaks_before = sum(counters["graph_break"].values())
     try:

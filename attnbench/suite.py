@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -82,7 +83,13 @@ class Point:
 
     @property
     def label(self) -> str:
-        return point_label(self.input_size, self.batch_size, self.runtime)
+        return self.axes_label(AXES)
+
+    def axes_label(self, axes) -> str:
+        """'224x224 b8 compile', keeping only the given axes (those a metric depends on)."""
+        parts = {"input_size": f"{self.input_size[0]}x{self.input_size[1]}", "batch_size": f"b{self.batch_size}",
+                 "runtime": self.runtime}
+        return " ".join(v for k, v in parts.items() if k in axes)
 
     def project(self, metric: str, base: "Point") -> Optional["Point"]:
         """This point as a cell of ``metric`` sees it: axes the metric does not depend on take the
@@ -93,10 +100,6 @@ class Point:
         return Point(self.input_size if "input_size" in s.axes else base.input_size,
                      self.batch_size if "batch_size" in s.axes else base.batch_size,
                      self.runtime if "runtime" in s.axes else "eager")
-
-
-def point_label(input_size, batch_size, runtime: str = "eager") -> str:
-    return f"{input_size[0]}x{input_size[1]} b{batch_size} {runtime}"
 
 
 @dataclass
@@ -166,9 +169,7 @@ class Cell:
     @property
     def name(self) -> str:
         seed = f"/seed{self.seed}" if self.seed is not None else ""
-        axes = spec(self.metric).axes
-        at = [f"{self.input_size[0]}x{self.input_size[1]}", f"b{self.batch_size}", self.runtime]
-        at = " @ " + " ".join(a for a, ax in zip(at, AXES) if ax in axes) if self.swept else ""
+        at = f" @ {self.point.axes_label(spec(self.metric).axes)}" if self.swept else ""
         return f"{self.backbone}/{self.variant.label}/{self.metric}{seed}{at}"
 
     def config(self) -> Dict[str, Any]:
@@ -440,8 +441,6 @@ AXIS_PARSERS = {"input_size": _sizes, "batch_size": _batches, "runtime": _runtim
 def _points(data: Dict[str, Any], source: str, kind: str) -> Tuple[List[Point], Point]:
     """The suite's points: the grid of the top-level axes, or the union of the grids its ``sweeps``
     give (an axis a sweep does not name keeps the top-level values). Base = first value of each axis."""
-    import itertools
-
     top = {"input_size": _sizes(data.get("input_size", 224), source, "input_size"),
            "batch_size": _batches(data.get("batch_size", 1), source, "batch_size"),
            "runtime": _runtimes(data.get("runtime", "eager"), source, "runtime")}

@@ -69,8 +69,10 @@ def summarize(times_s: List[float], batch_size: int, threshold: float) -> dict:
 class _Step:
     """One timed call of a model: inference forward, or a whole training step."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, s: LatencySettings, device: torch.device):
+    def __init__(self, model: nn.Module, x: torch.Tensor, s: LatencySettings, device: torch.device,
+                 forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.model, self.x, self.train = model, x, s.train
+        self.forward = forward or model  # a compiled forward for runtime compile; the optimizer steps model's parameters
         self.amp = AMP_DTYPES.get(s.amp) if s.amp else None
         self.device = device
         if s.train:
@@ -81,9 +83,9 @@ class _Step:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             if not self.train:
                 with torch.inference_mode():
-                    return self.model(self.x)
+                    return self.forward(self.x)
             self.opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(self.model(self.x), self.target)
+            loss = nn.functional.cross_entropy(self.forward(self.x), self.target)
         loss.backward()
         self.opt.step()
         return loss.detach()
@@ -158,16 +160,17 @@ def _make_step(model: nn.Module, x: torch.Tensor, s: LatencySettings, dev: torch
     runtimes are built by attnbench.runtimes, which checks their output against eager first."""
     if s.runtime == "eager":
         return _Step(model, x, s, dev), {}
+    from .. import runtimes
+
     if s.train:  # training steps: eager or torch.compile only (suite planning keeps the rest out)
         if s.runtime != "compile":
             raise ValueError(f"runtime {s.runtime} cannot time a training step")
         t0 = time.perf_counter()
-        step = _Step(torch.compile(model), x, s, dev)
+        step = _Step(model, x, s, dev, forward=runtimes.compile_model(model))
         step()
-        return step, {"prepare_s": time.perf_counter() - t0, "runtime_info": {"runtime": "compile", "backend": "inductor"}}
-    from ..runtimes import prepare
-
-    p = prepare(s.runtime, model, x, threads, str(dev))
+        return step, {"prepare_s": time.perf_counter() - t0, "runtime_info": {
+            "runtime": "compile", "backend": runtimes.COMPILE_BACKEND, "mode": runtimes.COMPILE_MODE}}
+    p = runtimes.prepare(s.runtime, model, x, threads, str(dev))
     return p.step, {"prepare_s": p.prepare_s, "runtime_info": p.info}
 
 

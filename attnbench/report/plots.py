@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..metrics import RUNTIMES, spec
 from ..records import Record
 from .accuracy import accuracy_rows
 
@@ -110,7 +111,7 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                     and record_point(r).runtime == "eager"]
             others = [a for a in ("input_size", "batch_size") if a != axis]
             fixed = {a: _mode(getattr(record_point(r), a) for r in recs) for a in others}
-            recs = [r for r in recs if all(getattr(record_point(r), a) == v for a, v in fixed.items() if a in _axes(metric))]
+            recs = [r for r in recs if all(getattr(record_point(r), a) == v for a, v in fixed.items() if a in spec(metric).axes)]
             bases = {getattr(record_point(r), axis): r for r in recs if r.module == "none"}
             for label in dict.fromkeys(r.label for r in recs if r.module != "none"):
                 xs, ys, lo, hi = [], [], [], []
@@ -130,7 +131,7 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             ax.set_xticks(sorted({_x(getattr(record_point(r), axis)) for r in recs}))
             ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
             ax.set_xlabel("input resolution (side, px)" if axis == "input_size" else "batch size")
-            held = ", ".join(f"{'input' if a == 'input_size' else 'batch'} {_show(v)}" for a, v in fixed.items() if a in _axes(metric))
+            held = ", ".join(f"{'input' if a == 'input_size' else 'batch'} {_show(v)}" for a, v in fixed.items() if a in spec(metric).axes)
             ax.set_ylabel(f"Δ {metric} % vs none")
             ax.set_title(f"{backbone}: {metric}" + (f" ({held})" if held else ""), fontsize=9)
             ax.grid(alpha=0.3)
@@ -152,7 +153,6 @@ def _delta_with_bars(rec: Record, base: Record):
 
 def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
     """Δ% of each module under each runtime, at the (input, batch) where the runtimes were compared."""
-    from ..metrics import RUNTIMES
     from .tables import record_point
 
     others = [r for r in recs if record_point(r).runtime != "eager"]
@@ -183,12 +183,6 @@ def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
     ax.set_title(f"{backbone}: {metric} (input {where[0][0]}x{where[0][1]}, batch {where[1]})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-
-
-def _axes(metric: str):
-    from ..metrics import spec
-
-    return spec(metric).axes
 
 
 def _mode(values):

@@ -228,11 +228,17 @@ def render_markdown(records: Sequence[Record], title: Optional[str] = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def _point_tables(records: Sequence[Record], metrics: List[str], level: str) -> List[str]:
-    """The cost table of one point: a row per (backbone, module); one table per backbone from three up."""
+def _rows(records: Sequence[Record]) -> Dict[Tuple[str, str], Dict[str, Record]]:
+    """(backbone, module label) -> metric -> record, in the records' order."""
     rows: Dict[Tuple[str, str], Dict[str, Record]] = {}
     for r in records:
         rows.setdefault((r.backbone, r.label), {})[r.metric] = r
+    return rows
+
+
+def _point_tables(records: Sequence[Record], metrics: List[str], level: str) -> List[str]:
+    """The cost table of one point: a row per (backbone, module); one table per backbone from three up."""
+    rows = _rows(records)
     metrics = [m for m in metrics if any(r.metric == m for r in records)]
     backbones = list(dict.fromkeys(b for b, _ in rows))
     if len(backbones) < 3:
@@ -250,14 +256,14 @@ def sweep_points(records: Sequence[Record]) -> List[Point]:
 
 
 def _axis_label(metric: str, p: Point) -> str:
-    parts = {"input_size": f"{p.input_size[0]}x{p.input_size[1]}", "batch_size": f"b{p.batch_size}", "runtime": p.runtime}
-    return " ".join(v for k, v in parts.items() if k in spec(metric).axes)
+    return p.axes_label(spec(metric).axes)
 
 
 def _unit_label(metric: str) -> str:
     s = spec(metric)
-    prefix = {1e6: "M ", 1e9: "G", 2 ** 20: ""}.get(s.scale, "")
-    return "MiB" if s.scale == 2 ** 20 else prefix + s.unit + (" (median)" if s.kind == "timing" else "")
+    if s.scale == 2 ** 20:
+        return "MiB"
+    return {1e6: "M ", 1e9: "G"}.get(s.scale, "") + s.unit + (" (median)" if s.kind == "timing" else "")
 
 
 def render_pivots(records: Sequence[Record], metrics: List[str]) -> List[str]:
@@ -303,10 +309,7 @@ def _notes(records: Sequence[Record]) -> List[str]:
     for r in records:
         if r.stats.get("counters_agree") is False and not r.stats.get("unhandled"):
             notes.append(f"{UNCOUNTED} {r.backbone}/{r.label}: the two MAC counters differ: {r.stats.get('counter_difference', '?')}.")
-    rows: Dict[Tuple[str, str], Dict[str, Record]] = {}
-    for r in records:
-        rows.setdefault((r.backbone, r.label), {})[r.metric] = r
-    for (backbone, label), cells in rows.items():
+    for (backbone, label), cells in _rows(records).items():
         why = unseen_state(cells)
         if why:
             notes.append(f"{UNSEEN} {backbone}/{label}: {why}.")
@@ -391,7 +394,11 @@ def render_compare(a: Sequence[Record], b: Sequence[Record], name_a: str = "A", 
                    fail_above: Optional[float] = None) -> str:
     """Δ between two runs, matched on (backbone, module label, metric, point), with the noise band of
     timings (Welch's 95% interval on the per-round log medians of each run; runs are not paired)."""
-    rows = compare_rows(a, b)
+    return render_compare_rows(compare_rows(a, b), name_a, name_b, fail_above)
+
+
+def render_compare_rows(rows: Sequence[CompareRow], name_a: str = "A", name_b: str = "B",
+                        fail_above: Optional[float] = None) -> str:
     several = len({r.point for r in rows}) > 1
     lines = [f"# compare {name_a} -> {name_b}", "",
              "Δ % = B vs A; timings carry a 95% noise band from each run's raw per-round samples (Welch's t on the "
