@@ -1,13 +1,32 @@
-"""attnbench: what attention modules cost and buy on timm backbones."""
-from .attach import Attachment, attention_parameters, build
-from .errors import AttnBenchError
-from .measures.flops import count_flops
-from .measures.memory import measure_activations, measure_saved_memory
-from .measures.params import count_params
-from .registry import get_module, list_modules, register
+"""attnbench: what attention modules cost and buy on timm backbones.
+
+The names below are imported on first use (PEP 562): ``import attnbench`` stays instant, so the
+``attnbench`` command can handle Ctrl-C and SIGTERM before torch (seconds to import) is loaded.
+"""
+from importlib import import_module
 
 __version__ = "0.1.0"
+_EXPORTS = {
+    "Attachment": ".attach", "attention_parameters": ".attach", "build": ".attach",
+    "AttnBenchError": ".errors",
+    "count_flops": ".measures.flops",
+    "measure_activations": ".measures.memory", "measure_saved_memory": ".measures.memory",
+    "count_params": ".measures.params",
+    "get_module": ".registry", "list_modules": ".registry", "register": ".registry",
+}
 __all__ = [
     "Attachment", "AttnBenchError", "attention_parameters", "build", "count_flops", "count_params",
     "get_module", "list_modules", "measure_activations", "measure_saved_memory", "register", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'attnbench' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -6,10 +6,22 @@ counted in the record; ``build(b, "native")`` is timm's model as built. Every mo
 on the bare backbone, so its Δ is what the module costs, unless ``keep_native: true`` (conv and
 stage placements only) keeps the native attention beside it.
 
-Three placements (``placement`` option; default the factory's ``placement`` attribute):
-- ``block``: the block's attention slot, at the end of the residual branch (after the last
-  BatchNorm, before the addition) -- the SE-ResNet layout (ResNet/ResNeXt, EfficientNet/MobileNetV2/
-  MobileNetV3, RegNet, ByobNet). ``stages`` restricts it (GCNet's c3-c5 = ``stages: [2, 3, 4]``).
+Weights: ``init="measurement"`` (the default, every measurement path) turns the zeros a training init
+puts at the end of residual branches (timm's ``zero_init_last``, Non-Local's BN, GCNet's last conv)
+non-zero by one stated rule (``initialise.py``), so every module sees its block's real activations;
+``init="train"`` (accuracy training) keeps the training init. The record says which (``init``).
+
+Five placements (``placement`` option; default the factory's ``placement`` attribute, which may differ
+per block kind -- ``placement.BLOCK_KINDS`` -- where the module's official code does):
+- ``block``: the block's attention slot -- in ResNets/ResNeXts the end of the residual branch (after the
+  last BatchNorm, before the addition: the SE-ResNet layout), in EfficientNet/MobileNetV2/MobileNetV3
+  blocks the SE slot on the expanded channels after the depthwise conv; RegNet, ByobNet. ``stages``
+  restricts it (GCNet's c3-c5 = ``stages: [2, 3, 4]``).
+- ``output``: after the last norm of the residual branch, before the addition: in an inverted residual
+  after the projection conv + BN, on the block's output channels (ECA-Net's and Triplet Attention's
+  MobileNetV2); in a ResNet the block slot (the same place).
+- ``after_conv``: right after the block's spatial conv, before its norm (SimAM's official code): a
+  BasicBlock's second 3x3, a Bottleneck's 3x3, an inverted residual's depthwise conv.
 - ``conv``: the module *replaces* the block's spatial convolution, keeping width and stride --
   SKNet's layout, as in timm's sknet.py: a ResNet/ResNeXt Bottleneck's 3x3 ``conv2``, a BasicBlock's
   first 3x3 ``conv1``. The block's norm + activation after that conv stay, unless the factory sets
@@ -22,8 +34,9 @@ placement. ``blocks`` (stage placement) puts that many after every other block f
 
 Context keywords: a factory gets ``factory(channels, **options)`` plus any of ``feat_size`` ((H, W)
 of the site's input at the suite's ``input_size``), ``stride`` (of the replaced conv; 1 elsewhere),
-``stage`` (1-based), ``block_index`` (0-based within the stage) and ``out_channels`` (of the
-replaced conv; ``channels`` elsewhere) that its signature *names* (``**kwargs`` gets none). They
+``stage`` (1-based), ``block_index`` (0-based within the stage), ``out_channels`` (of the
+replaced conv; ``channels`` elsewhere) and ``conv_groups`` (of the replaced conv; 1 elsewhere) that its
+signature *names* (``**kwargs`` gets none). They
 come from one dry run at ``input_size``. A conv-placed factory must name ``out_channels``/``stride``
 where the conv changes width or resolution.
 
@@ -32,21 +45,22 @@ marks the site so parameter and FLOP counts can be split into backbone and atten
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .contract import PLACEMENTS, first_line, plugin_frame
-from .errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError
+from .contract import PLACEMENTS, adapter_advice, binding_problem, declared_limits, first_line, plugin_frame
+from .errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError, Unsupported
 from .guard import is_out_of_memory
-from .placement import (BLOCK_SLOTS, Site, assign_stages, block_sites, choose_stages, conv_sites,
-                        declared_context, drop_norm_act, native_label, native_sites, probe_inputs, stage_entries,
-                        stage_sites)
+from .initialise import INITS, MEASUREMENT, measurement_init
+from .placement import (BLOCK_SLOTS, Site, after_sites, assign_stages, block_kinds, block_sites, choose_stages,
+                        conv_sites, declared_context, drop_norm_act, native_label, native_sites, probe_inputs,
+                        resolve_placement, stage_entries, stage_sites)
 from .registry import get_module, is_baseline
+from .settings import signature_problem
 
 NATIVE = "native"  # baseline name: timm's model as built, native attention included
 ATTACH_OPTIONS = ("placement", "stages", "blocks", "keep_native")
@@ -65,6 +79,8 @@ class Attachment:
     native: Optional[str] = None  # the backbone's own attention, e.g. "SE"; None: it has none
     native_removed: int = 0  # native sites emptied (bare backbone) or taken by the module
     native_kept: int = 0
+    init: str = MEASUREMENT  # "measurement" (zero-initialised weights made non-zero, initialise.py) or "train"
+    reinitialised: int = 0  # parameters measurement_init changed
 
     @property
     def replaced(self) -> int:
@@ -73,7 +89,8 @@ class Attachment:
 
     def as_dict(self) -> dict:
         return {"module": self.module, "placement": self.placement, "sites": len(self.sites), "stages": self.stages,
-                "native": self.native, "native_removed": self.native_removed, "native_kept": self.native_kept}
+                "native": self.native, "native_removed": self.native_removed, "native_kept": self.native_kept,
+                "init": self.init, "reinitialised": self.reinitialised}
 
 
 def _stage_text(stages: Sequence[int]) -> str:
@@ -110,8 +127,10 @@ class AttentionSlot(nn.Module):
     """One attached module; fails clearly if its output is not the shape its site needs, and names
     the module, the site and the plugin's own file:line when the module raises."""
 
+    attnbench_slot = True  # how placement.py recognises one without importing this module
+
     def __init__(self, module: nn.Module, name: str, channels: int, out_channels: Optional[int] = None, stride: int = 1,
-                 site: str = ""):
+                 site: str = "", stage: int = 0):
         super().__init__()
         self.attn = module
         self.module_name = name
@@ -119,13 +138,14 @@ class AttentionSlot(nn.Module):
         self.out_channels = out_channels or channels
         self.stride = stride
         self.site = site  # e.g. 'layer3.2.se'; set by build()
+        self.stage = stage  # 1-based stage of the site (0: unknown); direct timings are broken down by it
 
     def forward(self, x):
         try:  # no per-call work: latency is measured through this forward
             y = self.attn(x)
         except AttnBenchError:  # CellTimeout, OutOfMemory ... pass through unchanged
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() fails its cell, not the whole run
             if is_out_of_memory(exc):
                 raise
             raise ModuleFailed(self._failure(exc, x)) from exc
@@ -179,13 +199,26 @@ def split_options(options: Dict) -> tuple[Dict, Dict]:
 
 def check_module_options(name: str, factory: Callable, options: Dict) -> None:
     """Fail before building anything if the factory cannot take these options."""
-    try:
-        context = {k: None for k in declared_context(factory) if k not in options}  # the harness fills these
-        inspect.signature(factory).bind(1, **options, **context)
-    except TypeError as exc:
-        raise AttnBenchError(f"module {name!r} does not accept options {sorted(options)}: {exc}; fix its options in the suite")
-    except ValueError:
-        pass  # no introspectable signature (C extension): find out at build time
+    problem = binding_problem(factory, options, declared_context(factory))  # context: the harness fills it
+    if problem and problem[1] == "options":
+        raise AttnBenchError(f"module {name!r} does not accept options {sorted(options)}: {problem[0]}; fix its options")
+    if problem:  # it cannot be called with a channel count alone: only an adapter fixes that
+        raise AttnBenchError(f"module {name!r} cannot be called as factory(channels, **options): {problem[0]}; "
+                             f"{adapter_advice(factory)}")
+    problem = signature_problem(factory, options)  # reduction: -4 would build a 1-channel gate without a word
+    if problem:
+        raise AttnBenchError(f"module {name!r}: {problem}; fix its options")
+
+
+def _attach_defaults(placement: str = "block", stages=None, blocks: int = 1, keep_native: bool = False):
+    """The attachment options and their defaults, checked by the same rule as a module's own options."""
+
+
+def check_attach_options(options: Dict) -> None:
+    """``blocks: -1`` or ``keep_native: 'yes'`` is refused before anything is built."""
+    problem = signature_problem(_attach_defaults, options)
+    if problem:
+        raise AttnBenchError(f"{problem}; fix the module's options")
 
 
 def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared: Sequence[str]) -> AttentionSlot:
@@ -195,7 +228,7 @@ def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared
         module = factory(site.channels, **options, **context)
     except AttnBenchError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a plugin's constructor too
         raise ModuleDoesNotFit(f"attention module {name!r} failed to build at {site.path} ({site.channels} channels): "
                                f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(module, nn.Module):
@@ -203,7 +236,7 @@ def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared
     like = next(site.owner.parameters(), None)  # the backbone's device and dtype
     if like is not None:
         module = module.to(device=like.device, dtype=like.dtype)
-    return AttentionSlot(module, name, site.channels, site.out_channels, site.stride, site.path)
+    return AttentionSlot(module, name, site.channels, site.out_channels, site.stride, site.path, site.stage)
 
 
 def _check_conv_fit(name: str, site: Site, declared: Sequence[str]) -> None:
@@ -211,6 +244,19 @@ def _check_conv_fit(name: str, site: Site, declared: Sequence[str]) -> None:
         if value != same and key not in declared:
             raise ModuleDoesNotFit(f"module {name!r} cannot replace {site.path} ({site.channels}->{site.out_channels} "
                                    f"channels, stride {site.stride}): its factory takes no {key!r}; use placement: block")
+
+
+def _check_limits(name: str, factory: Callable, sites: Sequence[Site], input_size: Tuple[int, int]) -> None:
+    """A site below the module's declared ``min_spatial`` makes the model ``Unsupported`` (with the reason), not a NaN row."""
+    try:
+        limits = declared_limits(factory)
+    except ValueError as exc:
+        raise ModuleDoesNotFit(f"module {name!r}: {exc}") from None
+    for site in sites:
+        why = limits.spatial(site.feat_size)
+        if why:
+            raise Unsupported(f"module {name!r} {why} at {site.path} (input {input_size[0]}x{input_size[1]}); "
+                              "use a larger input_size")
 
 
 def _size(input_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -222,9 +268,22 @@ def _empty(sites: List[Site]) -> None:
         setattr(site.owner, site.attr, nn.Identity())
 
 
-def _sites(model: nn.Module, backbone: str, family: str, placement: str, attach: Dict, factory: Callable):
-    """(sites, recorded stages) for a placement; stage placement inserts its placeholders here."""
-    own = placement == getattr(factory, "placement", "block")
+def _per_block_sites(model: nn.Module, backbone: str, family: str, placement: str) -> List[Site]:
+    if placement == "conv":
+        return conv_sites(model, backbone)
+    if placement == "after_conv" or (placement == "output" and family != "resnet"):
+        return after_sites(model, placement, backbone)
+    if family not in BLOCK_SLOTS:  # block, or output in a family whose block slot is not at the branch's end
+        raise ModuleDoesNotFit(f"per-block placement is supported for {', '.join(sorted(BLOCK_SLOTS))} backbones, "
+                               f"not {backbone!r} ({family}); use placement: stage")
+    return block_sites(model, BLOCK_SLOTS[family][:1])  # a ResNet's block slot is the branch's output already
+
+
+def _sites(model: nn.Module, backbone: str, family: str, placement: str, attach: Dict, factory: Callable,
+           own: bool, skip: Sequence[str] = ()):
+    """(sites, recorded stages) for a placement; stage placement inserts its placeholders here, ``output``
+    and ``after_conv`` their wrappers (unwrapped again where no module goes). ``own``: the factory's own
+    placement (its ``default_stages`` apply); ``skip``: block kinds its official code leaves without one."""
     rule = attach.get("stages") or (getattr(factory, "default_stages", None) if own else None)
     n = len(stage_entries(model))
     if placement == "stage":
@@ -232,26 +291,38 @@ def _sites(model: nn.Module, backbone: str, family: str, placement: str, attach:
         return stage_sites(model, chosen, attach.get("blocks")), chosen
     if "blocks" in attach:
         raise AttnBenchError(f"'blocks' applies to placement: stage, not to {placement} placement; drop it")
-    if placement == "block" and family not in BLOCK_SLOTS:
-        raise ModuleDoesNotFit(f"per-block placement is supported for {', '.join(sorted(BLOCK_SLOTS))} backbones, "
-                               f"not {backbone!r} ({family}); use placement: stage")
-    sites = block_sites(model, BLOCK_SLOTS[family][:1]) if placement == "block" else conv_sites(model, backbone)
+    sites = _per_block_sites(model, backbone, family, placement)
     assign_stages(model, sites)
     chosen = choose_stages(rule or "all", n)
-    return [s for s in sites if s.stage in chosen], (None if sorted(set(chosen)) == list(range(1, n + 1)) else chosen)
+    kept = [s for s in sites if s.stage in chosen and s.kind not in skip]
+    kept_ids = {id(s) for s in kept}
+    for site in sites:
+        if id(site) not in kept_ids:
+            site.restore()
+    return kept, (None if sorted(set(chosen)) == list(range(1, n + 1)) else chosen)
+
+
+def _initialised(model: nn.Module, attachment: Attachment, init: str) -> nn.Module:
+    changed = measurement_init(model) if init == MEASUREMENT else []
+    model.attnbench_attachment = replace(attachment, init=init, reinitialised=len(changed))
+    return model
 
 
 def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Optional[Dict] = None,
-          input_size: Union[int, Sequence[int]] = 224, **options) -> nn.Module:
+          input_size: Union[int, Sequence[int]] = 224, init: str = MEASUREMENT, **options) -> nn.Module:
     """A timm model with ``attention`` attached: ``None``/``"none"`` is the bare backbone, ``"native"``
     timm's model as built (see the module docstring).
 
     ``options`` are the module's own (``reduction=8``) plus ``placement``, ``stages``, ``blocks`` and
-    ``keep_native``; ``input_size`` (int or (H, W)) is where context keywords are measured.
+    ``keep_native``; ``input_size`` (int or (H, W)) is where context keywords are measured. ``init``:
+    ``"measurement"`` (default: zero-initialised weights made non-zero, so every module sees real
+    activations; see initialise.py) or ``"train"`` (timm's and the modules' training init, for training).
     The result carries ``model.attnbench_attachment`` (an :class:`Attachment`).
     """
     import timm
 
+    if init not in INITS:
+        raise AttnBenchError(f"init {init!r} is not one of {INITS}")
     family = backbone_family(backbone)
     kwargs = dict(backbone_kwargs or {}, pretrained=False)
     model = timm.create_model(backbone, **kwargs)
@@ -261,15 +332,17 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
         if options:
             raise AttnBenchError(f"options {sorted(options)} given without an attention module; drop them or name a module")
         if attention == NATIVE:
-            model.attnbench_attachment = Attachment(NATIVE, NATIVE, [s.path for s in native], None, label, 0, len(native))
-        else:
-            _empty(native)
-            model.attnbench_attachment = Attachment("none", "none", [], None, label, len(native))
-        return model
+            return _initialised(model, Attachment(NATIVE, NATIVE, [s.path for s in native], None, label, 0, len(native)),
+                                init)
+        _empty(native)
+        return _initialised(model, Attachment("none", "none", [], None, label, len(native)), init)
 
     factory = get_module(attention)
     attach, module_options = split_options(options)
-    placement = attach.get("placement") or getattr(factory, "placement", "block")
+    check_attach_options(attach)
+    own_placement, skip = resolve_placement(getattr(factory, "placement", "block"), block_kinds(model), attention)
+    placement = attach.get("placement") or own_placement
+    skip = () if "placement" in attach else skip  # an explicit placement goes in every block
     if placement not in PLACEMENTS:
         raise AttnBenchError(f"placement {placement!r} for module {attention!r} is not one of {PLACEMENTS}")
     check_module_options(attention, factory, module_options)
@@ -278,18 +351,25 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
     if clash:
         raise AttnBenchError(f"options {clash} of module {attention!r} are filled by attnbench from each site; drop them")
     keep = bool(attach.get("keep_native", False))
-    if keep and placement == "block" and native:
-        raise AttnBenchError(f"keep_native applies to conv and stage placements; a block module {attention!r} takes "
-                             "the native attention's slot; drop keep_native")
-    if placement == "block" and family not in BLOCK_SLOTS and "placement" not in attach:
-        placement = "stage"  # no per-block slot in this family: after every stage output instead
+    if keep and native and (placement == "block" or (placement == "output" and family == "resnet")):
+        raise AttnBenchError(f"keep_native applies to conv, stage, after_conv and (outside ResNets) output placements; "
+                             f"a {placement} module {attention!r} takes the native attention's slot; drop keep_native")
+    own = placement == own_placement
+    no_blocks = (placement in ("block", "output") and family not in BLOCK_SLOTS) or \
+        (placement in ("output", "after_conv") and not block_kinds(model))
+    if no_blocks and "placement" not in attach:
+        placement, own = "stage", False  # no per-block site in this family: after every stage output instead
         attach.setdefault("stages", "all")
 
-    sites, stages = _sites(model, backbone, family, placement, attach, factory)
+    sites, stages = _sites(model, backbone, family, placement, attach, factory, own, skip)
     if not keep:
         _empty(native)
     probe_inputs(model, sites, _size(input_size), kwargs.get("in_chans", 3))
+    for site in sites:
+        if not site.channels:
+            site.restore()
     sites = [s for s in sites if s.channels]  # slots the forward pass reaches
+    _check_limits(attention, factory, sites, _size(input_size))
     for site in sites:
         if placement == "conv":
             _check_conv_fit(attention, site, declared)
@@ -297,9 +377,8 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
         if placement == "conv" and getattr(factory, "includes_norm_act", False):
             drop_norm_act(site)
     removed = 0 if keep else len(native)
-    model.attnbench_attachment = Attachment(attention, placement, [s.path for s in sites], stages, label,
-                                            removed, len(native) - removed)
-    return model
+    return _initialised(model, Attachment(attention, placement, [s.path for s in sites], stages, label, removed,
+                                          len(native) - removed), init)
 
 
 @lru_cache(maxsize=None)

@@ -3,36 +3,48 @@
 Every check is built so that a module keeping the contract passes it and a module with one defect
 fails exactly one check: a check that cannot run because of an earlier failure says *skip* and
 names it, instead of failing again. Checks run on the module alone at a reference input
-``(1, channels, 14, 14)``, then (unless ``backbone`` is empty) attached to a timm backbone.
+``(2, channels, 14, 14)`` (16x16 or 12x12 where the module raises ``Unsupported`` at 14x14) and at 7x7,
+15x9 and 1x1, then (unless ``backbone`` is empty) attached to a timm backbone. Sizes and batches outside
+the limits a module documents (``min_spatial``, ``min_train_batch``, or ``Unsupported`` raised for a
+site) are skipped with the reason, not failed. Every step runs under a deadline (``timeout``): a hung
+forward ends as one failure and the remaining checks skip. Bad command-line values (channels, input
+size, backbone, options the factory does not take) raise AttnBenchError -- the CLI's exit 2; module
+defects are failures -- exit 1. Warnings a module raises are listed once each with its file:line.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import inspect
-import re
+import json
+import math
 import sys
+import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .contract import describe_failure, first_line, hidden_numel, hidden_state
-from .errors import AttnBenchError
-from .guard import deadline
+from .contract import (CHANNEL_WORDS, PLACEMENTS, Limits, adapter_advice, binding_problem, declared_limits,  # noqa: F401
+                       describe_failure, factory_name, first_line, hidden_numel, hidden_state, looks_like_channels,
+                       module_frame)
+from .errors import AttnBenchError, ModuleDoesNotFit, Unsupported, UnknownNameError
+from .guard import CellTimeout, deadline
 from .placement import declared_context
 
 PASS, FAIL, SKIP, INFO = "pass", "FAIL", "skip", "info"
-SIZES = ((14, 14), (7, 7), (15, 9), (1, 1))  # the reference first; odd and 1x1 included
-CHECK_TIMEOUT_S = 120.0
-# Words a channel-count parameter is named with (split at '_' and digits): channels, in_chs, dim, C, planes, ...
-CHANNEL_WORDS = frozenset("c ch chs chan chans channel channels chn nc inc inp planes inplanes dim dims d "
-                          "features feature feats feat nf width filters".split())
+REFERENCES = ((14, 14), (16, 16), (12, 12))  # the first one the module supports is the reference size
+OTHER_SIZES = ((7, 7), (15, 9), (1, 1))  # odd and 1x1 included
+SIZES = REFERENCES[:1] + OTHER_SIZES
+CHECK_TIMEOUT_S = 30.0  # seconds per step (one check's forwards); `attnbench check --timeout`
+MAX_CHANNELS, MAX_INPUT_SIZE = 65536, 4096  # beyond these the check's own tensors exhaust a workstation
+BACKBONE_SCALE = 4  # the backbone step builds, runs and counts a whole network: 4x the per-step timeout
+BATCH_RTOL = 1e-4  # sample 0's output may move this much (of its largest magnitude) with the rest of the batch
 
 
 @dataclass
@@ -57,7 +69,7 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing failed, 1 otherwise (bad input -- an unknown name -- raises AttnBenchError: exit 2)."""
+        """0 when nothing failed, 1 otherwise (bad input -- an unknown name, a bad flag -- raises AttnBenchError: exit 2)."""
         return 1 if self.failed else 0
 
     def get(self, name: str) -> Optional[CheckResult]:
@@ -99,16 +111,28 @@ def load_factory(target: str) -> Tuple[Callable, bool]:
     return _import_path(target), False
 
 
+def _usage(channels, input_size, timeout, backbone: str, options: Dict) -> None:
+    """Command-line values are the caller's to fix (exit 2), never the module's defect."""
+    for flag, value, top in (("--channels", channels, MAX_CHANNELS), ("--input-size", input_size, MAX_INPUT_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise AttnBenchError(f"{flag} must be an integer from 1 to {top:,}, got {value!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (math.isfinite(timeout) and timeout > 0):
+        raise AttnBenchError(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    if backbone:
+        from .attach import backbone_family
+
+        backbone_family(backbone)  # UnknownNameError with close matches
+    placement = options.get("placement")
+    if isinstance(placement, str) and placement not in PLACEMENTS:  # a per-block-kind mapping is checked by build
+        raise AttnBenchError(f"option placement={placement!r} is not one of {', '.join(PLACEMENTS)}")
+
+
 # ---- binding: how channels, options and context reach the factory ---------------------------
 
-def _looks_like_channels(param: inspect.Parameter) -> bool:
-    tokens = {t for t in re.split(r"[_\d]+", param.name.lower()) if t}
-    typed = param.annotation in (bool, float, str, "bool", "float", "str")
-    return bool(tokens & CHANNEL_WORDS) and not typed and not isinstance(param.default, (bool, float, str))
-
-
 def check_binding(factory: Callable, channels: int, options: Dict) -> CheckResult:
-    """How ``factory(channels, **options, **context)`` binds; FAIL when the first parameter does not look like a channel count."""
+    """How ``factory(channels, **options, **context)`` binds; FAIL when the first parameter does not look like a
+    channel count, or when the factory cannot be called with a channel count alone (the adapter that fits its
+    signature is the fix). Options it does not take are the caller's error: AttnBenchError."""
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -116,26 +140,26 @@ def check_binding(factory: Callable, channels: int, options: Dict) -> CheckResul
     declared = declared_context(factory)
     clash = sorted(set(options) & set(declared))
     if clash:
-        return CheckResult("binding", FAIL, f"options {clash} are context keywords attnbench fills per site",
-                           "drop them from the options", fatal=True)
-    try:
-        bound = sig.bind(channels, **options, **{k: None for k in declared})
-    except TypeError as exc:
-        return CheckResult("binding", FAIL, f"factory{sig} cannot take (channels, **{sorted(options)}): {exc}",
-                           "fix the options, or give the factory a first positional parameter for the channel count",
-                           fatal=True)
+        raise AttnBenchError(f"options {clash} are context keywords attnbench fills per site; drop them from -O")
+    problem = binding_problem(factory, options, declared)
+    if problem and problem[1] == "options":
+        raise AttnBenchError(f"{factory_name(factory)}{sig} does not accept options {sorted(options)}: {problem[0]}; "
+                             "fix -O")
+    if problem:
+        return CheckResult("binding", FAIL, f"{factory_name(factory)}{sig} cannot be called as factory(channels, "
+                           f"**options): {problem[0]}", adapter_advice(factory), fatal=True)
+    bound = sig.bind(channels, **options, **{k: None for k in declared})
     first = next(iter(sig.parameters.values()), None)
     if first is not None and first.kind == inspect.Parameter.VAR_POSITIONAL:
         return CheckResult("binding", INFO, f"channels={channels} goes to *{first.name}: cannot tell how it is used")
     keys = {k: v for k, v in bound.arguments.items() if k not in declared}
     text = ", ".join(f"{k}={v!r}" for k, v in keys.items())
     text += f"; context filled per site: {', '.join(declared)}" if declared else ""
-    if not _looks_like_channels(first):
+    if not looks_like_channels(first):
         default = "" if first.default is inspect.Parameter.empty else f" (default {first.default!r})"
         return CheckResult("binding", FAIL, f"the channel count {channels} binds to the first parameter "
                            f"{first.name!r}{default}, which does not look like a channel count; bound: {text}",
-                           f"register an adapter: `lambda channels, **kw: {getattr(factory, '__name__', 'Module')}"
-                           f"(<its channel parameter>=channels, **kw)`, or make channels the first parameter")
+                           adapter_advice(factory))
     return CheckResult("binding", PASS, text)
 
 
@@ -155,64 +179,143 @@ class _Maker:
     def __init__(self, factory: Callable, channels: int, options: Dict):
         self.factory, self.channels, self.options = factory, channels, options
         self.declared = declared_context(factory)
+        self.reference: Tuple[int, int] = REFERENCES[0]
 
-    def __call__(self, size: Tuple[int, int] = SIZES[0]) -> nn.Module:
-        context = {"feat_size": tuple(size), "stride": 1, "stage": 3, "block_index": 0, "out_channels": self.channels}
+    def __call__(self, size: Optional[Tuple[int, int]] = None) -> nn.Module:
+        size = tuple(size or self.reference)
+        context = {"feat_size": size, "stride": 1, "stage": 3, "block_index": 0, "out_channels": self.channels,
+                   "conv_groups": 1}  # a block-slot site; context keys added later get None
         torch.manual_seed(0)
-        module = self.factory(self.channels, **self.options, **{k: context[k] for k in self.declared})
+        module = self.factory(self.channels, **self.options, **{k: context.get(k) for k in self.declared})
         if not isinstance(module, nn.Module):
-            raise AttnBenchError(f"the factory returned {type(module).__name__}, not a torch.nn.Module")
+            raise ModuleDoesNotFit(f"the factory returned {type(module).__name__}, not a torch.nn.Module")
         return module
 
-    def input(self, size: Tuple[int, int] = SIZES[0], batch: int = 1, seed: int = 1) -> torch.Tensor:
+    def input(self, size: Optional[Tuple[int, int]] = None, batch: int = 1, seed: int = 1) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
-        return torch.randn(batch, self.channels, *size, generator=gen)
+        return torch.randn(batch, self.channels, *(size or self.reference), generator=gen)
+
+
+class _Steps:
+    """Runs each step under the deadline; after a timeout the remaining steps skip (one failure, not ten)."""
+
+    def __init__(self, timeout: float):
+        self.timeout, self.stopped = timeout, ""
+
+    def run(self, name: str, fn: Callable[[], object], scale: float = 1.0):
+        if self.stopped:
+            return CheckResult(name, SKIP, f"not run: {self.stopped}")
+        try:
+            with deadline(self.timeout * scale, f"check {name!r}"):
+                return fn()
+        except CellTimeout:
+            return self.timed_out(name, scale)
+        except AttnBenchError as exc:
+            if _is_usage(exc):
+                raise
+            return CheckResult(name, FAIL, describe_failure(exc), "see the plugin line named above")
+        except Exception as exc:
+            return CheckResult(name, FAIL, describe_failure(exc), "see the plugin line named above")
+
+    def timed_out(self, name: str, scale: float = 1.0) -> CheckResult:
+        self.stopped = f"{name!r} ran past the {self.timeout * scale:g} s timeout"
+        return CheckResult(name, FAIL, f"ran past its timeout of {self.timeout * scale:g} s: a hung or very slow forward",
+                           TIMEOUT_ADVICE)
+
+
+TIMEOUT_ADVICE = "forward must finish: no unbounded loop or wait (for a module slow by design: raise --timeout)"
+
+
+def _is_usage(exc: BaseException) -> bool:
+    """attnbench's own configuration errors (a bad placement, options given to the wrong placement): exactly
+    AttnBenchError or an unknown name -- not a module that does not fit, times out or is unsupported."""
+    return type(exc) is AttnBenchError or isinstance(exc, UnknownNameError)
+
+
+def _size(size) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 @dataclass
 class _Run:
     size: Tuple[int, int]
-    output: Optional[torch.Tensor] = None
-    error: Optional[Exception] = None
+    output: object = None
+    error: Optional[BaseException] = None
     wrote_input: bool = False
+    outside: str = ""  # why this size is outside the module's limits (declared, or Unsupported at build)
 
 
-def _eval_runs(make: _Maker) -> List[_Run]:
+def _eval_runs(make: _Maker, limits: Limits, steps: _Steps) -> List[_Run]:
     """One eval forward per size (batch 2), recording output, error and whether the input was written."""
     runs = []
-    for size in SIZES:
+    for size in (make.reference,) + OTHER_SIZES:
         run = _Run(size)
+        runs.append(run)
+        run.outside = limits.spatial(size) or ""
+        if run.outside or steps.stopped:
+            run.outside = run.outside or f"not run: {steps.stopped}"
+            continue
         try:
-            module, x = make(size).eval(), make.input(size, batch=2)
-            version, before = x._version, x.clone()
-            with torch.no_grad():
-                out = module(x)
+            with deadline(steps.timeout, f"check at {_size(size)}"):
+                module, x = make(size).eval(), make.input(size, batch=2)
+                version, before = x._version, x.clone()
+                with torch.no_grad():
+                    out = module(x)
             run.output = out
             run.wrote_input = x._version != version or not torch.equal(x, before)
+        except Unsupported as exc:
+            run.outside = f"unsupported: {first_line(exc).partition(': ')[2]}"
+        except CellTimeout:
+            run.error = CellTimeout(f"{steps.timeout:g} s")
+            steps.timed_out(f"shape at {_size(size)}")
+        except AttnBenchError as exc:
+            if _is_usage(exc):
+                raise
+            run.error = exc
         except Exception as exc:
             run.error = exc
-        runs.append(run)
     return runs
 
 
+def _describe_output(out) -> str:
+    if isinstance(out, torch.Tensor):
+        return str(tuple(out.shape))
+    if isinstance(out, (tuple, list)):
+        parts = [str(tuple(o.shape)) if isinstance(o, torch.Tensor) else type(o).__name__ for o in out[:3]]
+        return f"a {type(out).__name__} of {len(out)} ({', '.join(parts)}{', ...' if len(out) > 3 else ''})"
+    if isinstance(out, dict):
+        return f"a dict with keys {sorted(map(str, out))[:4]}"
+    return type(out).__name__
+
+
 def check_shape(runs: List[_Run], channels: int) -> CheckResult:
-    bad = []
+    bad, ran, outside = [], [], {}
     for r in runs:
         want = (2, channels, *r.size)
-        if r.error is not None:
-            bad.append(f"{r.size[0]}x{r.size[1]}: raises {describe_failure(r.error)}")
+        if r.outside:
+            outside.setdefault(r.outside, []).append(_size(r.size))
+        elif isinstance(r.error, CellTimeout):
+            return CheckResult("shape", FAIL, f"{_size(r.size)}: the forward ran past the timeout ({r.error}): a hung or "
+                               "very slow forward; the other checks are not run", TIMEOUT_ADVICE)
+        elif r.error is not None:
+            bad.append(f"{_size(r.size)}: raises {describe_failure(r.error)}")
         elif not isinstance(r.output, torch.Tensor) or tuple(r.output.shape) != want:
-            got = tuple(r.output.shape) if isinstance(r.output, torch.Tensor) else type(r.output).__name__
-            bad.append(f"{r.size[0]}x{r.size[1]}: returned {got} for {want}")
-    sizes = ", ".join(f"{h}x{w}" for h, w in SIZES)
+            bad.append(f"{_size(r.size)}: returned {_describe_output(r.output)} for {want}")
+        else:
+            ran.append(_size(r.size))
+    skipped = "".join(f"; skipped {', '.join(sizes)} ({why})" for why, sizes in outside.items())
     if bad:
-        return CheckResult("shape", FAIL, "; ".join(bad), "return a tensor of the input's (N, C, H, W) shape at every "
-                           "size (1x1 and odd sizes included); keep pooling/strides inside a gate branch")
-    return CheckResult("shape", PASS, f"(N, C, H, W) kept at {sizes} (batch 2)")
+        several = any(isinstance(r.output, (tuple, list, dict)) for r in runs)
+        advice = ("return one tensor, the input's (N, C, H, W) shape: forward returns several values (attention maps "
+                  "too?); return only the features, or wrap it: `forward(self, x): return self.inner(x)[0]`" if several else
+                  "return a tensor of the input's (N, C, H, W) shape at every size (1x1 and odd sizes included; keep "
+                  "pooling/strides inside a gate branch), or declare `min_spatial` for sizes it cannot take")
+        return CheckResult("shape", FAIL, "; ".join(bad) + skipped, advice)
+    return CheckResult("shape", PASS, f"(N, C, H, W) kept at {', '.join(ran)} (batch 2){skipped}")
 
 
 def check_inplace(runs: List[_Run]) -> CheckResult:
-    written = [f"{r.size[0]}x{r.size[1]}" for r in runs if r.wrote_input]
+    written = [_size(r.size) for r in runs if r.wrote_input]
     if written:
         return CheckResult("input", FAIL, f"forward writes into its input (at {', '.join(written)}): the backbone's "
                            "tensor changes under it, which breaks the training step",
@@ -221,13 +324,13 @@ def check_inplace(runs: List[_Run]) -> CheckResult:
 
 
 def check_finite(runs: List[_Run]) -> CheckResult:
-    bad = [f"{r.size[0]}x{r.size[1]}" for r in runs if isinstance(r.output, torch.Tensor)
+    bad = [_size(r.size) for r in runs if isinstance(r.output, torch.Tensor)
            and r.output.is_floating_point() and not bool(torch.isfinite(r.output).all())]
     if bad:
         return CheckResult("finite", FAIL, f"NaN/inf in the output at {', '.join(bad)}",
                            "guard small inputs: unbiased std/var of one element is NaN (use unbiased=False, "
-                           "add eps before sqrt/division)")
-    return CheckResult("finite", PASS, "finite output at every size")
+                           "add eps before sqrt/division), or declare `min_spatial` when the official code does the same")
+    return CheckResult("finite", PASS, "finite output at every size run")
 
 
 def check_state(module: nn.Module) -> CheckResult:
@@ -240,12 +343,16 @@ def check_state(module: nn.Module) -> CheckResult:
                        "as buffers (self.register_buffer) or nn.Parameter")
 
 
-def check_gradients(make: _Maker) -> CheckResult:
+def _train_batch(limits: Limits) -> int:
+    return max(2, limits.min_train_batch)
+
+
+def check_gradients(make: _Maker, limits: Limits) -> CheckResult:
     module = make().train()
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     if not trainable:
         return CheckResult("gradients", PASS, "no trainable parameters")
-    out = module(make.input(batch=2))
+    out = module(make.input(batch=_train_batch(limits)))
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))  # no symmetry can cancel it
     (out * weights).sum().backward()
     missing = [n for n, p in trainable if p.grad is None]
@@ -258,14 +365,19 @@ def check_gradients(make: _Maker) -> CheckResult:
     return CheckResult("gradients", PASS, f"all {len(trainable)} parameter tensors get a gradient{note}")
 
 
-def check_train_batch1(make: _Maker) -> CheckResult:
+def check_train_batch1(make: _Maker, limits: Limits) -> CheckResult:
+    batch, outside = limits.min_train_batch, limits.train_batch(1)
     module = make().train()
     try:
         with torch.no_grad():
-            module(make.input(batch=1))
+            module(make.input(batch=batch))
     except Exception as exc:
-        return CheckResult("train batch 1", FAIL, describe_failure(exc), "train-mode metrics run at batch 1: normalise "
-                           "pooled (N, C) features with LayerNorm/GroupNorm, not BatchNorm1d")
+        return CheckResult("train batch 1", FAIL, (f"at its declared min_train_batch {batch}: " if outside else "")
+                           + describe_failure(exc), "train-mode metrics run at the suite's batch (1 by default): "
+                           "normalise pooled (N, C) features with LayerNorm/GroupNorm, not BatchNorm1d -- or declare "
+                           "`min_train_batch = 2` when the official code does the same")
+    if outside:
+        return CheckResult("train batch 1", SKIP, f"{outside}; train mode runs at batch {batch}")
     return CheckResult("train batch 1", PASS, "train mode runs at batch 1")
 
 
@@ -278,6 +390,31 @@ def check_deterministic(make: _Maker) -> CheckResult:
                            f"{float((a - b).abs().max()):.3g})", "no randomness in eval: dropout via nn.Dropout or "
                            "F.dropout(..., training=self.training), no torch.rand in forward")
     return CheckResult("deterministic", PASS, "eval output repeats exactly")
+
+
+def check_batch(make: _Maker) -> CheckResult:
+    """Sample 0's eval output must not depend on the other samples of the batch (nor on there being any):
+    a normalisation over dim 0 (``F.softmax(x)`` without ``dim`` on a 3-D tensor) mixes samples, so the
+    model's output for one image depends on its batch, and at batch 1 such a map is all ones."""
+    module = make().eval()
+    a, b, c = (make.input(batch=1, seed=s) for s in (1, 3, 4))
+    with torch.no_grad():
+        ab, ac, alone = module(torch.cat([a, b])), module(torch.cat([a, c])), module(a)
+    scale = float(ab[0].abs().max()) or 1.0
+    moved = {"when the other sample changes": float((ab[0] - ac[0]).abs().max()),
+             "at batch 1": float((ab[0] - alone[0]).abs().max())}
+    bad = [f"{k} (max |Δ| {v:.3g}, {v / scale:.1%} of its largest value)" for k, v in moved.items() if v > BATCH_RTOL * scale]
+    if bad:
+        return CheckResult("batch", FAIL, "one sample's output depends on the rest of the batch: it moves "
+                           + " and ".join(bad), "normalise within a sample: give softmax/mean/norm an explicit dim "
+                           "other than 0 (F.softmax(x) without dim picks dim 0 for 0-, 1- and 3-D tensors)")
+    return CheckResult("batch", PASS, "each sample's output is independent of the rest of the batch")
+
+
+def _unhandled_text(unhandled: Dict[str, int]) -> str:
+    ops = sorted({op.replace("::", ".").split(".")[-1] for op in unhandled})
+    return (f"operators with no counting rule: {', '.join(ops)} ({unhandled}); the counters list them rather than "
+            "guess, so the MACs may be too low (unless they only move or create data)")
 
 
 def check_flops(make: _Maker, state_failed: bool) -> Tuple[CheckResult, CheckResult]:
@@ -298,9 +435,8 @@ def check_flops(make: _Maker, state_failed: bool) -> Tuple[CheckResult, CheckRes
     shape = "x".join(map(str, x.shape))
     cost = CheckResult("cost", INFO, f"{params:,} parameters, {fc.total:,} MACs at {shape}")
     if fc.unhandled:
-        return (CheckResult("macs", FAIL, f"operators no counter handles: {fc.unhandled} (not counted: the MACs "
-                            "would be too low)", "ask for a rule in attnbench/measures/macs_rules.py, or use "
-                            "counted operators"), cost)
+        return (CheckResult("macs", FAIL, _unhandled_text(fc.unhandled), "ask for a rule in "
+                            "attnbench/measures/macs_rules.py (say what the operator computes), or use counted operators"), cost)
     agree = "both counters agree" if fc.counters_agree else f"counters differ: {fc.counter_difference}"
     return CheckResult("macs", PASS, f"traced by both counters, no unhandled operator; {agree}"), cost
 
@@ -319,6 +455,8 @@ def check_device(make: _Maker, state_failed: bool) -> List[CheckResult]:
         results.append(CheckResult("device", PASS if moved else FAIL, ".to(device) moves everything: runs on the meta "
                                    "device" if moved else f"output on {getattr(out, 'device', '?')} for a meta input",
                                    "" if moved else "create tensors with device=x.device (or *_like(x))"))
+    except CellTimeout:
+        raise
     except Exception as exc:
         if "device" not in str(exc):
             results.append(CheckResult("device", INFO, f"cannot run on the meta device ({first_line(exc)}); "
@@ -343,8 +481,8 @@ _VIEWS = frozenset("view _unsafe_view reshape expand permute transpose t contigu
 
 
 class _Lineage(TorchDispatchMode):
-    """Tags every tensor by how it derives from the input x: 'input' (x or a view), 'gate'
-    (x times something, products and sums of such), 'residual' (x + something else)."""
+    """Tags every tensor by how it derives from the input x: 'input' (x or a view), 'gate' (x times
+    something, products and sums of such), 'residual' (x itself added to something derived from it)."""
 
     def __init__(self, x: torch.Tensor):
         super().__init__()
@@ -354,15 +492,18 @@ class _Lineage(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func._overloadpacket.__name__.rstrip("_")
-        kinds = [self.kind.get(id(t)) for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
+        tensors = [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
+        kinds = [self.kind.get(id(t)) for t in tensors]
         tag = None
         if name in _VIEWS and kinds:
             tag = kinds[0]
         elif name in ("mul", "div") and any(k in ("input", "gate") for k in kinds):
             tag = "gate"
-        elif name in ("add", "sub") and kinds:
-            tagged = [k in ("input", "gate") for k in kinds]
-            tag = "gate" if all(tagged) else "residual" if "input" in kinds else None
+        elif name in ("add", "sub") and len(tensors) >= 2:
+            if "input" in kinds and any(k != "input" for k in kinds):
+                tag = "residual"  # x + f(x), whatever f(x) is (CBAM's `out + residual` included)
+            elif all(k in ("input", "gate") for k in kinds):
+                tag = "gate"  # x*g1 + x*g2 = x*(g1 + g2)
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self.keep.append(t)
@@ -388,16 +529,42 @@ def check_kind(make: _Maker) -> CheckResult:
     return CheckResult("kind", INFO, f"{text}{note} (heuristic, from the operators run)")
 
 
+# ---- warnings the module raises --------------------------------------------------------------
+
+class _Warnings:
+    """Collects the warnings module code raises (once each, with the module's file:line); warnings raised
+    by torch, the standard library or attnbench's harness alone, and the tracer's notes about the MAC
+    counters' own trace, are left out."""
+
+    def __init__(self):
+        self.seen: Dict[Tuple[str, str, str], int] = {}
+        self._cm = warnings.catch_warnings()
+
+    def __enter__(self) -> "_Warnings":
+        self._cm.__enter__()
+        warnings.simplefilter("always")
+        warnings.showwarning = self._show
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cm.__exit__(*exc)
+
+    def _show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, torch.jit.TracerWarning):
+            return
+        where = module_frame(traceback.extract_stack()[:-1], called_by_harness=True)
+        if where is None:
+            return
+        text = (str(message).strip().splitlines() or [""])[0][:200]
+        key = (category.__name__, text, where)
+        self.seen[key] = self.seen.get(key, 0) + 1
+
+    def results(self) -> List[CheckResult]:
+        return [CheckResult("warning", INFO, f"{cat}: {text} (at {where}{f'; {n} times' if n > 1 else ''})")
+                for (cat, text, where), n in self.seen.items()]
+
+
 # ---- the whole check -------------------------------------------------------------------------
-
-def _guarded(name: str, fn: Callable[[], object]):
-    """Run one check; any error is that check's failure, named with the plugin's file:line."""
-    try:
-        with deadline(CHECK_TIMEOUT_S, f"check {name!r}"):
-            return fn()
-    except Exception as exc:
-        return CheckResult(name, FAIL, describe_failure(exc), "see the plugin line named above")
-
 
 def _source(module: nn.Module) -> str:
     try:
@@ -407,31 +574,69 @@ def _source(module: nn.Module) -> str:
         return "built-in"
 
 
-def _module_checks(make: _Maker, report: CheckReport) -> bool:
-    """The module-alone checks; True when it runs at the reference size (the backbone check may go on)."""
-    module = _guarded("build", make)
-    if isinstance(module, CheckResult):
-        report.results.append(module)
+def _build(make: _Maker, limits: Limits, steps: _Steps):
+    """(module, result): the module at the first reference size it supports; None when it cannot be built."""
+    reasons = []
+    sizes = REFERENCES + (((limits.min_spatial,) * 2,) if limits.min_spatial > REFERENCES[0][0] else ())
+    for size in sizes:
+        outside = limits.spatial(size)
+        if outside:
+            reasons.append(outside)
+            continue
+        make.reference = size
+        try:
+            with deadline(steps.timeout, "check 'build'"):
+                module = make(size)
+        except Unsupported as exc:
+            reasons.append(first_line(exc).partition(": ")[2])
+            continue
+        except CellTimeout:
+            return None, steps.timed_out("build")
+        except Exception as exc:
+            if isinstance(exc, AttnBenchError) and _is_usage(exc):
+                raise
+            return None, CheckResult("build", FAIL, describe_failure(exc), "see the plugin line named above")
+        at = "" if size == REFERENCES[0] else f", reference size {_size(size)}"
+        return module, CheckResult("build", PASS, f"{type(module).__name__} ({_source(module)}{at})")
+    steps.stopped = "unsupported at every reference size (build)"
+    return None, CheckResult("build", SKIP, f"unsupported at {', '.join(_size(s) for s in sizes)}: {reasons[0]}")
+
+
+def _module_checks(make: _Maker, limits: Limits, steps: _Steps, report: CheckReport) -> bool:
+    """The module-alone checks; True when it keeps the shape at the reference size (the backbone check may go on)."""
+    names = ("state", "shape", "input", "finite", "gradients", "train batch 1", "deterministic", "batch", "macs",
+             "device", "kind")
+    module, build = _build(make, limits, steps)
+    report.results.append(build)
+    if module is None:
+        why = "not run: unsupported (see build)" if build.status == SKIP else "needs a module that builds (see build)"
+        report.results += [CheckResult(n, SKIP, why) for n in names]
         return False
-    report.results.append(CheckResult("build", PASS, f"{type(module).__name__} ({_source(module)})"))
     state = check_state(module)
     report.results.append(state)
-    runs = _eval_runs(make)
+    runs = _eval_runs(make, limits, steps)
     report.results += [check_shape(runs, make.channels), check_inplace(runs), check_finite(runs)]
-    if runs[0].error is not None:
-        names = ("gradients", "train batch 1", "deterministic", "macs", "device", "kind")
-        report.results += [CheckResult(n, SKIP, "needs a module that runs at the reference size (see shape)") for n in names]
+    ref = runs[0].output
+    if not isinstance(ref, torch.Tensor) or ref.dim() == 0 or ref.shape[0] != 2:
+        why = ("not run: " + steps.stopped if steps.stopped else
+               "needs a module that returns a batch of tensors at the reference size (see shape)")
+        report.results += [CheckResult(n, SKIP, why) for n in names[4:]]
         return False
     hidden = state.status == FAIL
-    report.results += [_guarded("gradients", lambda: check_gradients(make)),
-                       _guarded("train batch 1", lambda: check_train_batch1(make)),
-                       _guarded("deterministic", lambda: check_deterministic(make))]
-    flops = _guarded("macs", lambda: check_flops(make, hidden))
+    report.results += [steps.run("gradients", lambda: check_gradients(make, limits)),
+                       steps.run("train batch 1", lambda: check_train_batch1(make, limits))]
+    determinism = steps.run("deterministic", lambda: check_deterministic(make))
+    report.results.append(determinism)
+    if determinism.status == PASS:
+        report.results.append(steps.run("batch", lambda: check_batch(make)))
+    else:
+        report.results.append(CheckResult("batch", SKIP, "needs a deterministic eval forward (see deterministic)"))
+    flops = steps.run("macs", lambda: check_flops(make, hidden))
     report.results += list(flops) if isinstance(flops, tuple) else [flops]
-    device = _guarded("device", lambda: check_device(make, hidden))
+    device = steps.run("device", lambda: check_device(make, hidden))
     report.results += device if isinstance(device, list) else [device]
-    report.results.append(_guarded("kind", lambda: check_kind(make)))
-    return runs[0].output is not None and tuple(runs[0].output.shape) == tuple(make.input(batch=2).shape)
+    report.results.append(steps.run("kind", lambda: check_kind(make)))
+    return tuple(ref.shape) == tuple(make.input(batch=2).shape)
 
 
 def check_backbone(name: str, backbone: str, options: Dict, input_size: int, hidden: bool) -> CheckResult:
@@ -439,7 +644,10 @@ def check_backbone(name: str, backbone: str, options: Dict, input_size: int, hid
     from .attach import attention_parameters, build, describe
     from .measures.flops import count_flops
 
-    model = build(backbone, name, input_size=input_size, **options).eval()
+    try:
+        model = build(backbone, name, input_size=input_size, **options).eval()
+    except Unsupported as exc:
+        return CheckResult(f"on {backbone}", SKIP, f"unsupported at {input_size}x{input_size}: {exc}")
     where = describe(model.attnbench_attachment.as_dict())
     x = torch.randn(1, 3, input_size, input_size)
     with torch.no_grad():
@@ -456,39 +664,56 @@ def check_backbone(name: str, backbone: str, options: Dict, input_size: int, hid
 
 
 def run_check(target: str, backbone: str = "resnet18", options: Optional[Dict] = None, *, channels: int = 64,
-              input_size: int = 224) -> CheckReport:
+              input_size: int = 224, timeout: float = CHECK_TIMEOUT_S) -> CheckReport:
     """Check ``target`` (a registered name, ``package.module:Class`` or ``path/file.py:Class``) against the
-    plugin contract; ``backbone=""`` checks the module alone. Raises AttnBenchError for a target that cannot be loaded."""
-    with warnings.catch_warnings():  # the checklist is the output; a plugin's warnings are not
-        warnings.simplefilter("ignore")
-        return _run_check(target, backbone, options, channels, input_size)
+    plugin contract; ``backbone=""`` checks the module alone; ``timeout`` bounds each step (seconds).
+    Raises AttnBenchError for what the caller must fix: a target that cannot be loaded, channels or an input
+    size that is not a positive integer, an unknown backbone, options the factory does not take."""
+    with _Warnings() as caught:
+        report = _run_check(target, backbone, dict(options or {}), channels, input_size, timeout)
+    report.results += caught.results()
+    return report
 
 
-def _run_check(target: str, backbone: str, options: Optional[Dict], channels: int, input_size: int) -> CheckReport:
+def _run_check(target: str, backbone: str, options: Dict, channels: int, input_size: int, timeout: float) -> CheckReport:
     from .attach import split_options
     from .registry import MODULES
 
+    _usage(channels, input_size, timeout, backbone, options)
     factory, registered = load_factory(target)
-    options = dict(options or {})
     _, module_options = split_options(options)
     report = CheckReport(target, backbone, channels)
     binding = check_binding(factory, channels, module_options)
     report.results += [binding, _placement_info(factory)]
     if binding.fatal:
-        return report  # it cannot be called with these options: nothing else can run
-    runs_alone = _module_checks(_Maker(factory, channels, module_options), report)
+        return report  # it cannot be called with a channel count alone: nothing else can run
+    try:
+        limits = declared_limits(factory)
+        if limits != Limits(note=limits.note):
+            report.results.append(CheckResult("limits", INFO, ", ".join(
+                f"{k} {getattr(limits, k)}" for k in ("min_spatial", "min_train_batch") if getattr(limits, k) > 1)
+                + (f" ({limits.note})" if limits.note else "") + ": declared; sizes and batches below are skipped"))
+    except ValueError as exc:
+        limits = Limits()
+        report.results.append(CheckResult("limits", FAIL, f"malformed declaration: {exc}",
+                                          "declare min_spatial / min_train_batch as positive ints, or drop them"))
+    steps = _Steps(float(timeout))
+    runs_alone = _module_checks(_Maker(factory, channels, module_options), limits, steps, report)
     if not backbone:
         return report
     if not runs_alone:
-        report.results.append(CheckResult(f"on {backbone}", SKIP, "not attached: the module fails alone (above)"))
+        unsupported = report.get("build") is not None and report.get("build").status == SKIP
+        report.results.append(CheckResult(f"on {backbone}", SKIP, "not attached: unsupported (see build)" if unsupported
+                                          else "not attached: the module fails alone (above)"))
         return report
     name = target if registered else f"check:{getattr(factory, '__name__', target)}"
     if not registered:
         MODULES.register(name, factory, override=True)
     try:
         hidden = report.get("state").status == FAIL
-        result = _guarded(f"on {backbone}", lambda: check_backbone(name, backbone, options, input_size, hidden))
-        if result.status == FAIL:
+        result = steps.run(f"on {backbone}", lambda: check_backbone(name, backbone, options, input_size, hidden),
+                           scale=BACKBONE_SCALE)
+        if result.status == FAIL and not steps.stopped:
             result.advice = (f"it runs alone at {channels} channels but not at the site named: derive every width from "
                              "`channels` (and `out_channels`/`stride`/`feat_size` where the factory names them)")
         report.results.append(result)
@@ -510,3 +735,52 @@ def render_check(report: CheckReport) -> str:
     lines.append(f"{counts[FAIL]} failed, {counts[PASS]} passed, {counts[SKIP]} skipped, {counts[INFO]} info"
                  f" -> exit {report.exit_code}")
     return "\n".join(lines)
+
+
+# ---- the verdict a suite carries into its tables ------------------------------------------------
+
+CHECK_STAT = "check_failed"  # stats key of an ok record whose module fails `attnbench check`
+_VERDICTS: Dict[Tuple[str, int, str], Tuple[Callable, str]] = {}
+
+
+def check_verdict(module: str, options: Optional[Dict] = None, timeout: float = CHECK_TIMEOUT_S) -> str:
+    """'' when the module passes ``attnbench check`` alone (its declared limits respected); else one line naming
+    each failed check. Run once per (module, factory, options) in a process; the runner stores it in every ok
+    record of the module so each table that shows the row marks it."""
+    from .registry import get_module
+
+    try:
+        factory = get_module(module)
+    except AttnBenchError:
+        return ""
+    key = (module, id(factory), json.dumps(options or {}, sort_keys=True, default=str))
+    if key not in _VERDICTS:
+        try:
+            report = run_check(module, "", options or {}, timeout=timeout)
+            text = "; ".join(f"{r.name}: {r.detail if len(r.detail) <= 160 else r.detail[:157] + '...'}"
+                             for r in report.failed)
+        except AttnBenchError:
+            text = ""  # options the factory does not take: the suite refuses them before this
+        _VERDICTS[key] = (factory, text)  # the factory is kept so its id is not reused
+    return _VERDICTS[key][1]
+
+
+def suite_verdicts(variants: Sequence) -> Dict[str, str]:
+    """label -> verdict for the suite's module variants (the baselines have none)."""
+    from .attach import split_options
+    from .suite import is_reference
+
+    out = {}
+    for v in variants:
+        if v.label not in out and not is_reference(v.module):
+            out[v.label] = check_verdict(v.module, split_options(v.options)[1])
+    return {label: text for label, text in out.items() if text}
+
+
+def with_verdict(record, verdicts: Dict[str, str]):
+    """The record with its module's failed checks in ``stats["check_failed"]`` (ok records of a failing module)."""
+    text = verdicts.get(record.label)
+    if not text or not record.ok or record.measurement is None:
+        return record
+    measurement = replace(record.measurement, stats={**record.measurement.stats, CHECK_STAT: text})
+    return replace(record, measurement=measurement)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from enum import Enum
@@ -11,6 +12,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 from .errors import AttnBenchError
 
@@ -19,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None)
 out_console = Console()
 err_console = Console(stderr=True)
+_said: List[str] = []  # a command that already printed why it stopped (an interrupted run): main adds nothing
 
 
 def _version_callback(value: bool) -> None:
@@ -45,6 +48,27 @@ class What(str, Enum):
 def _fail(message: str, code: int = 2) -> None:
     err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Whatever runs inside prints to stderr -- a plugin's print, a C library writing to file descriptor 1,
+    a worker process started meanwhile -- so stdout carries the table alone."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+        saved = os.dup(fd)
+        os.dup2(sys.stderr.fileno(), fd)
+    except (AttributeError, OSError, ValueError):  # not a real file (an in-process test runner): Python level only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 @app.command("list")
@@ -92,6 +116,8 @@ def run(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="dask: LocalCluster workers (default 2; not with --scheduler)"),
     slot: Optional[str] = typer.Option(None, "--slot", help="dask: how timings get a node to themselves: lock (default) or resource"),
+    worker_wait: Optional[float] = typer.Option(None, "--worker-wait", help="dask: seconds to wait for a first worker to join "
+                                                "(queued batch jobs; default 600) before the run gives up with nothing run"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"),
     download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
@@ -105,14 +131,15 @@ def run(
     from .runner import run_suite
     from .suite import load_suite, plan
 
-    ex = make_executor(executor, scheduler, workers, slot, out / "dask-scratch")  # options checked before any work
+    ex = make_executor(executor, scheduler, workers, slot, (out / "dask-scratch").resolve(), worker_wait)  # checked before any work
     s = load_suite(suite)
     subset_suite(s, only_backbone, only_module)
     if data_root or download:
         s.dataset.update({k: v for k, v in (("root", data_root), ("download", download)) if v})
     total = len(plan(s))
     counts = {"done": 0, "failed": 0, "skipped": 0, "unsupported": 0}
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=56)),
+                        BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         console=err_console, disable=quiet, transient=True)
 
@@ -130,10 +157,16 @@ def run(
                 counts["done" if r.status == "ok" else r.status] += 1
             progress.update(bar, advance=len(records), counts=fmt_counts())
 
+        def on_notice(text):
+            progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+        if ex is not None:  # Dask: which cells run on which worker, refreshed at every poll of the scheduler
+            ex.on_progress = lambda text: progress.update(bar, description=f"{s.name}: {text}")
+
         # Whatever the run prints (a plugin's print, a library's chatter) goes to stderr: stdout is the table's.
-        with contextlib.redirect_stdout(sys.stderr):
+        with _stdout_to_stderr():
             result = run_suite(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done,
-                               overhead=_overhead_records(latency_from, out))
+                               overhead=_overhead_records(latency_from, out), on_notice=on_notice)
     _summarise(s.name, result, quiet)
     if result.aborted is not None:
         raise result.aborted
@@ -149,43 +182,92 @@ def _summarise(name: str, result, quiet: bool) -> None:
     err_console.print(
         f"{name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped{unsupported}, {result.reused} reused "
         f"in {result.wall_s:.1f} s -> {written}", markup=False, highlight=False)
+    contention = _contention_line(result.records)
+    if contention:
+        err_console.print(contention, markup=False, highlight=False, soft_wrap=True)
     for what in result.unwritten:
         err_console.print(f"not written: {what}; `attnbench report {result.paths['records']}` rebuilds it", markup=False)
     if result.interrupted:
-        err_console.print("interrupted: finished cells are stored; rerun with --resume to continue", markup=False)
+        from .interrupts import NAMES
+
+        _said.append("interrupted")
+        err_console.print(f"interrupted by {NAMES.get(result.signum, result.signum)}: finished cells are stored and the "
+                          "table shows them; rerun with --resume to continue", markup=False)
     elif result.failed:
         err_console.print(f"{result.failed} cell(s) failed; see the table's notes", markup=False)
 
 
+def _contention_line(records) -> str:
+    from .report.tables import contention_line
+
+    return contention_line(records)
+
+
 def _parse_option(text: str):
-    import yaml
+    """KEY=VALUE, the value read as (bounded) YAML: reduction=8, stages=[3,4], name=se."""
+    from .errors import SuiteError
+    from .suite import read_yaml
 
     key, sep, value = text.partition("=")
     if not sep or not key:
         _fail(f"option {text!r} is not KEY=VALUE; write e.g. --option reduction=8")
-    return key, yaml.safe_load(value)
+    try:
+        return key, read_yaml(value, "--option")
+    except SuiteError as exc:
+        _fail(f"option {text!r}: the value {exc.problem}; write e.g. -O reduction=8 or -O stages=[3,4]")
+
+
+def _parse_options(texts: List[str]) -> dict:
+    options = {}
+    for text in texts:
+        key, value = _parse_option(text)
+        if key in options:
+            _fail(f"option {key!r} is given twice (-O {text}); give it once")
+        options[key] = value
+    return options
 
 
 @app.command()
 def measure(
     backbone: str = typer.Argument(..., help="timm model name"),
     module: str = typer.Argument("none", help="registry name, or none"),
-    input_size: int = typer.Option(224, "--input-size", help="square input resolution"),
+    input_size: int = typer.Option(224, "--input-size", min=1, help="square input resolution"),
     option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
+    as_: List[str] = typer.Option([], "--as", help="also count as a peer tool did (repeatable): thop-0.0.23, "
+                                  "thop-0.0.31, thop (0.1.1), ptflops (2019 hooks), fvcore, conv-fc"),
+    pools_as_modules: bool = typer.Option(False, "--pools-as-modules", help="with --as: count x.mean-style global "
+                                          "pools as the pooling modules official code uses"),
 ):
     """Parameters, MACs and memory of one backbone/module pair, straight to the terminal."""
-    import torch
+    options = _parse_options(option)
+    from .measures.conventions import convention
 
-    from .attach import attention_parameters, build
-    from .measures.flops import count_flops
-    from .measures.memory import measure_activations, measure_saved_memory
+    try:
+        conventions = [convention(name) for name in as_]
+    except AttnBenchError as exc:
+        _fail(f"--as: {exc}")
+    if pools_as_modules and not all(c.hooks for c in conventions):
+        _fail("--pools-as-modules applies to the module-hook conventions (thop-*, ptflops-*); drop it or pick one")
+    from .suite import input_problem
+
+    problem = input_problem(2, (input_size, input_size))  # the saved-memory pass runs batch 2
+    if problem:
+        _fail(f"--input-size {input_size}: {problem}; give a smaller --input-size")
+    with _stdout_to_stderr():
+        try:
+            model, fc, act, saved = _measure_one(backbone, module, input_size, options)
+        except AttnBenchError:
+            raise
+        except Exception as exc:
+            from .guard import is_out_of_memory
+            from .runner import error_info
+
+            info = error_info(exc)
+            hint = "" if is_out_of_memory(exc) else "; try another --input-size or backbone"
+            _fail(f"measuring {backbone} + {module} at {input_size}x{input_size} failed: {info['type']}: {info['message']}{hint}", 1)
+    from .attach import attention_parameters
     from .measures.params import count_params
 
-    options = dict(_parse_option(o) for o in option)
-    model = build(backbone, module, input_size=input_size, **options)
-    fc = count_flops(model, torch.randn(1, 3, input_size, input_size))
-    act = measure_activations(model, torch.randn(1, 3, input_size, input_size))
-    saved = measure_saved_memory(model, torch.randn(2, 3, input_size, input_size))  # batch 2: BatchNorm must train
     where = model.attnbench_attachment
     lines = [
         f"{backbone} + {module} ({where.placement}, {len(where.sites)} sites), input {input_size}x{input_size}",
@@ -195,9 +277,35 @@ def measure(
         f" ({'agrees' if fc.counters_agree else 'differs: ' + fc.counter_difference})",
         f"unhandled operators: {fc.unhandled or 'none'}",
         f"activations {int(act.value):,} elements/image (fvcore's conv/linear part {int(act.stats['fvcore']):,}); "
-        f"saved for backward {saved.value / 2**20:.2f} MiB/image (batch 2, parameters excluded)",
+        f"saved for backward {saved.value / 2**20:.2f} MiB/image (batch 2, parameters excluded; per image at this "
+        f"batch: BatchNorm's saved statistics do not scale with it, {saved.stats['saved_bytes'] / 2**20:.2f} MiB per batch)",
     ]
+    if conventions:
+        import torch
+
+        from .measures.conventions import count_as
+
+        x = torch.randn(1, 3, input_size, input_size)
+        for conv in conventions:
+            c = count_as(model, x, conv.name, pools_as_modules=pools_as_modules)
+            lines.append(f"as {conv.name} ({conv.tool}{', pools as modules' if pools_as_modules else ''}): {c.ops:,} ops "
+                         f"= {c.ops / 1e9:.4g} G = {c.ops / 2**30:.4g} G(2^30); params {c.params:,} = "
+                         f"{c.params / 1e6:.4g} M = {c.params / 2**20:.4g} M(2^20)")
     out_console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+def _measure_one(backbone: str, module: str, input_size: int, options: dict):
+    import torch
+
+    from .attach import build
+    from .measures.flops import count_flops
+    from .measures.memory import measure_activations, measure_saved_memory
+
+    model = build(backbone, module, input_size=input_size, **options)
+    fc = count_flops(model, torch.randn(1, 3, input_size, input_size))
+    act = measure_activations(model, torch.randn(1, 3, input_size, input_size))
+    saved = measure_saved_memory(model, torch.randn(2, 3, input_size, input_size))  # batch 2: BatchNorm must train
+    return model, fc, act, saved
 
 
 @app.command()
@@ -205,13 +313,15 @@ def check(target: str = typer.Argument(..., help="registered name, pkg.module:Cl
           backbone: str = typer.Option("resnet18", "--backbone", "-b", help="backbone to attach it to ('' = the module alone)"),
           option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
           channels: int = typer.Option(64, "--channels", help="channels for the module-alone checks"),
-          input_size: int = typer.Option(224, "--input-size", help="input resolution for the backbone checks")):
-    """Check a module against the plugin contract, in seconds, before any suite (exit 0: nothing failed)."""
+          input_size: int = typer.Option(224, "--input-size", help="input resolution for the backbone checks"),
+          timeout: float = typer.Option(30.0, "--timeout", help="seconds each check step may run (a hung forward fails)")):
+    """Check a module against the plugin contract, in seconds, before any suite (exit 0: nothing failed,
+    1: the module breaks the contract, 2: a bad command-line value)."""
     from .check import render_check, run_check
 
-    options = dict(_parse_option(o) for o in option)
-    with contextlib.redirect_stdout(sys.stderr):
-        report = run_check(target, backbone, options, channels=channels, input_size=input_size)
+    options = _parse_options(option)
+    with _stdout_to_stderr():
+        report = run_check(target, backbone, options, channels=channels, input_size=input_size, timeout=timeout)
     out_console.print(render_check(report), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(report.exit_code)
 
@@ -219,13 +329,18 @@ def check(target: str = typer.Argument(..., help="registered name, pkg.module:Cl
 @app.command()
 def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for validate.md")):
     """Published figures (SENet, CBAM, ECA, ...) beside the harness's own numbers."""
+    from .report import write_text_atomic
+    from .store import check_output_dir
     from .validate import render_validate, validate as run_validate
 
+    check_output_dir(out)  # before the minutes of building and counting, not after
     rows = run_validate()
     text = render_validate(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "validate.md").write_text(text)
     out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    try:
+        write_text_atomic(out / "validate.md", text)
+    except OSError as exc:
+        _fail(f"could not write {out / 'validate.md'}: {exc.strerror or exc}; the table above is complete", 1)
     raise typer.Exit(1 if any(r["status"] == "MISMATCH" for r in rows) else 0)
 
 
@@ -240,7 +355,10 @@ def _records_from(path: Path):
         p = files[0]
     if not p.is_file():
         _fail(f"no result store at {p}; give the .jsonl written by `attnbench run`")
-    return p, Store(p).latest()
+    try:
+        return p, Store(p).latest()
+    except OSError as exc:
+        _fail(f"cannot read {p}: {exc.strerror or exc}")
 
 
 def _overhead_records(path: Optional[Path], out: Path):
@@ -262,13 +380,17 @@ def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a
            latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="accuracy stores: overhead store for the "
                                                        "latency column (default: overhead.jsonl beside the store)")):
     """Rebuild the tables from a result store alone."""
-    from .report import write_outputs
+    from .runner import write_outputs_safely
+    from .store import check_output_dir
 
     path, records = _records_from(results)
     if not records:
         _fail(f"{path} holds no records")
-    name = path.stem
-    paths = write_outputs(records, out or path.parent, name, _overhead_records(latency_from, path.parent))
+    target = out or path.parent
+    check_output_dir(target, "--out" if out else "the store's folder (no --out)")
+    paths, unwritten = write_outputs_safely(records, target, path.stem, _overhead_records(latency_from, path.parent))
+    if unwritten:
+        _fail(f"not written: {', '.join(unwritten)} in {target}; give --out a folder with room", 1)
     out_console.print(paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -277,25 +399,31 @@ def compare(a: Path = typer.Argument(..., help="first result store (the referenc
             b: Path = typer.Argument(..., help="second result store (the candidate)"),
             fail_above: Optional[float] = typer.Option(None, "--fail-above", help="exit 1 when a cost got worse by more "
                                                        "than PCT % and beyond its noise band (for CI)")):
-    """Show the Δ between two runs, cell by cell, with the noise band of every timing."""
+    """Show the Δ between two runs, cell by cell, with the noise band of every timing.
+
+    With --fail-above it is a CI gate: exit 1 on a regression, and also whenever it cannot vouch for the
+    candidate (other suite or settings, no shared cell, a cell failed or missing in the candidate)."""
     import math
 
+    from .report.gate import comparability_problems, gate
     from .report.tables import compare_rows, render_compare_rows
 
     if fail_above is not None and not (math.isfinite(fail_above) and fail_above >= 0):
         _fail(f"--fail-above {fail_above}: give a percentage >= 0, e.g. --fail-above 5")
     pa, ra = _records_from(a)
     pb, rb = _records_from(b)
+    for path, recs in ((pa, ra), (pb, rb)):
+        if not recs:
+            _fail(f"{path} holds no records; compare needs a store written by `attnbench run`")
     rows = compare_rows(ra, rb)
     out_console.print(render_compare_rows(rows, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True)
-    if fail_above is not None:
-        worse = [r for r in rows if r.regression_above(fail_above)]
-        if worse:
-            names = ", ".join(f"{r.backbone}/{r.label}/{r.metric} {r.delta.pct:+.1f}%" for r in worse[:5])
-            more = f" and {len(worse) - 5} more" if len(worse) > 5 else ""
-            err_console.print(f"error: {len(worse)} regression(s) above {fail_above:g}% beyond the noise band: {names}{more}",
-                              markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
+    if fail_above is None:
+        for problem in comparability_problems(ra, rb, rows)[:1]:
+            err_console.print(f"warning: {problem}", markup=False, highlight=False, soft_wrap=True)
+        return
+    why = gate(ra, rb, rows, fail_above)
+    if why:
+        _fail(why, 1)
 
 
 def _usage_error_types() -> tuple:
@@ -334,31 +462,67 @@ def _report_usage_error(exc: BaseException) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """The console script: every user error exits 2 with one line, an aborted run 3, Ctrl-C 130."""
-    from .errors import RunAborted
+    """The console script: every user error exits 2 with one line, an aborted run 3; Ctrl-C exits 130 and
+    SIGTERM 143, each with one line (a run also with the table of what it stored)."""
+    from . import interrupts
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    _said.clear()
+    with interrupts.handled(), _one_line_warnings():
+        try:
+            code = _dispatch(argv)
+        except KeyboardInterrupt:  # before typer took over (loading click's error types)
+            code = 130
+        if code == 130:  # typer turns every KeyboardInterrupt (ours: SIGINT or SIGTERM) into exit 130
+            signum = interrupts.received[0] if interrupts.received else 2
+            code = 128 + signum
+            if not _said:
+                err_console.print(f"interrupted by {interrupts.NAMES.get(signum, signum)}", markup=False, highlight=False)
+    sys.exit(code)
+
+
+def _dispatch(argv: Optional[List[str]]) -> int:
+    """Run the command; print the one line an error ends with and return the exit status."""
+    from .errors import RunAborted
+
     usage_errors = _usage_error_types()
     try:
         code = app(args=argv, prog_name="attnbench", standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        return code if isinstance(code, int) else 0
     except RunAborted as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except AttnBenchError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
-        sys.exit(130)
+        return 130
     except usage_errors as exc:
-        sys.exit(_report_usage_error(exc))
+        return _report_usage_error(exc)
     except Exception as exc:
         if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):  # the vendored click's Exit
-            sys.exit(exc.exit_code)
+            return exc.exit_code
         raise
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """attnbench's own warnings (store lines skipped, a plugin that failed to load) as one line each."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if getattr(category, "__module__", "").startswith("attnbench"):
+            err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -12,16 +12,24 @@ entry-point group. attnbench calls ``factory(channels, **options, **context)``:
 The module must map ``(N, C, H, W)`` to the same shape (in place of a conv: ``(N, out_channels,
 ceil(H/stride), ceil(W/stride))``), keep every tensor that is state in ``parameters()``/``buffers()``
 (``nn.ModuleList``/``nn.ModuleDict``, ``register_buffer``), not write into its input, and create any
-tensor in ``forward`` on the input's device. Optional class attributes: ``placement`` ("block",
-"conv" or "stage") and ``default_stages`` (a list of 1-based stages or a rule such as "last"),
-``includes_norm_act`` (conv placement: it brings its own norm + activation).
+tensor in ``forward`` on the input's device. Optional class attributes: ``placement`` (one of
+:data:`PLACEMENTS`, or a dict from block kind -- "basic", "bottleneck", "resnext", "inverted_residual",
+"depthwise_separable", "default" -- to a placement or None, where the official code differs per
+family) and ``default_stages`` (a list of 1-based stages or a rule such as "last"),
+``includes_norm_act`` (conv placement: it brings its own norm + activation), and documented limits
+(:data:`LIMITS`): ``min_spatial`` (smallest H and W it supports), ``min_train_batch`` (smallest batch
+it can train at) and ``limits_note`` (why). ``attnbench check``, the runner and the tables respect them:
+a cell outside a declared limit is ``unsupported`` with the reason, never a failure or a NaN row.
 """
 from __future__ import annotations
 
+import inspect
+import re
 import sysconfig
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -31,9 +39,12 @@ from .errors import AttnBenchError
 # Keywords a factory may declare (by name, in its signature) to be told about its site:
 # feat_size ((H, W) of the site's input at the suite's input size), stride (of a replaced conv; 1
 # elsewhere), stage (1-based), block_index (0-based within the stage), out_channels (of a replaced
-# conv; ``channels`` elsewhere).
-CONTEXT_KEYS = ("feat_size", "stride", "stage", "block_index", "out_channels")
-PLACEMENTS = ("block", "conv", "stage")
+# conv; ``channels`` elsewhere), conv_groups (groups of a replaced conv; 1 elsewhere: SK builds the
+# SK-ResNet unit in place of a dense 3x3 and the SKNet unit in place of a ResNeXt's grouped one).
+CONTEXT_KEYS = ("feat_size", "stride", "stage", "block_index", "out_channels", "conv_groups")
+# Where a module can go (see attach.py): a block's attention slot, after the last norm of the residual
+# branch, right after the block's spatial conv, in place of that conv, or after stages.
+PLACEMENTS = ("block", "output", "after_conv", "conv", "stage")
 
 
 @runtime_checkable
@@ -41,12 +52,126 @@ class AttentionFactory(Protocol):
     """What the ``attnbench.modules`` entry point must be (a class with such an ``__init__`` is one).
 
     Optional attributes (read with ``getattr``, so a plain function need not have them):
-    ``placement: str``, ``default_stages: Union[Sequence[int], str]``, ``includes_norm_act: bool``."""
+    ``placement: str`` (or a dict per block kind), ``default_stages: Union[Sequence[int], str]``,
+    ``includes_norm_act: bool``."""
 
     def __call__(self, channels: int, **options) -> nn.Module: ...
 
 
 Stages = Union[Sequence[int], str]  # the type of ``default_stages``
+
+
+# ---- documented limits -------------------------------------------------------------------------
+
+LIMITS = ("min_spatial", "min_train_batch")  # optional class attributes, positive ints (default 1)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a module declares it cannot do (the official code's own behaviour, documented rather than hidden).
+
+    ``min_spatial``: H and W below it are outside (SimAM divides by H*W - 1); ``min_train_batch``: a
+    training step at a smaller batch is outside (BatchNorm over pooled (N, C) features needs N >= 2)."""
+
+    min_spatial: int = 1
+    min_train_batch: int = 1
+    note: str = ""  # the module's ``limits_note``: why
+
+    def _why(self) -> str:
+        return f" ({self.note})" if self.note else ""
+
+    def spatial(self, size: Sequence[int]) -> Optional[str]:
+        """Why an (H, W) input is outside the limits, or None."""
+        if min(int(s) for s in size[-2:]) < self.min_spatial:
+            return f"declares min_spatial {self.min_spatial}{self._why()}: {size[-2]}x{size[-1]} is below it"
+        return None
+
+    def train_batch(self, batch: int) -> Optional[str]:
+        """Why a training step at ``batch`` is outside the limits, or None."""
+        if batch < self.min_train_batch:
+            return f"declares min_train_batch {self.min_train_batch}{self._why()}: batch {batch} is below it"
+        return None
+
+
+def declared_limits(factory: Callable) -> Limits:
+    """The limits a factory declares (class attributes or attributes set on a function); ValueError for a
+    malformed declaration (a limit that is not a positive int)."""
+    values = {}
+    for key in LIMITS:
+        value = getattr(factory, key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+        values[key] = value
+    note = getattr(factory, "limits_note", "")
+    return Limits(note=note if isinstance(note, str) else "", **values)
+
+
+# ---- binding: can factory(channels, **options) be called, and the adapter that fits if not ----------
+
+# Words a channel-count parameter is named with (split at '_' and digits): channels, in_chs, dim, C, planes, ...
+CHANNEL_WORDS = frozenset("c ch chs chan chans channel channels chn nc inc inp planes inplanes dim dims d "
+                          "features feature feats feat nf width filters".split())
+OUT_WORDS = frozenset("out oup outp output outs".split())  # out_channels, oup, out_planes: the same width here
+
+
+def _tokens(name: str) -> set:
+    return {t for t in re.split(r"[_\d]+", name.lower()) if t}
+
+
+def looks_like_channels(param: inspect.Parameter) -> bool:
+    """A parameter named like a channel count and not typed or defaulted as a flag/float/string."""
+    typed = param.annotation in (bool, float, str, "bool", "float", "str")
+    return bool(_tokens(param.name) & CHANNEL_WORDS) and not typed and not isinstance(param.default, (bool, float, str))
+
+
+def factory_name(factory: Callable) -> str:
+    name = getattr(factory, "__qualname__", None) or getattr(factory, "__name__", None) or type(factory).__name__
+    return "factory" if "<lambda>" in name else name.rsplit(".", 1)[-1]
+
+
+def adapter_advice(factory: Callable) -> str:
+    """One line: the adapter that fits this factory's real signature. The channel count goes to the
+    parameter named like one (or nowhere, saying so); parameters without a default get a placeholder,
+    or ``channels`` when they name an output width; ``**kw`` passes the suite's options through."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return "register an adapter `lambda channels, **kw: Module(...)` that builds it from the channel count"
+    name = factory_name(factory)
+    params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    chan = next((p for p in params if looks_like_channels(p) and not _tokens(p.name) & OUT_WORDS), None)
+    args = []
+    for p in params:
+        if p is chan:
+            args.append("channels" if p is params[0] and p.kind != p.KEYWORD_ONLY else f"{p.name}=channels")
+        elif p.default is p.empty and p.name not in CONTEXT_KEYS:
+            args.append(f"{p.name}={'channels' if _tokens(p.name) & OUT_WORDS else '<' + p.name + '>'}")
+    lam = f"`lambda channels, **kw: {name}({', '.join(args + ['**kw'])})`"
+    if chan is None:
+        shown = ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name for p in params)
+        return f"{name}({shown}) takes no channel count: register an adapter that drops it, {lam}"
+    return f"register an adapter: {lam}" + (" (fill in the <placeholders>)" if "<" in lam else "")
+
+
+def binding_problem(factory: Callable, options: Dict, context: Sequence[str] = ()) -> Optional[Tuple[str, str]]:
+    """None when ``factory(channels, **options, **context)`` binds; else (what fails, whose fault): "options"
+    when the factory binds without them (fix the options), "factory" when it cannot be called with a
+    channel count alone (only an adapter fixes that). No introspectable signature: None (found at build)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    ctx = {k: None for k in context if k not in options}
+    try:
+        sig.bind(1, **options, **ctx)
+        return None
+    except TypeError as exc:
+        error = str(exc)
+    try:
+        sig.bind(1, **ctx)
+        return error, "options"
+    except TypeError as exc:
+        return str(exc), "factory"
 
 
 # ---- state that parameters()/buffers() cannot see --------------------------------------------
@@ -109,18 +234,46 @@ def hidden_numel(found: Sequence[Tuple[str, object]]) -> int:
 # ---- where a plugin failed -------------------------------------------------------------------
 
 def _library_roots() -> Tuple[str, ...]:
+    """torch, attnbench, the standard library and fvcore (the harness's own counter): never module code."""
     roots = [Path(torch.__file__).parent, Path(__file__).parent, Path(sysconfig.get_paths()["stdlib"])]
+    import importlib.util
+
+    spec = importlib.util.find_spec("fvcore")
+    roots += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
     return tuple(str(r.resolve()) + "/" for r in roots)
 
 
 def plugin_frame(exc: BaseException) -> Optional[str]:
     """``file.py:LINE`` of the innermost traceback frame outside torch, attnbench and the standard
     library -- the plugin's own line -- or None when every frame is library code."""
-    roots = _library_roots()
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        path = str(Path(frame.filename).resolve())
-        if not path.startswith(roots) and not frame.filename.startswith("<"):
-            return f"{'/'.join(Path(frame.filename).parts[-2:])}:{frame.lineno}"
+    return module_frame(traceback.extract_tb(exc.__traceback__), builtins=False)
+
+
+_BUILTIN_MODULES = str((Path(__file__).parent / "modules").resolve()) + "/"
+
+
+def module_frame(frames: Sequence[traceback.FrameSummary], builtins: bool = True, called_by_harness: bool = False
+                 ) -> Optional[str]:
+    """``file.py:LINE`` of the innermost frame that is module code: outside torch, the standard library
+    and attnbench's harness (attnbench's own ``modules/`` count as module code when ``builtins``). With
+    ``called_by_harness`` (a stack, innermost last) only frames the harness called count -- what runs below
+    the innermost harness frame -- so a warning from a library the harness imports is nobody's module line."""
+    roots, harness = _library_roots(), str(Path(__file__).parent.resolve()) + "/"
+
+    def is_harness(path: str) -> bool:
+        return path.startswith(harness) and not path.startswith(_BUILTIN_MODULES)
+
+    paths = [str(Path(f.filename).resolve()) for f in frames]
+    start = 0
+    if called_by_harness:
+        inner = [i for i, p in enumerate(paths) if is_harness(p)]
+        if not inner:
+            return None
+        start = inner[-1] + 1
+    for frame, path in reversed(list(zip(frames[start:], paths[start:]))):
+        if frame.filename.startswith("<") or (path.startswith(roots) and not (builtins and path.startswith(_BUILTIN_MODULES))):
+            continue
+        return f"{'/'.join(Path(frame.filename).parts[-2:])}:{frame.lineno}"
     return None
 
 

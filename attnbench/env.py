@@ -61,5 +61,7 @@ def environment(device: str = "cpu", dtype: str = "float32", threads: Optional[i
     return env
 
 
-def fingerprint(env: Dict[str, object]) -> Dict[str, object]:
-    return {k: env.get(k) for k in FINGERPRINT_KEYS}
+def fingerprint(env: Dict[str, object], threads: bool = True) -> Dict[str, object]:
+    """What a cell's key hashes of its environment. ``threads=False`` for results the thread count cannot
+    change (counts): their keys, and so ``--resume``, hold whichever executor or worker share ran them."""
+    return {k: env.get(k) for k in FINGERPRINT_KEYS if threads or k != "threads"}

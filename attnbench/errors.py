@@ -31,7 +31,7 @@ class SuiteError(AttnBenchError):
     """A suite file that cannot be read or does not validate; names the file and field."""
 
     def __init__(self, source: str, field: str, problem: str):
-        self.source, self.field = source, field
+        self.source, self.field, self.problem = source, field, problem
         super().__init__(f"{source}: field {field!r}: {problem}")
 
 

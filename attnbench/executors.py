@@ -1,30 +1,50 @@
 """Where tasks run: in this process (runner.local_executor) or on Dask distributed workers.
 
-Dask (``pip install 'attnbench[dask]'``) runs a run in three phases, each finished before the next
-starts, so counts never share cores with trainings or timings: counts (params, FLOPs) on any worker;
-trainings, one per worker slot (resource ``train_slot=1``, or ``gpu=1`` for a CUDA training); timings,
-one per node -- a ``distributed.Lock`` keyed by the worker's hostname (``--slot lock``) or the worker
-resource ``latency_slot=1`` (``--slot resource``). Results stream back and the coordinator alone
-writes the store. How runs fail is the run's own business, not the scheduler's config:
+Dask (``pip install 'attnbench[dask]'``; ``'attnbench[slurm]'`` adds dask-jobqueue) runs a run in three
+phases, each finished before the next starts, so counts never share cores with trainings or timings:
+counts (params, MACs) on any worker; trainings, one per worker slot (resource ``train_slot=1``, or
+``gpu=1`` for a CUDA training); timings, one per node. Results stream back; the coordinator alone writes
+the store and the checkpoints. How runs fail is the run's own business, not the scheduler's config:
 
-- options are checked (and an external scheduler probed, ``CONNECT_TIMEOUT_S``) before any cell runs;
+- options are checked (and an external scheduler probed, ``CONNECT_TIMEOUT_S``) before any cell runs, and
+  the run waits up to ``worker_wait`` seconds for its first worker (batch jobs queue) before it plans;
 - a watchdog fails the cells no live worker can take for ``NO_WORKER_LIMIT_S`` (missing resource,
   all workers gone) with the fix in their message, and the run goes on to its end;
-- losing the scheduler raises ``SchedulerLost`` at once: no cell is stored as failed for it;
-- the timing lock's lease is ``LEASE_TIMEOUT`` (a dead worker's slot frees within it plus the
-  scheduler's lease-validation interval), and a task re-run after its worker died says so.
+- losing the scheduler raises ``SchedulerLost`` at once: no cell is stored as failed for it.
+
+What a cluster adds, handled here:
+
+- Coordinator memory is flat in the grid: at most a window of tasks (a few per worker thread) is on the
+  scheduler at once, each future is released as soon as its records are read, and one done-callback per
+  future feeds a queue. (``distributed.wait(..., FIRST_COMPLETED, timeout)`` leaves an asyncio task per
+  pending future behind on every call that times out: memory and GIL time grew with cells x polls.)
+- Threads: every task pins torch to ``Task.threads``, the workers' share of a node (usable cores over the
+  worker threads on it), whether or not a nanny set OMP_NUM_THREADS; keys are computed with that share.
+- Timing exclusivity per node across every run on the scheduler (:class:`NodeGate`): a timing holds the
+  node's lock (lease ``LEASE_TIMEOUT``: a dead holder frees it soon) and waits until no count or training
+  of any run is running there; those hold a lease of the node's busy-semaphore and wait while the lock is
+  held. Only these two per-node names live on the scheduler; nothing per task or per run.
+- Checkpoints follow the cell without a shared filesystem: a training runs in stretches of at least
+  ``chunk_s`` seconds (whole epochs); each stretch returns the checkpoint's bytes, the coordinator writes
+  them to OUT/checkpoints/KEY.pt and hands them to the next stretch, so a re-run after a lost worker (Dask
+  re-runs a stretch with the same arguments) resumes from the last epoch shipped, on any node.
+- Attempts are counted on the coordinator from the scheduler's own "remove-worker" events (topic ``all``:
+  which tasks the dead worker held); records say where they ran (``executor``) and how they resumed (``note``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import queue
 import socket
 import time
 import uuid
-from concurrent.futures import CancelledError
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .errors import AttnBenchError, SchedulerLost
 from .records import Record
@@ -32,9 +52,15 @@ from .runner import Task, error_info, execute, make_record
 
 CONNECT_TIMEOUT_S = 10.0  # an external scheduler that does not answer within this is an error
 NO_WORKER_LIMIT_S = 60.0  # tasks no live worker can take for this long fail (watchdog)
-LEASE_TIMEOUT = "5s"  # the per-node timing lock's lease: a dead holder frees it within this (+ validation)
+WORKER_WAIT_S = 600.0  # an external scheduler: how long a run waits for its first worker (queued batch jobs)
+LEASE_TIMEOUT = "5s"  # the node gate's leases: a dead holder frees them within this (+ validation)
 LOCAL_LEASE_VALIDATION = "1s"  # how often a LocalCluster's scheduler expires stale leases
-POLL_S = 0.5  # how often the coordinator checks the scheduler and the watchdog
+POLL_S = 0.5  # how often the coordinator checks the scheduler, the watchdog and what runs where
+CHUNK_S = 10.0  # a training ships its checkpoint to the coordinator at the first epoch end after this long
+WINDOW_PER_THREAD, MIN_WINDOW = 4, 16  # tasks on the scheduler at once, per kind of slot
+MAX_BUSY = 1_000_000  # the busy-semaphore's leases: one per count or training running on a node
+BUSY_LEASE_TIMEOUT = "30s"  # a dead count's lease holds timings back at most this long; a busy worker refreshes in time
+GATE_POLL_S = 0.05
 SLOT_RESOURCE, TRAIN_RESOURCE, GPU_RESOURCE = "latency_slot", "train_slot", "gpu"
 SLOTS = ("lock", "resource")
 SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")  # cross-process protocols distributed knows
@@ -46,6 +72,10 @@ class NoWorker(AttnBenchError):
 
 def timing_lock_name(host: Optional[str] = None) -> str:
     return f"attnbench-timing-{host or socket.gethostname()}"
+
+
+def busy_name(host: Optional[str] = None) -> str:
+    return f"attnbench-busy-{host or socket.gethostname()}"
 
 
 def relax_malloc_trimming(trim: int = 256 * 2**20, mmap: int = 32 * 2**20) -> bool:
@@ -65,6 +95,31 @@ def relax_malloc_trimming(trim: int = 256 * 2**20, mmap: int = 32 * 2**20) -> bo
         return bool(libc.mallopt(M_TRIM_THRESHOLD, trim)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap))
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask: a batch job's allocation, a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def node_shares(workers: Dict[str, dict], cpus: Dict[str, int]) -> Dict[str, int]:
+    """Each worker's torch threads per task: its node's usable cores over all worker threads on that node."""
+    per_host: Counter = Counter()
+    for w in workers.values():
+        per_host[w.get("host")] += int(w.get("nthreads") or 1)
+    return {addr: max(1, int(cpus.get(addr) or 1) // max(1, per_host[w.get("host")])) for addr, w in workers.items()}
+
+
+def jobqueue_worker_args(latency_slot: int = 1, train_slot: int = 1, gpu: int = 0) -> List[str]:
+    """``worker_extra_args`` for dask-jobqueue (SLURMCluster, PBSCluster, ...): the resources as ONE
+    comma-separated word. A job script joins the arguments with spaces, so ``"latency_slot=1 train_slot=1"``
+    would reach ``dask worker`` as two words ("unexpected extra argument (train_slot=1)")."""
+    resources = {SLOT_RESOURCE: latency_slot, TRAIN_RESOURCE: train_slot, GPU_RESOURCE: gpu}
+    words = [f"{k}={v}" for k, v in resources.items() if v]
+    return ["--resources", ",".join(words)] if words else []
 
 
 # ---- options, checked before anything starts ---------------------------------------------------
@@ -96,11 +151,12 @@ def parse_scheduler_address(address: str) -> str:
 
 
 def check_dask_options(executor: str, scheduler: Optional[str] = None, workers: Optional[int] = None,
-                       slot: Optional[str] = None) -> None:
+                       slot: Optional[str] = None, worker_wait: Optional[float] = None) -> None:
     """Refuse bad executor options with one line each. ``None`` means "not given on the command line"."""
     if executor not in ("local", "dask"):
         raise AttnBenchError(f"unknown executor {executor!r}; use --executor local or --executor dask")
-    given = [name for name, value in (("--scheduler", scheduler), ("--workers", workers), ("--slot", slot)) if value is not None]
+    given = [name for name, value in (("--scheduler", scheduler), ("--workers", workers), ("--slot", slot),
+                                      ("--worker-wait", worker_wait)) if value is not None]
     if executor != "dask":
         if given:
             verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
@@ -111,6 +167,8 @@ def check_dask_options(executor: str, scheduler: Optional[str] = None, workers: 
                              "start workers yourself (dask worker ADDRESS) and drop --workers")
     if workers is not None and workers < 1:
         raise AttnBenchError(f"--workers {workers}: a LocalCluster needs at least 1 worker; e.g. --workers 2")
+    if worker_wait is not None and not (worker_wait == worker_wait and 0 < worker_wait < float("inf")):
+        raise AttnBenchError(f"--worker-wait {worker_wait}: give the seconds to wait for a first worker, e.g. --worker-wait 1800")
     if slot is not None and slot not in SLOTS:
         raise AttnBenchError(f"--slot {slot!r} is not 'lock' or 'resource'; use --slot lock (any cluster) "
                              f"or --slot resource (workers started with --resources {SLOT_RESOURCE}=1)")
@@ -136,16 +194,17 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 
 
 def make_executor(executor: str, scheduler: Optional[str], workers: Optional[int], slot: Optional[str],
-                  local_directory: Path | str):
+                  local_directory: Path | str, worker_wait: Optional[float] = None):
     """The CLI's one call: check the options, probe an external scheduler, return None (local) or a Dask executor."""
-    check_dask_options(executor, scheduler, workers, slot)
+    check_dask_options(executor, scheduler, workers, slot, worker_wait)
     if executor == "local":
         return None
     need_distributed()
     if scheduler is not None:
         scheduler = parse_scheduler_address(scheduler)
         probe_scheduler(scheduler)
-    return dask_executor(scheduler=scheduler, n_workers=workers or 2, local_directory=local_directory, slot=slot or "lock")
+    return dask_executor(scheduler=scheduler, n_workers=workers or 2, local_directory=local_directory, slot=slot or "lock",
+                         worker_wait=WORKER_WAIT_S if worker_wait is None else worker_wait)
 
 
 # ---- worker side -------------------------------------------------------------------------------
@@ -160,62 +219,125 @@ def task_resources(task: Task, slot: str) -> Dict[str, int]:
     return {}
 
 
-def _count_attempt(name: str, me: str) -> Tuple[int, Optional[str]]:
-    """Attempt number of this task and the worker of the previous attempt, kept on the scheduler:
-    Dask re-runs a task elsewhere only when the worker running it was lost."""
-    from distributed import Variable
+class NodeGate:
+    """One node's timing exclusivity, for every run on the scheduler: a reader-writer lock from two named
+    scheduler primitives. ``timing()``: hold the node's Lock, then wait until its busy-semaphore has no
+    lease. ``busy()`` (counts, trainings): wait while the Lock is held, take a lease, and give it back and
+    wait again if a timing took the Lock meanwhile. One instance per worker process and node."""
 
-    var = Variable(name)
-    try:
-        attempt, previous = var.get(timeout=0)
-    except TimeoutError:
-        attempt, previous = 0, None
-    var.set((attempt + 1, me))
-    return attempt + 1, previous
+    _here: Dict[Tuple[str, str], "NodeGate"] = {}
 
+    def __init__(self, host: str, lease_timeout: str):
+        import dask
+        from distributed import Lock, Semaphore
 
-def _locked_execute(task: Task, lease_timeout: str) -> Tuple[List[Record], float]:
-    """Hold the node's timing lock (short lease: a dead holder frees it soon) while the task runs."""
-    import dask
-    from distributed import Lock
+        with dask.config.set({"distributed.scheduler.locks.lease-timeout": lease_timeout}):
+            self.lock = Lock(timing_lock_name(host))  # the lease is registered with the config in force here
+            self.lock.register()
+        with dask.config.set({"distributed.scheduler.locks.lease-timeout": BUSY_LEASE_TIMEOUT}):
+            self.busy_leases = Semaphore(max_leases=MAX_BUSY, name=busy_name(host))
+            self.busy_leases.register()
 
-    with dask.config.set({"distributed.scheduler.locks.lease-timeout": lease_timeout}):
-        lock = Lock(timing_lock_name())  # the lease is registered with the config in force here
+    @classmethod
+    def here(cls, lease_timeout: str) -> "NodeGate":
+        from distributed import get_worker
+
+        key = (get_worker().address, lease_timeout)
+        if key not in cls._here:
+            cls._here[key] = cls(socket.gethostname(), lease_timeout)
+        return cls._here[key]
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[float]:
         t0 = time.monotonic()
-        lock.acquire()
-    waited = time.monotonic() - t0
-    try:
-        return execute(task), waited
-    finally:
-        lock.release()
+        self.lock.acquire()
+        try:
+            while self.busy_leases.get_value() > 0:
+                time.sleep(GATE_POLL_S)
+            yield time.monotonic() - t0
+        finally:
+            self.lock.release()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[float]:
+        t0 = time.monotonic()
+        while True:
+            while self.lock.locked():
+                time.sleep(GATE_POLL_S)
+            self.busy_leases.acquire()
+            if not self.lock.locked():
+                break
+            self.busy_leases.release()  # a timing took the node between the look and the lease: let it have it
+        try:
+            yield time.monotonic() - t0
+        finally:
+            self.busy_leases.release()
 
 
-def run_task_on_worker(task: Task, slot: str = "lock", run_id: str = "", lease_timeout: str = LEASE_TIMEOUT) -> List[Record]:
-    """Worker side: counts run as they come; trainings and timings relax malloc trimming, count their
-    attempts, and timings hold their node's slot. Records say where and how they ran (``executor``)."""
+@dataclass
+class Outcome:
+    """What a task sends back: its records, or (a training that paused) the checkpoint to go on from."""
+
+    records: List[Record]
+    worker: str
+    state: Optional[bytes] = None  # a paused training's checkpoint bytes
+    from_epoch: int = 0  # a training stretch: the epoch it started from
+    epoch: int = 0  # ... and the epoch it paused after
+
+
+def _worker_checkpoint(task: Task, worker, run_id: str, state: Optional[bytes]) -> Task:
+    """The task with its checkpoint in the worker's own local directory, holding ``state`` (or nothing)."""
+    folder = Path(worker.local_directory).resolve() / "attnbench-checkpoints" / run_id
+    task = dataclasses.replace(task, checkpoint_dir=str(folder))
+    path = task.checkpoint_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if state is None:
+        path.unlink(missing_ok=True)
+    else:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(state)
+        os.replace(tmp, path)
+    return task
+
+
+def run_task_on_worker(task: Task, slot: str = "lock", run_id: str = "", lease_timeout: str = LEASE_TIMEOUT,
+                       state: Optional[bytes] = None) -> Outcome:
+    """Worker side: run a task inside its node's gate (timings exclusive, the rest shared), torch pinned to
+    ``task.threads``; a training checkpoints into this worker's local directory and, when it pauses,
+    sends the bytes back. Records say where and how they ran (``executor``)."""
     from distributed import get_worker
 
-    if not task.exclusive:
-        return execute(task)
-    me = get_worker().address
-    attempt, previous = _count_attempt(f"attnbench-attempt-{run_id}-{task.keys[0]}", me)
-    relax_malloc_trimming()
-    info = {"kind": "dask", "worker": me, "host": socket.gethostname(), "attempt": attempt}
-    resources = task_resources(task, slot)
-    if resources:
-        records = execute(task)
-        info["slot"] = next(iter(resources))
-    else:
-        records, waited = _locked_execute(task, lease_timeout)
-        info.update(slot="lock", lease_timeout=lease_timeout, slot_wait_s=round(waited, 3))
+    from .train import TrainingPaused
+
+    worker = get_worker()
+    me = worker.address
+    timing = task.exclusive and not task.training
+    if task.exclusive:
+        relax_malloc_trimming()
     if task.training:
-        info["node_shared"] = True
-        info["note"] = "trained beside other trainings on this node: images/s are not exclusive"
-    if previous is not None:
-        info["restarted"] = f"attempt {attempt}: worker {previous} was lost mid-task; re-run from scratch on {me}"
-    restarted = info.get("restarted", "")
-    return [dataclasses.replace(r, executor=dict(info), note="; ".join(filter(None, [r.note, restarted])))
-            for r in records]
+        task = _worker_checkpoint(task, worker, run_id, state)
+    gate = NodeGate.here(lease_timeout)
+    info = {"kind": "dask", "worker": me, "node_share": task.threads}  # torch threads for cells that set none
+    try:
+        with (gate.timing() if timing else gate.busy()) as waited:
+            try:
+                records = execute(task)
+            except TrainingPaused as paused:
+                return Outcome([], me, task.checkpoint_path.read_bytes(), paused.start, paused.epoch)
+    finally:
+        if task.training:
+            task.checkpoint_path.unlink(missing_ok=True)
+    resources = task_resources(task, slot)
+    if timing:
+        info.update(slot=next(iter(resources), "lock"), lease_timeout=lease_timeout, slot_wait_s=round(waited, 3))
+    elif task.training:
+        info.update(slot=next(iter(resources)), node_shared=True,
+                    note="trained beside other trainings on this node: images/s are not exclusive")
+    stretch = (0, 0)
+    if task.training and records and records[0].measurement is not None:
+        stats = records[0].stats
+        stretch = (int(stats.get("resumed_from_epoch") or 0), len(stats.get("curve") or []))
+    return Outcome([dataclasses.replace(r, executor=dict(info)) for r in records], me, None, *stretch)
 
 
 # ---- coordinator side --------------------------------------------------------------------------
@@ -248,39 +370,55 @@ class Watchdog:
         self.client, self.limit = client, limit
         self.unmet_since: Dict[frozenset, float] = {}
 
-    def stalled(self, needs: Iterable[frozenset]) -> List[frozenset]:
-        info = self.client.scheduler_info(n_workers=-1)
-        if "workers" not in info:  # no answer (the scheduler is going): no verdict this turn
-            return []
-        workers = info["workers"].values()
+    def stalled(self, needs: Iterable[frozenset], workers: Optional[Dict[str, dict]] = None) -> List[frozenset]:
+        if workers is None:
+            try:
+                workers = live_workers(self.client)
+            except OSError:  # no answer (the scheduler is going): no verdict this turn
+                return []
         now, out = time.monotonic(), []
         for need in set(needs):
-            if any(all(w.get("resources", {}).get(k, 0) >= v for k, v in need) for w in workers):
+            if any(all(w.get("resources", {}).get(k, 0) >= v for k, v in need) for w in workers.values()):
                 self.unmet_since.pop(need, None)
             elif now - self.unmet_since.setdefault(need, now) >= self.limit:
                 out.append(need)
         return out
 
 
+def live_workers(client) -> Dict[str, dict]:
+    """The scheduler's workers now, from a call of our own: ``client.scheduler_info()`` returns the client's
+    shared cache, which its periodic refresh may have just replaced with a worker-less summary."""
+    return dict(client.sync(client.scheduler.identity, n_workers=-1).get("workers") or {})
+
+
 def _scheduler_gone(client) -> bool:
     return client.status not in ("running", "newly-created")
 
 
-def _quiet_close(client, cluster) -> None:
-    """Close without the client's reconnect tracebacks (the run has already said what happened)."""
-    noisy = [logging.getLogger(n) for n in ("distributed.client", "distributed.utils", "distributed.core")]
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Silence distributed's own loggers for a moment (reconnect tracebacks while a cluster closes)."""
+    noisy = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in noisy]
     for lg in noisy:
         lg.setLevel(logging.CRITICAL)
     try:
-        client.close(timeout=2)
-        if cluster is not None:
-            cluster.close(timeout=10)
-    except Exception:  # closing a half-dead cluster: nothing left to save
-        pass
+        yield
     finally:
         for lg, level in zip(noisy, levels):
             lg.setLevel(level)
+
+
+def _quiet_close(client, cluster) -> None:
+    """Close without the client's reconnect tracebacks (the run has already said what happened)."""
+    with _quiet("distributed.client", "distributed.utils", "distributed.core", "distributed.nanny", "distributed.scheduler",
+                "distributed.worker"):
+        try:
+            client.close(timeout=2)
+            if cluster is not None:
+                cluster.close(timeout=10)
+        except Exception:  # closing a half-dead cluster: nothing left to save
+            pass
 
 
 def local_cluster(n_workers: int, slot: str, scratch: Path):
@@ -327,93 +465,335 @@ def _connect(scheduler: Optional[str], n_workers: int, slot: str, scratch: Path,
                              f"({type(exc).__name__}); check --scheduler") from None
 
 
-def _wait_some(pending: set) -> Tuple[set, set]:
-    """Futures finished (or cancelled) within one poll, and the rest."""
-    from distributed import wait
-
-    try:
-        return tuple(wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED"))
-    except TimeoutError:
-        return set(), pending
-    except CancelledError:  # some were cancelled: by the scheduler's loss (the caller checks) or by hand
-        done = {f for f in pending if f.done()}
-        return done, pending - done
+def _short(address: str) -> str:
+    return address.split("://", 1)[-1]
 
 
-def _stream(needs: Dict, watchdog: Watchdog, check_scheduler) -> Iterable[Tuple[Task, List[Record]]]:
-    """One phase's (task, records) as they finish; the watchdog's give-ups as failed records."""
-    pending = set(needs)
-    while pending:
-        done, pending = _wait_some(pending)
-        check_scheduler()
-        for fut in done:
-            if fut.status == "cancelled":  # only the scheduler's loss cancels our futures: let it show
-                time.sleep(POLL_S)
-                check_scheduler()
-            yield needs[fut][0], _records_of(fut, needs[fut][0])
+def running_text(running: List[Tuple[str, str]], waiting: int, shown: int = 3) -> str:
+    """'2 on workers: resnet18/se/macs on 10.0.0.5:40111 · ...' for the progress line: the cells the scheduler
+    has given to a worker (running, or next in that worker's queue)."""
+    if not running:
+        return f"{waiting} queued, waiting for a worker" if waiting else "finishing"
+    head = " · ".join(f"{name} on {_short(worker)}" for name, worker in running[:shown])
+    more = f" · +{len(running) - shown} more" if len(running) > shown else ""
+    return f"{len(running)} on workers: {head}{more}"
+
+
+@dataclass
+class Flight:
+    """One task on its way through the cluster, as the coordinator follows it."""
+
+    task: Task
+    need: frozenset
+    future: object = None
+    lost: List[str] = field(default_factory=list)  # workers that died holding its current attempt (scheduler events)
+    attempts: int = 1  # 1 + every worker lost while it held this task (or a stretch of it)
+    epoch: int = 0  # a training: the epoch its current stretch starts from
+    chunks: List[List] = field(default_factory=list)  # a training: [from epoch, to epoch, worker] per stretch
+    earlier: bool = False  # a training: its first stretch got an earlier run's checkpoint
+    notes: List[str] = field(default_factory=list)  # how it was re-run or resumed, for the record's note
+    resumed_from: int = 0  # a training: the epoch it last resumed from after an interruption
+
+    @property
+    def name(self) -> str:
+        if not self.task.training:
+            return self.task.name
+        return f"{self.task.name} (epoch {self.epoch + 1}.. of {self.task.cells[0].training.get('epochs', 1)})"
+
+
+class DaskExecutor:
+    """An executor for ``run_suite``: ``tasks -> iterator of (task, records)`` as they complete.
+
+    ``threads`` (read by run_suite before it plans) connects, waits for workers and returns their share of
+    a node. ``on_progress(text)``, when set, is told at every poll which cells run where. Raises
+    ``SchedulerLost`` (a ``RunAborted``) when the scheduler goes away; cells no live worker can take for
+    ``no_worker_limit`` seconds come back as failed records naming the fix."""
+
+    def __init__(self, scheduler: Optional[str] = None, n_workers: int = 2, local_directory: Path | str = "results/dask-scratch",
+                 slot: str = "lock", no_worker_limit: float = NO_WORKER_LIMIT_S, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 lease_timeout: str = LEASE_TIMEOUT, worker_wait: float = WORKER_WAIT_S, chunk_s: float = CHUNK_S):
+        check_dask_options("dask", scheduler, None if scheduler else n_workers, slot)
+        need_distributed()
+        self.scheduler, self.n_workers, self.slot = scheduler, n_workers, slot
+        self.scratch = Path(local_directory).resolve()
+        self.no_worker_limit, self.connect_timeout, self.lease_timeout = no_worker_limit, connect_timeout, lease_timeout
+        self.worker_wait, self.chunk_s = worker_wait, chunk_s
+        self.on_progress: Optional[Callable[[str], None]] = None
+        self.client = self.cluster = None
+        self._threads: Optional[int] = None
+        self._slots = 1  # worker threads in the cluster at the last poll (sizes the window)
+        self._inbox: "queue.SimpleQueue" = queue.SimpleQueue()  # finished futures, and workers lost with our tasks
+
+    def _fetched(self, fut) -> None:
+        """A future's done-callback (Dask's callback thread): fetch its result there, so a slow worker never
+        holds up the coordinator's loop, its polls or the progress line."""
         try:
-            stuck = watchdog.stalled(needs[f][1] for f in pending)
-        except OSError:  # the scheduler went mid-call: said on the next turn
-            continue
-        for fut in [f for f in pending if needs[f][1] in stuck]:
-            fut.cancel()
-            pending.discard(fut)
-            error = NoWorker(no_worker_message(dict(needs[fut][1]), watchdog.limit))
-            yield needs[fut][0], failed_records(needs[fut][0], error)
+            out = fut.result()
+        except BaseException as exc:  # noqa: B902 -- a cancelled or failed task: _landed says why
+            out = exc
+        self._inbox.put(("done", fut, out))
+
+    def _on_event(self, event) -> None:
+        """The scheduler's event log (topic ``all``): a worker that died (not retired) and the tasks it held."""
+        _, msg = event
+        if isinstance(msg, dict) and msg.get("action") == "remove-worker" and not msg.get("expected"):
+            self._inbox.put(("lost", msg.get("worker", "?"), [str(k) for k in msg.get("processing-tasks") or ()]))
+
+    # -- lifetime --
+
+    def start(self) -> None:
+        """Connect (or start a LocalCluster), wait for a worker, learn the node share. Idempotent."""
+        if self.client is not None:
+            return
+        import dask
+
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        os.environ["DASK_TEMPORARY_DIRECTORY"] = str(self.scratch)  # a LocalCluster's workers spill and lock here
+        with dask.config.set({"temporary-directory": str(self.scratch),
+                              "distributed.scheduler.locks.lease-validation-interval": LOCAL_LEASE_VALIDATION}):
+            self.client, self.cluster = _connect(self.scheduler, self.n_workers, self.slot, self.scratch, self.connect_timeout)
+        try:
+            with contextlib.suppress(Exception):  # a scheduler without an event log: attempts go uncounted
+                self.client.subscribe_topic("all", self._on_event)
+            workers = self._wait_for_workers()
+            self._threads = self._share(workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):  # else the scheduler's own "remove-client" event finds us gone
+                self.client.unsubscribe_topic("all")
+            _quiet_close(self.client, self.cluster)
+        self.client = self.cluster = None
+
+    @property
+    def threads(self) -> int:
+        self.start()
+        return self._threads or 1
+
+    def _progress(self, text: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(text)
+
+    def _wait_for_workers(self) -> Dict[str, dict]:
+        """The workers once at least one has joined; a stated timeout (queued batch jobs), one line if it passes."""
+        address, t0 = self.client.scheduler.address, time.monotonic()
+        while True:
+            if _scheduler_gone(self.client):
+                raise AttnBenchError(f"lost the Dask scheduler at {address} while waiting for workers; nothing ran")
+            workers = live_workers(self.client)
+            if workers:
+                return workers
+            waited = time.monotonic() - t0
+            if waited >= self.worker_wait:
+                raise AttnBenchError(f"no Dask worker joined the scheduler at {address} within {self.worker_wait:.0f} s; "
+                                     "start workers (dask worker ADDRESS, or check your batch jobs with squeue) or give "
+                                     "--worker-wait more seconds; nothing ran")
+            self._progress(f"waiting for Dask workers at {_short(address)} ({waited:.0f} of {self.worker_wait:.0f} s)")
+            time.sleep(min(POLL_S, self.worker_wait - waited))
+
+    def _share(self, workers: Dict[str, dict]) -> int:
+        """Torch threads per task: the smallest share of a node over the workers there now."""
+        try:
+            cpus = self.client.run(usable_cpus, on_error="ignore")
+        except Exception:  # a worker left mid-call: assume one core each
+            cpus = {}
+        self._slots = sum(int(w.get("nthreads") or 1) for w in workers.values()) or 1
+        return min(node_shares(workers, cpus).values(), default=1)
+
+    # -- the run --
+
+    def __call__(self, tasks: Iterable[Task]) -> Iterator[Tuple[Task, List[Record]]]:
+        tasks = list(tasks)
+        self.start()
+        run_id = uuid.uuid4().hex[:12]
+        threads = self._threads
+        tasks = [t if t.threads else dataclasses.replace(t, threads=threads) for t in tasks]
+        total, self._stored = sum(len(t.cells) for t in tasks), 0
+        try:
+            for phase in phases(tasks):
+                for task, records in self._phase(phase, run_id, total):
+                    yield task, records
+                    self._stored += len(task.cells)
+        finally:
+            self.close()
+
+    def _check_scheduler(self, total: int) -> None:
+        if self.client is not None and _scheduler_gone(self.client):
+            address = self.client.scheduler.address
+            raise SchedulerLost(f"lost the Dask scheduler at {address}: {self._stored} of {total} cells stored, "
+                                "none marked failed for it; rerun with --resume to continue")
+
+    def _phase(self, tasks: List[Task], run_id: str, total: int) -> Iterator[Tuple[Task, List[Record]]]:
+        """One phase: submit within the window, take results as they land, poll the cluster every POLL_S."""
+        waiting: Dict[frozenset, Deque[Flight]] = {}
+        for task in tasks:
+            flight = Flight(task, frozenset(task_resources(task, self.slot).items()))
+            waiting.setdefault(flight.need, deque()).append(flight)
+        flying: Dict[str, Flight] = {}
+        done = self._inbox
+        watchdog, next_poll = Watchdog(self.client, self.no_worker_limit), 0.0
+        try:
+            while flying or any(waiting.values()):
+                self._top_up(waiting, flying, done, run_id)
+                try:
+                    item = done.get(timeout=max(0.0, next_poll - time.monotonic()))
+                except queue.Empty:
+                    item = None
+                if item is not None and item[0] == "lost":  # (lost, worker, keys): before any re-run of those keys lands
+                    for key in item[2]:
+                        if key in flying:
+                            flying[key].lost.append(item[1])
+                elif item is not None:  # (done, future, result or exception)
+                    flight = flying.pop(item[1].key, None)
+                    if flight is not None:
+                        records = self._landed(flight, item[1], item[2], flying, done, run_id, total)
+                        if records is not None:
+                            yield flight.task, records
+                item = None  # released: the worker drops the result, the scheduler forgets the task
+                if time.monotonic() >= next_poll:
+                    yield from self._poll(waiting, flying, watchdog, total)
+                    next_poll = time.monotonic() + POLL_S
+        finally:
+            if flying and self.client is not None and not _scheduler_gone(self.client):
+                with contextlib.suppress(Exception):
+                    self.client.cancel([f for f in (getattr(fl, "future", None) for fl in flying.values()) if f is not None])
+
+    def _top_up(self, waiting, flying: Dict[str, "Flight"], done, run_id: str) -> None:
+        window = max(MIN_WINDOW, WINDOW_PER_THREAD * self._slots)
+        in_air = Counter(f.need for f in flying.values())
+        for need, line in waiting.items():
+            while line and in_air[need] < window:
+                flight = line.popleft()
+                state = None
+                path = flight.task.checkpoint_path
+                if flight.task.training and path is not None and path.is_file():  # an earlier run's (or a local run's)
+                    state, flight.earlier = path.read_bytes(), True
+                self._submit(flight, flying, done, run_id, state)
+                in_air[need] += 1
+
+    def _submit(self, flight: Flight, flying, done, run_id: str, state: Optional[bytes] = None,
+                near: Optional[str] = None) -> None:
+        import dask
+
+        task = flight.task
+        if task.training and task.checkpoint_path is not None:
+            task = dataclasses.replace(task, pause_after_s=self.chunk_s)
+        key = f"attnbench-{run_id}-{task.keys[0]}" + (f"-e{flight.epoch}" if task.training else "")
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GB"}):  # a checkpoint rides along
+            fut = self.client.submit(run_task_on_worker, task, self.slot, run_id, self.lease_timeout, state, key=key,
+                                     pure=False, resources=dict(flight.need) or None, workers=[near] if near else None,
+                                     allow_other_workers=bool(near))
+        flight.future, flight.lost = fut, []
+        flying[key] = flight
+        fut.add_done_callback(self._fetched)  # one callback per future, not one background task per poll
+
+    def _landed(self, flight: Flight, fut, out, flying, done, run_id: str, total: int) -> Optional[List[Record]]:
+        """A finished future and its result: the records (annotated), or None when a training paused and goes on."""
+        flight.future = None
+        if isinstance(out, BaseException):  # KilledWorker (it took down several workers), cancelled, a worker-side bug
+            if fut.status == "cancelled":  # the scheduler's loss cancels our futures: let it show
+                time.sleep(POLL_S)
+                self._check_scheduler(total)
+            return failed_records(flight.task, out, "see the Dask worker logs")
+        self._note(flight, out)
+        if out.epoch:  # a training stretch that trained: from which epoch to which, where
+            flight.chunks.append([out.from_epoch, out.epoch, out.worker])
+        if out.state is not None:  # a training stretch: keep its checkpoint here, hand it to the next stretch
+            self._save_checkpoint(flight.task, out.state)
+            flight.epoch = out.epoch
+            self._submit(flight, flying, done, run_id, out.state, near=out.worker)
+            return None
+        if flight.task.checkpoint_path is not None and all(r.ok for r in out.records):
+            flight.task.checkpoint_path.unlink(missing_ok=True)  # the cell is done: its checkpoint has served
+        return self._annotate(flight, out)
+
+    @staticmethod
+    def _note(flight: Flight, out: Outcome) -> None:
+        """What the stretch that just landed says about how it started: from an earlier run's checkpoint,
+        or again after its worker was lost (resumed from the epoch shipped last, or from scratch)."""
+        if flight.task.training and flight.earlier and not flight.chunks and out.from_epoch:
+            flight.notes.append(f"resumed from epoch {out.from_epoch} (checkpoint of an earlier run)")
+            flight.resumed_from = out.from_epoch
+        if flight.lost:
+            who = (f"worker {flight.lost[0]} was" if len(flight.lost) == 1 else f"workers {', '.join(flight.lost)} were")
+            if flight.task.training:
+                how = f"resumed from epoch {out.from_epoch}" if out.from_epoch else "re-run from scratch"
+                flight.notes.append(f"{who} lost mid-training; {how} on {out.worker}")
+                flight.resumed_from = out.from_epoch
+            else:
+                flight.notes.append(f"{who} lost while it held the task; re-run from scratch on {out.worker}")
+            flight.attempts += len(flight.lost)
+            flight.lost = []
+
+    @staticmethod
+    def _save_checkpoint(task: Task, state: bytes) -> None:
+        path = task.checkpoint_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(state)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _annotate(flight: Flight, out: Outcome) -> List[Record]:
+        """Attempts, how it resumed, and (a training) its stretches and honest ``resumed_from_epoch``."""
+        task = flight.task
+        if not task.exclusive:
+            return out.records
+        records = []
+        for r in out.records:
+            info = {**r.executor, "attempt": flight.attempts}
+            if flight.notes:
+                info["restarted"] = "; ".join(flight.notes)
+            if task.training:
+                info["chunks"] = flight.chunks
+                if task.checkpoint_path is not None:
+                    info["checkpoint"] = str(task.checkpoint_path)
+                if r.measurement is not None:  # where it last resumed after an interruption, not where its last stretch began
+                    stats = {**r.measurement.stats, "resumed_from_epoch": flight.resumed_from}
+                    r = dataclasses.replace(r, measurement=dataclasses.replace(r.measurement, stats=stats))
+            records.append(dataclasses.replace(r, executor=info, note="; ".join(filter(None, [r.note] + flight.notes))))
+        return records
+
+    def _poll(self, waiting, flying: Dict[str, Flight], watchdog: Watchdog, total: int):
+        """Scheduler alive? Which of our tasks run where (and which lost their worker)? Stalled needs fail."""
+        self._check_scheduler(total)
+        try:
+            with _quiet("distributed.client"):
+                workers = live_workers(self.client)
+                processing = self.client.processing()
+        except (OSError, TimeoutError, AttributeError):  # the scheduler went mid-call: said on the next turn
+            return
+        self._slots = sum(int(w.get("nthreads") or 1) for w in workers.values()) or 1
+        running = []
+        for worker, keys in sorted(processing.items()):
+            for key in keys:
+                flight = flying.get(key)
+                if flight is not None:
+                    running.append((flight.name, worker))
+        self._progress(running_text(running, sum(len(line) for line in waiting.values())))
+        stuck = watchdog.stalled([f.need for f in flying.values()] + [n for n, line in waiting.items() if line], workers)
+        for need in stuck:
+            error = NoWorker(no_worker_message(dict(need), watchdog.limit))
+            for key in [k for k, f in flying.items() if f.need == need]:
+                flight = flying.pop(key)
+                if flight.future is not None:
+                    flight.future.cancel()
+                    flight.future = None
+                yield flight.task, failed_records(flight.task, error)
+            line = waiting.get(need) or deque()
+            while line:
+                flight = line.popleft()
+                yield flight.task, failed_records(flight.task, error)
 
 
 def dask_executor(scheduler: Optional[str] = None, n_workers: int = 2, local_directory: Path | str = "results/dask-scratch",
                   slot: str = "lock", no_worker_limit: float = NO_WORKER_LIMIT_S, connect_timeout: float = CONNECT_TIMEOUT_S,
-                  lease_timeout: str = LEASE_TIMEOUT):
-    """An executor for ``run_suite``: ``tasks -> iterator of (task, records)`` as they complete.
-
-    Raises ``SchedulerLost`` (a ``RunAborted``) when the scheduler goes away; cells no live worker
-    can take for ``no_worker_limit`` seconds come back as failed records naming the fix."""
-    check_dask_options("dask", scheduler, None if scheduler else n_workers, slot)
-    need_distributed()
-    import dask
-
-    scratch = Path(local_directory).resolve()
-
-    def run(tasks: Iterable[Task]) -> Iterable[Tuple[Task, List[Record]]]:
-        tasks = list(tasks)
-        total, stored, run_id = sum(len(t.cells) for t in tasks), 0, uuid.uuid4().hex[:12]
-        scratch.mkdir(parents=True, exist_ok=True)
-        os.environ["DASK_TEMPORARY_DIRECTORY"] = str(scratch)  # workers spill and lock here, not in /tmp
-        with dask.config.set({"temporary-directory": str(scratch),
-                              "distributed.scheduler.locks.lease-validation-interval": LOCAL_LEASE_VALIDATION}):
-            client, cluster = _connect(scheduler, n_workers, slot, scratch, connect_timeout)
-        address, watchdog, submitted = client.scheduler.address, Watchdog(client, no_worker_limit), []
-
-        def check_scheduler():
-            if _scheduler_gone(client):
-                submitted.clear()  # nothing to cancel on a dead connection
-                raise SchedulerLost(f"lost the Dask scheduler at {address}: {stored} of {total} cells stored, "
-                                    "none marked failed for it; rerun with --resume to continue")
-
-        try:
-            for phase in phases(tasks):
-                needs = {}
-                for task in phase:
-                    need = task_resources(task, slot)
-                    fut = client.submit(run_task_on_worker, task, slot, run_id, lease_timeout, pure=False,
-                                        key=f"attnbench-{run_id}-{task.keys[0]}", resources=need or None)
-                    needs[fut] = (task, frozenset(need.items()))
-                submitted += needs
-                for task, records in _stream(needs, watchdog, check_scheduler):
-                    yield task, records
-                    stored += len(task.cells)
-        finally:
-            if submitted:
-                client.cancel([f for f in submitted if not f.done()])
-            _quiet_close(client, cluster)
-
-    return run
-
-
-def _records_of(fut, task: Task) -> List[Record]:
-    """A finished task's records, or failed records saying why it never finished (worker crashes)."""
-    try:
-        return fut.result()
-    except Exception as exc:  # KilledWorker (it took down several workers), cancelled by hand, a worker-side bug
-        return failed_records(task, exc, "see the Dask worker logs")
+                  lease_timeout: str = LEASE_TIMEOUT, worker_wait: float = WORKER_WAIT_S, chunk_s: float = CHUNK_S) -> DaskExecutor:
+    """A :class:`DaskExecutor` (kept as the one constructor callers and the README use)."""
+    return DaskExecutor(scheduler, n_workers, local_directory, slot, no_worker_limit, connect_timeout, lease_timeout,
+                        worker_wait, chunk_s)

@@ -68,3 +68,19 @@ def check_finite(output, what: str) -> None:
             bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
             raise NonFiniteOutput(f"{what} produced {bad} in its output; the module is numerically unstable at this "
                                   "input size (try a larger input_size), so no number of it is stored as ok")
+
+
+BATCHNORM_ONE_VALUE = "Expected more than 1 value per channel when training"
+
+
+def as_unsupported(exc: BaseException, batch_size: int, input_size) -> BaseException:
+    """BatchNorm's refusal to train on one value per channel (batch 1 reaching a 1x1 map, also when it
+    surfaces through torch.compile's fake tensors) is a known limit of the setting, not a failure of the
+    module: it becomes ``Unsupported`` with the fix; anything else is returned unchanged."""
+    if BATCHNORM_ONE_VALUE not in str(exc):
+        return exc
+    from .errors import Unsupported
+
+    h, w = (tuple(input_size) + tuple(input_size))[:2] if not isinstance(input_size, int) else (input_size, input_size)
+    return Unsupported(f"BatchNorm cannot train on one value per channel (batch {batch_size} at {h}x{w} reaches a 1x1 "
+                       "map); use batch_size >= 2 or a larger input_size")

@@ -26,6 +26,7 @@ class MetricSpec:
     axes: Tuple[str, ...] = ("input_size",)
     runtimes: Tuple[str, ...] = ("eager",)  # runtimes it can be measured under (when "runtime" is an axis)
     optional_columns: Tuple[Column, ...] = ()  # shown only when some record has the stat (e.g. export time)
+    modules_only: bool = False  # measures the attached modules themselves: no cell for the none/native rows
 
     @property
     def grouped(self) -> bool:
@@ -63,6 +64,8 @@ SPECS: Dict[str, MetricSpec] = {s.name: s for s in (
     MetricSpec("latency_cpu", "timing", "ms",
                columns=(("CPU ms, median (IQR)", "spread"), ("Δ CPU latency % [95% CI]", "delta_ci"), ("CPU img/s", "throughput")),
                axes=TIMED, runtimes=CPU_RUNTIMES, optional_columns=(("setup s", "part:prepare_s"),)),
+    MetricSpec("attention_cpu", "timing", "ms", axes=BATCHED, modules_only=True,
+               columns=(("added ms, direct [95% CI]", "direct"), ("Δ ms, whole network [95% CI]", "whole_ms"))),
     MetricSpec("train_step_cpu", "timing", "ms", train=True,
                columns=(("CPU train step ms (IQR)", "spread"), ("Δ CPU train % [95% CI]", "delta_ci")),
                axes=TIMED, runtimes=("eager", "compile")),
@@ -77,6 +80,7 @@ SPECS: Dict[str, MetricSpec] = {s.name: s for s in (
     MetricSpec("accuracy", "accuracy", "% top-1"),
 )}
 ACCURACY = "accuracy"
+SITES = "attention_cpu"  # each attached module timed alone at the input it sees (direct attribution)
 # Names earlier versions wrote (suites and stores): read as today's.
 ALIASES = {"flops": "macs", "flops_train": "macs_train"}
 SUITE_METRICS = tuple(n for n, s in SPECS.items() if s.kind != "accuracy")

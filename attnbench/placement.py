@@ -31,6 +31,52 @@ BLOCK_SLOTS = {
 NATIVE_LABELS = {"SqueezeExcite": "SE", "SEModule": "SE", "EffectiveSEModule": "eSE", "EcaModule": "ECA",
                  "CecaModule": "ECA", "CbamModule": "CBAM", "LightCbamModule": "CBAM", "GlobalContext": "GC"}
 
+# Block kinds known by class. A module's official code may put it in a different place per kind (ECA-Net:
+# at the end of a ResNet's residual branch, after a MobileNetV2 block's projection), so a factory's
+# ``placement`` may be a dict {kind: placement or None (no module in such blocks), "default": ...}.
+# A Bottleneck whose 3x3 conv is grouped is a "resnext".
+BLOCK_KINDS = {("timm.models.resnet", "BasicBlock"): "basic", ("timm.models.resnet", "Bottleneck"): "bottleneck",
+               ("timm.models._efficientnet_blocks", "InvertedResidual"): "inverted_residual",
+               ("timm.models._efficientnet_blocks", "DepthwiseSeparableConv"): "depthwise_separable"}
+KINDS = ("basic", "bottleneck", "resnext", "inverted_residual", "depthwise_separable")
+
+# Layers a module goes right after, per block class (the layer is wrapped as Sequential(layer, module)):
+# ``output``: the last norm of an inverted residual's branch, after the projection conv (ECA-Net's and
+# Triplet Attention's MobileNetV2; in ResNets ``output`` is the block slot, which sits there already);
+# ``after_conv``: the block's spatial conv, before its norm (SimAM's official ResNets and MobileNetV2:
+# a BasicBlock's second 3x3, a Bottleneck's 3x3, an inverted residual's depthwise conv).
+AFTER_LAYERS = {
+    "output": {"InvertedResidual": "bn3", "DepthwiseSeparableConv": "bn2"},
+    "after_conv": {"BasicBlock": "conv2", "Bottleneck": "conv2", "InvertedResidual": "conv_dw",
+                   "DepthwiseSeparableConv": "conv_dw"},
+}
+
+
+def block_kind(module: nn.Module) -> str:
+    """"basic", "bottleneck", "resnext", "inverted_residual", "depthwise_separable", or "" (not a known block)."""
+    kind = BLOCK_KINDS.get((type(module).__module__, type(module).__name__), "")
+    conv = getattr(module, "conv2", None)
+    return "resnext" if kind == "bottleneck" and isinstance(conv, nn.Conv2d) and conv.groups > 1 else kind
+
+
+def block_kinds(model: nn.Module) -> List[str]:
+    """The known block kinds in a model, in module order."""
+    return list(dict.fromkeys(k for k in map(block_kind, model.modules()) if k))
+
+
+def resolve_placement(spec, kinds: Sequence[str], name: str) -> Tuple[str, Tuple[str, ...]]:
+    """(placement, kinds without a module) for a factory's ``placement`` attribute: a string, or a dict
+    from block kind (or "default") to a placement or None."""
+    if not isinstance(spec, dict):
+        return spec or "block", ()
+    default = spec.get("default", "block")
+    chosen = {k: spec.get(k, default) for k in kinds}
+    used = sorted(set(p for p in chosen.values() if p is not None)) or [default or "block"]
+    if len(used) > 1:
+        raise ModuleDoesNotFit(f"module {name!r} asks for placements {used} in different blocks of this backbone "
+                               "(one per model); set placement explicitly")
+    return used[0], tuple(k for k, p in chosen.items() if p is None)
+
 
 @dataclass
 class Site:
@@ -45,10 +91,19 @@ class Site:
     out_channels: int = 0
     stride: int = 1
     feat_size: Tuple[int, int] = (0, 0)  # (H, W) of the site's input at the suite's input size
+    conv_groups: int = 1  # groups of the replaced conv (conv placement)
+    kind: str = ""  # the block's kind (BLOCK_KINDS), "" outside known blocks
+    unwrap: Optional[Tuple[nn.Module, str, nn.Module]] = None  # (block, attr, layer) a wrapper replaced
 
     def context(self) -> Dict:
         return {"feat_size": self.feat_size, "stride": self.stride, "stage": self.stage,
-                "block_index": self.block_index, "out_channels": self.out_channels}
+                "block_index": self.block_index, "out_channels": self.out_channels, "conv_groups": self.conv_groups}
+
+    def restore(self) -> None:
+        """Put back the layer a wrapper (``output``/``after_conv`` placement) took the place of."""
+        if self.unwrap is not None:
+            block, attr, layer = self.unwrap
+            setattr(block, attr, layer)
 
 
 def declared_context(factory: Callable) -> Tuple[str, ...]:
@@ -155,30 +210,51 @@ def probe_inputs(model: nn.Module, sites: List[Site], input_size: Sequence[int],
             site.out_channels = site.out_channels or c
 
 
+def is_slot(module: nn.Module) -> bool:
+    """An attached module's wrapper (``attach.AttentionSlot`` marks itself; no import, no circle)."""
+    return bool(getattr(module, "attnbench_slot", False))
+
+
 def block_sites(model: nn.Module, attrs: Sequence[str]) -> List[Site]:
     """Every block that owns one of ``attrs`` (holding a module or ``None``), in module order."""
-    from .attach import AttentionSlot
-
     sites = []
     for name, m in model.named_modules():
-        if isinstance(m, AttentionSlot):
+        if is_slot(m):
             continue
         for attr in attrs:
             if attr in m._modules or (attr in vars(m) and vars(m)[attr] is None):
-                sites.append(Site(m, attr, f"{name}.{attr}" if name else attr))
+                sites.append(Site(m, attr, f"{name}.{attr}" if name else attr, kind=block_kind(m)))
                 break
+    return sites
+
+
+def after_sites(model: nn.Module, placement: str, backbone: str) -> List[Site]:
+    """Wrap the layer ``placement`` goes after (``AFTER_LAYERS``) in every known block as
+    Sequential(layer, placeholder); one site per placeholder (``Site.restore`` unwraps it)."""
+    table = AFTER_LAYERS[placement]
+    sites = []
+    for name, m in list(model.named_modules()):
+        attr = table.get(type(m).__name__) if block_kind(m) else None
+        layer = getattr(m, attr, None) if attr else None
+        if isinstance(layer, nn.Module):
+            wrapper = nn.Sequential(OrderedDict([("layer", layer), ("attn", nn.Identity())]))
+            setattr(m, attr, wrapper)
+            path = f"{name}.{attr}" if name else attr
+            sites.append(Site(wrapper, "attn", f"{path}.attn", kind=block_kind(m), unwrap=(m, attr, layer)))
+    if not sites:
+        where = ", ".join(f"{cls}.{attr}" for cls, attr in table.items())
+        raise Unsupported(f"placement {placement!r} goes after {where} of timm's ResNet and EfficientNet/MobileNet "
+                          f"blocks, and {backbone!r} has none; use placement: block or stage")
     return sites
 
 
 def native_sites(model: nn.Module, family: str) -> List[Site]:
     """Block slots of the family that hold timm's own attention (not empty, not ours)."""
-    from .attach import AttentionSlot
-
     found = []
     for attr in BLOCK_SLOTS.get(family, ()):
         for site in block_sites(model, (attr,)):
             m = getattr(site.owner, attr)
-            if m is not None and not isinstance(m, (nn.Identity, AttentionSlot)):
+            if m is not None and not isinstance(m, nn.Identity) and not is_slot(m):
                 found.append(site)
     return found
 
@@ -200,7 +276,8 @@ def conv_sites(model: nn.Module, backbone: str) -> List[Site]:
         names = CONV_SITES.get(type(m).__name__) if type(m).__module__.startswith("timm.models.resnet") else None
         conv = getattr(m, names[0], None) if names else None
         if isinstance(conv, nn.Conv2d):
-            sites.append(Site(m, names[0], f"{name}.{names[0]}", out_channels=conv.out_channels, stride=conv.stride[0]))
+            sites.append(Site(m, names[0], f"{name}.{names[0]}", out_channels=conv.out_channels, stride=conv.stride[0],
+                              conv_groups=conv.groups, kind=block_kind(m)))
     if not sites:
         raise Unsupported(f"placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks, and {backbone!r} "
                           "has none (attnbench does not replace other families' convs); use placement: block or stage")

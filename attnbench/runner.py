@@ -6,6 +6,7 @@ Tasks are plain data so an executor can ship them to other processes (see execut
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -16,19 +17,25 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from .attach import build
+from .check import suite_verdicts, with_verdict
 from .env import environment, fingerprint
-from .errors import OutputError, RunAborted, RuntimeMissing, Unsupported
-from .guard import CellTimeout, check_finite, deadline, is_out_of_memory
+from .errors import AttnBenchError, OutputError, RunAborted, RuntimeMissing, Unsupported
+from .interrupts import deferred, signum_of
+from .guard import CellTimeout, as_unsupported, check_finite, deadline, is_out_of_memory
 from .measures.flops import measure_flops
 from .measures.macs_dispatch import measure_train_macs
 from .measures.memory import measure_activations, measure_saved_memory
 from .measures.record import Measurement
-from .measures.latency import LatencySettings, measure_latency, measure_peak_memory
-from .measures.params import measure_params
-from .records import Record
+from .measures.latency import LatencySettings, measure_latency, measure_peak_memory, measure_sites
+from .measures.params import attention_hidden_state, measure_params
+from .records import DONE_STATUSES, Record
 from .store import FolderLock, Store, check_output_dir
-from .metrics import ACCURACY, spec
+from .metrics import ACCURACY, SITES, spec
 from .suite import Cell, Suite, is_reference, plan
+
+# What a cell's boundary catches: every error, and SystemExit too (a plugin's sys.exit() or exit() fails
+# its cell, not the run). KeyboardInterrupt (Ctrl-C, SIGTERM) passes: it stops the run.
+CELL_ERRORS = (Exception, SystemExit)
 
 
 @dataclass(frozen=True)
@@ -37,13 +44,20 @@ class Task:
 
     cells: Tuple[Cell, ...]
     keys: Tuple[str, ...]
-    checkpoint_dir: Optional[str] = None  # training cells checkpoint here every epoch (OUT/checkpoints)
+    checkpoint_dir: Optional[str] = None  # training cells checkpoint here every epoch (absolute: OUT/checkpoints)
+    threads: Optional[int] = None  # torch threads for cells that set none (the executor's share of a node; in their keys)
+    pause_after_s: Optional[float] = None  # training: stop at the first epoch end after this long (executors.py ships it on)
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        return None if not self.training or self.checkpoint_dir is None else Path(self.checkpoint_dir) / f"{self.keys[0]}.pt"
 
     def train_kwargs(self) -> Dict[str, object]:
-        """What a training cell needs beyond its config: where to checkpoint (and resume from)."""
-        if not self.training or self.checkpoint_dir is None:
+        """What a training cell needs beyond its config: where to checkpoint (and resume from), when to pause."""
+        if self.checkpoint_path is None:
             return {}
-        return {"checkpoint_path": Path(self.checkpoint_dir) / f"{self.keys[0]}.pt"}
+        pause = {} if self.pause_after_s is None else {"pause_after_s": self.pause_after_s}
+        return {"checkpoint_path": self.checkpoint_path, **pause}
 
     @property
     def exclusive(self) -> bool:
@@ -74,7 +88,9 @@ class RunResult:
     unsupported: int = 0  # known upstream limits, counted apart from failures
     reused: int = 0
     interrupted: bool = False
+    signum: int = 2  # the signal that interrupted it (SIGINT: Ctrl-C, SIGTERM): exit status 128 + signum
     aborted: Optional[RunAborted] = None  # the run as a whole stopped (scheduler lost, disk full)
+    archived: Optional[Path] = None  # where the previous store and its tables went (OUT/history/...)
     wall_s: float = 0.0
     paths: Dict[str, Path] = field(default_factory=dict)
     unwritten: List[str] = field(default_factory=list)  # outputs that could not be written
@@ -82,7 +98,7 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return 128 + self.signum
         if self.aborted is not None:
             return self.aborted.exit_code
         return 1 if self.failed or self.unwritten else 0
@@ -114,8 +130,18 @@ def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None
     return make_record(cell, key, "failed", started, error=error_info(exc), model=model)
 
 
-def cell_threads(cell: Cell) -> int:
-    return int(cell.latency.get("threads") or cell.training.get("threads") or torch.get_num_threads())
+def cell_threads(cell: Cell, default: Optional[int] = None) -> int:
+    """The torch threads a cell runs with: its timing's or training's own ``threads``, else ``default`` (the
+    executor's; runner.execute pins it), else this process's. Counts never read a suite's latency threads."""
+    kind = spec(cell.metric).kind
+    own = cell.training.get("threads") if cell.metric == ACCURACY else \
+        cell.latency.get("threads") if kind in ("timing", "memory") else None
+    return int(own or default or torch.get_num_threads())
+
+
+def thread_bound(metric: str) -> bool:
+    """Whether a metric's result can depend on the thread count (counts cannot): then its key holds it."""
+    return spec(metric).kind != "count"
 
 
 def make_record(cell: Cell, key: str, status: str, started: float, measurement=None, error=None, model=None,
@@ -127,7 +153,7 @@ def make_record(cell: Cell, key: str, status: str, started: float, measurement=N
         measurement=measurement, error=error, note=note, attachment=attach.as_dict() if attach is not None else None,
         env={**environment(cell.device, cell.dtype, cell_threads(cell)), "module_package": module_package(cell),
              "plugins": _plugin_packages()},
-        host=socket.gethostname(), pid=os.getpid(), started=started, ended=time.time(),
+        host=socket.gethostname(), pid=os.getpid(), started=started, ended=time.time(), source=cell.source,
     )
 
 
@@ -138,6 +164,18 @@ def _plugin_packages() -> Dict[str, str]:
 
 
 def build_cell_model(cell: Cell):
+    """The cell's model; a training metric below the module's declared ``min_train_batch`` is ``Unsupported``
+    with the module's reason (its ``min_spatial`` is checked by ``build`` against each site)."""
+    if spec(cell.metric).train and not is_reference(cell.variant.module):
+        from .contract import declared_limits
+        from .registry import get_module
+
+        try:
+            why = declared_limits(get_module(cell.variant.module)).train_batch(cell.batch_size)
+        except ValueError:
+            why = None  # a malformed declaration: build() fails the cell with it
+        if why:
+            raise Unsupported(f"module {cell.variant.module!r} {why}; use batch_size >= 2")
     torch.manual_seed(0)
     return build(cell.backbone, cell.variant.module, backbone_kwargs=cell.backbone_options, input_size=tuple(cell.input_size),
                  **cell.variant.options)
@@ -146,7 +184,7 @@ def build_cell_model(cell: Cell):
 def latency_settings(cell: Cell) -> LatencySettings:
     lat = dict(cell.latency)
     return LatencySettings(batch_size=cell.batch_size, input_size=tuple(cell.input_size), runtime=cell.runtime,
-                           train=spec(cell.metric).train, timeout=cell.timeout, **lat)
+                           train=spec(cell.metric).train, timeout=cell.timeout, in_chans=cell.in_chans, **lat)
 
 
 def _no_gpu(cell: Cell) -> bool:
@@ -161,9 +199,15 @@ def execute(task: Task) -> List[Record]:
     """Measure a task's cells; every cell yields exactly one record, whatever happens.
 
     Everything a cell does -- input allocation, build, warm-up, timing, training -- happens inside
-    this boundary, under the cell's deadline."""
-    if task.grouped:
-        return _execute_timed(task)
+    this boundary, under the cell's deadline, with torch pinned to ``task.threads`` (cells that set their
+    own threads pin those inside), so a worker never runs at a count its key does not hold."""
+    from .threads import fixed_threads
+
+    with fixed_threads(task.threads):
+        return _execute_timed(task) if task.grouped else _execute_one(task)
+
+
+def _execute_one(task: Task) -> List[Record]:
     cell, key = task.cells[0], task.keys[0]
     started, model = time.time(), None
     try:
@@ -176,35 +220,62 @@ def execute(task: Task) -> List[Record]:
 
                 m = train_cell(cell.backbone, cell.variant.module, cell.variant.options, cell.dataset, cell.training, cell.seed,
                                **task.train_kwargs())
-                return [make_record(cell, key, "ok", started, m)]
+                resumed = m.stats.get("resumed_from_epoch") if task.pause_after_s is None else None
+                note = f"resumed from epoch {resumed} (checkpoint {task.checkpoint_path})" if resumed else ""
+                return [make_record(cell, key, "ok", started, m, note=note)]
             model = build_cell_model(cell)
             return [make_record(cell, key, "ok", started, measure_count(cell, model), model=model)]
-    except Exception as exc:
+    except CELL_ERRORS as exc:
         return [failure(cell, key, started, exc, model)]
+
+
+def runs_at(model, x: torch.Tensor) -> None:
+    """Raise unless ``model`` can do an eval forward at ``x``. Shapes first, on the meta device (meta copies of
+    its parameters and buffers through ``functional_call``: no data, no compute, ~2% of a real forward); a real
+    forward decides whenever the meta one cannot run (a tensor made on the CPU in forward, data-dependent
+    control flow), so only a model that really fails fails."""
+    from torch.func import functional_call
+
+    model.eval()
+    try:
+        meta = {k: v.to("meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
+        with torch.no_grad():
+            functional_call(model, meta, (x.to("meta"),))
+        return
+    except (CellTimeout, KeyboardInterrupt):
+        raise
+    except Exception:
+        pass
+    with torch.no_grad():
+        model(x)
 
 
 def measure_count(cell: Cell, model) -> "Measurement":
     """A count metric of one built model: params, or MACs (inference per image, or one training step
-    at the suite's batch size) after a forward that must be finite."""
+    at the suite's batch size), always after a forward at the cell's input: a count of a model that
+    cannot run there is not a result. Params need the shapes to flow (checked on the meta device, see
+    ``runs_at``); the others run a real forward that must be finite. State the attached modules hide
+    from ``parameters()`` is recorded with every count (it inflates saved-for-backward, deflates params)."""
+    x = torch.randn(1, cell.in_chans, *cell.input_size)
     if cell.metric == "params":
+        runs_at(model, x)
         return measure_params(model)
-    x = torch.randn(1, 3, *cell.input_size)
     with torch.no_grad():
         check_finite(model.eval()(x), f"{cell.backbone} + {cell.variant.label}")
     if cell.metric == "macs":
-        return measure_flops(model, x)
-    if cell.metric == "activations":
-        return measure_activations(model, x)
-    train = {"macs_train": measure_train_macs, "train_memory": measure_saved_memory}.get(cell.metric)
-    if train is None:
-        raise ValueError(f"no count measure for metric {cell.metric!r}")
-    try:
-        return train(model, torch.randn(cell.batch_size, 3, *cell.input_size))
-    except ValueError as exc:
-        if "Expected more than 1 value per channel when training" not in str(exc):
-            raise
-        raise Unsupported(f"BatchNorm cannot train on one value per channel (batch {cell.batch_size} at "
-                          f"{cell.input_size[0]}x{cell.input_size[1]} reaches a 1x1 map); use batch_size >= 2 or a larger input_size")
+        m = measure_flops(model, x)
+    elif cell.metric == "activations":
+        m = measure_activations(model, x)
+    else:
+        train = {"macs_train": measure_train_macs, "train_memory": measure_saved_memory}.get(cell.metric)
+        if train is None:
+            raise ValueError(f"no count measure for metric {cell.metric!r}")
+        try:
+            m = train(model, torch.randn(cell.batch_size, cell.in_chans, *cell.input_size))
+        except ValueError as exc:
+            raise as_unsupported(exc, cell.batch_size, cell.input_size) from None
+    hidden = attention_hidden_state(model)
+    return dataclasses.replace(m, stats={**m.stats, **hidden}) if hidden else m
 
 
 def _execute_timed(task: Task) -> List[Record]:
@@ -225,7 +296,7 @@ def _execute_timed(task: Task) -> List[Record]:
         try:
             with deadline(cell.timeout, f"building {cell.name}"):
                 models[cell.variant.label] = build_cell_model(cell)
-        except Exception as exc:
+        except CELL_ERRORS as exc:
             records[cell.variant.label] = failure(cell, key, started, exc)
 
     def on_error(label, exc):
@@ -241,32 +312,39 @@ def _execute_timed(task: Task) -> List[Record]:
                     with deadline(cell.timeout, f"cell {cell.name}"):
                         m = measure_peak_memory(model, settings, cell.device)
                     records[label] = make_record(cell, key, "ok", started, m, model=model)
-                except Exception as exc:
+                except CELL_ERRORS as exc:
                     on_error(label, exc)
                 torch.cuda.empty_cache()
         elif models:
-            device = first.device if spec(first.metric).gpu else "cpu"
-            for label, m in measure_latency(models, settings, device, on_error=on_error).items():
+            if first.metric == SITES:
+                measured = measure_sites(models, settings, on_error=on_error)
+            else:
+                device = first.device if spec(first.metric).gpu else "cpu"
+                baseline = next((c.variant.label for c in task.cells if c.variant.module == "none"), None)
+                measured = measure_latency(models, settings, device, on_error=on_error, baseline=baseline)
+            for label, m in measured.items():
                 cell, key = by_label[label]
                 records[label] = make_record(cell, key, "ok", started, m, model=models[label])
-    except Exception as exc:  # the group's shared input or settings: every cell not yet recorded fails with it
+    except CELL_ERRORS as exc:  # the group's shared input or settings: every cell not yet recorded fails with it
         for label in by_label:
             if label not in records:
                 on_error(label, exc)
     return [records[c.variant.label] for c in task.cells]
 
 
-def make_tasks(cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path] = None) -> List[Task]:
+def make_tasks(cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path] = None,
+               threads: Optional[int] = None) -> List[Task]:
     """Counts and trainings are one task per cell; timings of one backbone and metric form one
-    interleaved group. Tasks keep the order in which their first cell was planned."""
+    interleaved group. Tasks keep the order in which their first cell was planned. ``checkpoint_dir`` is
+    made absolute (a worker started elsewhere must not read it against its own directory)."""
     groups: Dict[object, Tuple[List[Cell], List[str]]] = {}
     for cell, key in zip(cells, keys):
         group = (cell.backbone, cell.metric, cell.point) if spec(cell.metric).grouped else key
         group_cells, group_keys = groups.setdefault(group, ([], []))
         group_cells.append(cell)
         group_keys.append(key)
-    ckpt = str(checkpoint_dir) if checkpoint_dir is not None else None
-    return [Task(tuple(c), tuple(k), ckpt) for c, k in groups.values()]
+    ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir is not None else None
+    return [Task(tuple(c), tuple(k), ckpt, threads) for c, k in groups.values()]
 
 
 def module_package(cell: Cell) -> str:
@@ -279,9 +357,17 @@ def module_package(cell: Cell) -> str:
     return f"{dist} {ver}".strip()
 
 
-def cell_keys(cells: List[Cell]) -> List[str]:
-    return [c.key({**fingerprint(environment(c.device, c.dtype, cell_threads(c))), "module_package": module_package(c)})
-            for c in cells]
+def cell_keys(cells: List[Cell], threads: Optional[int] = None) -> List[str]:
+    """Each cell's key, with the thread count it will run with (``threads``: the executor's default for cells
+    that set none) for the metrics that depend on it: a record's ``env`` then agrees with its key."""
+    return [c.key({**fingerprint(environment(c.device, c.dtype, cell_threads(c, threads)), thread_bound(c.metric)),
+                   "module_package": module_package(c)}) for c in cells]
+
+
+def executor_threads(executor) -> int:
+    """The torch threads an executor gives cells that set none: its ``threads`` (a Dask executor's share of
+    a node, known once its workers are there), else this process's."""
+    return int(getattr(executor, "threads", None) or torch.get_num_threads())
 
 
 def local_executor(tasks: Iterable[Task]):
@@ -293,32 +379,77 @@ def run_suite(
     suite: Suite, out_dir: Path | str = "results", resume: bool = False,
     executor: Optional[Callable[[List[Task]], Iterable[Tuple[Task, List[Record]]]]] = None,
     on_start: Optional[Callable[[Task], None]] = None, on_done: Optional[Callable[[Task, List[Record]], None]] = None,
-    overhead: Sequence[Record] = (),
+    overhead: Sequence[Record] = (), on_notice: Optional[Callable[[str], None]] = None,
 ) -> RunResult:
     """Run every cell not already stored (with ``resume``), store records as they land, write tables.
 
-    The output folder is checked and locked before any work. A run that cannot go on as a whole
-    (its scheduler is gone, the disk is full) stops with ``result.aborted`` set; what was stored
-    stays, the table is written from it when possible, and ``--resume`` continues."""
+    The output folder is checked and locked before any work. Without ``resume`` the previous store and
+    its tables move to OUT/history/ (``on_notice`` is told where); a store of another suite file with
+    the same name is refused. A run that cannot go on as a whole (its scheduler is gone, the disk is
+    full) stops with ``result.aborted`` set; an interrupt (Ctrl-C, SIGTERM) with ``result.interrupted``.
+    Either way what was stored stays, the table is written from it, and ``--resume`` continues."""
     out = Path(out_dir)
     check_output_dir(out)
     with FolderLock(out):
-        return _run_locked(suite, out, resume, executor, on_start, on_done, overhead)
+        try:
+            return _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_notice)
+        finally:
+            close = getattr(executor, "close", None)
+            if close:  # a Dask executor started to learn its threads: shut down even when planning failed
+                close()
 
 
-def _run_locked(suite, out, resume, executor, on_start, on_done, overhead) -> RunResult:
+def check_same_suite(suite: Suite, stored: Sequence[Record], store: Store) -> None:
+    """A store holds the cells of one suite file: another file with the same ``name:`` is refused, never
+    mixed into it (``--resume``) or moved over it. A file that moved (the recorded one is gone) is the same suite."""
+    others = sorted({r.source for r in stored if r.source} - {suite.identity})
+    clash = [o for o in others if Path(o).is_file() and not _same_file(o, suite.identity)]
+    if clash:
+        raise AttnBenchError(f"{store.path} holds the results of suite {suite.name!r} from {clash[0]}, and "
+                             f"{suite.source} has the same name; give one of them another 'name:', or run with another --out")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_verdicts(variants) -> Dict[str, str]:
+    """label -> the checks its module fails (``attnbench check``, module alone), run once per variant before
+    any cell: every ok record of such a module carries it, so every table marks the row."""
+    try:
+        return suite_verdicts(variants)
+    except CELL_ERRORS:  # the verdict is a mark on rows; it never stops a run (nor does a plugin's sys.exit())
+        return {}
+
+
+def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_notice=None) -> RunResult:
     t0 = time.time()
     store = Store(out / f"{suite.name}.jsonl")
     if resume:
         store.repair()
-    else:
-        store.reset()
+    stored = store.latest()
+    check_same_suite(suite, stored, store)
+    threads = executor_threads(executor)  # a Dask executor connects and waits for its workers here, before anything moves
+    archived = None
+    if not resume:
+        with deferred(reraise=True):  # moving a store aside is never left half-done
+            try:
+                archived = store.archive()
+            except OSError as exc:
+                raise AttnBenchError(f"cannot move the previous {store.path.name} aside into {out / 'history'}: "
+                                     f"{exc.strerror or exc}; free the folder or run with --resume")
+        if archived is not None and on_notice is not None:
+            on_notice(f"previous results of {suite.name} moved to {archived}/ (use --resume to add to a store instead)")
     cells = plan(suite)
-    keys = cell_keys(cells)
-    done = store.done_keys() if resume else set()
+    keys = cell_keys(cells, threads)
+    done = {r.key for r in stored if r.status in DONE_STATUSES} if resume else set()
     todo = [(c, k) for c, k in zip(cells, keys) if k not in done]
-    result = RunResult(reused=len(cells) - len(todo))
-    tasks = make_tasks([c for c, _ in todo], [k for _, k in todo], checkpoint_dir=out / "checkpoints")
+    verdicts = _check_verdicts([c.variant for c, _ in todo])
+    result = RunResult(reused=len(cells) - len(todo), archived=archived)
+    tasks = make_tasks([c for c, _ in todo], [k for _, k in todo], checkpoint_dir=out / "checkpoints", threads=threads)
     run = executor or local_executor
 
     def announced(ts):
@@ -331,7 +462,9 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead) -> Ru
     try:
         for task, records in stream:
             try:
-                store.extend(records)
+                records = [with_verdict(r, verdicts) for r in records]
+                with deferred(reraise=True):  # an interrupt lands between records, never inside a line
+                    store.extend(records)
             except OSError as exc:
                 raise OutputError(f"could not write {store.path}: {exc.strerror or exc}; {result.ok + result.failed} "
                                   "cell(s) are stored; free space and rerun with --resume to continue")
@@ -339,37 +472,34 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead) -> Ru
                 setattr(result, r.status, getattr(result, r.status) + 1)
             if on_done:
                 on_done(task, records)
-    except KeyboardInterrupt:
-        result.interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.Interrupted)
+        result.interrupted, result.signum = True, signum_of(exc)
     except RunAborted as exc:
         result.aborted = exc
     finally:
         close = getattr(stream, "close", None)
         if close:
-            close()  # an executor's generator shuts its cluster down now, not at garbage collection
-    wanted = set(keys)
-    result.records = [r for r in store.latest() if r.key in wanted]
-    result.paths, result.unwritten = write_outputs_safely(result.records, out, suite.name, overhead)
+            try:
+                close()  # an executor's generator shuts its cluster down now, not at garbage collection
+            except KeyboardInterrupt as exc:  # another Ctrl-C while a cluster shuts down: leave it, write the table
+                if not result.interrupted:
+                    result.interrupted, result.signum = True, signum_of(exc)
+    with deferred():  # from here on interrupts are noted, not raised: the table of what is stored gets written
+        wanted = set(keys)
+        result.records = [r for r in store.latest() if r.key in wanted]
+        result.paths, result.unwritten = write_outputs_safely(result.records, out, suite.name, overhead)
     result.wall_s = time.time() - t0
     return result
 
 
 def write_outputs_safely(records: List[Record], out: Path, name: str,
                          overhead: Sequence[Record] = ()) -> Tuple[Dict[str, Path], List[str]]:
-    """Write the tables with Ctrl-C deferred (a second interrupt during shutdown must not leave a
-    half-written table); each file is replaced atomically. Returns (paths, what could not be written)."""
-    import signal
-    import threading
-
+    """Write the tables with Ctrl-C and SIGTERM deferred (a second interrupt during shutdown must not leave
+    a half-written table); each file is replaced atomically. Returns (paths, what could not be written)."""
     from .report import write_outputs
 
-    interrupted = []
-    deferring = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda *a: interrupted.append(True)) if deferring else None
-    try:
-        return write_outputs(records, out, name, overhead), []
-    except OSError as exc:
-        return {"records": out / f"{name}.jsonl"}, [f"{name}.md/.csv ({exc.strerror or exc})"]
-    finally:
-        if deferring:
-            signal.signal(signal.SIGINT, previous)
+    with deferred():
+        try:
+            return write_outputs(records, out, name, overhead), []
+        except OSError as exc:
+            return {"records": out / f"{name}.jsonl"}, [f"{name}.md/.csv ({exc.strerror or exc})"]

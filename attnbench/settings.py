@@ -7,9 +7,10 @@ A rule is ``(check, problem)``: ``check(value) -> bool`` and the text shown when
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import reprlib
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 Rule = Tuple[Callable[[Any], bool], str]
 
@@ -57,3 +58,35 @@ def short(value: Any, limit: int = 80) -> str:
     r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 40, 40
     text = r.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def signature_problem(fn: Callable, options: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the first option whose value cannot be what ``fn``'s signature implies, or None.
+
+    Read from each parameter's default, so it holds for any plugin without a list of option names: an
+    int default is a count, size or ratio (``reduction=16``, ``kernel_size=7``, ``blocks=1``), so the value
+    must be a number of the same sign -- positive for a positive default, >= 0 where 0 means "choose
+    automatically" -- and an int where the parameter is annotated ``int`` (or not annotated); a bool
+    default needs true or false. Parameters without a default, or with a float, None or text default,
+    are left to the constructor."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no introspectable signature (C extension)
+        return None
+    for name, value in options.items():
+        p = params.get(name)
+        if p is None or p.default is inspect.Parameter.empty:
+            continue
+        default = p.default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                return f"option {name!r} must be true or false (its default is {default}), got {short(value)}"
+        elif isinstance(default, int):
+            whole = p.annotation in (int, "int") or p.annotation is inspect.Parameter.empty
+            kind = "an integer" if whole else "a number"
+            ok_type = _int(value) if whole else is_finite_number(value)
+            if default > 0 and not (ok_type and value > 0):
+                return f"option {name!r} must be {kind} > 0 (its default is {default}), got {short(value)}"
+            if default == 0 and not (ok_type and value >= 0):
+                return f"option {name!r} must be {kind} >= 0 (its default 0 means automatic), got {short(value)}"
+    return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 LEVEL = 0.95
 POWER = 0.80
@@ -93,12 +93,22 @@ def convergence(mean_curve: Sequence[float], threshold: float = CONVERGED_PP) ->
 
 
 # --- Timing intervals ---------------------------------------------------------------------------
-# Δlatency % of a variant against its baseline, from the paired, interleaved rounds of one timing group:
-#   m_r(v) = median of variant v's calls in round r; d_r = ln m_r(v) - ln m_r(base)   (r = 1..n)
-#   Δ% = 100·(exp(mean d) - 1), 95% interval 100·(exp(mean d ± t(0.975, n-1)·sd(d)/√n) - 1).
-# Rounds pair the variants: within a round they run back to back, so drift between rounds cancels.
-# Logs make the ratio symmetric and the interval multiplicative. Between two runs (``compare``) no
-# pairing exists: Welch's interval on the per-round log medians of each run instead.
+# Schedule (attnbench.measures.latency): within a round the variants of a timing group alternate call by
+# call (A B C, B C A, ...), so call i of every variant belongs to cycle i of the round and sits within
+# a few tens of ms of the others: drift of the machine's speed hits the pair alike. Each call also
+# carries the fraction of its threads' time spent waiting for a CPU (``rounds_wait``); a call above
+# CLEAN_WAIT was preempted by another process and is left out of every Δ.
+#   d_ri = ln t_ri(v) - ln t_ri(base) over the cycles i of round r where both calls are clean
+#   m_r  = median_i d_ri (rounds with >= MIN_PAIRS clean pairs)                 (robust within a round)
+#   Δ%   = 100·(exp(mean_r m_r) - 1), 95% interval 100·(exp(mean m ± t(0.975, n-1)·sd(m)/√n) - 1).
+# The t interval runs over rounds, not calls: calls within a few seconds share the machine's state, and
+# the round-to-round spread is what carries the slower drift into the interval.
+# Records from before (block schedule, no ``schedule`` stat): per round the ratio of the two medians.
+# Between runs (``compare``, or two rows from different processes) no pairing exists: Welch's t on each
+# run's per-round log medians of clean calls, labelled unpaired.
+
+CLEAN_WAIT = 0.02  # a call whose threads waited for a CPU more than 2% of their time was disturbed
+MIN_PAIRS = 3  # clean pairs a round needs to contribute to a Δ
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,16 @@ class RatioInterval:
     high: Optional[float]
     n: int
     method: str
+    paired: bool = True
+    clean: Optional[float] = None  # fraction of the pairs (or calls) that were undisturbed and used
 
     def excludes_zero(self) -> bool:
         return self.low is not None and (self.low > 0 or self.high < 0)
+
+    @property
+    def halfwidth(self) -> Optional[float]:
+        """The larger side of the interval, in percentage points (the log interval is not symmetric in %)."""
+        return None if self.low is None else max(self.high - self.pct, self.pct - self.low)
 
 
 def round_medians(rounds: Sequence[Sequence[float]]) -> list:
@@ -123,30 +140,107 @@ def _pct(log_ratio: float) -> float:
     return 100.0 * math.expm1(log_ratio)
 
 
+def clean_calls(times: Sequence[float], waits: Optional[Sequence[Optional[float]]], limit: float = CLEAN_WAIT) -> List[bool]:
+    """Which calls of a round were undisturbed: all of them where no wait was measured."""
+    if not waits:
+        return [True] * len(times)
+    return [w is None or w <= limit for w in list(waits)[:len(times)]] + [True] * max(0, len(times) - len(waits))
+
+
+def _t_interval(values: Sequence[float], level: float) -> Tuple[float, Optional[float]]:
+    """(mean, half-width) of a t interval over ``values``; half-width None with fewer than 2."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, t_quantile(1 - (1 - level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def paired_round_values(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
+                        diff=lambda a, b: math.log(a) - math.log(b)) -> Tuple[List[float], int, int]:
+    """Per round, the median of ``diff`` over its clean, index-paired calls (rounds with fewer than
+    MIN_PAIRS clean pairs are left out); also (pairs seen, clean pairs used)."""
+    values, seen, used = [], 0, 0
+    for r, (tv, tb) in enumerate(zip(v_rounds, b_rounds)):
+        n = min(len(tv), len(tb))
+        cv = clean_calls(tv, (v_waits or [])[r] if v_waits and r < len(v_waits) else None, limit)
+        cb = clean_calls(tb, (b_waits or [])[r] if b_waits and r < len(b_waits) else None, limit)
+        d = [diff(tv[i], tb[i]) for i in range(n) if cv[i] and cb[i] and tv[i] > 0 and tb[i] > 0]
+        seen += n
+        used += len(d)
+        if len(d) >= MIN_PAIRS:
+            values.append(statistics.median(d))
+    return values, seen, used
+
+
+def alternating_delta(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
+                      level: float = LEVEL) -> Optional[RatioInterval]:
+    """Δ% of variant vs baseline timed in one interleaved group (see the comment above)."""
+    values, seen, used = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit)
+    clean = used / seen if seen else None
+    if not values:
+        return None if not seen else RatioInterval(float("nan"), None, None, 0, "no round with enough undisturbed pairs",
+                                                   True, clean)
+    mean, half = _t_interval(values, level)
+    method = f"paired, interleaved call by call: t over {len(values)} rounds of per-round median log ratios"
+    if half is None:
+        return RatioInterval(_pct(mean), None, None, 1, method + " (1 round: no interval)", True, clean)
+    return RatioInterval(_pct(mean), _pct(mean - half), _pct(mean + half), len(values), method, True, clean)
+
+
+def alternating_difference(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
+                           level: float = LEVEL) -> Optional[Tuple[float, Optional[float], Optional[float], int]]:
+    """Added time (variant - baseline, in the samples' unit) with its t interval over rounds: (mean, lo, hi, n)."""
+    values, _, _ = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit, diff=lambda a, b: a - b)
+    if not values:
+        return None
+    mean, half = _t_interval(values, level)
+    return (mean, None, None, 1) if half is None else (mean, mean - half, mean + half, len(values))
+
+
 def paired_ratio_interval(variant_rounds: Sequence[Sequence[float]], base_rounds: Sequence[Sequence[float]],
                           level: float = LEVEL) -> Optional[RatioInterval]:
-    """Δ% of variant vs baseline from rounds paired by index; None when there is no round to pair."""
+    """Records from the block schedule: Δ% from rounds paired by index, per round the ratio of the two medians."""
     mv, mb = round_medians(variant_rounds), round_medians(base_rounds)
     n = min(len(mv), len(mb))
     if n == 0 or any(v <= 0 for v in mv[:n] + mb[:n]):
         return None
     d = [math.log(a) - math.log(b) for a, b in zip(mv[:n], mb[:n])]
-    mean = statistics.fmean(d)
-    if n < 2:
+    mean, half = _t_interval(d, level)
+    if half is None:
         return RatioInterval(_pct(mean), None, None, n, "paired rounds (1 round: no interval)")
-    half = t_quantile(1 - (1 - level) / 2, n - 1) * statistics.stdev(d) / math.sqrt(n)
     return RatioInterval(_pct(mean), _pct(mean - half), _pct(mean + half), n,
                          f"paired t on per-round log ratios of medians, {n} rounds")
 
 
+def clean_round_medians(rounds, waits=None, limit: float = CLEAN_WAIT) -> List[float]:
+    """Per round, the median of its undisturbed calls (rounds with none are left out)."""
+    out = []
+    for r, times in enumerate(rounds):
+        flags = clean_calls(times, waits[r] if waits and r < len(waits) else None, limit)
+        kept = [t for t, ok in zip(times, flags) if ok and t > 0]
+        if kept:
+            out.append(statistics.median(kept))
+    return out
+
+
 def unpaired_ratio_interval(b_rounds: Sequence[Sequence[float]], a_rounds: Sequence[Sequence[float]],
-                            level: float = LEVEL) -> Optional[RatioInterval]:
-    """Δ% of run B vs run A (B/A - 1) from each run's per-round medians: Welch's t on their logs."""
-    lb = [math.log(v) for v in round_medians(b_rounds) if v > 0]
-    la = [math.log(v) for v in round_medians(a_rounds) if v > 0]
+                            level: float = LEVEL, b_waits=None, a_waits=None) -> Optional[RatioInterval]:
+    """Δ% of B vs A (B/A - 1) timed apart (two runs, or two processes): Welch's t on each side's per-round
+    log medians of undisturbed calls. Not paired, so drift between the two shows up as a wider band."""
+    lb = [math.log(v) for v in clean_round_medians(b_rounds, b_waits)]
+    la = [math.log(v) for v in clean_round_medians(a_rounds, a_waits)]
     if not lb or not la:
         return None
     c = welch(lb, la, level)
     if c.low is None:
-        return RatioInterval(_pct(c.diff), None, None, min(len(lb), len(la)), "Welch on per-round log medians (< 2 rounds: no interval)")
-    return RatioInterval(_pct(c.diff), _pct(c.low), _pct(c.high), min(len(lb), len(la)), "Welch t on per-round log medians")
+        return RatioInterval(_pct(c.diff), None, None, min(len(lb), len(la)),
+                             "unpaired: Welch on per-round log medians (< 2 rounds: no interval)", False)
+    return RatioInterval(_pct(c.diff), _pct(c.low), _pct(c.high), min(len(lb), len(la)),
+                         "unpaired: Welch t on per-round log medians", False)
+
+
+def own_precision(rounds, waits=None, limit: float = CLEAN_WAIT, level: float = LEVEL) -> Optional[float]:
+    """Half-width in points of one variant's own per-round log medians (the stop rule without a baseline)."""
+    logs = [math.log(v) for v in clean_round_medians(rounds, waits, limit)]
+    mean, half = _t_interval(logs, level) if logs else (0.0, None)
+    return None if half is None else max(_pct(half), -_pct(-half))

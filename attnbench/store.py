@@ -3,14 +3,16 @@
 A kill -9 can at worst leave a torn last line, which is skipped on read, so a run loses at
 most the cell in flight. The newest record per key wins; ``--resume`` skips keys whose
 record is ok, skipped or unsupported and re-runs failed ones. Lines that are not records of
-this shape (torn, binary, foreign fields) are skipped with one warning that counts them.
-A run holds ``OUT/.attnbench.lock`` so that two runs never write one folder.
+this shape (torn, binary, foreign or wrongly typed fields) are skipped with one warning that counts them.
+A run holds ``OUT/.attnbench.lock`` so that two runs never write one folder. A run without
+``--resume`` never deletes a store: the previous one and its tables move to ``OUT/history/``.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -19,6 +21,9 @@ from .errors import AttnBenchError
 from .records import DONE_STATUSES, ForeignRecord, Record
 
 MIN_FREE_BYTES = 16 * 2**20
+HISTORY = "history"  # OUT/history/<suite>-<time of its last write>/: stores a rerun without --resume moved aside
+# What a run writes from OUT/<suite>.jsonl (report.write_outputs): archived with it, never left beside a new store.
+TABLE_SUFFIXES = (".md", ".csv", ".png", "-curves.png", "-sweeps.png", "-sites.png")
 
 
 class StoreWarning(UserWarning):
@@ -28,6 +33,7 @@ class StoreWarning(UserWarning):
 class Store:
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self._warned = 0  # lines counted in the last warning: a store read twice in a run warns once
 
     def records(self) -> List[Record]:
         """Every readable record, oldest first; torn, binary or foreign lines are skipped and counted once."""
@@ -40,9 +46,10 @@ class Store:
                     out.append(Record.from_dict(json.loads(raw.decode("utf-8"))))
                 except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ForeignRecord):
                     skipped += raw.strip() != b""
-        if skipped:
+        if skipped and skipped != self._warned:
+            self._warned = skipped
             warnings.warn(f"attnbench: skipped {skipped} line(s) of {self.path} that are not attnbench records "
-                          "(torn, binary or foreign)", StoreWarning, stacklevel=2)
+                          "(torn, binary, foreign or wrongly typed)", StoreWarning, stacklevel=2)
         return out
 
     def latest(self) -> List[Record]:
@@ -76,26 +83,52 @@ class Store:
         for r in records:
             self.append(r)
 
-    def reset(self) -> None:
-        """Start a fresh store; the previous one is kept beside it as ``*.prev``."""
-        if self.path.is_file():
-            self.path.replace(self.path.with_suffix(self.path.suffix + ".prev"))
+    def outputs(self) -> List[Path]:
+        """This store and the tables and plots written from it, those that exist."""
+        stem = self.path.name[:-len(self.path.suffix)] if self.path.suffix else self.path.name
+        paths = [self.path] + [self.path.with_name(stem + s) for s in TABLE_SUFFIXES]
+        return [p for p in paths if p.is_file()]
+
+    def archive(self) -> Optional[Path]:
+        """Move this store and its tables into ``OUT/history/<suite>-<UTC time of the store's last write>/``
+        (a new folder, never one that exists): a fresh run starts empty and nothing is deleted. Returns the
+        folder, or None when there was nothing to move."""
+        found = self.outputs()
+        if not found:
+            return None
+        stem = self.path.name[:-len(self.path.suffix)] if self.path.suffix else self.path.name
+        when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(max(p.stat().st_mtime for p in found)))
+        history = self.path.parent / HISTORY
+        history.mkdir(exist_ok=True)
+        for n in range(1, 10_000):
+            folder = history / (f"{stem}-{when}" + (f"-{n}" if n > 1 else ""))
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise AttnBenchError(f"{history} holds 10,000 copies of {stem}; clear it out")
+        for p in found:
+            p.replace(folder / p.name)
+        return folder
 
 
-def check_output_dir(out: Path) -> None:
-    """Before any work: OUT is (or can be made) a writable folder with some free space."""
+def check_output_dir(out: Path, what: str = "--out") -> None:
+    """Before any work: OUT is (or can be made) a writable folder with some free space; ``what`` names it
+    in the error (the flag, or e.g. "the store's folder")."""
     if out.exists() and not out.is_dir():
-        raise AttnBenchError(f"--out {out} is a file, not a folder; give a folder for the results")
+        raise AttnBenchError(f"{what} {out} is a file, not a folder; give a folder for the results")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".attnbench-write-test-{os.getpid()}"
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as exc:
-        raise AttnBenchError(f"cannot write to --out {out}: {exc.strerror or exc}; give a writable folder")
+        raise AttnBenchError(f"cannot write to {what} {out}: {exc.strerror or exc}; give a writable folder")
     free = shutil.disk_usage(out).free
     if free < MIN_FREE_BYTES:
-        raise AttnBenchError(f"--out {out} has only {free / 2**20:.1f} MiB free; free some space or give another folder")
+        raise AttnBenchError(f"{what} {out} has only {free / 2**20:.1f} MiB free; free some space or give another folder")
 
 
 class FolderLock:

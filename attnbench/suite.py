@@ -49,6 +49,10 @@ TOP_KEYS = {
 }
 MAX_SUITE_BYTES = 1 << 20  # a suite file is a few hundred bytes; refuse anything near a megabyte
 MAX_YAML_NODES = 20_000  # after alias expansion: anchors are fine, alias bombs are not
+MAX_YAML_BYTES = 1 << 20  # text after alias expansion: a short aliased string repeated a million times is a bomb too
+MAX_POINTS = 1_000  # (input_size, batch_size, runtime) points, counted before any is made
+MAX_CELLS = 20_000  # cells of one suite (a zoo of every module on every family is a few hundred)
+MAX_TIMED_CELLS = 2_000  # timing cells: each takes seconds to minutes (rounds x min_time per variant)
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_ACCURACY_TIMEOUT_S = 86400.0
 LATENCY_RULES = suite_rules(LatencySettings)  # the suite's `latency:` keys are LatencySettings' suite fields
@@ -137,6 +141,11 @@ class Suite:
         """The distinct points a metric's cells are planned at, in the suite's order."""
         return list(dict.fromkeys(q for q in (p.project(metric, self.base) for p in self.all_points()) if q is not None))
 
+    @property
+    def identity(self) -> str:
+        """The suite file this suite was read from, as an absolute path (its records carry it)."""
+        return str(Path(self.source).resolve())
+
     def selected(self, backbone: str, variant: "Variant") -> bool:
         return (not self.only_backbones or backbone in self.only_backbones) and \
             (not self.only_modules or variant.label in self.only_modules)
@@ -161,6 +170,12 @@ class Cell:
     timeout: float = DEFAULT_TIMEOUT_S  # not part of the key: it bounds a run, it does not change a result
     runtime: str = "eager"
     swept: bool = False  # the suite has several points: names say which one (not part of the key)
+    source: str = ""  # the suite file (Suite.identity); not part of the key
+
+    @property
+    def in_chans(self) -> int:
+        """Channels of the input this cell feeds its model (timm's ``in_chans``, 3 unless the suite says)."""
+        return int(self.backbone_options.get("in_chans", 3))
 
     @property
     def point(self) -> Point:
@@ -233,8 +248,8 @@ def load_suite(name_or_path: str, check_names: bool = True) -> Suite:
 
 
 def read_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load`` with a bound on what the document expands to (aliases counted every time
-    they are used), so an alias bomb is refused before anything walks it."""
+    """``yaml.safe_load`` with a bound on what the document expands to, in nodes and in bytes of text
+    (aliases counted every time they are used), so an alias bomb is refused before anything walks it."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -252,24 +267,29 @@ def read_yaml(text: str, source: str) -> Any:
         loader.dispose()
 
 
-def _expanded_size(node, source: str, memo: Dict[int, int], active: set) -> int:
-    """Nodes the document holds once every alias is expanded (memoised on the shared nodes)."""
+def _expanded_size(node, source: str, memo: Dict[int, Tuple[int, int]], active: set) -> Tuple[int, int]:
+    """(nodes, bytes of scalar text) the document holds once every alias is expanded (memoised on the
+    shared nodes, so a bomb is sized without being walked)."""
     if id(node) in memo:
         return memo[id(node)]
     if id(node) in active:
         raise SuiteError(source, "<file>", "holds a recursive YAML alias; write the value out")
     active.add(id(node))
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        total += sum(_expanded_size(child, source, memo, active) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        total += sum(_expanded_size(k, source, memo, active) + _expanded_size(v, source, memo, active) for k, v in node.value)
+    nodes, size = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+    children = (node.value if isinstance(node, yaml.SequenceNode) else
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+    for child in children:
+        n, b = _expanded_size(child, source, memo, active)
+        nodes, size = nodes + n, size + b
     active.discard(id(node))
-    memo[id(node)] = total
-    if total > MAX_YAML_NODES:
+    memo[id(node)] = (nodes, size)
+    if nodes > MAX_YAML_NODES:
         raise SuiteError(source, "<file>", f"expands to more than {MAX_YAML_NODES:,} YAML nodes (alias expansion); "
                                            "a suite is a few dozen fields")
-    return total
+    if size > MAX_YAML_BYTES:
+        raise SuiteError(source, "<file>", f"expands to more than {MAX_YAML_BYTES:,} bytes of text (alias expansion); "
+                                           "a suite is a few dozen short fields")
+    return nodes, size
 
 
 def _need(cond: bool, source: str, fld: str, problem: str) -> None:
@@ -299,6 +319,9 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     backbones = data.get("backbones")
     _need(isinstance(backbones, list) and backbones and all(isinstance(b, str) for b in backbones), source, "backbones",
           f"must be a non-empty list of timm model names, got {short(backbones)}")
+    first: Dict[str, int] = {}
+    for i, b in enumerate(backbones):
+        _need(first.setdefault(b, i) == i, source, f"backbones[{i}]", f"names {short(b)} again (backbones[{first[b]}]); drop one")
     if check_names:
         import timm
 
@@ -312,6 +335,8 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     modules = data.get("modules")
     _need(isinstance(modules, list) and modules, source, "modules", f"must be a non-empty list, got {short(modules)}")
     variants: List[Variant] = []
+    entry_index: Dict[str, int] = {}  # label -> index in `modules` (the 'native' row inserted below has none)
+    problems: List[SuiteError] = []  # every module entry that cannot be used, reported together
     for i, entry in enumerate(modules):
         fld = f"modules[{i}]"
         if isinstance(entry, str):
@@ -331,8 +356,12 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
             try:
                 get_module(variant.module)
             except UnknownNameError as exc:
-                raise SuiteError(source, fld, str(exc))
+                problems.append(SuiteError(source, fld, str(exc)))
         _need(variant.label not in [v.label for v in variants], source, fld, f"duplicate module label {short(variant.label)}; give it a 'name'")
+        same = next((entry_index[v.label] for v in variants if _measures_alike(v, variant)), None)
+        _need(same is None, source, fld, f"measures the same as modules[{same}] ({short(variant.module)} with the same options) "
+                                         "under another label; drop one or change its options")
+        entry_index[variant.label] = i
         variants.append(variant)
     for mod in module_options:
         _need(mod in [v.label for v in variants] or mod in BASELINE_NAMES, source, f"module_options.{_name(mod)}",
@@ -342,8 +371,23 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
         # Backbones that ship attention get both baselines: the bare one (Δ reference) and timm's as built.
         variants.insert(labels.index("none") + 1, Variant(NATIVE, NATIVE, auto=True))
     if check_names:
-        for i, variant in enumerate(variants):
-            _check_options(variant, source, f"module_options.{variant.label}" if variant.label in module_options else f"modules[{i}]")
+        unknown = {p.field for p in problems}
+        for variant in variants:
+            fld = f"modules[{entry_index.get(variant.label, '?')}]"
+            if fld in unknown:
+                continue
+            try:
+                _check_options(variant, source, f"module_options.{variant.label}" if variant.label in module_options else fld)
+            except SuiteError as exc:
+                problems.append(exc)
+    order = {**{f"modules[{i}]": i for i in range(len(modules))},
+             **{f"module_options.{label}": i for label, i in entry_index.items()}}
+    problems.sort(key=lambda p: order.get(p.field, len(modules)))  # in the file's order
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise SuiteError(source, "modules", f"{len(problems)} module entries cannot be used: "
+                         + "; ".join(f"{p.field}: {getattr(p, 'problem', p)}" for p in problems))
 
     latency = data.get("latency") or {}
     _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_RULES)}")
@@ -384,17 +428,86 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     _need(dtype == "float32", source, "dtype", "only float32 weights are supported; use latency.amp for fp16/bf16 autocast")
     backbone_options = data.get("backbone_options") or {}
     _need(isinstance(backbone_options, dict), source, "backbone_options", "must be a mapping of timm.create_model keywords")
+    _check_backbone_options(backbone_options, backbones, kind, source, check_names)
     timeout = data.get("timeout")
     if timeout is not None:
         check, problem = POSITIVE_NUMBER
         _need(check(timeout), source, "timeout", f"{problem} (seconds per cell), got {short(timeout)}")
-    return Suite(
+    suite = Suite(
         name=name, source=source, backbones=list(backbones), variants=variants, metrics=list(metrics),
         input_size=base.input_size, batch_size=base.batch_size, device=device, dtype=dtype, kind=kind,
         description=str(data.get("description", "")), backbone_options=dict(backbone_options),
         latency=dict(latency), dataset=dataset, training=training, seeds=seeds,
         timeout=float(timeout) if timeout is not None else None, points=points,
     )
+    _check_cost(suite, "sweeps" if data.get("sweeps") is not None else next(
+        (a for a in AXES if isinstance(data.get(a), list) and len(data[a]) > 1), "input_size"))
+    return suite
+
+
+def _measures_alike(a: Variant, b: Variant) -> bool:
+    """Two variants that would store the same numbers twice (same module, options and training)."""
+    return (a.module, a.options, a.training) == (b.module, b.options, b.training)
+
+
+def _check_backbone_options(options: Dict[Any, Any], backbones: List[str], kind: str, source: str, check_names: bool) -> None:
+    """backbone_options are timm.create_model keywords: never ``pretrained`` (nothing is downloaded), an
+    ``in_chans`` the input follows, and keys and values timm accepts -- found by building each backbone
+    on the meta device (no memory, a fraction of a second) rather than as a failure in every cell."""
+    if not options:
+        return
+    for key in options:
+        _need(isinstance(key, str) and key.isidentifier(), source, f"backbone_options.{_name(key)}", "must be a keyword name")
+    _need(kind != "accuracy", source, "backbone_options", "an accuracy suite builds each backbone for its dataset "
+          "(in_chans, num_classes) and applies no other backbone option to training; drop backbone_options")
+    _need(options.get("pretrained", False) is False, source, "backbone_options.pretrained",
+          f"attnbench never downloads weights (every model is built with pretrained=False), got {short(options.get('pretrained'))}; drop it")
+    _need(not options.get("features_only"), source, "backbone_options.features_only",
+          "the harness measures the classifier network; a feature extractor returns a list of maps: drop it")
+    if "in_chans" in options:
+        _pos_int(options["in_chans"], source, "backbone_options.in_chans")  # every cell's input gets this many channels
+    if not check_names:
+        return
+    import re
+    import warnings
+
+    import timm
+    import torch
+
+    for b in backbones:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                timm.create_model(b, **{**options, "pretrained": False})
+        except Exception as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            key = re.search(r"unexpected keyword argument '(\w+)'", text)
+            fld = f"backbone_options.{key.group(1)}" if key else "backbone_options"
+            raise SuiteError(source, fld, f"timm cannot build {b!r} with {short(options)}: {type(exc).__name__}: "
+                                          f"{text[:160]}; fix or drop it")
+
+
+def _check_cost(suite: Suite, points_field: str) -> None:
+    """Refuse a suite whose cells, counted from its lists before any is made, would run for days."""
+    listed = [v for v in suite.variants if not v.auto]  # the 'native' row only where a backbone has one: not counted
+    if suite.kind == ACCURACY:
+        factors = {"backbones": len(suite.backbones), "modules": len(listed), "seeds": len(suite.seeds)}
+        cells = timed = len(suite.backbones) * len(listed) * len(suite.seeds)
+    else:
+        def variants(m):
+            return sum(1 for v in listed if not (getattr(spec(m), "modules_only", False) and is_reference(v.module)))
+
+        per_metric = {m: len(suite.metric_points(m)) * variants(m) for m in suite.metrics}
+        factors = {"backbones": len(suite.backbones), "modules": len(listed),
+                   points_field: max((len(suite.metric_points(m)) for m in suite.metrics), default=1)}
+        cells = len(suite.backbones) * sum(per_metric.values())
+        timed = len(suite.backbones) * sum(n for m, n in per_metric.items() if spec(m).exclusive)
+    what = " x ".join(f"{n:,} {k}" for k, n in factors.items())
+    fld = max(factors, key=factors.get)
+    _need(cells <= MAX_CELLS, suite.source, fld, f"plans {cells:,} cells ({what} per metric); a suite may plan at most "
+                                                 f"{MAX_CELLS:,}: split it into several suites")
+    _need(timed <= MAX_TIMED_CELLS, suite.source, fld, f"plans {timed:,} timing cells ({what}), each seconds to minutes; "
+                                                       f"a suite may time at most {MAX_TIMED_CELLS:,}: sweep fewer points or split it")
 
 
 def _sizes(value: Any, source: str, fld: str) -> List[Tuple[int, int]]:
@@ -458,23 +571,33 @@ def _points(data: Dict[str, Any], source: str, kind: str) -> Tuple[List[Point], 
             for key in sweep:
                 _need(key in AXES, source, f"sweeps[{i}].{_name(key)}", f"unknown axis; known: {', '.join(AXES)}")
             grids.append({**top, **{k: AXIS_PARSERS[k](v, source, f"sweeps[{i}].{k}") for k, v in sweep.items()}})
+    sizes = [len(g["input_size"]) * len(g["batch_size"]) * len(g["runtime"]) for g in grids]
+    if sum(sizes) > MAX_POINTS:  # counted before any point is made: 1000 x 1000 is refused at once
+        i = max(range(len(grids)), key=sizes.__getitem__)
+        shape = " x ".join(f"{len(grids[i][a]):,} {a}" for a in AXES)
+        fld = f"sweeps[{i}]" if sweeps is not None else max(AXES, key=lambda a: len(top[a]))
+        raise SuiteError(source, fld, f"plans {sum(sizes):,} points ({shape}); a suite may plan at most {MAX_POINTS:,}: "
+                                      "sweep one axis at a time with 'sweeps:' or split it")
     points = list(dict.fromkeys(Point(s, b, r) for g in grids
                                 for s, b, r in itertools.product(g["input_size"], g["batch_size"], g["runtime"])))
-    for p in points:
-        _check_input_fits(p.batch_size, p.input_size, source)
+    in_chans = (data.get("backbone_options") or {}).get("in_chans", 3) if isinstance(data.get("backbone_options"), dict) else 3
+    largest = max(points, key=lambda p: p.batch_size * p.input_size[0] * p.input_size[1])
+    problem = input_problem(largest.batch_size, largest.input_size, in_chans if isinstance(in_chans, int) else 3)
+    _need(problem is None, source, "batch_size", f"{problem}; lower batch_size or input_size")
     return points, Point(top["input_size"][0], top["batch_size"][0])
 
 
 def _check_options(variant: Variant, source: str, fld: str) -> None:
     """A misspelt option (``reducton: 8``) is found now, not as failed cells at run time."""
-    from .attach import check_module_options, split_options
+    from .attach import check_attach_options, check_module_options, split_options
 
     if is_reference(variant.module):
         if variant.options:
             raise SuiteError(source, fld, f"options {sorted(map(str, variant.options))} given to the baseline; drop them")
         return
-    _, module_options = split_options(variant.options)
+    attach, module_options = split_options(variant.options)
     try:
+        check_attach_options(attach)
         check_module_options(variant.module, get_module(variant.module), module_options)
     except AttnBenchError as exc:
         raise SuiteError(source, fld, str(exc))
@@ -492,13 +615,14 @@ def available_memory() -> Optional[int]:
     return None
 
 
-def _check_input_fits(batch: int, size, source: str) -> None:
-    """An input tensor that alone exceeds the memory available now cannot run anywhere here."""
-    need = batch * 3 * size[0] * size[1] * 4
+def input_problem(batch: int, size, in_chans: int = 3) -> Optional[str]:
+    """Why an input cannot run here (its tensor alone exceeds the memory available now), or None."""
+    need = batch * in_chans * size[0] * size[1] * 4
     avail = available_memory()
     if avail is not None and need > avail:
-        raise SuiteError(source, "batch_size", f"batch {batch} at {size[0]}x{size[1]} needs {need / 2**30:.1f} GiB for the "
-                                               f"input alone, more than the {avail / 2**30:.1f} GiB available; lower batch_size or input_size")
+        return (f"batch {batch} at {size[0]}x{size[1]} needs {need / 2**30:.1f} GiB for the input alone, more than the "
+                f"{avail / 2**30:.1f} GiB available")
+    return None
 
 
 def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names: bool, variants: List[Variant]):
@@ -560,7 +684,8 @@ def plan(suite: Suite) -> List[Cell]:
                     training = {**suite.training, **variant.training}
                     cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
                                       str(training.get("device", "cpu")), suite.dtype, suite.backbone_options, {}, seed,
-                                      suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S))
+                                      suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S,
+                                      source=suite.identity))
         return cells
     swept = len(suite.all_points()) > 1
     for bi, backbone in enumerate(suite.backbones):
@@ -569,8 +694,11 @@ def plan(suite: Suite) -> List[Cell]:
                 for vi, variant in enumerate(suite.variants):
                     if not suite.selected(backbone, variant) or (variant.auto and not has_native_attention(backbone)):
                         continue
+                    if spec(metric).modules_only and is_reference(variant.module):
+                        continue  # the bare / native backbone has no attached module to time alone
                     device = suite.device if spec(metric).gpu else "cpu"
                     cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), point.input_size, point.batch_size,
                                       device, suite.dtype, suite.backbone_options, suite.latency,
-                                      timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept))
+                                      timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept,
+                                      source=suite.identity))
     return cells

@@ -32,6 +32,15 @@ from .settings import is_finite_number, short
 from .threads import fixed_threads
 
 DATASET_KEYS = ("name", "root", "train_subset", "test_subset", "download")
+
+
+class TrainingPaused(BaseException):
+    """Training stopped at an epoch end on request, its state saved in the checkpoint: not an error of the
+    cell (a BaseException, so a cell's error boundary lets it through to the executor that asked)."""
+
+    def __init__(self, epoch: int, start: int = 0):
+        super().__init__(f"paused after epoch {epoch} (this stretch started from epoch {start})")
+        self.epoch, self.start = epoch, start
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     device: str = "cpu"  # or cuda, cuda:N
     amp: Optional[str] = None  # None, bf16 or fp16 (fp16 on CUDA only, with a gradient scaler)
+    compile: bool = False  # torch.compile (inductor, static shapes) the model's training and scoring calls
     checkpoint: bool = True  # save the training state after every epoch when the runner gives a path
 
 
@@ -75,6 +85,9 @@ def validate_training(training: Dict[str, Any], dataset: Optional[Dict[str, Any]
     for key in ("weight_decay", "warmup_steps", "label_smoothing"):
         if not (is_finite_number(t[key]) and t[key] >= 0):
             problems.append((key, f"must be a finite number >= 0, got {short(t[key])}"))
+    for key in ("channels_last", "compile", "checkpoint"):
+        if not isinstance(t[key], bool):
+            problems.append((key, f"must be true or false, got {short(t[key])}"))
     if not (is_finite_number(t["momentum"]) and 0 <= t["momentum"] < 1):
         problems.append(("momentum", f"must be in [0, 1), got {short(t['momentum'])}"))
     device = t["device"]
@@ -143,17 +156,31 @@ def autocast(cfg: TrainConfig):
         torch.autocast(device_type, enabled=False)
 
 
+def training_forward(model: nn.Module, cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The call training and scoring go through: the model itself, or with ``compile`` its torch.compile
+    (runtimes.compile_model: inductor, default mode, static shapes, a dynamo budget of its own). The
+    parameters stay the model's, so checkpoints and the weights' SHA-1 do not change with it."""
+    if not cfg.compile:
+        return model
+    from .runtimes import check_available, compile_model
+
+    check_available("compile", cfg.device)  # a missing C++ compiler / triton: one line, before any epoch
+    return compile_model(model)
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, mem_format, cfg: Optional[TrainConfig] = None
-             ) -> Dict[str, float]:
-    """Top-1, top-5 and mean cross-entropy (without label smoothing) on (x, y); leaves the model in eval mode."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, mem_format, cfg: Optional[TrainConfig] = None,
+             forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, float]:
+    """Top-1, top-5 and mean cross-entropy (without label smoothing) on (x, y) through ``forward`` (default:
+    the model); leaves the model in eval mode."""
     model.eval()
+    forward = forward or model
     top1 = top5 = 0
     loss = 0.0
     k = min(5, model.num_classes if hasattr(model, "num_classes") else 5)
     for i in range(0, len(x), batch):
         with autocast(cfg or TrainConfig()):
-            logits = model(x[i:i + batch].contiguous(memory_format=mem_format)).float()
+            logits = forward(x[i:i + batch].contiguous(memory_format=mem_format)).float()
         target = y[i:i + batch]
         loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
         top = logits.topk(k, dim=1).indices
@@ -215,14 +242,18 @@ def _data_on(data, device: torch.device, mem_format):
 
 
 def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_path: Optional[Path] = None,
-                fingerprint: str = "", on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+                fingerprint: str = "", on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+                pause_after_s: Optional[float] = None) -> Dict[str, Any]:
     """Train ``model`` in place, scoring the test split after every epoch; returns the final scores,
     the curve, loss and throughput. Resumes from ``checkpoint_path`` when it holds this cell's state.
-    ``on_epoch(point)`` runs after each epoch's checkpoint is saved. Raises NonFiniteLoss."""
+    ``on_epoch(point)`` runs after each epoch's checkpoint is saved. With ``pause_after_s`` (and a
+    checkpoint path) it raises TrainingPaused at the first epoch end after that many seconds, the state
+    saved: an executor ships the checkpoint and continues elsewhere. Raises NonFiniteLoss."""
     device = torch.device(cfg.device)
     mem_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=mem_format).train()
     tx, ty, vx, vy, num_classes = _data_on(data, device, mem_format)
+    forward = training_forward(model, cfg)
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -234,6 +265,7 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
     total = steps_per_epoch * cfg.epochs
     check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would stall the GPU's queue
     start, step, seen, train_time, curve, top5, wall_before, w0 = 0, 0, 0, 0.0, [], None, 0.0, time.perf_counter()
+    first_step_s = None  # this process' first step: includes torch.compile's compilation when compile is on
     saved = load_checkpoint(checkpoint_path, fingerprint)
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -253,8 +285,9 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
             lr = lr_at(step, total, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
+            ts = time.perf_counter() if first_step_s is None else None
             with autocast(cfg):
-                loss = loss_fn(model(tx[idx].contiguous(memory_format=mem_format)), ty[idx])
+                loss = loss_fn(forward(tx[idx].contiguous(memory_format=mem_format)), ty[idx])
             pending.append(loss.detach().float())
             if len(pending) == check_every or b == steps_per_epoch - 1:
                 losses += _check_finite(pending, epoch, b + 1 - len(pending), lr)
@@ -263,6 +296,8 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if ts is not None:
+                first_step_s = time.perf_counter() - ts
             step += 1
             seen += len(idx)
         if device.type == "cuda":
@@ -270,7 +305,7 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
         epoch_s = time.perf_counter() - t0
         train_time += epoch_s
         t1 = time.perf_counter()
-        scores = evaluate(model, vx, vy, cfg.eval_batch_size, mem_format, cfg)
+        scores = evaluate(model, vx, vy, cfg.eval_batch_size, mem_format, cfg, forward)
         top5 = scores["top5"]
         curve.append({"epoch": epoch + 1, "images_seen": seen, "test_top1": scores["top1"], "test_loss": scores["loss"],
                       "train_loss": sum(losses) / len(losses), "lr": lr, "s": epoch_s,
@@ -283,6 +318,9 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
                 "generator": gen.get_state(), "rng": _rng_state(device)})
         if on_epoch is not None:
             on_epoch(curve[-1])
+        if (pause_after_s is not None and checkpoint_path is not None and cfg.checkpoint and epoch + 1 < cfg.epochs
+                and time.perf_counter() - w0 >= pause_after_s):
+            raise TrainingPaused(epoch + 1, start)
     last = curve[-1]
     result = {"top1": last["test_top1"], "top5": top5, "test_loss": last["test_loss"]}
     if num_classes <= 5 or top5 is None:
@@ -290,9 +328,43 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
     result.update({
         "final_train_loss": last["train_loss"], "train_images_per_s": seen / train_time if train_time else 0.0,
         "train_s": train_time, "steps": step, "train_size": len(tx), "test_size": len(vx), "curve": curve,
-        "resumed_from_epoch": start, "wall_before": wall_before,
+        "resumed_from_epoch": start, "wall_before": wall_before, "first_step_s": first_step_s,
     })
     return result
+
+
+def kernel_environment(cfg: TrainConfig) -> Dict[str, Any]:
+    """What picks the kernels a bit-for-bit rerun must meet again, beyond torch's version and the thread
+    count: the CPU's instruction set as torch dispatches on it (bf16 and fp32 kernels differ between
+    AVX2, AVX-512 and AMX), the oneDNN build and, for a compiled CPU step, the C++ compiler inductor used."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn": _onednn_version(),
+            "compiler": _cxx_version() if cfg.compile and cfg.device == "cpu" else None}
+
+
+@lru_cache(maxsize=1)
+def _onednn_version() -> Optional[str]:
+    import re
+
+    found = re.search(r"MKL-DNN (v[\w.]+)", torch.__config__.show())
+    return found.group(1) if found else None
+
+
+@lru_cache(maxsize=1)
+def _cxx_version() -> Optional[str]:
+    """The C++ compiler inductor would build CPU kernels with (``compile: true``), first line of --version."""
+    import shutil
+    import subprocess
+
+    from .runtimes import _cpp_compiler
+
+    cxx = _cpp_compiler()
+    if not cxx or not shutil.which(cxx):
+        return None
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0] if out else None
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -326,9 +398,11 @@ def deterministic_cuda(device: str):
 
 def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, training: Dict, seed: int,
                checkpoint_path: Optional[Path] = None,
-               on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Measurement:
+               on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+               pause_after_s: Optional[float] = None) -> Measurement:
     """Train one (backbone, module, seed) cell; with ``checkpoint_path`` it saves every epoch there,
-    resumes from it when present, and deletes it once the cell has finished."""
+    resumes from it when present, and deletes it once the cell has finished (``pause_after_s``: see
+    train_model; the checkpoint then stays for whoever continues)."""
     problems = validate_training(training)
     if problems:
         raise AttnBenchError(f"training.{problems[0][0]}: {problems[0][1]}")
@@ -342,16 +416,16 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
         data = prepare(dataset)
         in_chans, num_classes = data[0].shape[1], data[4]
         torch.manual_seed(seed)
-        model = build(backbone, module,
+        model = build(backbone, module, init="train",  # training keeps the training init (zero_init_last ...)
                       backbone_kwargs={"num_classes": num_classes, "in_chans": in_chans}, **options)
         if cfg.stem:
             adapt_stem(model, **cfg.stem)
         with deterministic_cuda(cfg.device):
-            stats = train_model(model, data, cfg, seed, checkpoint_path, fingerprint, on_epoch)
+            stats = train_model(model, data, cfg, seed, checkpoint_path, fingerprint, on_epoch, pause_after_s)
         wall = time.perf_counter() - t0 + stats.pop("wall_before", 0.0)
-        stats.update({"params": count_params(model), "seed": seed, "wall_s": wall,
+        stats.update({"params": count_params(model), "seed": seed, "wall_s": wall, "init": "train",
                       "threads": torch.get_num_threads(), "weights_sha1": weights_digest(model), "device": cfg.device,
-                      "amp": cfg.amp})
+                      "amp": cfg.amp, "recipe": asdict(cfg), **kernel_environment(cfg)})
         if checkpoint_path is not None and Path(checkpoint_path).exists():
             Path(checkpoint_path).unlink()
         return Measurement("accuracy", stats["top1"], "% top-1", "train from scratch, evaluate on the test split",

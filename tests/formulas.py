@@ -82,6 +82,15 @@ def sk_params(c, c_in=None, g=32, r=16, min_hidden=32, branches=2):
     return branches * (c * (c_in // groups) * 9 + 2 * c) + (c * d + 2 * d) + branches * d * c
 
 
+def sk_resnet_params(c, c_in=None, g=32, r=16):
+    # The SK authors' SK-ResNet unit (github.com/implus/PytorchInsight, classification/models/imagenet/resnet_sk.py,
+    # Bottleneck): the block's dense 3x3 conv C_in->C, no bias (9*C*C_in) + BN (2C) kept as branch 1; branch 2 a 3x3
+    # 32-group conv (9*C*C_in/G) + BN (2C); conv_fc1 C->C/16, no bias (C*d) + BN (2d); conv_fc2 d->2C, no bias (2*d*C).
+    c_in = c_in or c
+    groups, d = math.gcd(g, math.gcd(c, c_in)), c // r
+    return (9 * c * c_in + 2 * c) + (9 * c * (c_in // groups) + 2 * c) + (c * d + 2 * d) + 2 * d * c
+
+
 def coord_params(c, r=32, min_hidden=8):
     # Hou et al. 2021, Fig. 3(c): shared 1x1 conv C->m with bias (C*m + m) + BN (2m), m = max(8, C/r);
     # two 1x1 convs m->C with bias (2 * (m*C + C)).

@@ -110,6 +110,68 @@ def test_table_interval_verdict_and_convergence_from_records():
     assert "Welch's t" in md and "Budget: digits, 2 epoch(s) x 1,000 training images = 2,000 images seen per cell" in md
 
 
+def _trained(label, seed, finals, position, epochs, peak=0.1, **training):
+    """A record as train_cell writes it (with its full recipe): top-1 0.2 pp below `finals` one epoch before the
+    end, the schedule's LR at 1% of its peak at the last epoch."""
+    recipe = {"epochs": epochs, "batch_size": 100, "optimizer": "sgd", "lr": peak, "momentum": 0.9, "weight_decay": 5e-4,
+              "warmup_steps": 10, "label_smoothing": 0.1, "threads": 2, "amp": "bf16", "channels_last": True,
+              "compile": True, "stem": {"stride": 2}, **training}
+    curve = [{"epoch": e + 1, "images_seen": 1000 * (e + 1), "test_top1": finals - 0.2 * (epochs - 1 - e), "test_loss": 1.0,
+              "train_loss": 0.5, "lr": peak * (0.01 if e == epochs - 1 else 0.5)} for e in range(epochs)]
+    stats = {"top1": finals, "final_train_loss": 0.5, "train_images_per_s": 100.0, "params": 1e6, "wall_s": 10.0,
+             "train_size": 1000, "threads": 2, "curve": curve, "recipe": recipe}
+    return Record.from_dict({
+        "key": f"{label}-{seed}", "metric": "accuracy", "status": "ok", "suite": "hand", "backbone": "resnet18",
+        "label": label, "module": label.split("-")[0], "position": [0, position], "env": {"torch": "x"},
+        "measurement": {"metric": "accuracy", "value": finals, "unit": "% top-1", "method": "hand", "stats": stats},
+        "config": {"seed": seed, "dataset": {"name": "digits"}, "training": {"epochs": epochs}}})
+
+
+def test_settings_line_names_the_whole_recipe_and_rows_trained_otherwise():
+    recs = [_trained("none", s, 88.0 + 0.2 * s, 0, epochs=2) for s in range(3)]
+    recs += [_trained("none-fp32", s, 88.1 + 0.2 * s, 1, epochs=2, amp=None, compile=False) for s in range(3)]
+    md = render_accuracy(recs)
+    assert ("Recipe: batch 100; SGD lr 0.1, Nesterov momentum 0.9, weight decay 0.0005; 10 warm-up steps then cosine to 0 "
+            "(per step); label smoothing 0.1; stem {'stride': 2}; cpu, 2 threads, bf16 autocast, channels_last, "
+            "torch.compile (inductor).") in md
+    assert "Rows trained otherwise: none-fp32: amp None, compile False." in md
+    # the first `none` row is the baseline: none-fp32 is compared with it (88.3 - 88.2 = +0.10)
+    rows = {r["label"]: r for r in accuracy_rows(recs)}
+    assert rows["none"]["delta"] is None and rows["none-fp32"]["delta"].diff == pytest.approx(0.1)
+
+
+def test_annealed_lr_alone_cannot_show_a_plateau():
+    # last-epoch gain +0.2 pp passes the 0.5 pp rule, but the LR ended at 1% of its peak: the note says so
+    recs = [_trained("none", s, 88.0 + 0.2 * s, 0, epochs=2) for s in range(3)]
+    recs += [_trained("se", s, 88.1 + 0.2 * s, 1, epochs=2) for s in range(3)]
+    md = render_accuracy(recs)
+    assert "resnet18: baseline's last epoch +0.20 pp (<= 0.5 pp); but the LR had decayed to 1% of its peak" in md
+    assert "only a longer run of the baseline" in md and "‡" not in md.split("\n- ")[0]
+
+
+def test_a_longer_run_of_the_baseline_checks_the_plateau():
+    # baseline finals [88.0, 88.2, 88.4] (mean 88.2); none-2x, 4 epochs, [88.3, 88.5, 88.7] (mean 88.5): Δ +0.30,
+    # s² = 0.04 each, se = sqrt(0.08/3) = 0.163299, df = 4, t(0.975, 4) = 2.776445 -> half 0.453391: [-0.15, +0.75]
+    recs = [_trained("none", s, 88.0 + 0.2 * s, 0, epochs=2) for s in range(3)]
+    recs += [_trained("se", s, 87.0 + 0.2 * s, 1, epochs=2) for s in range(3)]
+    longer = [_trained("none-2x", s, 88.3 + 0.2 * s, 2, epochs=4) for s in range(3)]
+    md = render_accuracy(recs + longer)
+    assert ("resnet18: baseline's last epoch +0.20 pp (<= 0.5 pp), and trained 2x as many epochs (`none-2x`) it scores "
+            "+0.30 pp [-0.15, +0.75]: at its plateau (<= 0.5 pp).") in md
+    assert "Rows trained otherwise: none-2x: epochs 4." in md and "not converged" not in md.split("- Δtop-1")[0]
+    se = next(ln for ln in md.splitlines() if ln.startswith("| resnet18 | se |")).split(" | ")
+    assert se[6:8] == ["-1.00 [-1.45, -0.55]", "worse"]  # against `none` (mean 88.2), not `none-2x`
+    # the longer run still gains 0.9 pp: not converged, and every verdict carries ‡
+    longer = [_trained("none-2x", s, 88.9 + 0.2 * s, 2, epochs=4) for s in range(3)]
+    md = render_accuracy(recs + longer)
+    assert "**not converged: Δ describes this budget** (the baseline trained 2x as many epochs, `none-2x`, scores +0.90 pp" in md
+    se = next(ln for ln in md.splitlines() if ln.startswith("| resnet18 | se |")).split(" | ")
+    assert se[7] == "worse ‡"
+    # a longer run under other settings (here another LR) is no plateau check
+    other = [_trained("none-2x", s, 88.9 + 0.2 * s, 2, epochs=4, peak=0.2) for s in range(3)]
+    assert "as many epochs" not in render_accuracy(recs + other)
+
+
 def test_diverging_cell_fails_with_nan_and_others_land(tmp_path):
     suite = parse_suite({
         "name": "diverge", "kind": "accuracy", "backbones": ["resnet18"],

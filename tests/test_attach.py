@@ -51,7 +51,7 @@ def test_se_sits_where_timm_puts_it_and_computes_the_same():
 
 
 def test_nonlocal_default_is_one_block_after_res4():
-    m = build("resnet50", "nonlocal")
+    m = build("resnet50", "nonlocal", init="train")  # the training init: Non-Local's zero BN, the identity
     a = m.attnbench_attachment
     assert a.placement == "stage" and a.stages == [3] and a.sites == ["layer3.attn5"]
     assert attention_parameters(m) == 2_101_760  # C = 1024 at res4

@@ -78,9 +78,11 @@ def test_failing_models_are_dropped_the_others_finish():
     out = measure_latency(models, LatencySettings(**ONE_CALL, rounds=3),
                           on_error=lambda label, exc: failed.setdefault(label, str(exc)))
     assert failed == {"b": "boom", "c": "late boom"} and set(out) == {"a", "d"}
-    # warm-up a c d; round 1: a c d; round 2 (rotated: c d a): c fails first, the round ends; round 3 over [a, d]: a d
-    assert log == list("acd") + list("acd") + list("ad")
-    assert out["a"].stats["runs"] == 2 and out["d"].stats["runs"] == 2
+    # warm-up a c d; round 1 (cycle 0): a c d; round 2, cycle 1 (rotated: c d a): c fails first, the broken cycle
+    # is dropped for everyone and the round goes on over [a, d] (cycle 2: a d); round 3 (cycle 3: d a)
+    assert log == list("acd") + list("acd") + list("ad") + list("da")
+    assert out["a"].stats["runs"] == 3 and out["d"].stats["runs"] == 3
+    assert [len(r) for r in out["a"].stats["rounds_ms"]] == [1, 1, 1]  # pairs stay aligned round by round
     assert all(m.metric == "latency_cpu" and m.unit == "ms" and m.settings["mode"] == "eval" for m in out.values())
 
 

@@ -104,3 +104,23 @@ def test_both_counters_agree_on_every_registry_entry(backbone, no_weight_init):
     assert set(failures) == set(expected), failures
     for name, reason in expected.items():
         assert reason in failures[name], (name, failures[name])
+
+
+class DroppedAttention(nn.Module):
+    """SDPA with dropout in training: on CPU it runs SDPA's math path, whose softmax is aten._safe_softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        q = self.proj(x)
+        return nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.5 if self.training else 0.0)
+
+
+def test_sdpas_math_path_is_counted():
+    mc = count_train_macs(DroppedAttention(), torch.randn(1, 2, 4, 8))  # 2 heads, 4 tokens: 2 * 4 * 4 weights
+    assert mc.unhandled == {}
+    assert mc.by_operator["_safe_softmax"] == mc.by_operator["_softmax_backward_data"] == 2 * 4 * 4
+    assert mc.by_operator["div_"] == 2 * 4 * 4  # dropout's rescale; its bernoulli draw creates a tensor: free
+    assert "bernoulli" not in mc.by_operator and "bernoulli_" not in mc.by_operator

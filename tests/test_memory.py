@@ -177,3 +177,15 @@ def test_resnet50_and_se_activations_by_hand():
     assert bare.stats["fvcore"] == 11_113_984 + 1000  # fvcore's conv + classifier outputs
     assert bare.value == resnet50_activations() == 22_632_424
     assert se.value - bare.value == sum(n * se_activations(c, side) for n, c, side in RESNET50_STAGES) == 5_565_616
+
+
+def test_train_memory_per_image_depends_on_the_batch():
+    """conv 3->4 (no bias) + BN(4) on (n, 3, 8, 8): the conv saves its input (3*64 floats per image), BN its input
+    (4*64 per image) and its batch mean and inverse std (4 + 4 floats for the whole batch): 1792 + 32/n bytes per
+    image. The per-image figure holds at its batch only (the record keeps batch and saved_bytes)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+    for n in (2, 4, 8):
+        m = measure_saved_memory(model, torch.randn(n, 3, 8, 8))
+        assert m.stats["saved_bytes"] == n * (3 * 64 + 4 * 64) * 4 + 2 * 4 * 4 and m.stats["batch"] == n
+        assert m.value == 1792 + 32 // n  # 1808, 1800, 1796
+    assert "do not scale with it" in m.method

@@ -4,7 +4,7 @@ import re
 import pytest
 import timm
 import torch
-from formulas import gc_params, se_params, sk_params
+from formulas import coord_params, gc_params, se_params, sk_resnet_params, triplet_params
 
 import attnbench
 from attnbench import attention_parameters, build, count_params
@@ -38,13 +38,26 @@ def test_sknet50_is_timms_skresnext50_weight_for_weight():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
 
 
-def test_sk_replaces_the_3x3_of_resnet50_by_formula():
+def test_sk_on_a_plain_resnet50_is_the_sk_authors_sk_resnet():
+    """A dense 3x3 becomes the SK authors' SK-ResNet unit (PytorchInsight resnet_sk.py): the dense conv stays as
+    one branch beside a 32-group one, d = C/16 -- their table's 26.15M, not two grouped convs (15.3M)."""
     m = build("resnet50", "sk")
     removed = sum(9 * w * w + 2 * w for w in WIDTHS50)  # the 3x3 conv and its BN, per block
-    assert attention_parameters(m) == sum(sk_params(w) for w in WIDTHS50)
-    assert count_params(m) == RESNET50 - removed + sum(sk_params(w) for w in WIDTHS50)
+    assert attention_parameters(m) == sum(sk_resnet_params(w) for w in WIDTHS50)
+    assert count_params(m) == RESNET50 - removed + sum(sk_resnet_params(w) for w in WIDTHS50) == 26_154_496
     assert describe(m.attnbench_attachment.as_dict()) == "conv x16"
+    unit = m.layer2[0].conv2.attn
+    assert unit.variant == "sk-resnet" and [b[0].groups for b in unit.branches] == [1, 32]
+    assert [b[0].dilation for b in unit.branches] == [(1, 1), (1, 1)] and unit.fuse[0].out_channels == 128 // 16
     assert type(m.layer2[0].bn2).__name__ == "Identity"  # SK brings its own BN + ReLU, as timm's skresnet
+    assert build("resnext50_32x4d", "sk").layer2[0].conv2.attn.variant == "sknet"  # a grouped 3x3: SKNet's unit
+
+
+def test_sk_resnet101_is_the_sk_authors_count():
+    widths = [64] * 3 + [128] * 4 + [256] * 23 + [512] * 3
+    resnet101 = count_params(timm.create_model("resnet101"))
+    extra = sum(sk_resnet_params(w) - 9 * w * w - 2 * w for w in widths)
+    assert count_params(build("resnet101", "sk")) == resnet101 + extra == 45_678_112  # PytorchInsight: 45.68M
 
 
 def test_sk_in_basic_blocks_takes_width_and_stride():
@@ -52,8 +65,8 @@ def test_sk_in_basic_blocks_takes_width_and_stride():
     a = m.attnbench_attachment
     assert a.sites[:3] == ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1"]
     conv = m.layer2[0].conv1.attn.branches[0][0]
-    assert (conv.in_channels, conv.out_channels, conv.stride) == (64, 128, (2, 2))
-    assert attention_parameters(m) == sum(sk_params(c, c_in) for c, c_in in
+    assert (conv.in_channels, conv.out_channels, conv.stride, conv.groups) == (64, 128, (2, 2), 1)
+    assert attention_parameters(m) == sum(sk_resnet_params(c, c_in) for c, c_in in
                                           [(64, 64)] * 2 + [(128, 64), (128, 128), (256, 128), (256, 256), (512, 256), (512, 512)])
     with torch.no_grad():
         assert m(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
@@ -164,7 +177,7 @@ def test_seresnet50_bare_is_resnet50():
     assert count_params(build("seresnet50")) == count_params(timm.create_model("resnet50")) == RESNET50
     assert count_params(build("seresnet50", "native")) == 28_088_024
     assert native_attention("resnet50") is None
-    with pytest.raises(AttnBenchError, match="keep_native applies to conv and stage placements"):
+    with pytest.raises(AttnBenchError, match="keep_native applies to conv, stage, after_conv"):
         build("seresnet50", "cbam", keep_native=True)
 
 
@@ -178,3 +191,89 @@ def test_seresnet50_bare_is_resnet50():
 ])
 def test_describe(record, text):
     assert describe(record) == text
+
+
+def _site_channels(model):
+    from attnbench.attach import AttentionSlot
+
+    return [m.channels for m in model.modules() if isinstance(m, AttentionSlot)]
+
+
+def test_simam_goes_after_the_spatial_conv_as_its_official_code():
+    """SimAM's networks/imagenet/resnet.py: Sequential(conv2, simam) in every BasicBlock and Bottleneck -- after the
+    3x3 conv, before its BN, on the block's width (not at the end of the branch on 4x the channels)."""
+    from attnbench import count_flops
+
+    m = build("resnet50", "simam").eval()
+    assert m.attnbench_attachment.placement == "after_conv"
+    assert m.attnbench_attachment.sites[:2] == ["layer1.0.conv2.attn", "layer1.1.conv2.attn"]
+    assert isinstance(m.layer1[0].conv2.layer, torch.nn.Conv2d) and isinstance(m.layer1[0].bn2, torch.nn.BatchNorm2d)
+    assert _site_channels(m) == WIDTHS50
+    # per site: mean, sub, pow, sum, div, +0.5, sigmoid, mul over C*H*W (8) and /n, +lambda, *4 over C (3)
+    sides = [56] * 3 + [28] * 4 + [14] * 6 + [7] * 3
+    by_hand = sum(8 * w * s * s + 3 * w for w, s in zip(WIDTHS50, sides))
+    assert count_flops(m, torch.randn(1, 3, 224, 224)).attention == by_hand == 11_050_048
+    r18 = build("resnet18", "simam")
+    assert r18.attnbench_attachment.sites[0] == "layer1.0.conv2.attn"  # BasicBlock: its second 3x3, as the official code
+    mb = build("mobilenetv2_100", "simam")
+    assert mb.attnbench_attachment.sites[:2] == ["blocks.0.0.conv_dw.attn", "blocks.1.0.conv_dw.attn"]
+
+
+def test_a_placement_left_out_of_some_stages_leaves_their_layers_unwrapped():
+    m = build("resnet50", "simam", stages=[4])
+    assert m.attnbench_attachment.sites == ["layer4.0.conv2.attn", "layer4.1.conv2.attn", "layer4.2.conv2.attn"]
+    assert type(m.layer3[0].conv2) is torch.nn.Conv2d and count_params(m) == RESNET50
+
+
+def _mbv2_blocks():
+    model = timm.create_model("mobilenetv2_100")
+    blocks = [m for m in model.modules() if type(m).__name__ in ("InvertedResidual", "DepthwiseSeparableConv")]
+    out = [m.bn3.num_features if hasattr(m, "bn3") else m.bn2.num_features for m in blocks]
+    hidden = [m.conv_pw.out_channels for m in blocks if type(m).__name__ == "InvertedResidual"]
+    return count_params(model), out, hidden
+
+
+def test_eca_and_triplet_follow_the_projection_in_mobilenetv2():
+    """ECA-Net's eca_mobilenetv2.py and Triplet's MODELS/mobilenet.py: the module after the pw-linear conv + BN of
+    every block (the t=1 block too), on the block's output channels."""
+    total, out, _ = _mbv2_blocks()
+    for name in ("eca", "triplet"):
+        m = build("mobilenetv2_100", name)
+        a = m.attnbench_attachment
+        assert a.placement == "output" and len(a.sites) == 17 == len(out)
+        assert a.sites[:2] == ["blocks.0.0.bn2.attn", "blocks.1.0.bn3.attn"]
+        assert _site_channels(m) == out == [16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320]
+    assert count_params(build("mobilenetv2_100", "triplet")) == total + 17 * triplet_params() == 3_509_972  # README: 3.51 M
+    # ResNets: the end of the residual branch, as before (ECA-Net's eca_resnet.py, Triplet's MODELS/resnet.py)
+    assert build("resnet50", "eca").attnbench_attachment.sites[0] == "layer1.0.se"
+    # an explicit placement still goes where it is asked: the SE slot on the expanded channels
+    assert build("mobilenetv2_100", "eca", placement="block").attnbench_attachment.sites[1] == "blocks.1.0.se"
+
+
+def test_coordinate_attention_skips_the_block_without_expansion_as_mbv2_ca():
+    """houqb/CoordAttention mbv2_ca.py: CA after the depthwise conv + BN + ReLU6 of every block with
+    expand_ratio != 1; the first (t=1) block has none."""
+    total, _, hidden = _mbv2_blocks()
+    m = build("mobilenetv2_100", "coord")
+    assert len(m.attnbench_attachment.sites) == 16 and m.attnbench_attachment.sites[0] == "blocks.1.0.se"
+    assert _site_channels(m) == hidden
+    assert count_params(m) == total + sum(coord_params(c) for c in hidden) == 3_950_648  # README: 3.95M
+
+
+def test_block_kinds_and_placement_per_kind():
+    from attnbench.errors import ModuleDoesNotFit
+    from attnbench.placement import block_kinds, resolve_placement
+
+    assert block_kinds(timm.create_model("resnet18")) == ["basic"]
+    assert block_kinds(timm.create_model("resnext50_32x4d")) == ["resnext"]
+    assert block_kinds(timm.create_model("mobilenetv2_100")) == ["depthwise_separable", "inverted_residual"]
+    spec = {"inverted_residual": "output", "depthwise_separable": None, "default": "block"}
+    assert resolve_placement(spec, ["basic"], "m") == ("block", ())
+    assert resolve_placement(spec, ["depthwise_separable", "inverted_residual"], "m") == ("output", ("depthwise_separable",))
+    assert resolve_placement("conv", ["basic"], "m") == ("conv", ())
+    with pytest.raises(ModuleDoesNotFit, match="asks for placements"):
+        resolve_placement({"basic": "block", "bottleneck": "conv"}, ["basic", "bottleneck"], "m")
+    with pytest.raises(Unsupported, match="placement 'after_conv' goes after"):
+        build("convnext_nano", "simam", placement="after_conv")
+    # without blocks it knows, a module goes after every stage, as block modules do
+    assert describe(build("convnext_nano", "simam").attnbench_attachment.as_dict()) == "stages 1,2,3,4"

@@ -186,18 +186,30 @@ class CpuOom(nn.Module):
                            "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
 
 
+class StdGate(nn.Module):
+    """SRM's style pooling without SRM's declared limit: the unbiased std of a 1x1 map is NaN."""
+
+    def __init__(self, channels):
+        super().__init__()
+
+    def forward(self, x):
+        return x * torch.sigmoid(x.flatten(2).std(dim=2))[..., None, None]
+
+
 @pytest.fixture
 def faulty_modules():
     attnbench.register("hang_test")(Hang)
     attnbench.register("cpu_oom_test")(CpuOom)
+    attnbench.register("std_gate_test")(StdGate)
     yield
     MODULES.unregister("hang_test")
     MODULES.unregister("cpu_oom_test")
+    MODULES.unregister("std_gate_test")
 
 
 def test_hung_oom_and_nan_cells_fail_alone(tmp_path, faulty_modules):
     suite = parse_suite({
-        "name": "guard", "backbones": ["resnet18"], "modules": ["none", "hang_test", "cpu_oom_test", "srm"],
+        "name": "guard", "backbones": ["resnet18"], "modules": ["none", "hang_test", "cpu_oom_test", "std_gate_test", "srm"],
         "input_size": 32, "metrics": ["macs", "latency_cpu"], "timeout": 10,
         "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
     }, "guard.yaml")
@@ -207,8 +219,13 @@ def test_hung_oom_and_nan_cells_fail_alone(tmp_path, faulty_modules):
     errors = {(r.label, r.metric): (r.error or {}).get("type") for r in result.records}
     assert errors[("hang_test", "macs")] == "Timeout" and errors[("hang_test", "latency_cpu")] == "Timeout"
     assert errors[("cpu_oom_test", "macs")] == "OutOfMemory" and errors[("cpu_oom_test", "latency_cpu")] == "OutOfMemory"
-    # SRM's unbiased std of a 1x1 map (resnet18's res5 at 32x32) is NaN: never an ok number
-    assert errors[("srm", "macs")] == "NonFiniteOutput" and errors[("srm", "latency_cpu")] == "NonFiniteOutput"
+    # an unbiased std of a 1x1 map (resnet18's res5 at 32x32) is NaN: never an ok number
+    assert errors[("std_gate_test", "macs")] == "NonFiniteOutput"
+    assert errors[("std_gate_test", "latency_cpu")] == "NonFiniteOutput"
+    # SRM declares that limit (min_spatial 2): the cell is unsupported, with the reason, before any forward
+    srm = [r for r in result.records if r.label == "srm"]
+    assert srm and all(r.status == "unsupported" and "spatial" in (r.note or "") for r in srm), \
+        [(r.status, r.note) for r in srm]
     assert errors[("none", "macs")] is None and errors[("none", "latency_cpu")] is None
     assert result.exit_code == 1
 

@@ -36,7 +36,8 @@ def test_training_tasks_checkpoint_under_the_cell_key():
     cells = plan(suite)
     tasks = make_tasks(cells, ["ka", "kb"], checkpoint_dir=Path("OUT/checkpoints"))
     assert [t.training for t in tasks] == [True, True]
-    assert tasks[1].train_kwargs() == {"checkpoint_path": Path("OUT/checkpoints/kb.pt")}
+    # absolute (issue #23): a worker started in another directory must not read it against its own
+    assert tasks[1].train_kwargs() == {"checkpoint_path": Path("OUT/checkpoints/kb.pt").resolve()}
 
 
 class KnownLimit:

@@ -26,8 +26,10 @@ def test_shipped_suites_load():
     assert s.backbones == ["resnet18", "resnet50"]
     assert [v.label for v in s.variants] == ["none", "native", "se", "cbam", "nonlocal"]
     assert [v.label for v in s.variants if v.auto] == ["native"]  # planned only where a backbone ships attention
-    assert s.metrics == ["params", "macs", "latency_cpu"] and s.input_size == (224, 224) and s.batch_size == 1
-    assert len(plan(s)) == 2 * 4 * 3
+    assert s.metrics == ["params", "macs", "latency_cpu", "attention_cpu"] and s.input_size == (224, 224) and s.batch_size == 1
+    assert s.latency["target"] == 1.0 and s.latency["max_time"] == 30
+    # 2 backbones x 4 modules x 3 metrics, plus attention_cpu for the 3 modules (none has no module to time alone)
+    assert len(plan(s)) == 2 * 4 * 3 + 2 * 3
 
 
 def test_variants_and_plan(tmp_path):

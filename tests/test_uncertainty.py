@@ -76,8 +76,8 @@ def test_compare_noise_band_and_fail_above(tmp_path):
     from attnbench.cli import app
 
     a = [timing("none", [[10.0, 10.1], [10.2, 10.1], [10.0, 9.9], [10.1, 10.0]], 0)]
-    slower = [timing("none", [[12.0, 12.1], [12.2, 12.1], [12.0, 11.9], [12.1, 12.0]], 0, suite="b")]  # +20%, tight
-    noisy = [timing("none", [[9.0, 9.0], [16.0, 16.0], [9.5, 9.5], [15.0, 15.0]], 0, suite="c")]  # +20% but noise
+    slower = [timing("none", [[12.0, 12.1], [12.2, 12.1], [12.0, 11.9], [12.1, 12.0]], 0)]  # +20%, tight
+    noisy = [timing("none", [[9.0, 9.0], [16.0, 16.0], [9.5, 9.5], [15.0, 15.0]], 0)]  # +20% but noise
     pa, pb, pc = write_store(tmp_path / "a.jsonl", a), write_store(tmp_path / "b.jsonl", slower), write_store(tmp_path / "c.jsonl", noisy)
     (row,) = compare_rows(a, slower)
     assert row.delta.pct == pytest.approx(20.0, abs=0.2) and row.delta.low > 15 and row.regression_above(5)

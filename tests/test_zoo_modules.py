@@ -79,8 +79,8 @@ def test_every_registry_entry_in_resnet18():
         assert reason in unsupported[name], (name, unsupported[name])
 
 
-@pytest.mark.parametrize("backbone,placement,sites", [
-    ("mobilenetv3_large_100", "block", 15), ("efficientnet_b0", "block", 16), ("regnety_002", "block", 13),
+@pytest.mark.parametrize("backbone,placement,sites", [  # ECA-Net's MobileNetV2 layout in inverted residuals: output
+    ("mobilenetv3_large_100", "output", 15), ("efficientnet_b0", "output", 16), ("regnety_002", "block", 13),
     ("gernet_s", "block", 14), ("convnext_nano", "stage", 4),
 ])
 def test_attachment_beyond_resnet(backbone, placement, sites):

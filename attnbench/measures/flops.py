@@ -27,7 +27,7 @@ from torch import nn
 from ..attach import AttentionSlot
 from .macs_dispatch import count_forward_macs
 from .macs_rules import ELEMENTWISE, MATMUL, NORM, RULES, RuleError, Shape, apply, rule_of
-from .record import Measurement
+from .record import Measurement, macs_measurement  # noqa: F401  (macs_measurement: imported from here too)
 
 FVCORE = "fvcore"  # key prefix of fvcore's own (unmodified) counts inside the trace's counters
 
@@ -211,7 +211,3 @@ def measure_flops(model: nn.Module, inputs) -> Measurement:
                             "multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by "
                             "fvcore), checked by a dispatch-level counter (torch FlopCounterMode)")
 
-
-def macs_measurement(metric: str, total: int, inputs, stats: dict, method: str) -> Measurement:
-    """A MAC count as a Measurement: unit MACs, the input shape it was counted at."""
-    return Measurement(metric, total, "MACs", method, {"input_shape": list(inputs.shape)}, stats)

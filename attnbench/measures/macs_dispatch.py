@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
 
 from .macs_rules import ELEMENTWISE, MATMUL, NORM, RuleError, Shape, apply, rule_of
-from .record import Measurement
+from .record import Measurement, macs_measurement
 
 
 def _value(v):
@@ -162,8 +162,6 @@ def count_train_macs(model: nn.Module, inputs) -> MacCount:
 
 def measure_train_macs(model: nn.Module, inputs) -> Measurement:
     mc = count_train_macs(model, inputs)
-    from .flops import macs_measurement
-
     stats = {"conv_linear_matmul": mc.conv_linear_matmul, "elementwise": mc.elementwise, "norm": mc.norm,
              "forward": mc.forward, "backward": mc.total - mc.forward, "unhandled": mc.unhandled,
              "by_operator": mc.by_operator}

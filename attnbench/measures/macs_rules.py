@@ -21,7 +21,9 @@ schema name (tensors as their shapes) and its output shapes, and returns MACs pe
 - ``interp4`` (bilinear upsampling, grid_sample): 4 per output element (a weighted sum of 4 points).
 - ``sort``: elements x ceil(log2 n) along the sorted dim; ``topk``: elements x max(1, ceil(log2 k)).
 - ``loss`` (nll_loss, forward and backward): 1 per target element (one pick per sample).
-- ``free`` (views, copies, indexing/gather, concatenation, padding, tensor creation, eval dropout): 0.
+- ``free`` (views, copies, indexing/gather, concatenation, padding, tensor creation -- random draws such
+  as ``bernoulli`` included --, eval dropout): 0. ``_safe_softmax`` (SDPA's math path on CPU, e.g. with
+  dropout in training) is a softmax: element-wise.
 
 An operator not in the table, or whose rule cannot read what it needs (a non-constant kernel size in
 a trace), is *listed* as unhandled by the counter that met it -- never a silent zero.
@@ -63,7 +65,7 @@ RULES: Dict[str, str] = {
                             "__and__ __or__ lerp addcmul addcdiv cumsum cumprod nan_to_num "
                             "relu relu6 leaky_relu elu celu selu prelu _prelu_kernel gelu silu mish sigmoid "
                             "tanh hardsigmoid hardswish hardtanh softplus softsign threshold glu "
-                            "softmax _softmax log_softmax _log_softmax native_dropout "
+                            "softmax _softmax _safe_softmax log_softmax _log_softmax native_dropout "
                             "upsample_nearest1d upsample_nearest2d upsample_nearest3d _upsample_nearest_exact2d "
                             "threshold_backward sigmoid_backward tanh_backward hardsigmoid_backward "
                             "hardswish_backward silu_backward gelu_backward mish_backward leaky_relu_backward "
@@ -93,8 +95,14 @@ RULES: Dict[str, str] = {
                      "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle unfold as_strided to "
                      "type_as _to_copy lift_fresh lift_fresh_copy size Int ScalarImplicit numel dim empty "
                      "empty_like empty_strided new_empty new_empty_strided new_zeros new_ones new_full zeros "
-                     "zeros_like ones ones_like full full_like fill eye arange randn rand randn_like rand_like "
-                     "index index_select gather take_along_dim embedding"),
+                     "zeros_like ones ones_like full full_like fill eye arange randn rand randn_like rand_like bernoulli "
+                     "index index_select gather take_along_dim embedding "
+                     # gradients of views and slices: the incoming gradient written into zeros (data moved)
+                     "select_backward slice_backward unfold_backward diagonal_backward "
+                     # data moved or created, never computed on (nn.Unfold's patches, linspace/diag constants,
+                     # indexed writes): free like the copies and creations above
+                     "im2col linspace logspace diag diag_embed diagonal scalar_tensor index_put index_copy "
+                     "index_fill slice_scatter select_scatter diagonal_scatter as_strided_scatter masked_scatter"),
 }
 
 

@@ -4,7 +4,10 @@
 inference-time activation budget is made of, independent of allocator caching and freeing order).
 ``measure_saved_memory``: bytes autograd keeps for backward after one training forward (what
 training memory grows with, beyond parameters and optimizer state).
-Both are per image: the batch's count divided by its size.
+Both are per image: the batch's count divided by its size. ``train_memory``'s per-image figure depends on
+the batch it was measured at: part of what autograd saves does not grow with the batch (BatchNorm's saved
+mean and inverse std, one per channel), so it is spread over fewer images at a small batch. Records keep
+the batch and the whole batch's bytes (``saved_bytes``); compare train_memory rows at one batch size.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ SAVED_RULE = (
     "bytes of the distinct storages autograd saves for backward in one train-mode forward "
     "(saved_tensors_hooks, counted while the output's graph holds them), per image; a storage "
     "saved twice or through two views counts once; storages of model parameters and buffers are "
-    "excluded (resident anyway); the input counts if saved (the first conv saves it for its weight grad)"
+    "excluded (resident anyway); the input counts if saved (the first conv saves it for its weight grad); the "
+    "per-image figure holds at this batch only: BatchNorm's saved statistics (per channel) do not scale with it"
 )
 
 # What fvcore's ActivationCountAnalysis counts (its _DEFAULT_SUPPORTED_OPS: _convolution, addmm, bmm,

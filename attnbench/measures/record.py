@@ -21,3 +21,9 @@ class Measurement:
     def from_dict(cls, d: Dict[str, Any]) -> "Measurement":
         """Read a stored measurement; fields this version does not know are ignored."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def macs_measurement(metric: str, total: int, inputs, stats: dict, method: str) -> Measurement:
+    """A MAC count as a Measurement: unit MACs, the input shape it was counted at (both MAC counters
+    build theirs here, so neither imports the other's module for it)."""
+    return Measurement(metric, total, "MACs", method, {"input_shape": list(inputs.shape)}, stats)

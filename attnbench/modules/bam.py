@@ -13,6 +13,8 @@ from .common import reduced_channels
 class BAM(nn.Module):
     placement = "stage"
     default_stages = "all_but_last"
+    min_train_batch = 2  # documented limit, as the official code
+    limits_note = "as the official code: BatchNorm1d over the pooled (N, C) features of the channel branch"
 
     def __init__(self, channels: int, reduction: float = 16, dilation: int = 4):
         super().__init__()

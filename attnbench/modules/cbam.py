@@ -4,6 +4,8 @@ Channel gate: avg- and max-pooled descriptors through one shared MLP (C->C/r->C,
 summed, sigmoid. Spatial gate: channel-wise max and mean -> 7x7 conv 2->1 (no bias) +
 BatchNorm -> sigmoid (``common.SpatialGate``, shared with Triplet). Channel gate first, then spatial gate (sequential arrangement).
 Parameters: SE's 2*C*(C/r) + C/r + C, plus 2*k*k + 2 for the spatial conv and its BatchNorm.
+Placement as the official code (github.com/Jongchan/attention-module, ``MODELS/model_resnet.py``): after
+the block's last BN, before the addition (``block``).
 """
 import torch
 from torch import nn

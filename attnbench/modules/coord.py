@@ -3,13 +3,16 @@
 Pool along W (-> C x H x 1) and along H (-> C x 1 x W), concatenate, 1x1 conv C->m (bias) + BN +
 h-swish with m = max(8, C/r) (r=32), split, 1x1 conv m->C (bias) per direction, sigmoid,
 x * a_h * a_w. Parameters: (C*m + m) + 2m + 2*(m*C + C).
+Placement as the official code (github.com/houqb/CoordAttention, ``mbv2_ca.py``): in MobileNetV2 after
+the depthwise conv + BN + ReLU6 of every *expanding* block (the block slot; none in the first, t=1
+block: ``depthwise_separable`` maps to None); elsewhere the block slot.
 """
 import torch
 from torch import nn
 
 
 class CoordAttention(nn.Module):
-    placement = "block"
+    placement = {"depthwise_separable": None, "default": "block"}
 
     def __init__(self, channels: int, reduction: float = 32, min_hidden: int = 8):
         super().__init__()

@@ -5,6 +5,10 @@ t + 1 (gamma=2, b=1). The official ResNet models do not use that rule: they fix 
 (``--ksize 3557`` for ECA-Net50, 3357 for ECA-Net101/152 in github.com/BangguWu/ECANet), which
 ``kernel_sizes=(3, 5, 5, 7)`` reproduces through the ``stage`` the harness passes; ``kernel_size``
 fixes one k everywhere. Parameters: k.
+Placement as the official code (github.com/BangguWu/ECANet, ``models/eca_resnet.py``,
+``models/eca_mobilenetv2.py``): in ResNets at the end of the residual branch (after the last BN,
+before the addition); in MobileNetV2's inverted residuals after the projection conv + BN, on the
+block's output channels (``output``; every block, the first t=1 block too).
 ``EcaMlp`` is timm's ``ecam`` experiment (not in the paper): 1x1 conv 1->C/8 (bias), ReLU,
 k-conv C/8->1 (bias) over the channel axis.
 """
@@ -22,7 +26,7 @@ def adaptive_kernel(channels: int, gamma: float = 2, b: float = 1) -> int:
 
 
 class ECA(nn.Module):
-    placement = "block"
+    placement = {"inverted_residual": "output", "depthwise_separable": "output", "default": "block"}
 
     def __init__(self, channels: int, kernel_size: int = 0, gamma: float = 2, b: float = 1,
                  kernel_sizes: Sequence[int] = (), stage: int = 0):

@@ -2,6 +2,8 @@
 
 squeeze: global average pool; excitation: Linear C->C/r (bias), ReLU, Linear C/r->C (bias),
 sigmoid; scale: channel-wise multiply. Parameters: 2*C*(C/r) + C/r + C (weights + biases).
+Placement as the official model (github.com/hujie-frank/SENet, ``models/SE-ResNet-50.prototxt``): after the
+last BN of the residual branch, before the addition (``block``).
 """
 from torch import nn
 

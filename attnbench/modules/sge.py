@@ -3,6 +3,8 @@
 Per group: similarity of each position to the group's GAP vector, normalised over space
 (zero mean, unit std), per-group affine (weight starts at 0, bias at 1), sigmoid, scale.
 Parameters: 2G.
+Placement as the official code (github.com/implus/PytorchInsight, ``classification/models/imagenet/
+resnet_sge.py``): after the block's last BN, before the addition (``block``).
 """
 import math
 
@@ -12,6 +14,8 @@ from torch import nn
 
 class SpatialGroupEnhance(nn.Module):
     placement = "block"
+    min_spatial = 2  # documented limit, as the official code (PytorchInsight): unbiased std over H*W
+    limits_note = "the official code divides by the unbiased std over H*W positions: NaN at 1x1"
 
     def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5):
         super().__init__()

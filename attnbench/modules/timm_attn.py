@@ -83,6 +83,9 @@ def timm_factory(name: str) -> Callable:
     factory.__doc__ = f"timm.layers.get_attn({name!r})(channels, **options) with timm's defaults"
     factory.placement = "conv" if name in CONV_LAYERS + SELF_ATTENTION else "block"
     factory.includes_norm_act = name == "sk"
+    if name == "sk":  # documented limit: SelectiveKernelAttn batch-normalises the pooled (N, C) vector
+        factory.min_train_batch = 2
+        factory.limits_note = "timm's SelectiveKernelAttn: BatchNorm over the pooled vector"
     return factory
 
 

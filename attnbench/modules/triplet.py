@@ -4,6 +4,9 @@ Each branch is CBAM's spatial gate (``common.SpatialGate``): Z-pool (max and mea
 2 maps), 7x7 conv 2->1 (no bias) + BN, sigmoid, scale; the branches for (C,W) and (C,H) work on
 rotated tensors; outputs averaged.
 Parameters: 3 * (2*k*k + 2) = 300 for k=7.
+Placement as the official code (github.com/landskape-ai/triplet-attention, ``MODELS/resnet.py``,
+``MODELS/mobilenet.py``): in ResNets at the end of the residual branch, before the addition; in
+MobileNetV2's inverted residuals after the projection conv + BN, on the block's output channels.
 """
 from torch import nn
 
@@ -11,7 +14,7 @@ from .common import SpatialGate
 
 
 class TripletAttention(nn.Module):
-    placement = "block"
+    placement = {"inverted_residual": "output", "depthwise_separable": "output", "default": "block"}
 
     def __init__(self, channels: int = 0, kernel_size: int = 7):
         super().__init__()

@@ -13,11 +13,11 @@ from typing import Dict, Sequence
 
 from ..records import Record
 from .accuracy import accuracy_rows, render_accuracy
-from .plots import curves_plot, pareto_plot, sweep_plot
+from .plots import curves_plot, pareto_plot, sites_plot, sweep_plot
 from .tables import environment_line, flat_records, record_order, render_compare, render_markdown
 
 __all__ = ["accuracy_rows", "curves_plot", "environment_line", "flat_records", "pareto_plot", "record_order", "render_accuracy",
-           "render_compare", "render_markdown", "sweep_plot", "write_outputs"]
+           "render_compare", "render_markdown", "sites_plot", "sweep_plot", "write_outputs"]
 
 
 def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
@@ -39,9 +39,10 @@ def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
                 paths[key] = png
     else:
         _write_atomic(md, render_markdown(records, name))
-        png = sweep_plot(records, out / f"{name}-sweeps.png")
-        if png:
-            paths["plot"] = png
+        for key, png in (("plot", sweep_plot(records, out / f"{name}-sweeps.png")),
+                         ("sites", sites_plot(records, out / f"{name}-sites.png"))):
+            if png:
+                paths[key] = png
     _write_atomic(csv, flat_records(records).to_csv(index=False))
     return paths
 
@@ -50,3 +51,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+write_text_atomic = _write_atomic  # validate.md, written the same way

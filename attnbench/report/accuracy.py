@@ -6,11 +6,11 @@ baseline stop improving?), and what the seeds support (Welch interval, verdict, 
 from __future__ import annotations
 
 import statistics
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import stats as st
 from ..records import Record
-from .tables import DASH, _cell, _pct, environment_line, record_order
+from .tables import DASH, FAILS_CHECK, _cell, _pct, environment_line, md_row, md_text, record_order
 
 COLUMNS = ["backbone", "module", "seeds", "final top-1 %", "best top-1 %", "best epoch", "Δtop-1 pp [95% CI]", "verdict",
            "MDD pp", "final train loss", "train img/s", "wall s", "params (M)", "Δparams %", "Δlatency % [95% CI]"]
@@ -29,7 +29,8 @@ def mean_curve(ok: Sequence[Record]) -> Dict[str, list]:
         return {}
     n = min(len(c) for c in curves)
     cols = [[c[i] for c in curves] for i in range(n)]
-    out = {"epoch": [col[0]["epoch"] for col in cols], "images_seen": [col[0]["images_seen"] for col in cols]}
+    out = {"epoch": [col[0]["epoch"] for col in cols], "images_seen": [col[0]["images_seen"] for col in cols],
+           "lr": [col[0].get("lr") for col in cols]}  # the schedule's LR at each epoch's last step (same for every seed)
     for key in ("test_top1", "test_loss", "train_loss"):
         pairs = [_mean_std([p[key] for p in col]) for col in cols]
         out[key], out[key + "_std"] = [m for m, _ in pairs], [s for _, s in pairs]
@@ -50,7 +51,7 @@ def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) ->
         ok = [r.stats for r in recs if r.ok]
         row = {"backbone": backbone, "label": label, "module": recs[0].module, "seeds": len(recs), "ok": len(ok),
                "failed": [r for r in recs if r.status == "failed"], "top1_values": [s["top1"] for s in ok],
-               "curve": mean_curve(ok)}
+               "curve": mean_curve(ok), "training": recipe(recs[0])}
         for key in ("top1", "top5", "final_train_loss", "train_images_per_s", "params", "wall_s"):
             row[key], row[key + "_std"] = _mean_std([s[key] for s in ok if s.get(key) is not None])
         top = row["curve"].get("test_top1")
@@ -59,7 +60,10 @@ def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) ->
         row["latency_ms"] = lat.value if lat else None
         row["latency_record"] = lat
         rows.append(row)
-    base = {r["backbone"]: r for r in rows if r["module"] == "none"}
+    base: Dict[str, dict] = {}
+    for r in rows:  # the first `none` row (suite order) is the baseline; others are controls (longer_budget)
+        if r["module"] == "none":
+            base.setdefault(r["backbone"], r)
     for r in rows:
         b = base.get(r["backbone"])
         r["base"] = b if b is not None and b is not r else None
@@ -68,36 +72,110 @@ def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) ->
     return rows
 
 
-def convergence_notes(rows: Sequence[Record]) -> Dict[str, str]:
-    """backbone -> one sentence on whether its baseline had stopped improving at the last epoch."""
+def recipe(record: Record) -> Dict[str, Any]:
+    """The training settings a record ran with: every setting when the record kept them (``stats.recipe``),
+    else the ones its suite named."""
+    stats = record.stats if record.ok else {}
+    return dict(stats.get("recipe") or record.config.get("training") or {})
+
+
+def longer_budget(rows: Sequence[dict], base: dict) -> List[dict]:
+    """`none` rows of base's backbone trained like the baseline except for more epochs: the plateau check."""
+    same = lambda r: {k: v for k, v in r["training"].items() if k != "epochs"}  # noqa: E731
+    return [r for r in rows if r is not base and r["module"] == "none" and r["backbone"] == base["backbone"]
+            and r["top1_values"] and same(r) == same(base)
+            and r["training"].get("epochs", 1) > base["training"].get("epochs", 1)]
+
+
+# A schedule whose LR at the last epoch is below this share of its peak flattens that epoch by construction.
+ANNEALED = 0.1
+
+
+def convergence_notes(rows: Sequence[dict]) -> Dict[str, str]:
+    """backbone -> one sentence on whether its baseline had stopped improving: its last-epoch gain and,
+    when the suite trained the baseline longer too (a `none` variant with more epochs, otherwise the same),
+    what that longer budget gained. An annealed LR makes any last epoch flat, so without the longer run
+    the sentence says the rule alone cannot show a plateau."""
     notes = {}
     for r in rows:
-        if r["module"] != "none" or not r["curve"]:
+        if r["module"] != "none" or not r["curve"] or r["base"] is not None or r["backbone"] in notes:
             continue
+        bb = r["backbone"]
         done, gain = st.convergence(r["curve"]["test_top1"])
         if done is None:
-            notes[r["backbone"]] = f"{r['backbone']}: a single epoch cannot show convergence; Δ describes this budget."
-        elif not done:
-            notes[r["backbone"]] = (f"{r['backbone']}: **{st.NOT_CONVERGED}** (the baseline's mean top-1 rose {gain:+.2f} pp "
-                                    f"in its last epoch, > {st.CONVERGED_PP} pp).")
+            notes[bb] = f"{bb}: a single epoch cannot show convergence; Δ describes this budget."
+            continue
+        if not done:
+            notes[bb] = (f"{bb}: **{st.NOT_CONVERGED}** (the baseline's mean top-1 rose {gain:+.2f} pp "
+                         f"in its last epoch, > {st.CONVERGED_PP} pp).")
+            continue
+        text = f"{bb}: baseline's last epoch {gain:+.2f} pp (<= {st.CONVERGED_PP} pp)"
+        longer = [x for x in longer_budget(rows, r) if x["delta"] is not None]
+        if longer:
+            far = max(longer, key=lambda x: x["training"].get("epochs", 1))
+            d = far["delta"]
+            ci = f" [{d.low:+.2f}, {d.high:+.2f}]" if d.low is not None else ""
+            ratio = far["training"].get("epochs", 1) / r["training"].get("epochs", 1)
+            if d.diff > st.CONVERGED_PP:
+                notes[bb] = (f"{bb}: **{st.NOT_CONVERGED}** (the baseline trained {ratio:g}x as many epochs, "
+                             f"`{far['label']}`, scores {d.diff:+.2f} pp{ci} more, > {st.CONVERGED_PP} pp).")
+            else:
+                notes[bb] = (f"{text}, and trained {ratio:g}x as many epochs (`{far['label']}`) it scores {d.diff:+.2f} "
+                             f"pp{ci}: at its plateau (<= {st.CONVERGED_PP} pp).")
+            continue
+        last_lr, peak = r["curve"]["lr"][-1], r["training"].get("lr")
+        if last_lr is not None and peak and last_lr < ANNEALED * peak:
+            notes[bb] = (f"{text}; but the LR had decayed to {last_lr / peak:.0%} of its peak, which flattens a last "
+                         "epoch by construction: only a longer run of the baseline (a `none` variant with more "
+                         "epochs) shows a plateau.")
         else:
-            notes[r["backbone"]] = (f"{r['backbone']}: baseline converged by this rule (last epoch {gain:+.2f} pp, "
-                                    f"<= {st.CONVERGED_PP} pp).")
+            notes[bb] = f"{text}: converged by this rule."
     return notes
 
 
+def recipe_text(tr: Dict[str, Any], threads: Optional[int] = None) -> str:
+    """The training settings as a sentence: optimiser, schedule, precision, memory format, compilation, threads."""
+    opt = tr.get("optimizer", "sgd")
+    momentum = tr.get("momentum", 0.9)
+    head = (f"SGD lr {tr.get('lr', 0.1):g}" + (f", Nesterov momentum {momentum:g}" if momentum else "")) if opt == "sgd" \
+        else f"AdamW lr {tr.get('lr', 0.1):g}"
+    warm = tr.get("warmup_steps", 0)
+    parts = [f"batch {tr.get('batch_size', 128)}", f"{head}, weight decay {tr.get('weight_decay', 5e-4):g}",
+             (f"{warm} warm-up steps then cosine to 0" if warm else "cosine to 0") + " (per step)"]
+    if tr.get("label_smoothing"):
+        parts.append(f"label smoothing {tr['label_smoothing']:g}")
+    parts.append(f"stem {tr.get('stem')}")
+    threads = tr.get("threads") or threads
+    run = [tr.get("device", "cpu")] + ([f"{threads} threads"] if threads else [])
+    run.append(f"{tr['amp']} autocast" if tr.get("amp") else "fp32")
+    run.append("channels_last" if tr.get("channels_last") else "contiguous")
+    run.append("torch.compile (inductor)" if tr.get("compile") else "eager")
+    return "; ".join(parts) + "; " + ", ".join(run)
+
+
 def budget_line(acc: Sequence[Record]) -> str:
-    first = acc[0].config
-    ds, tr = first["dataset"], first["training"]
-    ok = [r.stats for r in acc if r.ok]
-    seen = f" = {ok[0]['curve'][-1]['images_seen']:,} images seen per cell" if ok and ok[0].get("curve") else ""
-    n_train = ok[0]["train_size"] if ok else (ds.get("train_subset") or "all")
-    device = tr.get("device", "cpu") + (f", {tr['amp']} autocast" if tr.get("amp") else "")
-    return (f"Budget: {ds['name']}, {tr.get('epochs', 1)} epoch(s) x {n_train:,} training images{seen} "
-            f"(test {ds.get('test_subset') or 'all'}); batch {tr.get('batch_size', 128)}, {tr.get('optimizer', 'sgd')} "
-            f"lr {tr.get('lr', 0.1)} cosine, stem {tr.get('stem')}, {device}. Every Δ below describes this budget; "
-            f"the curves plot ({acc[0].suite}-curves.png) shows where each module stood at every epoch.") \
-        if isinstance(n_train, int) else f"Budget: {ds['name']}, {tr.get('epochs', 1)} epoch(s), no cell finished."
+    """The budget and every training setting of the baseline's cells (the first row), then the settings in
+    which any other row differs: what a Δ was measured under, and what a rerun must repeat."""
+    ordered = sorted(acc, key=record_order)
+    ref = next((r for r in ordered if r.ok), ordered[0])
+    ds, tr = ref.config["dataset"], recipe(ref)
+    if not ref.ok:
+        return f"Budget: {ds['name']}, {tr.get('epochs', 1)} epoch(s), no cell finished."
+    stats = ref.stats
+    seen = f" = {stats['curve'][-1]['images_seen']:,} images seen per cell" if stats.get("curve") else ""
+    line = (f"Budget: {ds['name']}, {tr.get('epochs', 1)} epoch(s) x {stats['train_size']:,} training images{seen} "
+            f"(test {ds.get('test_subset') or 'all'}). Recipe: {recipe_text(tr, stats.get('threads'))}. "
+            f"Every Δ below describes this budget; the curves plot ({ref.suite}-curves.png) shows where each module "
+            f"stood at every epoch.")
+    differs = {}
+    for r in ordered:
+        other = recipe(r) if r.ok else dict(r.config.get("training") or {})
+        keys = [k for k in sorted(set(other) | set(tr)) if other.get(k) != tr.get(k) and (r.ok or k in other)]
+        if keys and r.label not in differs:
+            differs[r.label] = ", ".join(f"{k} {other.get(k)}" for k in keys)
+    if differs:
+        line += " Rows trained otherwise: " + "; ".join(f"{label}: {text}" for label, text in differs.items()) + "."
+    return line
 
 
 METHODS = [
@@ -107,8 +185,9 @@ METHODS = [
     "Welch-Satterthwaite df). verdict: better / worse when the interval excludes 0, else no detectable difference.",
     f"- MDD: the smallest true Δ these seeds would detect with {st.POWER:.0%} power at α = 0.05, two-sided, for the spread "
     "observed: (t(0.975, df) + t(0.80, df)) x se.",
-    f"- convergence: a baseline whose mean top-1 still rose by > {st.CONVERGED_PP} pp in its last epoch is "
-    f"\"{st.NOT_CONVERGED}\" (‡ in the verdict).",
+    f"- convergence: a baseline whose mean top-1 still rose by > {st.CONVERGED_PP} pp in its last epoch, or that "
+    f"scores > {st.CONVERGED_PP} pp more when trained longer (a `none` row that differs only in more epochs; its Δ is "
+    f"that gain), is \"{st.NOT_CONVERGED}\" (‡ in the verdict). The baseline is the first `none` row.",
     "- Δlatency: CPU inference latency from the overhead records passed in (`--latency-from`, default OUT/overhead.jsonl), "
     "at their own input size and batch (see that table's settings line), when present; eager runtime; the 95% interval "
     "is paired over their interleaved rounds, as in the overhead table.",
@@ -139,17 +218,21 @@ def _row_cells(r: dict, flag: str) -> List[str]:
 
 def render_accuracy(records: Sequence[Record], overhead: Sequence[Record] = (), title: Optional[str] = None) -> str:
     rows = accuracy_rows(records, overhead)
-    acc = [r for r in records if r.metric == "accuracy"]
+    acc = sorted((r for r in records if r.metric == "accuracy"), key=record_order)
     notes = convergence_notes(rows)
     unconverged = {bb for bb, text in notes.items() if st.NOT_CONVERGED in text}
     lines = [f"# {title or acc[0].suite}", "", environment_line(acc), budget_line(acc), "",
-             "| " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * (len(COLUMNS) - 2)]
+             md_row(COLUMNS), "|---|---|" + "---:|" * (len(COLUMNS) - 2)]
+    failing = {r.label: (r.module, r.stats["check_failed"]) for r in acc if r.stats.get("check_failed")}
     for r in rows:
         flag = " ‡" if r["backbone"] in unconverged and r["delta"] is not None else ""
-        lines.append(f"| {r['backbone']} | {r['label']} | " + " | ".join(_row_cells(r, flag)) + " |")
+        mark = FAILS_CHECK if r["label"] in failing else ""
+        lines.append(md_row([r["backbone"], r["label"] + mark, *_row_cells(r, flag)]))
     lines += [""] + [f"- ‡ {text}" if bb in unconverged else f"- {text}" for bb, text in notes.items()] + METHODS
+    lines += [f"- {md_text(f'{FAILS_CHECK} {label}: `attnbench check {module}` fails ({text}).')}"
+              for label, (module, text) in failing.items()]
     failed = [f"failed {r.backbone}/{r.label}/seed {r.seed}: {r.error['type']}: {r.error['message']}"
               for r in acc if r.status == "failed"]
     if failed:
-        lines += [""] + [f"- {n}" for n in failed]
+        lines += [""] + [f"- {md_text(n)}" for n in failed]
     return "\n".join(lines) + "\n"

@@ -196,3 +196,46 @@ def _x(value) -> float:
 
 def _show(value) -> str:
     return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else str(value)
+
+
+def sites_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
+    """Direct attribution, one panel per backbone: each module's own time stacked by stage (bars, with the
+    total's 95% interval), beside the whole network's paired Δ ms (diamond, with its interval)."""
+    from .tables import record_order, whole_network_ms
+
+    recs = [r for r in sorted(records, key=record_order) if r.metric == "attention_cpu" and r.ok]
+    if not recs:
+        return None
+    plt = _pyplot()
+    backbones = list(dict.fromkeys(r.backbone for r in recs))
+    stages = sorted({int(k) for r in recs for k in (r.stats.get("stages") or {})})
+    colors = plt.get_cmap("viridis")([i / max(1, len(stages) - 1) for i in range(len(stages))])
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), 0.6 + 0.55 * max(
+        len([r for r in recs if r.backbone == b]) for b in backbones) + 1.6), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        rows = [r for r in recs if r.backbone == backbone]
+        for y, r in enumerate(rows):
+            left = 0.0
+            for k, color in zip(stages, colors):
+                ms = ((r.stats.get("stages") or {}).get(str(k)) or {}).get("ms")
+                if ms:
+                    ax.barh(y, ms, left=left, color=color, height=0.35, label=f"stage {k} (direct)" if y == 0 else None)
+                    left += ms
+            lo, hi = r.stats.get("low_ms"), r.stats.get("high_ms")
+            if lo is not None:
+                ax.errorbar([r.value], [y], xerr=[[r.value - lo], [hi - r.value]], fmt="none", ecolor="black", capsize=3)
+            whole = whole_network_ms(records, r)
+            if whole is not None:
+                err = None if whole[1] is None else [[whole[0] - whole[1]], [whole[2] - whole[0]]]
+                ax.errorbar([whole[0]], [y + 0.32], xerr=err, fmt="D", color="crimson", ms=5, capsize=3,
+                            label="whole network Δ (paired)" if y == 0 else None)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([r.label for r in rows])
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel("added ms per call (95% CI)")
+        ax.set_title(backbone, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=7, loc="lower right")
+    return _finish(plt, fig, f"{records[0].suite}: what the attention modules add, alone (bars, by stage) and in the network (diamonds)",
+                   path, dpi=110)

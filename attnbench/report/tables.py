@@ -12,13 +12,17 @@ import pandas as pd
 
 from ..metrics import RUNTIMES, SPECS, spec
 from ..records import Record
-from ..stats import RatioInterval, paired_ratio_interval, unpaired_ratio_interval
+from ..stats import (CLEAN_WAIT, RatioInterval, alternating_delta, alternating_difference, paired_ratio_interval,
+                     unpaired_ratio_interval)
 from ..suite import Point
 
 DASH = "—"
 UNSTABLE = "†"
 UNCOUNTED = "‡"
 UNSEEN = "§"
+FAILS_CHECK = "✗"  # the row's module fails `attnbench check`: its numbers are of a module that breaks the contract
+CONTENDED = "¶"
+TIMED_BY = "°"  # °N: the row's timing was taken by process N of the note (several executors/hosts/processes timed this table)
 ENV_FIELDS = [("torch", "torch"), ("timm", "timm"), ("fvcore", "fvcore"), ("device", "device_name"),
               ("threads", "threads"), ("dtype", "dtype"), ("date", "date")]
 MACS_NOTE = ("MACs: one multiply-add = 1 MAC (the SE, CBAM and ECA papers call this a FLOP); convolutions, linears and "
@@ -30,6 +34,17 @@ MEMORY_NOTE = ("Memory: 'act.' counts the elements of every operator output that
                "(views and in-place outputs allocate nothing and count 0), per image; 'conv/linear act.' is fvcore's own count "
                "(conv, linear, matmul outputs only). 'saved for backward' is the bytes of the tensors autograd saves in one "
                "training forward (saved-tensor hooks, each storage once, parameters and buffers excluded), per image.")
+
+
+def md_text(value: object) -> str:
+    """Text safe in a markdown table cell or list item: a '|' is escaped and a line break becomes a space, so
+    a label, name or message can never split a row (every table row goes through :func:`md_row`)."""
+    return " ".join(str(value).replace("|", "\\|").splitlines())
+
+
+def md_row(cells: Sequence[object]) -> str:
+    """One markdown table row: the one place cells are escaped."""
+    return "| " + " | ".join(md_text(c) for c in cells) + " |"
 
 
 def record_point(rec: Record) -> Point:
@@ -55,16 +70,58 @@ def at_point(rec: Record, p: Point) -> bool:
     return all(getattr(q, axis) == getattr(p, axis) for axis in s.axes)
 
 
+def same_group(rec: Record, base: Record) -> bool:
+    """Whether two timing records were interleaved in one process (one timing group): only then is a Δ
+    between them paired. Records from before group ids shared their group's start time and process."""
+    ga, gb = rec.stats.get("group"), base.stats.get("group")
+    if ga or gb:
+        return ga == gb
+    return (rec.host, rec.pid, rec.started) == (base.host, base.pid, base.started)
+
+
+def _clean_limit(rec: Record) -> float:
+    return float((rec.measurement.settings if rec.measurement else {}).get("clean_wait") or CLEAN_WAIT)
+
+
 def delta_interval(rec: Record, base: Record) -> Optional[RatioInterval]:
-    """Paired Δ% with its 95% interval, from the raw per-round samples both records keep."""
+    """Δ% with its 95% interval from the raw samples both records keep: paired when the two were timed in
+    one interleaved group, unpaired (Welch, and labelled so) when they come from different runs."""
     a, b = rec.stats.get("rounds_ms"), base.stats.get("rounds_ms")
-    return paired_ratio_interval(a, b) if a and b else None
+    if not a or not b:
+        return None
+    wa, wb = rec.stats.get("rounds_wait"), base.stats.get("rounds_wait")
+    if not same_group(rec, base):
+        return unpaired_ratio_interval(a, b, b_waits=wa, a_waits=wb)
+    if rec.stats.get("schedule") == "alternating" and base.stats.get("schedule") == "alternating":
+        return alternating_delta(a, b, wa, wb, _clean_limit(rec))
+    return paired_ratio_interval(a, b)
+
+
+def delta_ms(rec: Record, base: Record) -> Optional[Tuple[float, Optional[float], Optional[float], bool]]:
+    """Added milliseconds (variant - baseline) with the paired interval when the two were interleaved;
+    the difference of medians, unpaired and without an interval, otherwise."""
+    a, b = rec.stats.get("rounds_ms"), base.stats.get("rounds_ms")
+    if a and b and same_group(rec, base) and rec.stats.get("schedule") == "alternating":
+        d = alternating_difference(a, b, rec.stats.get("rounds_wait"), base.stats.get("rounds_wait"), _clean_limit(rec))
+        return (d[0], d[1], d[2], True) if d is not None else (float("nan"), None, None, True)
+    if rec.value is None or base.value is None:
+        return None
+    return rec.value - base.value, None, None, False
+
+
+def contended(rec: Optional[Record]) -> bool:
+    return bool(rec is not None and (rec.stats.get("contention") or {}).get("contended"))
 
 
 def _ci_text(ci: Optional[RatioInterval]) -> str:
     if ci is None or ci.low is None:
         return ""
     return f" [{ci.low:+.1f}, {ci.high:+.1f}]"
+
+
+def _ms_text(v: float, lo: Optional[float], hi: Optional[float]) -> str:
+    digits = 3 if abs(v) < 10 else 2
+    return f"{v:+.{digits}f}" + ("" if lo is None else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]")
 
 
 def _pct(v: float, base: float) -> str:
@@ -83,13 +140,17 @@ def _fmt(metric: str, v: float) -> str:
 def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record]) -> str:
     v = rec.value if rec is not None else None
     if v is None:
-        return (rec.status_text() if rec is not None else DASH) if kind in ("value", "spread") else DASH
+        return (rec.status_text() if rec is not None else DASH) if kind in ("value", "spread", "direct") else DASH
     stats = rec.stats
     if kind == "value":
         return _fmt(metric, v) + (UNCOUNTED if stats.get("unhandled") or stats.get("counters_agree") is False else "")
     if kind == "spread":
-        mark = UNSTABLE if stats.get("unstable") else ""
+        mark = (UNSTABLE if stats.get("unstable") else "") + (CONTENDED if contended(rec) else "")
         return f"{_fmt(metric, v)} ({stats.get('iqr_ms', float('nan')):.2f}){mark}"
+    if kind == "direct":
+        lo, hi = stats.get("low_ms"), stats.get("high_ms")
+        text = f"{v:.3f}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]")
+        return text + (CONTENDED if contended(rec) else "")
     if kind == "throughput":
         return f"{stats['images_per_s']:.1f}"
     if kind.startswith("part:"):
@@ -102,15 +163,29 @@ def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record])
         return f"{int(v - bv):+,}"
     if kind == "delta_ci":
         ci = delta_interval(rec, base)
-        return f"{ci.pct:+.2f}%{_ci_text(ci)}" if ci is not None else _pct(v, bv)
+        mark = CONTENDED if contended(rec) or contended(base) else ""
+        if ci is not None and ci.pct != ci.pct:  # NaN: no round had enough undisturbed pairs
+            return f"not supported{mark}"
+        text = f"{ci.pct:+.2f}%{_ci_text(ci)}" if ci is not None else _pct(v, bv)
+        return text + ("" if ci is None or ci.paired else " (unpaired)") + mark
+    if kind == "delta_ms":
+        d = delta_ms(rec, base)
+        mark = CONTENDED if contended(rec) or contended(base) else ""
+        if d is not None and d[0] != d[0]:
+            return f"not supported{mark}"
+        return DASH if d is None else _ms_text(d[0], d[1], d[2]) + ("" if d[3] else " (unpaired)") + mark
     return _pct(v, bv)
 
 
 def environment_line(records: Sequence[Record]) -> str:
+    """Versions, device, threads (of the timings and trainings: counts do not depend on them, and on Dask
+    they run at the workers' share of a node), dtype, date."""
     parts = []
     for label, key in ENV_FIELDS:
         vals = []
         for r in records:
+            if key == "threads" and spec(r.metric).kind == "count":
+                continue
             v = r.env.get(key)
             if v is not None and str(v) not in vals:
                 vals.append(str(v))
@@ -136,21 +211,131 @@ def settings_line(records: Sequence[Record]) -> str:
     if timed:
         out.append(f"batch {_distinct(r.config.get('batch_size') for r in timed)} for timings")
         measured = [r.measurement.settings for r in timed if r.measurement is not None and "rounds" in r.measurement.settings]
-        if measured:
-            s = measured[0]
-            extras = [k for k in ("amp", "channels_last") if s.get(k)]
-            out.append(f"{s['rounds']} interleaved rounds x >= {s['min_time']} s per variant, warm-up {s['warmup']}"
-                       + (f", {', '.join(f'{k} {s[k]}' for k in extras)}" if extras else ""))
+        out += [_protocol(s) for s in dict.fromkeys(_freeze(s) for s in measured)]
         runtimes = _distinct(r.config.get("runtime", "eager") for r in timed)
         out.append(f"runtime {runtimes}")
     text = "Settings: " + ", ".join(out) + "."
-    if any(r.stats.get("rounds_ms") for r in timed):
+    if any(r.stats.get("schedule") == "alternating" for r in timed):
+        text += (" Δ latency [95% CI]: paired only between rows timed in one interleaved group: the variants alternate "
+                 "call by call; per round the median log ratio over call pairs in which neither call waited for a CPU "
+                 "(more than its clean_wait share of thread time in the run queue); t interval over rounds (n-1 df), shown "
+                 "as %. Rows timed in different processes are marked (unpaired): Welch's t on each side's per-round log medians.")
+    elif any(r.stats.get("rounds_ms") for r in timed):
         text += (" Δ latency [95% CI]: paired over the interleaved rounds: per round the ratio of the two medians, "
                  "t interval on the mean log ratio (n-1 df), shown as %.")
     if any(r.stats.get("prepare_s") is not None for r in timed):
         text += (" 'setup s': export / compile / session creation (with the first, compiling call), timed apart and "
                  "never inside the latency; each runtime's output was checked against eager before timing.")
     return text
+
+
+def _freeze(s: dict) -> tuple:
+    return tuple(sorted((k, str(s.get(k))) for k in ("rounds", "min_time", "warmup", "target", "max_time", "nice",
+                                                     "clean_wait", "amp", "channels_last", "schedule")))
+
+
+def _protocol(frozen: tuple) -> str:
+    """One timing protocol in words, from a record's measurement settings."""
+    s = {k: (None if v == "None" else v) for k, v in frozen}
+    extras = [k for k in ("amp", "channels_last") if s.get(k) not in (None, "False")]
+    if s.get("schedule") != "alternating":
+        text = f"{s['rounds']} interleaved rounds x >= {s['min_time']} s per variant, warm-up {s['warmup']}"
+    else:
+        text = (f"variants alternating call by call in rounds of >= {s['min_time']} s per variant, warm-up {s['warmup']}, "
+                + (f"rounds added until every Δ's 95% half-width <= {s['target']} points or {s['max_time']} s of timing "
+                   f"(at least {s['rounds']} rounds)" if s.get("target") else f"{s['rounds']} rounds")
+                + (f", nice {s['nice']} asked" if s.get("nice") is not None else ""))
+    return text + (f", {', '.join(f'{k} {s[k]}' for k in extras)}" if extras else "")
+
+
+@dataclass(frozen=True)
+class TimingGroup:
+    """One interleaved timing group as the records tell it: how its rounds ended and what the machine did."""
+
+    at: str  # 'resnet18 latency_cpu' (plus the point in a sweep)
+    records: Tuple[Record, ...]
+    stop: Dict
+    machine: Dict
+
+    @property
+    def what(self) -> str:
+        return "direct time" if self.records[0].metric == "attention_cpu" else "Δ"
+
+    @property
+    def unsupported(self) -> List[str]:
+        """Rows whose Δ (or direct time) this group cannot support: all of them when its baseline was
+        contended, else the contended rows."""
+        base = next((r for r in self.records if r.label == r.stats.get("baseline")), None)
+        if contended(base):
+            return [r.label for r in self.records if r is not base]
+        return [r.label for r in self.records if contended(r) and r is not base]
+
+
+def timing_groups(records: Sequence[Record]) -> List[TimingGroup]:
+    groups: Dict[str, List[Record]] = {}
+    for r in records:
+        if r.ok and r.stats.get("group") and spec(r.metric).kind == "timing":
+            groups.setdefault(r.stats["group"], []).append(r)
+    several = len(sweep_points(records)) > 1
+    out = []
+    for recs in groups.values():
+        first = recs[0]
+        at = f"{first.backbone} {first.metric}" + (f" @ {_axis_label(first.metric, record_point(first))}" if several else "")
+        out.append(TimingGroup(at, tuple(recs), first.stats.get("stop") or {}, first.stats.get("contention") or {}))
+    return out
+
+
+def contention_line(records: Sequence[Record]) -> str:
+    """One line naming every timing group measured while other processes took the CPU and what it cannot support."""
+    bad = [g for g in timing_groups(records) if g.unsupported]
+    if not bad:
+        return ""
+    granted = all(g.machine.get("nice_granted") for g in bad)
+    return ("contended: " + "; ".join(f"{g.at} ({_machine_text(g.machine)}): {g.what} of {', '.join(g.unsupported)}" for g in bad)
+            + " not supported (timed while other processes took the CPU); rerun on idle cores"
+            + ("" if granted else ", or as root so attnbench can raise its priority (latency.nice)"))
+
+
+def timing_notes(records: Sequence[Record]) -> List[str]:
+    """Per timing group: how its rounds ended (target met, time spent, contended) and what the machine was
+    doing; one line each, for the table's notes."""
+    notes = []
+    for g in timing_groups(records):
+        machine = _machine_text(g.machine)
+        if g.unsupported:
+            notes.append(f"{CONTENDED} contended: {g.at}: {machine}; {g.what} of {', '.join(g.unsupported)} not supported "
+                         "(measured while other processes took the CPU, not comparable with a quiet run); rerun on idle cores"
+                         + ("" if g.machine.get("nice_granted") else ", or as root so attnbench can raise its priority (latency.nice)"))
+            continue
+        widths = [(r.label, (r.stats.get("stop") or {}).get("halfwidth", (r.stats.get("stop") or {}).get("halfwidth_pct")))
+                  for r in g.records if r.stats.get("baseline") != r.label]
+        widths = [(lab, w) for lab, w in widths if w is not None]
+        widest = max(widths, key=lambda t: t[1]) if widths else None
+        reason, target = g.stop.get("reason"), g.stop.get("target")
+        unit = "%" if g.records[0].metric == "attention_cpu" else " points"
+        if reason in ("target met", "max_time") and target:
+            done = (f"target ±{target:g}{unit} met" if reason == "target met"
+                    else f"time budget {g.stop.get('max_time'):g} s spent before target ±{target:g}{unit}")
+            notes.append(f"precision: {g.at}: {done} after {g.stop.get('rounds')} rounds ({g.stop.get('seconds') or 0:.0f} s)"
+                         + (f", widest ±{widest[1]:.2f}{unit} ({widest[0]})" if widest else "") + f"; {machine}")
+        elif (g.machine.get("others_cpu") or 0) >= 0.10:
+            notes.append(f"busy machine: {g.at}: {machine}")
+    return notes
+
+
+def _machine_text(c: dict) -> str:
+    parts = []
+    if c.get("others_cpu") is not None:
+        parts.append(f"other processes used {100 * c['others_cpu']:.0f}% of the CPU")
+    if c.get("clean") is not None:
+        parts.append(f"{100 * c['clean']:.0f}% of calls ran undisturbed")
+    if c.get("loadavg") is not None:
+        parts.append(f"load {c['loadavg']:.1f}")
+    if c.get("steal"):
+        parts.append(f"steal {100 * c['steal']:.1f}%")
+    if c.get("nice") is not None:
+        parts.append(f"nice {c['nice']}" + ("" if c.get("nice_granted") else " (not permitted to raise)"))
+    return ", ".join(parts) or "machine state not readable here"
 
 
 def where(cells: Dict[str, Record]) -> str:
@@ -162,16 +347,65 @@ def where(cells: Dict[str, Record]) -> str:
 
 
 def unseen_state(cells: Dict[str, Record]) -> str:
-    """Why a row's parameter count may mislead: state parameters() cannot see, or no parameters
-    but compute inside the attached module (parameter-free by design, or hidden state)."""
+    """Why a row's counts may mislead: state parameters() cannot see (recorded with every count: it
+    deflates params and inflates saved-for-backward, where those weights count as activations), or no
+    parameters but compute inside the attached module (parameter-free by design, or hidden state)."""
+    hidden = next((c for c in cells.values() if c.value is not None and c.stats.get("hidden_numel")
+                   and c.module not in ("none", "native")), None)
+    if hidden is not None:
+        saved = cells.get("train_memory")
+        inflated = "; 'saved for backward' counts them as activations" if saved is not None and saved.stats.get("hidden_numel") else ""
+        return (f"state parameters() cannot see: {hidden.stats['hidden_numel']:,} elements "
+                f"({', '.join(hidden.stats['hidden_state'][:3])}){inflated}")
     params, macs = cells.get("params"), cells.get("macs")
     if params is None or params.value is None or params.module in ("none", "native"):
         return ""
-    if params.stats.get("hidden_numel"):
-        return f"state parameters() cannot see: {params.stats['hidden_numel']:,} elements ({', '.join(params.stats['hidden_state'][:3])})"
     if params.stats.get("attention") == 0 and macs is not None and macs.value is not None and macs.stats.get("attention"):
         return f"no registered parameters, {macs.stats['attention']:,} MACs inside the module"
     return ""
+
+
+def failed_check(cells) -> str:
+    """The checks the row's module fails (``attnbench check``, stored by the runner in its ok records), or ''."""
+    return next((c.stats["check_failed"] for c in cells.values() if c.stats.get("check_failed")), "")
+
+
+def marked(label: str, cells, origins: Optional[Dict[tuple, int]] = None) -> str:
+    """A row's label with its marks: § (state/compute parameters() cannot see), ✗ (its module fails check),
+    °N (timed by process N of the note, when several processes timed the table)."""
+    timed = next((c for c in cells.values() if _is_timing(c)), None)
+    by = f"{TIMED_BY}{origins[timing_origin(timed)]}" if origins and timed is not None else ""
+    return label + (UNSEEN if unseen_state(cells) else "") + (FAILS_CHECK if failed_check(cells) else "") + by
+
+
+def _is_timing(rec: Record) -> bool:
+    return rec.ok and spec(rec.metric).kind == "timing"
+
+
+def timing_origin(rec: Record) -> tuple:
+    """Who timed a record: (executor, Dask worker or '', host, pid)."""
+    ex = rec.executor or {}
+    return (ex.get("kind", "local"), ex.get("worker", ""), rec.host, rec.pid)
+
+
+def timing_origins(records: Sequence[Record]) -> Dict[tuple, int]:
+    """origin -> its number, in order of first appearance, when more than one process timed these records
+    (a Dask run, or a run resumed on another executor); empty otherwise."""
+    origins: Dict[tuple, int] = {}
+    for r in records:
+        if _is_timing(r):
+            origins.setdefault(timing_origin(r), len(origins) + 1)
+    return origins if len(origins) > 1 else {}
+
+
+def origins_note(origins: Dict[tuple, int]) -> str:
+    def text(o):
+        kind, worker, host, pid = o
+        where = f"pid {pid} on {host or '?'}"
+        return f"Dask worker {worker} ({where})" if kind == "dask" else f"{kind} process ({where})"
+
+    return (f"{TIMED_BY}N: the process that timed the row: " + "; ".join(f"{TIMED_BY}{n} {text(o)}" for o, n in origins.items())
+            + ". Each timing group ran in one process; a Δ between rows of different processes is unpaired.")
 
 
 def _is_bare_baseline(rec: Record) -> bool:
@@ -185,18 +419,20 @@ def _columns(metric: str, records) -> Tuple[Tuple[str, str], ...]:
     return spec(metric).columns + extra
 
 
-def _table(rows: Dict[Tuple[str, str], Dict[str, Record]], metrics: List[str]) -> List[str]:
+def _table(rows: Dict[Tuple[str, str], Dict[str, Record]], metrics: List[str],
+           origins: Optional[Dict[tuple, int]] = None) -> List[str]:
     baselines = {b: cells for (b, _), cells in rows.items() if any(_is_bare_baseline(c) for c in cells.values())}
     records = [r for cells in rows.values() for r in cells.values()]
     columns = {m: _columns(m, records) for m in metrics}
     header = ["backbone", "module", "where"] + [h for m in metrics for h, _ in columns[m]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    lines = [md_row(header), "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     for (backbone, label), cells in rows.items():
         base = baselines.get(backbone, {})
-        vals = [backbone, label + (UNSEEN if unseen_state(cells) else ""), where(cells)]
+        vals = [backbone, marked(label, cells, origins), where(cells)]
         for m in metrics:
-            vals += [_cell(kind, m, cells.get(m), base.get(m)) for _, kind in columns[m]]
-        lines.append("| " + " | ".join(vals) + " |")
+            vals += [_cell("delta_ms", "latency_cpu", cells.get("latency_cpu"), base.get("latency_cpu")) if kind == "whole_ms"
+                     else _cell(kind, m, cells.get(m), base.get(m)) for _, kind in columns[m]]
+        lines.append(md_row(vals))
     return lines
 
 
@@ -215,16 +451,17 @@ def render_markdown(records: Sequence[Record], title: Optional[str] = None) -> s
     lines.append("Δ: against the same backbone's `none` row, the bare backbone (native attention removed where it has any); "
                  "a `native` row is timm's model as built, so its Δ is what the native attention costs.")
     lines.append("")
-    points = sweep_points(records)
+    points, origins = sweep_points(records), timing_origins(records)
     if len(points) <= 1:
-        lines += _point_tables(records, metrics, "##")
+        lines += _point_tables(records, metrics, "##", origins)
     else:
         lines += render_pivots(records, metrics)
         for p in points:
-            lines += ["", f"## {p.label}", ""] + _point_tables([r for r in records if at_point(r, p)], metrics, "###")
-    notes = _notes(records)
+            lines += ["", f"## {p.label}", ""] + _point_tables([r for r in records if at_point(r, p)], metrics, "###", origins)
+    lines += render_sites(records)
+    notes = _notes(records) + ([origins_note(origins)] if origins else [])
     if notes:
-        lines += [""] + [f"- {n}" for n in notes]
+        lines += [""] + [f"- {md_text(n)}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -236,17 +473,60 @@ def _rows(records: Sequence[Record]) -> Dict[Tuple[str, str], Dict[str, Record]]
     return rows
 
 
-def _point_tables(records: Sequence[Record], metrics: List[str], level: str) -> List[str]:
+def _point_tables(records: Sequence[Record], metrics: List[str], level: str,
+                  origins: Optional[Dict[tuple, int]] = None) -> List[str]:
     """The cost table of one point: a row per (backbone, module); one table per backbone from three up."""
     rows = _rows(records)
     metrics = [m for m in metrics if any(r.metric == m for r in records)]
     backbones = list(dict.fromkeys(b for b, _ in rows))
     if len(backbones) < 3:
-        return _table(rows, metrics)
+        return _table(rows, metrics, origins)
     lines = []
     for b in backbones:
-        lines += [f"{level} {b}", ""] + _table({k: v for k, v in rows.items() if k[0] == b}, metrics) + [""]
+        lines += [f"{level} {b}", ""] + _table({k: v for k, v in rows.items() if k[0] == b}, metrics, origins) + [""]
     return lines[:-1]
+
+
+def whole_network_ms(records: Sequence[Record], rec: Record):
+    """The paired whole-network Δ ms (eager latency_cpu vs the backbone's `none` at the same size and batch)
+    that an attention_cpu record's direct time is set beside; None when the suite did not time it."""
+    p = record_point(rec)
+    lat = {(r.backbone, r.label): r for r in records if r.metric == "latency_cpu" and r.ok
+           and record_point(r) == Point(p.input_size, p.batch_size, "eager")}
+    v, b = lat.get((rec.backbone, rec.label)), lat.get((rec.backbone, "none"))
+    return delta_ms(v, b) if v is not None and b is not None else None
+
+
+def render_sites(records: Sequence[Record]) -> List[str]:
+    """Direct attribution: per (backbone, module) the attached modules' own time, per stage and in total,
+    beside the whole network's Δ ms from the latency rows."""
+    recs = [r for r in sorted(records, key=record_order) if r.metric == "attention_cpu" and r.ok]
+    if not recs:
+        return []
+    stages = sorted({int(k) for r in recs for k in (r.stats.get("stages") or {})})
+    several = len({record_point(r) for r in recs}) > 1
+    header = ["backbone", "module"] + (["point"] if several else []) + [f"stage {k} ms" if k else "stage ? ms" for k in stages] \
+        + ["direct total ms [95% CI]", "whole network Δ ms [95% CI]", "direct / whole"]
+    lines = ["", "## Attention modules alone, per stage (direct attribution)", "",
+             "Each attached module timed alone on the input it sees in the model (captured from one forward), every site "
+             "of every variant interleaved call by call; per stage the sum of its sites' per-round medians [95% CI over "
+             "rounds]. 'whole network' is the paired Δ ms of the latency table (same size and batch, eager).", "",
+             md_row(header), "|---|---|" + ("---|" if several else "") + "---:|" * (len(header) - 2 - several)]
+    for r in recs:
+        st_ = r.stats.get("stages") or {}
+        vals = [r.backbone, r.label] + ([_axis_label(r.metric, record_point(r))] if several else [])
+        for k in stages:
+            e = st_.get(str(k))
+            vals.append(DASH if not e or e.get("ms") is None else f"{e['ms']:.3f}" + (f" (x{e['sites']})" if e.get("sites") else ""))
+        vals.append(_cell("direct", r.metric, r, None))
+        whole = whole_network_ms(records, r)
+        if whole is not None and whole[0] != whole[0]:
+            vals.append(f"not supported{CONTENDED}")
+        else:
+            vals.append(DASH if whole is None else _ms_text(*whole[:3]) + ("" if whole[3] else " (unpaired)"))
+        vals.append(f"{r.value / whole[0]:.2f}" if whole is not None and whole[0] > 0 else DASH)
+        lines.append(md_row(vals))
+    return lines
 
 
 def sweep_points(records: Sequence[Record]) -> List[Point]:
@@ -278,10 +558,11 @@ def render_pivots(records: Sequence[Record], metrics: List[str]) -> List[str]:
         header = ["backbone", "module"] + [_axis_label(m, p) for p in pts]
         lines += [f"**{m}**: the `none` row in {_unit_label(m)}, the others Δ% vs `none`"
                   + (" [95% CI]" if spec(m).kind == "timing" else ""), "",
-                  "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(pts)]
+                  md_row(header), "|---|---|" + "---:|" * len(pts)]
         index = {(r.backbone, r.label, record_point(r)): r for r in recs}
         for backbone, label in dict.fromkeys((r.backbone, r.label) for r in recs):
-            vals = [backbone, label]
+            vals = [backbone, label + (FAILS_CHECK if failed_check({i: r for i, r in enumerate(recs) if (r.backbone, r.label)
+                                                                   == (backbone, label)}) else "")]
             for p in pts:
                 rec, base = index.get((backbone, label, p)), index.get((backbone, "none", p))
                 if rec is None or rec.value is None:
@@ -290,13 +571,13 @@ def render_pivots(records: Sequence[Record], metrics: List[str]) -> List[str]:
                     vals.append(_fmt(m, rec.value))
                 else:
                     vals.append(_cell("delta_ci" if spec(m).kind == "timing" else "delta_pct", m, rec, base))
-            lines.append("| " + " | ".join(vals) + " |")
+            lines.append(md_row(vals))
         lines.append("")
     return lines[:-1] if len(lines) > 2 else []
 
 
 def _notes(records: Sequence[Record]) -> List[str]:
-    notes = []
+    notes = timing_notes(records)
     if any(r.stats.get("unstable") for r in records):
         notes.append(f"{UNSTABLE} IQR above 10% of the median: unstable timing, rerun on a quieter machine.")
     uncounted: Dict[str, set] = {}
@@ -313,6 +594,13 @@ def _notes(records: Sequence[Record]) -> List[str]:
         why = unseen_state(cells)
         if why:
             notes.append(f"{UNSEEN} {backbone}/{label}: {why}.")
+    failing = {}
+    for r in records:
+        if r.stats.get("check_failed"):
+            failing.setdefault((r.label, r.module), r.stats["check_failed"])
+    for (label, module), text in failing.items():
+        notes.append(f"{FAILS_CHECK} {label}: `attnbench check {module}` fails ({text}); its numbers are of a module "
+                     "that breaks the plugin contract.")
     several = len(sweep_points(records)) > 1
     for r in records:
         if r.status == "failed":
@@ -329,6 +617,7 @@ def _notes(records: Sequence[Record]) -> List[str]:
 
 def flat_records(records: Sequence[Record]) -> pd.DataFrame:
     rows = []
+    bases = {(r.backbone, r.metric, record_point(r)): r for r in records if r.module == "none"}
     for r in sorted(records, key=record_order):
         m = r.measurement
         p = record_point(r)
@@ -339,6 +628,16 @@ def flat_records(records: Sequence[Record]) -> pd.DataFrame:
         for k, v in r.stats.items():
             if not isinstance(v, (dict, list)):
                 row[k] = v
+        for part in ("stop", "contention"):
+            for k, v in (r.stats.get(part) or {}).items():
+                if not isinstance(v, (dict, list)):
+                    row[f"{part}_{k}"] = v
+        base = bases.get((r.backbone, r.metric, p))
+        if spec(r.metric).kind == "timing" and r.ok and base is not None and base is not r and base.ok:
+            ci = delta_interval(r, base) if r.stats.get("rounds_ms") else None
+            if ci is not None:
+                row.update(delta_pct=ci.pct, delta_low=ci.low, delta_high=ci.high, delta_paired=ci.paired,
+                           delta_method=ci.method)
         row["where"] = where({r.metric: r})
         row["error"] = f"{r.error['type']}: {r.error['message']}" if r.error else ""
         row["note"] = r.note
@@ -359,15 +658,28 @@ class CompareRow:
     b: Optional[Record]
     delta: Optional[RatioInterval]
 
+    @property
+    def contended(self) -> str:
+        """Which side was timed while other processes took the CPU: '', 'A', 'B' or 'A and B'."""
+        return " and ".join(n for n, r in (("A", self.a), ("B", self.b)) if contended(r))
+
     def regression_above(self, pct: float) -> bool:
         """Worse by more than ``pct`` and beyond the noise band: B's Δ exceeds pct and its interval excludes 0.
         Without a band (exact counts; timings stored before raw samples were kept) Δ > pct is enough.
-        Accuracy is never a cost regression here."""
-        if self.delta is None or spec(self.metric).kind == "accuracy":
+        Accuracy is never a cost regression here, nor a timing from a contended run (the gate says why)."""
+        if self.delta is None or spec(self.metric).kind == "accuracy" or self.contended:
             return False
         if self.delta.low is None:
             return self.delta.pct > pct
         return self.delta.pct > pct and self.delta.low > 0
+
+
+def _rounds(rec: Record):
+    """A timing record's per-round samples: its calls (latency), or its per-round totals (attention_cpu)."""
+    if rec.stats.get("rounds_ms"):
+        return rec.stats["rounds_ms"]
+    totals = rec.stats.get("rounds_total_ms")
+    return [[t] for t in totals] if totals else None
 
 
 def compare_rows(a: Sequence[Record], b: Sequence[Record]) -> List[CompareRow]:
@@ -381,8 +693,9 @@ def compare_rows(a: Sequence[Record], b: Sequence[Record]) -> List[CompareRow]:
         ra, rb = ia.get(key), ib.get(key)
         delta = None
         if ra is not None and rb is not None and ra.value is not None and rb.value is not None and ra.value > 0:
-            sa, sb = ra.stats.get("rounds_ms"), rb.stats.get("rounds_ms")
-            delta = unpaired_ratio_interval(sb, sa) if sa and sb else None
+            sa, sb = _rounds(ra), _rounds(rb)
+            delta = unpaired_ratio_interval(sb, sa, b_waits=rb.stats.get("rounds_wait"),
+                                            a_waits=ra.stats.get("rounds_wait")) if sa and sb else None
             if delta is None:  # counts (exact) or records without raw samples: the plain ratio, no band
                 delta = RatioInterval((rb.value / ra.value - 1) * 100, None, None, 1,
                                       "exact" if spec(key[2]).kind == "count" else "no raw samples")
@@ -402,7 +715,8 @@ def render_compare_rows(rows: Sequence[CompareRow], name_a: str = "A", name_b: s
     several = len({r.point for r in rows}) > 1
     lines = [f"# compare {name_a} -> {name_b}", "",
              "Δ % = B vs A; timings carry a 95% noise band from each run's raw per-round samples (Welch's t on the "
-             "per-round log medians); counts are exact.", "",
+             "per-round log medians of undisturbed calls); counts are exact. A timing from a run that was contended "
+             f"(other processes took the CPU: {CONTENDED} in its table) is never called a regression or an improvement.", "",
              "| backbone | module | metric |" + (" point |" if several else "") + " unit | A | B | Δ % | noise band |",
              "|---|---|---|" + ("---|" if several else "") + "---|---:|---:|---:|---|"]
     for row in rows:
@@ -412,8 +726,10 @@ def render_compare_rows(rows: Sequence[CompareRow], name_a: str = "A", name_b: s
         d = row.delta
         delta = f"{d.pct:+.2f}%" if d is not None else DASH
         band = (f"[{d.low:+.1f}, {d.high:+.1f}]" if d.low is not None else d.method) if d is not None else DASH
-        if fail_above is not None and row.regression_above(fail_above):
+        if row.contended:
+            band += f" — not comparable: {row.contended} contended{CONTENDED}"
+        elif fail_above is not None and row.regression_above(fail_above):
             band += f" **regression > {fail_above:g}%**"
-        point = f" {_axis_label(row.metric, row.point)} |" if several else ""
-        lines.append(f"| {row.backbone} | {row.label} | {row.metric} |{point} {unit} | {fa} | {fb} | {delta} | {band} |")
+        point = [_axis_label(row.metric, row.point)] if several else []
+        lines.append(md_row([row.backbone, row.label, row.metric] + point + [unit, fa, fb, delta, band]))
     return "\n".join(lines) + "\n"

@@ -129,3 +129,69 @@ class FixedWidth(nn.Module):
 
     def forward(self, x):
         return x * torch.sigmoid(self.fc(x.mean((2, 3))))[:, :, None, None]
+
+
+class MixesBatch(_Gate):
+    """A2-Net-style: F.softmax without dim on (N, C, HW) normalises over dim 0, the batch (torch warns)."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        a = F.softmax(x.reshape(n, c, h * w))
+        return self.gate(x) * a.reshape(n, c, h, w) * x
+
+
+class BatchMeanGate(_Gate):
+    """Pools over the batch as well as space: the gate for one image depends on the others."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((0, 2, 3), keepdim=True)))
+
+
+class ReturnsTuple(_Gate):
+    """Returns (features, attention map), as many research repositories do."""
+
+    def forward(self, x):
+        g = self.gate(x)
+        return x * g, g
+
+
+class SlowForward(_Gate):
+    """A forward that takes a minute (a hung lock or a Python loop behaves the same)."""
+
+    def forward(self, x):
+        import time
+
+        time.sleep(60)
+        return x * self.gate(x)
+
+
+class BadLimit(_Gate):
+    """A limit declared with a value that is not a positive int."""
+
+    min_spatial = 0
+
+
+class NoChannelParam(nn.Module):
+    """ECA-style: the only parameter is the kernel size; no channel count at all."""
+
+    def __init__(self, kernel_size=3):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2)
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3))[:, None])[:, 0]
+        return x * torch.sigmoid(y)[:, :, None, None]
+
+
+class NeedsOutWidth(_Gate):
+    """CoordAtt-style: (inp, oup) with no default, so it cannot be called with a channel count alone."""
+
+    def __init__(self, inp, oup, reduction=32):
+        super().__init__(inp)
+
+
+class KeywordOnly(_Gate):
+    """HaloAttention-style: every parameter is keyword-only."""
+
+    def __init__(self, *, dim, block_size):
+        super().__init__(dim)

@@ -28,3 +28,47 @@ class CleanResidual(nn.Module):
     def forward(self, x):
         f = sum(b(x) for b in self.branches) * self.scale
         return x + self.drop(torch.ones_like(x) * f)
+
+
+class ResidualGate(nn.Module):
+    """fightingcv's CBAM layout: gate, then `out + residual` -- a transform with its own residual, not a gate."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        out = x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+        return out + x
+
+
+class UnfoldGate(nn.Module):
+    """Data that is moved or made, never computed on: nn.Unfold's patches (im2col) and a linspace ramp."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.unfold = nn.Unfold(3, padding=1)
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        patches = self.unfold(x).reshape(n, c, 9, h, w)
+        ramp = torch.linspace(0.5, 1.5, 9, device=x.device, dtype=x.dtype).reshape(1, 1, 9, 1, 1)
+        local = (patches * ramp).mean(2)
+        return x * torch.sigmoid(self.fc(local))
+
+
+class DeclaresLimits(nn.Module):
+    """SRM-style style pooling (unbiased std: NaN at 1x1) and BatchNorm over pooled (N, C) features (no
+    batch statistics at batch 1), both declared as documented limits: check passes, skipping those cases."""
+
+    min_spatial, min_train_batch = 2, 2
+    limits_note = "unbiased std over H*W; BatchNorm over pooled features"
+
+    def __init__(self, channels):
+        super().__init__()
+        self.fc = nn.Linear(channels, channels)
+        self.bn = nn.BatchNorm1d(channels)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.bn(self.fc(x.std((2, 3)))))[:, :, None, None]

@@ -1,0 +1,224 @@
+"""How precise, reproducible and load-proof are attnbench's Δ latencies, beside timm's benchmark.py way?
+
+Runs, each in a fresh process:
+- quiet: the harness (`attnbench run` on the overhead suite's timing settings) and the timm way (per model
+  one block: 10 warm-up steps, then the mean of 50 timed steps, models one after another, as timm's
+  benchmark.py InferenceBenchmarkRunner does), ``--repeats`` times each;
+- loaded: the same with two busy processes on the cores, started here: the harness as configured (it asks
+  for nice -20 while timing, granted to root), the harness without asking (``nice: null``), and the timm way.
+Reports per Δ: the point estimates, 95% half-widths, cross-run coverage (how often one run's point falls
+inside another run's interval; two independent runs with equal, correct 95% intervals give about 83%),
+how far loaded runs land from the quiet mean and whether they said they were contended, and wall times.
+The timm way prints no interval: the one computed for it here is Welch's t on its 50 step times, what a
+reader of its output could derive at best.
+
+    python benchmarks/latency_precision.py [--repeats 5] [--backbones resnet18,resnet50] [--out results]
+
+Run it on a machine nobody else is using (it measures the noise of this machine, and makes its own load).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TIMM_WAY = r'''
+import json, sys, time, torch
+from attnbench import build
+from attnbench.stats import unpaired_ratio_interval
+backbone, modules, threads = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+torch.set_num_threads(threads)
+opts = {"nonlocal": {"stages": [3], "blocks": 1}}
+x = torch.randn(1, 3, 224, 224)
+steps = {}
+t0 = time.perf_counter()
+for m in modules:  # one block per model, one model after another (timm's benchmark.py: 10 warm-up, 50 timed)
+    torch.manual_seed(0)
+    model = build(backbone, None if m == "none" else m, **opts.get(m, {})).eval()
+    with torch.no_grad():
+        for _ in range(10):
+            model(x)
+        times = []
+        for _ in range(50):
+            a = time.perf_counter(); model(x); times.append((time.perf_counter() - a) * 1e3)
+    steps[m] = times
+out = {"timing_s": time.perf_counter() - t0, "mean_ms": {m: sum(t) / len(t) for m, t in steps.items()}, "delta": {}}
+for m in modules[1:]:
+    ci = unpaired_ratio_interval([[t] for t in steps[m]], [[t] for t in steps["none"]])  # Welch on log step times
+    out["delta"][m] = {"pct": 100 * (out["mean_ms"][m] / out["mean_ms"]["none"] - 1), "low": ci.low, "high": ci.high,
+                       "contended": None}
+print(json.dumps(out))
+'''
+
+
+def suite_yaml(backbones, modules, nice) -> str:
+    lat = "{threads: 2, warmup: 5, rounds: 10, min_time: 0.25, target: 1.0, max_time: 30" + \
+          (", nice: null}" if nice is None else "}")
+    return (f"name: latency-precision\nbackbones: [{', '.join(backbones)}]\nmodules: [{', '.join(modules)}]\n"
+            "module_options:\n  nonlocal: {stages: [3], blocks: 1}\ninput_size: 224\nbatch_size: 1\n"
+            f"metrics: [latency_cpu]\nlatency: {lat}\n")
+
+
+def harness_run(backbones, modules, nice="ask") -> dict:
+    from attnbench.report.tables import delta_interval
+    from attnbench.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = Path(tmp) / "s.yaml"
+        suite.write_text(suite_yaml(backbones, modules, None if nice is None else -20))
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "attnbench", "run", "--suite", str(suite), "--out", tmp, "-q"],
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        recs = Store(Path(tmp) / "latency-precision.jsonl").latest()
+    out = {"wall_s": wall, "rc": proc.returncode, "stderr_tail": proc.stderr.strip().splitlines()[-3:], "delta": {},
+           "timing_s": 0.0}
+    for b in backbones:
+        by = {r.label: r for r in recs if r.backbone == b and r.ok}
+        if "none" not in by:
+            continue
+        out["timing_s"] += (by["none"].stats.get("stop") or {}).get("seconds", 0.0)
+        for m in modules[1:]:
+            if m in by:
+                ci = delta_interval(by[m], by["none"])
+                c = by[m].stats.get("contention") or {}
+                out["delta"][f"{b}/{m}"] = {"pct": ci.pct, "low": ci.low, "high": ci.high,
+                                            "contended": bool(c.get("contended") or (by["none"].stats.get("contention") or {}).get("contended")),
+                                            "others_cpu": c.get("others_cpu"), "clean": c.get("clean"), "nice": c.get("nice"),
+                                            "stop": by[m].stats.get("stop")}
+    return out
+
+
+def timm_run(backbones, modules) -> dict:
+    out = {"delta": {}, "timing_s": 0.0}
+    t0 = time.perf_counter()
+    for b in backbones:
+        proc = subprocess.run([sys.executable, "-c", TIMM_WAY, b, ",".join(modules), "2"], capture_output=True, text=True)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["timing_s"] += res["timing_s"]
+        out["delta"].update({f"{b}/{m}": v for m, v in res["delta"].items()})
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+class Load:
+    """Two busy processes (pure Python spin loops), started here, stopped on exit."""
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def coverage(runs, key) -> tuple:
+    """(hits, pairs): how often run i's point lies inside run j's interval, over ordered pairs i != j."""
+    pts = [(r["delta"][key]["pct"], r["delta"][key]["low"], r["delta"][key]["high"]) for r in runs if key in r["delta"]]
+    hits = pairs = 0
+    for i, (p, _, _) in enumerate(pts):
+        for j, (_, lo, hi) in enumerate(pts):
+            if i != j and lo is not None and not math.isnan(p):
+                pairs += 1
+                hits += lo <= p <= hi
+    return hits, pairs
+
+
+def halfwidth(d) -> float:
+    return float("nan") if d["low"] is None or math.isnan(d["pct"]) else max(d["high"] - d["pct"], d["pct"] - d["low"])
+
+
+def render(res: dict, keys) -> str:
+    lines = ["# Latency precision: attnbench vs timm's benchmark.py way", "",
+             f"Machine: {res['machine']}; {res['repeats']} quiet runs of each, fresh processes; loaded = two busy "
+             "processes on the cores, started by the benchmark. Coverage: share of ordered pairs of quiet runs (i, j) "
+             "where run i's point lies inside run j's 95% interval (about 83% expected for correct, equally precise "
+             "intervals). Timm way: mean of 50 steps per model, models one after another; its interval is Welch's t "
+             "on the step times (timm prints none).", ""]
+    head = "| method | " + " | ".join(keys) + " |"
+    lines += ["## Quiet: point estimates (each run) and 95% half-widths", "", head, "|---|" + "---:|" * len(keys)]
+    for name in ("harness", "timm"):
+        runs = res["quiet"][name]
+        pts = [" / ".join(f"{r['delta'][k]['pct']:+.1f}" for r in runs if k in r["delta"]) for k in keys]
+        hws = [" / ".join(f"{halfwidth(r['delta'][k]):.1f}" for r in runs if k in r["delta"]) for k in keys]
+        lines.append(f"| {name}: Δ % | " + " | ".join(pts) + " |")
+        lines.append(f"| {name}: ± | " + " | ".join(hws) + " |")
+    lines += ["", "## Quiet: coverage, spread between runs and time", "",
+              "| method | coverage (pooled) | " + " | ".join(f"coverage {k}" for k in keys) +
+              " | sd of points between runs (mean over Δs) | median half-width | timing s / run | wall s / run |",
+              "|---|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|"]
+    for name in ("harness", "timm"):
+        runs = res["quiet"][name]
+        cov = [coverage(runs, k) for k in keys]
+        hits, pairs = sum(c[0] for c in cov), sum(c[1] for c in cov)
+        sds = [statistics.stdev([r["delta"][k]["pct"] for r in runs]) for k in keys if len(runs) > 1]
+        hws = [halfwidth(r["delta"][k]) for r in runs for k in keys]
+        lines.append(f"| {name} | {100 * hits / max(1, pairs):.0f}% ({hits}/{pairs}) | " +
+                     " | ".join(f"{100 * h / max(1, p):.0f}%" for h, p in cov) +
+                     f" | {statistics.fmean(sds) if sds else float('nan'):.2f} | {statistics.median(hws):.2f} | "
+                     f"{statistics.fmean(r['timing_s'] for r in runs):.0f} | {statistics.fmean(r['wall_s'] for r in runs):.0f} |")
+    lines += ["", "## Loaded (two busy processes): distance from the quiet mean, and what the run said", "",
+              "| run | " + " | ".join(keys) + " | wall s (x quiet) |", "|---|" + "---:|" * len(keys) + "---:|"]
+    for name, run in res["loaded"].items():
+        quiet = res["quiet"]["timm" if name.startswith("timm") else "harness"]
+        cells = []
+        for k in keys:
+            d = run["delta"].get(k)
+            if d is None:
+                cells.append("—")
+                continue
+            q = statistics.fmean(r["delta"][k]["pct"] for r in quiet)
+            off = "n/a" if math.isnan(d["pct"]) else f"{d['pct'] - q:+.1f}"
+            cells.append(f"{off} (±{halfwidth(d):.1f})" + (" contended" if d.get("contended") else ""))
+        qwall = statistics.fmean(r["wall_s"] for r in quiet)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {run['wall_s']:.0f} ({run['wall_s'] / qwall:.1f}x) |")
+    lines += ["", "Cells: loaded point minus the quiet runs' mean, in points (its own half-width); 'contended': the run "
+              "marked the row and named it in its contention line."]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--backbones", default="resnet18,resnet50")
+    p.add_argument("--modules", default="none,se,cbam,nonlocal")
+    p.add_argument("--out", default=str(HERE.parent / "results"))
+    p.add_argument("--no-loaded", action="store_true")
+    a = p.parse_args()
+    backbones, modules = a.backbones.split(","), a.modules.split(",")
+    from attnbench.env import cpu_name
+
+    res = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs, euid {os.geteuid()}", "repeats": a.repeats,
+           "quiet": {"harness": [], "timm": []}, "loaded": {}}
+    for i in range(a.repeats):
+        res["quiet"]["harness"].append(harness_run(backbones, modules))
+        res["quiet"]["timm"].append(timm_run(backbones, modules))
+        print(f"quiet {i + 1}/{a.repeats}: harness {res['quiet']['harness'][-1]['wall_s']:.0f} s, "
+              f"timm way {res['quiet']['timm'][-1]['wall_s']:.0f} s", file=sys.stderr)
+    if not a.no_loaded:
+        with Load():
+            res["loaded"]["harness (nice -20 asked)"] = harness_run(backbones, modules)
+            res["loaded"]["harness (nice: null)"] = harness_run(backbones, modules, nice=None)
+            res["loaded"]["timm way"] = timm_run(backbones, modules)
+    keys = [f"{b}/{m}" for b in backbones for m in modules[1:]]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latency-precision.json").write_text(json.dumps(res, indent=1, default=str))
+    text = render(res, keys)
+    (out / "latency-precision.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
