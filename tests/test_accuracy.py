@@ -211,11 +211,19 @@ def test_smoke_suite_table_and_plot(tmp_path):
 def test_accuracy_suites_validate():
     s = load_suite("accuracy")
     assert s.kind == "accuracy" and len(s.seeds) >= 3 and s.dataset["name"] == "fashion_mnist"
-    assert [v.label for v in s.variants] == ["none", "se", "cbam", "nonlocal"]
+    assert [v.label for v in s.variants] == ["none", "se", "cbam", "nonlocal", "none-12ep"]
+    # the plateau check differs from the baseline in its epoch count only
+    control = s.variants[-1]
+    assert control.module == "none" and control.training == {"epochs": 12} and s.training["epochs"] == 8
+    # every speed-up of the default recipe is what the full recipes use too (same for every module)
+    speedups = load_suite("accuracy-speedups")
+    assert [v.label for v in speedups.variants] == ["fp32", "bf16-channels_last"]
+    assert {k: v for k, v in speedups.training.items()} == s.training and speedups.dataset == s.dataset
     full, gpu = load_suite("accuracy-full"), load_suite("accuracy-gpu")
+    assert full.training["amp"] == s.training["amp"] == "bf16" and full.training["channels_last"] is True
     assert full.dataset == {"name": "fashion_mnist"} and len(full.seeds) >= 3 and full.training["epochs"] >= 20
     assert gpu.training["device"] == "cuda" and gpu.training["amp"] == "bf16" and gpu.training["channels_last"] is True
-    for suite in (s, full, gpu, load_suite("accuracy-smoke")):
+    for suite in (s, speedups, full, gpu, load_suite("accuracy-smoke"), load_suite("accuracy-full-epoch")):
         assert validate_training(suite.training, suite.dataset) == [], suite.name
     with pytest.raises(AttnBenchError, match="field 'training.epoch': unknown setting"):
         parse_suite({"kind": "accuracy", "backbones": ["resnet18"], "modules": ["se"], "dataset": "digits",
