@@ -155,6 +155,14 @@ def _t_interval(values: Sequence[float], level: float) -> Tuple[float, Optional[
     return mean, t_quantile(1 - (1 - level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """(mean, low, high) of a t interval over ``values``: (None, None, None) without values, no bounds with one."""
+    if not values:
+        return None, None, None
+    mean, half = _t_interval(values, level)
+    return (mean, None, None) if half is None else (mean, mean - half, mean + half)
+
+
 def paired_round_values(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
                         diff=lambda a, b: math.log(a) - math.log(b)) -> Tuple[List[float], int, int]:
     """Per round, the median of ``diff`` over its clean, index-paired calls (rounds with fewer than
@@ -193,8 +201,8 @@ def alternating_difference(v_rounds, b_rounds, v_waits=None, b_waits=None, limit
     values, _, _ = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit, diff=lambda a, b: a - b)
     if not values:
         return None
-    mean, half = _t_interval(values, level)
-    return (mean, None, None, 1) if half is None else (mean, mean - half, mean + half, len(values))
+    mean, low, high = mean_interval(values, level)
+    return mean, low, high, len(values)
 
 
 def paired_ratio_interval(variant_rounds: Sequence[Sequence[float]], base_rounds: Sequence[Sequence[float]],

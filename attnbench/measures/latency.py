@@ -278,9 +278,10 @@ def precision_rule(s: LatencySettings, baseline: Optional[str]) -> StopRule:
     return stop
 
 
-def _contention(res: Rounds, label: str, limit: float) -> dict:
-    flat = [w for rnd in res.waits[label] for w in rnd]
-    known = [w for w in flat if w is not None]
+def _contention(res: Rounds, keys: List[str], limit: float) -> dict:
+    """What the machine was doing while ``keys`` (a variant, or all sites of one) were timed, and whether
+    that makes their row contended (the rule docs/latency.md states)."""
+    known = [w for k in keys for rnd in res.waits[k] for w in rnd if w is not None]
     clean = sum(1 for w in known if w <= limit) / len(known) if known else None
     info = {**res.machine, "wait_median": statistics.median(known) if known else None, "clean": clean,
             "nice": res.priority.get("obtained"), "nice_granted": bool(res.priority.get("granted"))}
@@ -358,7 +359,7 @@ def measure_latency(
         stats["baseline"] = baseline if baseline in res.times else None
         ci = _delta(res, label, stats["baseline"], settings.clean_wait)
         stats["stop"] = _stop_info(res, label, settings, ci)
-        stats["contention"] = _contention(res, label, settings.clean_wait)
+        stats["contention"] = _contention(res, [label], settings.clean_wait)
         stats.update(prepared.get(label) or {})
         out[label] = Measurement(metric, stats["median_ms"], "ms", method,
                                  dict(settings.as_dict(), threads=threads, device=str(dev)), stats)
@@ -424,13 +425,6 @@ def _site_totals(res: Rounds, keys: List[str], limit: float) -> List[float]:
     return totals
 
 
-def _interval(values: List[float]) -> tuple:
-    if not values:
-        return None, None, None
-    mean, half = st._t_interval(values, st.LEVEL)
-    return mean, (None if half is None else mean - half), (None if half is None else mean + half)
-
-
 def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
                   on_error: Optional[Callable[[str, BaseException], None]] = None) -> Dict[str, Measurement]:
     """Direct attribution: every attached module timed alone on the input it sees in the model (captured
@@ -476,7 +470,7 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
             widths = []  # relative half-widths (% of each variant's own total): direct_target
             for label, ms in meta.items():
                 keys = [m["key"] for m in ms if m["key"] in res.times]
-                mean, lo, hi = _interval(_site_totals(res, keys, settings.clean_wait))
+                mean, lo, hi = st.mean_interval(_site_totals(res, keys, settings.clean_wait))
                 widths.append(None if lo is None or not mean else 100 * (hi - mean) / mean)
             if r >= settings.rounds and all(w is not None and w <= settings.direct_target for w in widths):
                 return "target met"
@@ -494,11 +488,11 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
         limit = settings.clean_wait if totals or not keys else math.inf
         if not totals:
             totals = _site_totals(res, keys, limit)
-        mean, lo, hi = _interval(totals) if ms else (0.0, None, None)
+        mean, lo, hi = st.mean_interval(totals) if ms else (0.0, None, None)
         stages: Dict[str, dict] = {}
         for stage in sorted({m["stage"] for m in ms}):
             skeys = [m["key"] for m in ms if m["stage"] == stage and m["key"] in res.times]
-            s_mean, s_lo, s_hi = _interval(_site_totals(res, skeys, limit))
+            s_mean, s_lo, s_hi = st.mean_interval(_site_totals(res, skeys, limit))
             stages[str(stage)] = {"ms": s_mean, "low_ms": s_lo, "high_ms": s_hi, "sites": len(skeys)}
         sites = []
         for m in ms:
@@ -511,14 +505,9 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
                           "max_time": settings.time_budget,
                           "rounds": len(totals), "seconds": round(res.seconds, 2),
                           "halfwidth_pct": None if lo is None or not mean else round(100 * (hi - mean) / mean, 3)},
-                 "contention": {**res.machine, "nice": res.priority.get("obtained"),
-                                "nice_granted": bool(res.priority.get("granted"))}}
-        waits = [w for k in keys for rnd in res.waits[k] for w in rnd if w is not None]
-        if waits:
-            stats["contention"]["clean"] = sum(1 for w in waits if w <= settings.clean_wait) / len(waits)
-            stats["contention"]["contended"] = stats["contention"]["clean"] < CONTENDED_CLEAN or limit == math.inf
-        else:
-            stats["contention"]["clean"], stats["contention"]["contended"] = None, False
+                 "contention": _contention(res, keys, settings.clean_wait)}
+        # totals taken from disturbed calls too (no round had every site undisturbed) are contended
+        stats["contention"]["contended"] = stats["contention"]["contended"] or limit == math.inf
         if mean is None:
             raise_later = RuntimeError(f"{label}: no round timed every site of it; raise max_time")
             if on_error is None:
