@@ -210,11 +210,9 @@ class _Steps:
                 return fn()
         except CellTimeout:
             return self.timed_out(name, scale)
-        except AttnBenchError as exc:
+        except Exception as exc:
             if _is_usage(exc):
                 raise
-            return CheckResult(name, FAIL, describe_failure(exc), "see the plugin line named above")
-        except Exception as exc:
             return CheckResult(name, FAIL, describe_failure(exc), "see the plugin line named above")
 
     def timed_out(self, name: str, scale: float = 1.0) -> CheckResult:
@@ -268,11 +266,9 @@ def _eval_runs(make: _Maker, limits: Limits, steps: _Steps) -> List[_Run]:
         except CellTimeout:
             run.error = CellTimeout(f"{steps.timeout:g} s")
             steps.timed_out(f"shape at {_size(size)}")
-        except AttnBenchError as exc:
+        except Exception as exc:
             if _is_usage(exc):
                 raise
-            run.error = exc
-        except Exception as exc:
             run.error = exc
     return runs
 
@@ -593,7 +589,7 @@ def _build(make: _Maker, limits: Limits, steps: _Steps):
         except CellTimeout:
             return None, steps.timed_out("build")
         except Exception as exc:
-            if isinstance(exc, AttnBenchError) and _is_usage(exc):
+            if _is_usage(exc):
                 raise
             return None, CheckResult("build", FAIL, describe_failure(exc), "see the plugin line named above")
         at = "" if size == REFERENCES[0] else f", reference size {_size(size)}"

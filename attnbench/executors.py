@@ -105,6 +105,11 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def worker_threads(workers: Dict[str, dict]) -> int:
+    """Worker threads in the cluster (at least 1): how many tasks can run at once."""
+    return sum(int(w.get("nthreads") or 1) for w in workers.values()) or 1
+
+
 def node_shares(workers: Dict[str, dict], cpus: Dict[str, int]) -> Dict[str, int]:
     """Each worker's torch threads per task: its node's usable cores over all worker threads on that node."""
     per_host: Counter = Counter()
@@ -289,15 +294,22 @@ def _worker_checkpoint(task: Task, worker, run_id: str, state: Optional[bytes]) 
     """The task with its checkpoint in the worker's own local directory, holding ``state`` (or nothing)."""
     folder = Path(worker.local_directory).resolve() / "attnbench-checkpoints" / run_id
     task = dataclasses.replace(task, checkpoint_dir=str(folder))
-    path = task.checkpoint_path
-    path.parent.mkdir(parents=True, exist_ok=True)
     if state is None:
-        path.unlink(missing_ok=True)
+        task.checkpoint_path.unlink(missing_ok=True)
     else:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(state)
-        os.replace(tmp, path)
+        write_checkpoint(task, state)
     return task
+
+
+def write_checkpoint(task: Task, state: bytes) -> None:
+    """Put a shipped checkpoint at the task's checkpoint path, write-then-rename (a kill leaves no torn file)."""
+    path = task.checkpoint_path
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(state)
+    os.replace(tmp, path)
 
 
 def run_task_on_worker(task: Task, slot: str = "lock", run_id: str = "", lease_timeout: str = LEASE_TIMEOUT,
@@ -600,7 +612,7 @@ class DaskExecutor:
             cpus = self.client.run(usable_cpus, on_error="ignore")
         except Exception:  # a worker left mid-call: assume one core each
             cpus = {}
-        self._slots = sum(int(w.get("nthreads") or 1) for w in workers.values()) or 1
+        self._slots = worker_threads(workers)
         return min(node_shares(workers, cpus).values(), default=1)
 
     # -- the run --
@@ -702,7 +714,7 @@ class DaskExecutor:
         if out.epoch:  # a training stretch that trained: from which epoch to which, where
             flight.chunks.append([out.from_epoch, out.epoch, out.worker])
         if out.state is not None:  # a training stretch: keep its checkpoint here, hand it to the next stretch
-            self._save_checkpoint(flight.task, out.state)
+            write_checkpoint(flight.task, out.state)
             flight.epoch = out.epoch
             self._submit(flight, flying, done, run_id, out.state, near=out.worker)
             return None
@@ -727,16 +739,6 @@ class DaskExecutor:
                 flight.notes.append(f"{who} lost while it held the task; re-run from scratch on {out.worker}")
             flight.attempts += len(flight.lost)
             flight.lost = []
-
-    @staticmethod
-    def _save_checkpoint(task: Task, state: bytes) -> None:
-        path = task.checkpoint_path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(state)
-        os.replace(tmp, path)
 
     @staticmethod
     def _annotate(flight: Flight, out: Outcome) -> List[Record]:
@@ -768,7 +770,7 @@ class DaskExecutor:
                 processing = self.client.processing()
         except (OSError, TimeoutError, AttributeError):  # the scheduler went mid-call: said on the next turn
             return
-        self._slots = sum(int(w.get("nthreads") or 1) for w in workers.values()) or 1
+        self._slots = worker_threads(workers)
         running = []
         for worker, keys in sorted(processing.items()):
             for key in keys:

@@ -28,7 +28,7 @@ from .measures.memory import measure_activations, measure_saved_memory
 from .measures.record import Measurement
 from .measures.latency import LatencySettings, measure_latency, measure_peak_memory, measure_sites
 from .measures.params import attention_hidden_state, measure_params
-from .records import DONE_STATUSES, Record
+from .records import Record
 from .store import FolderLock, Store, check_output_dir
 from .metrics import ACCURACY, SITES, spec
 from .suite import Cell, Suite, is_reference, plan
@@ -445,7 +445,7 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
             on_notice(f"previous results of {suite.name} moved to {archived}/ (use --resume to add to a store instead)")
     cells = plan(suite)
     keys = cell_keys(cells, threads)
-    done = {r.key for r in stored if r.status in DONE_STATUSES} if resume else set()
+    done = store.done_keys(stored) if resume else set()
     todo = [(c, k) for c, k in zip(cells, keys) if k not in done]
     verdicts = _check_verdicts([c.variant for c, _ in todo])
     result = RunResult(reused=len(cells) - len(todo), archived=archived)

@@ -59,8 +59,9 @@ class Store:
             by_key[rec.key] = rec
         return list(by_key.values())
 
-    def done_keys(self) -> set:
-        return {r.key for r in self.latest() if r.status in DONE_STATUSES}
+    def done_keys(self, latest: Optional[List[Record]] = None) -> set:
+        """Keys of cells that need no rerun, from ``latest`` when the caller has already read it."""
+        return {r.key for r in (self.latest() if latest is None else latest) if r.status in DONE_STATUSES}
 
     def repair(self) -> None:
         """Cut a torn last line (a kill -9 mid-write) so the next append starts on a fresh line."""
@@ -85,8 +86,7 @@ class Store:
 
     def outputs(self) -> List[Path]:
         """This store and the tables and plots written from it, those that exist."""
-        stem = self.path.name[:-len(self.path.suffix)] if self.path.suffix else self.path.name
-        paths = [self.path] + [self.path.with_name(stem + s) for s in TABLE_SUFFIXES]
+        paths = [self.path] + [self.path.with_name(self.path.stem + s) for s in TABLE_SUFFIXES]
         return [p for p in paths if p.is_file()]
 
     def archive(self) -> Optional[Path]:
@@ -96,7 +96,7 @@ class Store:
         found = self.outputs()
         if not found:
             return None
-        stem = self.path.name[:-len(self.path.suffix)] if self.path.suffix else self.path.name
+        stem = self.path.stem
         when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(max(p.stat().st_mtime for p in found)))
         history = self.path.parent / HISTORY
         history.mkdir(exist_ok=True)
