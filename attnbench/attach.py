@@ -340,7 +340,8 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
     factory = get_module(attention)
     attach, module_options = split_options(options)
     check_attach_options(attach)
-    own_placement, skip = resolve_placement(getattr(factory, "placement", "block"), block_kinds(model), attention)
+    kinds = block_kinds(model)
+    own_placement, skip = resolve_placement(getattr(factory, "placement", "block"), kinds, attention)
     placement = attach.get("placement") or own_placement
     skip = () if "placement" in attach else skip  # an explicit placement goes in every block
     if placement not in PLACEMENTS:
@@ -356,7 +357,7 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
                              f"a {placement} module {attention!r} takes the native attention's slot; drop keep_native")
     own = placement == own_placement
     no_blocks = (placement in ("block", "output") and family not in BLOCK_SLOTS) or \
-        (placement in ("output", "after_conv") and not block_kinds(model))
+        (placement in ("output", "after_conv") and not kinds)
     if no_blocks and "placement" not in attach:
         placement, own = "stage", False  # no per-block site in this family: after every stage output instead
         attach.setdefault("stages", "all")

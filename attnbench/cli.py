@@ -182,7 +182,9 @@ def _summarise(name: str, result, quiet: bool) -> None:
     err_console.print(
         f"{name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped{unsupported}, {result.reused} reused "
         f"in {result.wall_s:.1f} s -> {written}", markup=False, highlight=False)
-    contention = _contention_line(result.records)
+    from .report.tables import contention_line  # lazy: the CLI starts without the report stack
+
+    contention = contention_line(result.records)
     if contention:
         err_console.print(contention, markup=False, highlight=False, soft_wrap=True)
     for what in result.unwritten:
@@ -195,12 +197,6 @@ def _summarise(name: str, result, quiet: bool) -> None:
                           "table shows them; rerun with --resume to continue", markup=False)
     elif result.failed:
         err_console.print(f"{result.failed} cell(s) failed; see the table's notes", markup=False)
-
-
-def _contention_line(records) -> str:
-    from .report.tables import contention_line
-
-    return contention_line(records)
 
 
 def _parse_option(text: str):

@@ -38,7 +38,6 @@ NATIVE_LABELS = {"SqueezeExcite": "SE", "SEModule": "SE", "EffectiveSEModule": "
 BLOCK_KINDS = {("timm.models.resnet", "BasicBlock"): "basic", ("timm.models.resnet", "Bottleneck"): "bottleneck",
                ("timm.models._efficientnet_blocks", "InvertedResidual"): "inverted_residual",
                ("timm.models._efficientnet_blocks", "DepthwiseSeparableConv"): "depthwise_separable"}
-KINDS = ("basic", "bottleneck", "resnext", "inverted_residual", "depthwise_separable")
 
 # Layers a module goes right after, per block class (the layer is wrapped as Sequential(layer, module)):
 # ``output``: the last norm of an inverted residual's branch, after the projection conv (ECA-Net's and
@@ -234,13 +233,14 @@ def after_sites(model: nn.Module, placement: str, backbone: str) -> List[Site]:
     table = AFTER_LAYERS[placement]
     sites = []
     for name, m in list(model.named_modules()):
-        attr = table.get(type(m).__name__) if block_kind(m) else None
+        kind = block_kind(m)
+        attr = table.get(type(m).__name__) if kind else None
         layer = getattr(m, attr, None) if attr else None
         if isinstance(layer, nn.Module):
             wrapper = nn.Sequential(OrderedDict([("layer", layer), ("attn", nn.Identity())]))
             setattr(m, attr, wrapper)
             path = f"{name}.{attr}" if name else attr
-            sites.append(Site(wrapper, "attn", f"{path}.attn", kind=block_kind(m), unwrap=(m, attr, layer)))
+            sites.append(Site(wrapper, "attn", f"{path}.attn", kind=kind, unwrap=(m, attr, layer)))
     if not sites:
         where = ", ".join(f"{cls}.{attr}" for cls, attr in table.items())
         raise Unsupported(f"placement {placement!r} goes after {where} of timm's ResNet and EfficientNet/MobileNet "

@@ -675,6 +675,7 @@ def has_native_attention(backbone: str) -> bool:
 def plan(suite: Suite) -> List[Cell]:
     """The grid, metric-major within each backbone so cheap counts come before timings."""
     cells = []
+    source = suite.identity  # one path resolve, not one per cell
     if suite.kind == ACCURACY:
         for bi, backbone in enumerate(suite.backbones):
             for vi, variant in enumerate(suite.variants):
@@ -685,7 +686,7 @@ def plan(suite: Suite) -> List[Cell]:
                     cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
                                       str(training.get("device", "cpu")), suite.dtype, suite.backbone_options, {}, seed,
                                       suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S,
-                                      source=suite.identity))
+                                      source=source))
         return cells
     swept = len(suite.all_points()) > 1
     for bi, backbone in enumerate(suite.backbones):
@@ -700,5 +701,5 @@ def plan(suite: Suite) -> List[Cell]:
                     cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), point.input_size, point.batch_size,
                                       device, suite.dtype, suite.backbone_options, suite.latency,
                                       timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept,
-                                      source=suite.identity))
+                                      source=source))
     return cells

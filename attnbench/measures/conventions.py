@@ -50,9 +50,6 @@ class ConventionCount:
         """Ops of the modules whose path satisfies ``predicate`` (e.g. a backbone's head pool)."""
         return sum(n for path, n in self.by_module.items() if predicate(path))
 
-    def scaled(self, unit: float) -> Tuple[float, float]:
-        return self.ops / unit, self.params / unit
-
 
 # --- per-layer rules: (module, input, output) -> (kind, ops), or None (the tool has no rule: 0 ops) ---------
 

@@ -169,7 +169,7 @@ def budget_line(acc: Sequence[Record]) -> str:
             f"stood at every epoch.")
     differs = {}
     for r in ordered:
-        other = recipe(r) if r.ok else dict(r.config.get("training") or {})
+        other = recipe(r)
         keys = [k for k in sorted(set(other) | set(tr)) if other.get(k) != tr.get(k) and (r.ok or k in other)]
         if keys and r.label not in differs:
             differs[r.label] = ", ".join(f"{k} {other.get(k)}" for k in keys)
