@@ -9,14 +9,15 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Attachment": ".attach", "attention_parameters": ".attach", "build": ".attach",
     "AttnBenchError": ".errors",
+    "Results": ".api", "load": ".api", "run": ".api",
     "count_flops": ".measures.flops",
     "measure_activations": ".measures.memory", "measure_saved_memory": ".measures.memory",
     "count_params": ".measures.params",
     "get_module": ".registry", "list_modules": ".registry", "register": ".registry",
 }
 __all__ = [
-    "Attachment", "AttnBenchError", "attention_parameters", "build", "count_flops", "count_params",
-    "get_module", "list_modules", "measure_activations", "measure_saved_memory", "register", "__version__",
+    "Attachment", "AttnBenchError", "Results", "attention_parameters", "build", "count_flops", "count_params",
+    "get_module", "list_modules", "load", "measure_activations", "measure_saved_memory", "register", "run", "__version__",
 ]
 
 

@@ -35,8 +35,8 @@ placement. ``blocks`` (stage placement) puts that many after every other block f
 Context keywords: a factory gets ``factory(channels, **options)`` plus any of ``feat_size`` ((H, W)
 of the site's input at the suite's ``input_size``), ``stride`` (of the replaced conv; 1 elsewhere),
 ``stage`` (1-based), ``block_index`` (0-based within the stage), ``out_channels`` (of the
-replaced conv; ``channels`` elsewhere) and ``conv_groups`` (of the replaced conv; 1 elsewhere) that its
-signature *names* (``**kwargs`` gets none). They
+replaced conv; ``channels`` elsewhere), ``conv_groups`` (of the replaced conv; 1 elsewhere) and ``block_kind``
+(``placement.BLOCK_KINDS``; "" outside known blocks) that its signature *names* (``**kwargs`` gets none). They
 come from one dry run at ``input_size``. A conv-placed factory must name ``out_channels``/``stride``
 where the conv changes width or resolution.
 
@@ -47,16 +47,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .contract import PLACEMENTS, adapter_advice, binding_problem, declared_limits, first_line, plugin_frame
+from .contract import (ALIASED_ADVICE, PLACEMENTS, binding_advice, binding_problem, class_folder, current_roots,
+                       declared_limits, first_line, forward_line, package_roots, plugin_frame, shares_memory)
 from .errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError, Unsupported
-from .guard import is_out_of_memory
+from .guard import contained, escape_text, is_out_of_memory
 from .initialise import INITS, MEASUREMENT, measurement_init
-from .placement import (BLOCK_SLOTS, Site, after_sites, assign_stages, block_kinds, block_sites, choose_stages,
+from .where import describe  # noqa: F401 -- the `where` text, torch-free for the report layer
+from .placement import (BLOCK_SLOTS, Site, after_sites, assign_stages, block_kinds, block_sites, choose_stages, stages_problem,
                         conv_sites, declared_context, drop_norm_act, native_label, native_sites, probe_inputs,
                         resolve_placement, stage_entries, stage_sites)
 from .registry import get_module, is_baseline
@@ -93,34 +96,14 @@ class Attachment:
                 "init": self.init, "reinitialised": self.reinitialised}
 
 
-def _stage_text(stages: Sequence[int]) -> str:
-    return f"stage{'s' if len(stages) > 1 else ''} {','.join(map(str, stages))}"
-
-
-def describe(attachment: Optional[dict]) -> str:
-    """The table's `where` text from ``Attachment.as_dict()``: 'block x16', 'conv, stage 4 x3',
-    'bare: native SE x16 removed', 'stage 3, native SE kept', ... (older records say 'replaced')."""
-    if not attachment:
-        return "—"
-    a, n = attachment, attachment.get("sites", 0)
-    native = a.get("native") or "attention"
-    removed, kept = a.get("native_removed", a.get("replaced")) or 0, a.get("native_kept") or 0
-    if a["placement"] == "none":
-        return f"bare: native {native} x{removed} removed" if removed else "—"
-    if a["placement"] == NATIVE:
-        return f"as built: native {native} x{n}" if n else "as built (no native attention)"
-    stages = a.get("stages") or []
-    if a["placement"] == "stage":
-        text = _stage_text(stages) + ("" if n == len(stages) else f" x{n}")
-    else:
-        text = f"{a['placement']}{', ' + _stage_text(stages) if stages else ''} x{n}"
-    if removed:
-        text += f" (native {native} x{removed} removed)"
-    return text + (f", native {native} kept" if kept else "")
-
-
 class ModuleFailed(ModuleDoesNotFit):
-    """An attached module raised inside its forward; the message names the module, its site and the plugin's line."""
+    """An attached module raised inside its forward (or returned what its site cannot use); the message names the
+    module, its site and the plugin's line. ``channels`` and ``input_shape`` say what the module got there."""
+
+    def __init__(self, message: str, channels: int = 0, input_shape: Tuple = ()):
+        super().__init__(message)
+        self.channels, self.input_shape = channels, tuple(input_shape)
+
 
 
 class AttentionSlot(nn.Module):
@@ -145,18 +128,26 @@ class AttentionSlot(nn.Module):
             y = self.attn(x)
         except AttnBenchError:  # CellTimeout, OutOfMemory ... pass through unchanged
             raise
-        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() fails its cell, not the whole run
-            if is_out_of_memory(exc):
+        except BaseException as exc:  # sys.exit(), a KeyboardInterrupt no signal raised: its cell fails, not the run
+            if is_out_of_memory(exc) or not contained(exc):
                 raise
-            raise ModuleFailed(self._failure(exc, x)) from exc
+            raise ModuleFailed(self._failure(exc, x), self.channels, tuple(getattr(x, "shape", ()))) from exc
         n, _, h, w = x.shape
         want = (n, self.out_channels, -(-h // self.stride), -(-w // self.stride))
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != want:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             need = ("an attention module must keep the (N, C, H, W) shape" if want == tuple(x.shape)
                     else f"in place of a conv it must return {want}")
-            raise ModuleDoesNotFit(f"attention module {self.module_name!r}{self._where()} returned {got} for input "
+            line = forward_line(self.attn)
+            raise ModuleDoesNotFit(f"attention module {self.module_name!r}{self._where()}"
+                                   f"{' (forward at ' + line + ')' if line else ''} returned {got} for input "
                                    f"{tuple(x.shape)}; {need}")
+        if 0 in y.stride() and shares_memory(y):  # a stride test per call; the stride-0 case is rare
+            line = forward_line(self.attn)
+            raise ModuleFailed(f"attention module {self.module_name!r}{self._where()} ({self.channels} channels, input "
+                               f"{tuple(x.shape)}){', ' + line if line else ''}: returned an expand()-style view whose "
+                               f"elements share memory (strides {tuple(y.stride())}); {ALIASED_ADVICE}",
+                               self.channels, tuple(x.shape))
         return y
 
     def _where(self) -> str:
@@ -165,12 +156,40 @@ class AttentionSlot(nn.Module):
         site = owner if owner and any(attr in slots for slots in BLOCK_SLOTS.values()) else self.site
         return f" at {site}" if site else ""
 
-    def _failure(self, exc: Exception, x) -> str:
+    def _failure(self, exc: BaseException, x) -> str:
         """Site and plugin line first: a row's note keeps the first 300 characters."""
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        line = plugin_frame(exc)
+        line = plugin_frame(exc, class_folder(self.attn) + current_roots())
+        what = first_line(exc) if isinstance(exc, Exception) else escape_text(exc)
         return (f"attention module {self.module_name!r}{self._where()} ({self.channels} channels, input {shape})"
-                f"{', ' + line if line else ''}: {first_line(exc)}")
+                f"{', ' + line if line else ''}: {what}")
+
+
+def failure_site(model: Optional[nn.Module], exc: BaseException) -> str:
+    """Where in ``model`` an error raised outside every attached module happened (a block's in-place
+    ``x += shortcut`` on what the module returned): '' when the traceback holds no part of the model with
+    exactly one attached module, else "in layer1.0 at timm/models/resnet.py:163, after attention module 'x' at
+    layer1.0 (64 channels; forward at gates.py:12)" -- the module, its site and the plugin's line."""
+    if model is None or isinstance(exc, AttnBenchError) or exc.__traceback__ is None:
+        return ""
+    paths = {id(m): name for name, m in model.named_modules()}
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    for tb in reversed(frames):
+        owner = tb.tb_frame.f_locals.get("self")
+        if not isinstance(owner, nn.Module) or id(owner) not in paths or isinstance(owner, AttentionSlot):
+            continue
+        slots = [m for m in owner.modules() if isinstance(m, AttentionSlot)]
+        if len(slots) != 1:
+            continue
+        slot, code = slots[0], tb.tb_frame.f_code
+        line = forward_line(slot.attn)
+        where = paths[id(owner)] or type(owner).__name__
+        return (f"in {where} at {'/'.join(Path(code.co_filename).parts[-3:])}:{tb.tb_lineno}, after attention module "
+                f"{slot.module_name!r}{slot._where()} ({slot.channels} channels{'; forward at ' + line if line else ''})")
+    return ""
 
 
 def list_backbones(pattern: str = "") -> List[str]:
@@ -186,6 +205,27 @@ def backbone_family(backbone: str) -> str:
     if not timm.is_model(backbone):
         raise UnknownNameError("backbone", backbone, timm.list_models(), "see `attnbench list backbones`")
     return timm.models.model_entrypoint(backbone).__module__.rsplit(".", 1)[-1]
+
+
+def fixed_size_problem(backbone: str, input_size: Union[int, Sequence[int]], backbone_kwargs: Optional[Dict] = None
+                       ) -> Optional[str]:
+    """Why ``backbone`` cannot take ``input_size`` as timm builds it, or None. ViT, DeiT, Mixer, Swin, MaxViT ...
+    are built for one input size (timm's ``pretrained_cfg.fixed_input_size``: position embeddings, token-mixing
+    MLPs, windows), unless ``img_size`` (or ``dynamic_img_size``) in ``backbone_kwargs`` says otherwise."""
+    import timm
+
+    kw = backbone_kwargs or {}
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if kw.get("dynamic_img_size") or cfg is None or not getattr(cfg, "fixed_input_size", False):
+        return None
+    want = kw.get("img_size", tuple(cfg.input_size[1:]))
+    want = (want, want) if isinstance(want, int) else tuple(want)
+    got = _size(input_size)
+    if tuple(got) == want:
+        return None
+    return (f"backbone {backbone!r} takes only {want[0]}x{want[1]} inputs as timm builds it (a fixed input size: "
+            f"position embeddings, token mixing or windows made for it), not {got[0]}x{got[1]}; use input_size "
+            f"{want[0]}x{want[1]}, or backbone_options img_size: [{got[0]}, {got[1]}]")
 
 
 def split_options(options: Dict) -> tuple[Dict, Dict]:
@@ -204,7 +244,7 @@ def check_module_options(name: str, factory: Callable, options: Dict) -> None:
         raise AttnBenchError(f"module {name!r} does not accept options {sorted(options)}: {problem[0]}; fix its options")
     if problem:  # it cannot be called with a channel count alone: only an adapter fixes that
         raise AttnBenchError(f"module {name!r} cannot be called as factory(channels, **options): {problem[0]}; "
-                             f"{adapter_advice(factory)}")
+                             f"{binding_advice(factory, declared_context(factory), name)}")
     problem = signature_problem(factory, options)  # reduction: -4 would build a 1-channel gate without a word
     if problem:
         raise AttnBenchError(f"module {name!r}: {problem}; fix its options")
@@ -215,8 +255,17 @@ def _attach_defaults(placement: str = "block", stages=None, blocks: int = 1, kee
 
 
 def check_attach_options(options: Dict) -> None:
-    """``blocks: -1`` or ``keep_native: 'yes'`` is refused before anything is built."""
+    """``blocks: -1``, ``keep_native: 'yes'``, ``placement: sideways`` or ``stages: []`` is refused before anything
+    is built (an empty ``stages`` would silently fall back to the module's default stages)."""
     problem = signature_problem(_attach_defaults, options)
+    placement = options.get("placement")
+    if problem is None and "placement" in options:
+        kinds = placement.values() if isinstance(placement, dict) else [placement]
+        if not isinstance(placement, (str, dict)) or not placement or any(p is not None and p not in PLACEMENTS
+                                                                          for p in kinds):
+            problem = f"option placement={placement!r} is not one of {', '.join(PLACEMENTS)}"[:200]
+    if problem is None and "stages" in options:
+        problem = stages_problem(options["stages"])
     if problem:
         raise AttnBenchError(f"{problem}; fix the module's options")
 
@@ -228,9 +277,13 @@ def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared
         module = factory(site.channels, **options, **context)
     except AttnBenchError:
         raise
-    except (Exception, SystemExit) as exc:  # sys.exit() in a plugin's constructor too
-        raise ModuleDoesNotFit(f"attention module {name!r} failed to build at {site.path} ({site.channels} channels): "
-                               f"{type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:  # sys.exit() or a KeyboardInterrupt no signal raised in a plugin's constructor too
+        if not contained(exc):
+            raise
+        what = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else escape_text(exc)
+        line = plugin_frame(exc, package_roots(factory) + class_folder(factory) + current_roots())
+        raise ModuleDoesNotFit(f"attention module {name!r} failed to build at {site.path} ({site.channels} channels)"
+                               f"{', ' + line if line else ''}: {what}") from exc
     if not isinstance(module, nn.Module):
         raise ModuleDoesNotFit(f"attention module {name!r} returned {type(module).__name__}, not a torch.nn.Module")
     like = next(site.owner.parameters(), None)  # the backbone's device and dtype
@@ -324,6 +377,9 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
     if init not in INITS:
         raise AttnBenchError(f"init {init!r} is not one of {INITS}")
     family = backbone_family(backbone)
+    problem = fixed_size_problem(backbone, input_size, backbone_kwargs)
+    if problem:
+        raise AttnBenchError(problem)
     kwargs = dict(backbone_kwargs or {}, pretrained=False)
     model = timm.create_model(backbone, **kwargs)
     native = native_sites(model, family)

@@ -13,6 +13,7 @@ defects are failures -- exit 1. Warnings a module raises are listed once each wi
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -23,18 +24,22 @@ import traceback
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from contextvars import ContextVar
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .contract import (CHANNEL_WORDS, PLACEMENTS, Limits, adapter_advice, binding_problem, declared_limits,  # noqa: F401
-                       describe_failure, factory_name, first_line, hidden_numel, hidden_state, looks_like_channels,
-                       module_frame)
+from .contract import (ALIASED_ADVICE, CHANNEL_WORDS, PLACEMENTS, Limits, adapter_advice, binding_advice, binding_problem,  # noqa: F401
+                       class_folder, current_roots, declared_limits, describe_failure, factory_name, first_line,
+                       forward_line, hidden_numel, hidden_state, looks_like_channels, module_frame, package_roots,
+                       plugin_code, shares_memory)
 from .errors import AttnBenchError, ModuleDoesNotFit, Unsupported, UnknownNameError
-from .guard import CellTimeout, deadline
+from .guard import CellTimeout, contained, deadline
+from .interrupts import watching
+from .process_state import Watch, unchanged
 from .placement import declared_context
 
 PASS, FAIL, SKIP, INFO = "pass", "FAIL", "skip", "info"
@@ -97,9 +102,28 @@ def _import_path(target: str):
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # sys.exit() or a KeyboardInterrupt no signal raised, on import too
+        if not contained(exc):
+            raise
         raise AttnBenchError(f"cannot load {target!r}: {first_line(exc)}; give a registered name (`attnbench list "
                              "modules`), package.module:Class or path/to/file.py:Class") from None
+
+
+def target_roots(target: str) -> Tuple[str, ...]:
+    """Where the checked module's own code lives, known before anything is imported: the folder of a
+    ``path/file.py``, the top-level package of ``package.module:Class`` or of a registered name's entry point.
+    Messages and warnings name lines there (never timm's, einops' or another plugin's)."""
+    from .registry import MODULES
+
+    module_part = target.rpartition(":")[0]
+    if module_part.endswith(".py") or "/" in module_part:
+        return (str(Path(module_part).resolve().parent) + "/",)
+    entry = MODULES.entry(target)
+    if entry or not module_part:
+        return package_roots(entry.partition(":")[0]) if entry else ()
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # the author's package, before it is installed
+    return package_roots(module_part)
 
 
 def load_factory(target: str) -> Tuple[Callable, bool]:
@@ -129,7 +153,7 @@ def _usage(channels, input_size, timeout, backbone: str, options: Dict) -> None:
 
 # ---- binding: how channels, options and context reach the factory ---------------------------
 
-def check_binding(factory: Callable, channels: int, options: Dict) -> CheckResult:
+def check_binding(factory: Callable, channels: int, options: Dict, name: str = "") -> CheckResult:
     """How ``factory(channels, **options, **context)`` binds; FAIL when the first parameter does not look like a
     channel count, or when the factory cannot be called with a channel count alone (the adapter that fits its
     signature is the fix). Options it does not take are the caller's error: AttnBenchError."""
@@ -147,7 +171,7 @@ def check_binding(factory: Callable, channels: int, options: Dict) -> CheckResul
                              "fix -O")
     if problem:
         return CheckResult("binding", FAIL, f"{factory_name(factory)}{sig} cannot be called as factory(channels, "
-                           f"**options): {problem[0]}", adapter_advice(factory), fatal=True)
+                           f"**options): {problem[0]}", binding_advice(factory, declared, name), fatal=True)
     bound = sig.bind(channels, **options, **{k: None for k in declared})
     first = next(iter(sig.parameters.values()), None)
     if first is not None and first.kind == inspect.Parameter.VAR_POSITIONAL:
@@ -179,6 +203,7 @@ class _Maker:
     def __init__(self, factory: Callable, channels: int, options: Dict):
         self.factory, self.channels, self.options = factory, channels, options
         self.declared = declared_context(factory)
+        self.roots: Tuple[str, ...] = current_roots()  # where the module's own code lives (set after build)
         self.reference: Tuple[int, int] = REFERENCES[0]
 
     def __call__(self, size: Optional[Tuple[int, int]] = None) -> nn.Module:
@@ -206,7 +231,7 @@ class _Steps:
         if self.stopped:
             return CheckResult(name, SKIP, f"not run: {self.stopped}")
         try:
-            with deadline(self.timeout * scale, f"check {name!r}"):
+            with _settled(name), deadline(self.timeout * scale, f"check {name!r}"):
                 return fn()
         except CellTimeout:
             return self.timed_out(name, scale)
@@ -254,7 +279,7 @@ def _eval_runs(make: _Maker, limits: Limits, steps: _Steps) -> List[_Run]:
             run.outside = run.outside or f"not run: {steps.stopped}"
             continue
         try:
-            with deadline(steps.timeout, f"check at {_size(size)}"):
+            with _settled(f"shape at {_size(size)}"), deadline(steps.timeout, f"check at {_size(size)}"):
                 module, x = make(size).eval(), make.input(size, batch=2)
                 version, before = x._version, x.clone()
                 with torch.no_grad():
@@ -284,7 +309,50 @@ def _describe_output(out) -> str:
     return type(out).__name__
 
 
-def check_shape(runs: List[_Run], channels: int) -> CheckResult:
+SIZE_ADVICE = ("take every H and W the backbone gives (derive block/window/patch sizes from the input, pad, or pool "
+               "inside a gate branch), or raise attnbench.errors.Unsupported at build for a `feat_size` it cannot take "
+               "(name `feat_size` in the factory), or declare `min_spatial` for sizes below its limit")
+WIDTH_ADVICE = ("derive every width from `channels` (and `out_channels`/`stride`/`feat_size` where the factory names "
+                "them): a width or feature size is hard-coded")
+PROBE_SIZES = ((14, 14), (16, 16), (12, 12), (28, 28), (8, 8), (7, 7))
+
+
+def _runs(make: "_Maker", channels: int, size: Tuple[int, int], timeout: float) -> bool:
+    """Whether a fresh module built for ``channels`` maps (1, channels, *size) to that shape in eval."""
+    try:
+        with deadline(timeout, "check diagnosis"), torch.no_grad():
+            module = _Maker(make.factory, channels, make.options)(size).eval()
+            y = module(torch.randn(1, channels, *size))
+        return isinstance(y, torch.Tensor) and tuple(y.shape) == (1, channels, *size)
+    except Exception:  # CellTimeout too: a diagnosis, never a new failure
+        return False
+
+
+def _default_width(factory: Callable) -> Optional[int]:
+    try:
+        first = next(iter(inspect.signature(factory).parameters.values()), None)
+    except (TypeError, ValueError):
+        return None
+    default = getattr(first, "default", None)
+    return default if isinstance(default, int) and not isinstance(default, bool) and default > 0 else None
+
+
+def fit_advice(make: "_Maker", failed: Sequence[Tuple[int, int]], timeout: float) -> str:
+    """Advice that fits why a module fails at some sizes, found by running it where it did not fail: its own
+    size rule (it runs at another H x W: HaloNet's block size at a 7x7 map) or a width it does not derive
+    from ``channels`` (it runs only at its own default width: DANet's 512); '' when neither tells."""
+    works = [z for z in PROBE_SIZES if z not in failed and _runs(make, make.channels, z, timeout)]
+    if works:
+        return (f"it runs at {_size(works[0])} but not at {', '.join(_size(z) for z in failed)} ({make.channels} "
+                f"channels): {SIZE_ADVICE}")
+    width = _default_width(make.factory)
+    if width is not None and width != make.channels and any(_runs(make, width, z, timeout) for z in (*failed[:1], (7, 7))):
+        return f"it runs at its default width {width} but not at {make.channels} channels: {WIDTH_ADVICE}"
+    return ""
+
+
+def check_shape(runs: List[_Run], channels: int, make: Optional["_Maker"] = None, timeout: float = CHECK_TIMEOUT_S
+                ) -> CheckResult:
     bad, ran, outside = [], [], {}
     for r in runs:
         want = (2, channels, *r.size)
@@ -302,10 +370,12 @@ def check_shape(runs: List[_Run], channels: int) -> CheckResult:
     skipped = "".join(f"; skipped {', '.join(sizes)} ({why})" for why, sizes in outside.items())
     if bad:
         several = any(isinstance(r.output, (tuple, list, dict)) for r in runs)
+        raised = [r.size for r in runs if r.error is not None and not isinstance(r.error, CellTimeout)]
+        fitted = fit_advice(make, raised, timeout) if make is not None and raised and not several else ""
         advice = ("return one tensor, the input's (N, C, H, W) shape: forward returns several values (attention maps "
                   "too?); return only the features, or wrap it: `forward(self, x): return self.inner(x)[0]`" if several else
-                  "return a tensor of the input's (N, C, H, W) shape at every size (1x1 and odd sizes included; keep "
-                  "pooling/strides inside a gate branch), or declare `min_spatial` for sizes it cannot take")
+                  fitted or "return a tensor of the input's (N, C, H, W) shape at every size (1x1 and odd sizes "
+                  "included; keep pooling/strides inside a gate branch), or declare `min_spatial` for sizes it cannot take")
         return CheckResult("shape", FAIL, "; ".join(bad) + skipped, advice)
     return CheckResult("shape", PASS, f"(N, C, H, W) kept at {', '.join(ran)} (batch 2){skipped}")
 
@@ -317,6 +387,21 @@ def check_inplace(runs: List[_Run]) -> CheckResult:
                            "tensor changes under it, which breaks the training step",
                            "compute out of place: `x * g`, not `x.mul_(g)` / `x *= g` / `nn.ReLU(inplace=True)` on x")
     return CheckResult("input", PASS, "input left unchanged")
+
+
+def check_output(runs: List[_Run], make: "_Maker") -> CheckResult:
+    """The output owns its memory: an ``expand``/``expand_as`` view (stride 0) passes every module-alone check,
+    but a block that adds the shortcut in place (timm's ResNet blocks: ``x += shortcut``) cannot write into it."""
+    shared = [r for r in runs if shares_memory(r.output)]
+    if shared:
+        line = forward_line(make())
+        return CheckResult("output", FAIL, f"returns an expand()-style view whose elements share memory (strides "
+                           f"{tuple(shared[0].output.stride())} at {_size(shared[0].size)})"
+                           + (f", from {line}" if line else "") + ": a block's in-place `x += shortcut` cannot write into "
+                           "it, so it cannot run inside a ResNet", ALIASED_ADVICE)
+    if not any(isinstance(r.output, torch.Tensor) for r in runs):
+        return CheckResult("output", SKIP, "no tensor output to look at (see shape)")
+    return CheckResult("output", PASS, "output owns its memory (a block may add into it in place)")
 
 
 def check_finite(runs: List[_Run]) -> CheckResult:
@@ -520,7 +605,8 @@ def check_kind(make: _Maker) -> CheckResult:
     text = {"gate": "gate: output = input x g", "residual": "transform with its own residual: output = input + f(input)",
             "input": "identity: returns its input"}.get(kind, "transform: output is not input x g")
     if identity and kind != "input":
-        text += "; equals its input at init (a zero-initialised branch)"
+        text += {"gate": "; equals its input at init (its gate is exactly 1 there)",
+                 "residual": "; equals its input at init (a zero-initialised branch)"}.get(kind, "; equals its input at init")
     note = "; in a block slot that is a second shortcut, inside the block's" if kind == "residual" else ""
     return CheckResult("kind", INFO, f"{text}{note} (heuristic, from the operators run)")
 
@@ -528,9 +614,10 @@ def check_kind(make: _Maker) -> CheckResult:
 # ---- warnings the module raises --------------------------------------------------------------
 
 class _Warnings:
-    """Collects the warnings module code raises (once each, with the module's file:line); warnings raised
-    by torch, the standard library or attnbench's harness alone, and the tracer's notes about the MAC
-    counters' own trace, are left out."""
+    """Collects the warnings the checked module's own code raises (once each, with its file:line): the
+    innermost frame must lie in its code (``plugin_code``: its package, its class's folder), so what importing
+    timm or another installed plugin warns, what torch, the standard library or attnbench's harness raise
+    alone, and the tracer's notes about the MAC counters' own trace, are left out."""
 
     def __init__(self):
         self.seen: Dict[Tuple[str, str, str], int] = {}
@@ -581,7 +668,7 @@ def _build(make: _Maker, limits: Limits, steps: _Steps):
             continue
         make.reference = size
         try:
-            with deadline(steps.timeout, "check 'build'"):
+            with _settled("build"), deadline(steps.timeout, "check 'build'"):
                 module = make(size)
         except Unsupported as exc:
             reasons.append(first_line(exc).partition(": ")[2])
@@ -600,23 +687,30 @@ def _build(make: _Maker, limits: Limits, steps: _Steps):
 
 def _module_checks(make: _Maker, limits: Limits, steps: _Steps, report: CheckReport) -> bool:
     """The module-alone checks; True when it keeps the shape at the reference size (the backbone check may go on)."""
-    names = ("state", "shape", "input", "finite", "gradients", "train batch 1", "deterministic", "batch", "macs",
-             "device", "kind")
+    names = ("state", "shape", "input", "output", "finite", "gradients", "train batch 1", "deterministic", "batch",
+             "macs", "device", "kind")
     module, build = _build(make, limits, steps)
     report.results.append(build)
     if module is None:
         why = "not run: unsupported (see build)" if build.status == SKIP else "needs a module that builds (see build)"
         report.results += [CheckResult(n, SKIP, why) for n in names]
         return False
+    make.roots = current_roots() + class_folder(module)  # the module's own code, where its factory is an adapter
+    with plugin_code(make.roots):
+        return _alone(module, make, limits, steps, report, names)
+
+
+def _alone(module: nn.Module, make: "_Maker", limits: Limits, steps: "_Steps", report: CheckReport, names) -> bool:
     state = check_state(module)
     report.results.append(state)
     runs = _eval_runs(make, limits, steps)
-    report.results += [check_shape(runs, make.channels), check_inplace(runs), check_finite(runs)]
+    report.results += [check_shape(runs, make.channels, make, steps.timeout), check_inplace(runs),
+                       check_output(runs, make), check_finite(runs)]
     ref = runs[0].output
     if not isinstance(ref, torch.Tensor) or ref.dim() == 0 or ref.shape[0] != 2:
         why = ("not run: " + steps.stopped if steps.stopped else
                "needs a module that returns a batch of tensors at the reference size (see shape)")
-        report.results += [CheckResult(n, SKIP, why) for n in names[4:]]
+        report.results += [CheckResult(n, SKIP, why) for n in names[5:]]
         return False
     hidden = state.status == FAIL
     report.results += [steps.run("gradients", lambda: check_gradients(make, limits)),
@@ -635,19 +729,30 @@ def _module_checks(make: _Maker, limits: Limits, steps: _Steps, report: CheckRep
     return tuple(ref.shape) == tuple(make.input(batch=2).shape)
 
 
-def check_backbone(name: str, backbone: str, options: Dict, input_size: int, hidden: bool) -> CheckResult:
-    """Attached to ``backbone``: builds, runs, and both counters trace it there."""
-    from .attach import attention_parameters, build, describe
+def check_backbone(name: str, backbone: str, options: Dict, input_size: int, hidden: bool,
+                   failure: Optional[List[BaseException]] = None) -> CheckResult:
+    """Attached to ``backbone``: builds, runs, and both counters trace it there. An error the network raises
+    outside the module (on what the module returned) names the block, the module's site and its forward line;
+    the error is also appended to ``failure`` (for the advice)."""
+    from .attach import attention_parameters, build, describe, failure_site
     from .measures.flops import count_flops
 
+    model = None
     try:
         model = build(backbone, name, input_size=input_size, **options).eval()
+        where = describe(model.attnbench_attachment.as_dict())
+        x = torch.randn(1, 3, input_size, input_size)
+        with torch.no_grad():
+            model(x)
     except Unsupported as exc:
         return CheckResult(f"on {backbone}", SKIP, f"unsupported at {input_size}x{input_size}: {exc}")
-    where = describe(model.attnbench_attachment.as_dict())
-    x = torch.randn(1, 3, input_size, input_size)
-    with torch.no_grad():
-        model(x)
+    except Exception as exc:
+        if failure is not None:
+            failure.append(exc)
+        site = failure_site(model, exc)
+        if site:
+            raise ModuleDoesNotFit(f"{site}: {first_line(exc)}") from exc
+        raise
     try:
         fc = count_flops(model, x)
     except Exception as exc:
@@ -665,10 +770,56 @@ def run_check(target: str, backbone: str = "resnet18", options: Optional[Dict] =
     plugin contract; ``backbone=""`` checks the module alone; ``timeout`` bounds each step (seconds).
     Raises AttnBenchError for what the caller must fix: a target that cannot be loaded, channels or an input
     size that is not a positive integer, an unknown backbone, options the factory does not take."""
-    with _Warnings() as caught:
-        report = _run_check(target, backbone, dict(options or {}), channels, input_size, timeout)
-    report.results += caught.results()
+    with watching(), _Warnings() as caught, plugin_code(target_roots(target)):
+        log = _StateLog()
+        token = _STATE.set(log)
+        try:
+            report = _run_check(target, backbone, dict(options or {}), channels, input_size, timeout)
+        finally:
+            _STATE.reset(token)
+            log.settle("the checks' other work (import, diagnosis)")
+    report.results += caught.results() + log.results()
     return report
+
+
+# ---- process-wide state: what the module changes for every later run ----------------------------
+
+class _StateLog:
+    """Process-wide state (``process_state.SETTINGS``) as the check found it: after each step whatever the
+    module changed is put back (the next step, and every later run in this process, see it as before) and
+    noted with the first step that changed it; the check then fails ``process`` naming each change."""
+
+    def __init__(self) -> None:
+        self.watch = Watch()
+        self.seen: Dict[str, Tuple[str, str]] = {}  # setting -> (its first change, the step it was seen after)
+
+    def settle(self, where: str) -> None:
+        for name, change in self.watch.check_items():
+            self.seen.setdefault(name, (change, where))
+
+    def results(self) -> List[CheckResult]:
+        if not self.seen:
+            return [CheckResult("process", PASS, "leaves process-wide state alone (threads, dtype, grad mode, hooks, "
+                                "working folder, signals, streams ...)")]
+        text = "; ".join(f"{change} (in {where})" for change, where in self.seen.values())
+        return [CheckResult("process", FAIL, f"changes process-wide state for every later run: {text}; put back "
+                            "after each step", "leave global settings alone: scope them inside forward (`with "
+                            "torch.no_grad():`), never torch.set_num_threads / set_default_dtype / os.chdir / "
+                            "signal.signal / sys.stdout.close() / global hooks in a module")]
+
+
+_STATE: ContextVar[Optional[_StateLog]] = ContextVar("attnbench_check_state", default=None)
+
+
+@contextlib.contextmanager
+def _settled(where: str) -> Iterator[None]:
+    """After the block (one check step), put back what it changed in process-wide state and note it."""
+    try:
+        yield
+    finally:
+        log = _STATE.get()
+        if log is not None:
+            log.settle(where)
 
 
 def _run_check(target: str, backbone: str, options: Dict, channels: int, input_size: int, timeout: float) -> CheckReport:
@@ -677,9 +828,18 @@ def _run_check(target: str, backbone: str, options: Dict, channels: int, input_s
 
     _usage(channels, input_size, timeout, backbone, options)
     factory, registered = load_factory(target)
+    with plugin_code(current_roots() + package_roots(factory)):  # an adapter's own package too
+        return _checks(target, factory, registered, backbone, options, channels, input_size, timeout)
+
+
+def _checks(target: str, factory: Callable, registered: bool, backbone: str, options: Dict, channels: int,
+            input_size: int, timeout: float) -> CheckReport:
+    from .attach import split_options
+    from .registry import MODULES
+
     _, module_options = split_options(options)
     report = CheckReport(target, backbone, channels)
-    binding = check_binding(factory, channels, module_options)
+    binding = check_binding(factory, channels, module_options, target if registered else "")
     report.results += [binding, _placement_info(factory)]
     if binding.fatal:
         return report  # it cannot be called with a channel count alone: nothing else can run
@@ -694,29 +854,55 @@ def _run_check(target: str, backbone: str, options: Dict, channels: int, input_s
         report.results.append(CheckResult("limits", FAIL, f"malformed declaration: {exc}",
                                           "declare min_spatial / min_train_batch as positive ints, or drop them"))
     steps = _Steps(float(timeout))
-    runs_alone = _module_checks(_Maker(factory, channels, module_options), limits, steps, report)
+    make = _Maker(factory, channels, module_options)
+    runs_alone = _module_checks(make, limits, steps, report)
     if not backbone:
         return report
-    if not runs_alone:
+    output = report.get("output")
+    if not runs_alone or (output is not None and output.status == FAIL):
         unsupported = report.get("build") is not None and report.get("build").status == SKIP
         report.results.append(CheckResult(f"on {backbone}", SKIP, "not attached: unsupported (see build)" if unsupported
-                                          else "not attached: the module fails alone (above)"))
+                                          else "not attached: its output shares memory, which no ResNet block can add "
+                                          "into (see output)" if runs_alone else "not attached: the module fails alone (above)"))
         return report
     name = target if registered else f"check:{getattr(factory, '__name__', target)}"
     if not registered:
         MODULES.register(name, factory, override=True)
     try:
         hidden = report.get("state").status == FAIL
-        result = steps.run(f"on {backbone}", lambda: check_backbone(name, backbone, options, input_size, hidden),
-                           scale=BACKBONE_SCALE)
+        failure: List[BaseException] = []
+        with plugin_code(make.roots):
+            result = steps.run(f"on {backbone}", lambda: check_backbone(name, backbone, options, input_size, hidden,
+                                                                        failure), scale=BACKBONE_SCALE)
         if result.status == FAIL and not steps.stopped:
-            result.advice = (f"it runs alone at {channels} channels but not at the site named: derive every width from "
-                             "`channels` (and `out_channels`/`stride`/`feat_size` where the factory names them)")
+            result.advice = site_advice(make, failure[0] if failure else None, steps.timeout)
         report.results.append(result)
     finally:
         if not registered:
             MODULES.unregister(name)
     return report
+
+
+def site_advice(make: "_Maker", exc: Optional[BaseException], timeout: float) -> str:
+    """Why a module that runs alone fails at a site of the backbone, found by running it alone with the site's
+    channels at the reference size and with the reference channels at the site's size."""
+    from .attach import ModuleFailed
+
+    if exc is not None and ALIASED_ADVICE in str(exc):
+        return ALIASED_ADVICE
+    if isinstance(exc, ModuleFailed) and exc.channels and len(exc.input_shape) == 4:
+        channels, size = exc.channels, tuple(exc.input_shape[2:])
+        width_ok = _runs(make, channels, make.reference, timeout)
+        size_ok = _runs(make, make.channels, size, timeout)
+        if not width_ok:
+            return f"it runs alone at {make.channels} channels but not at the site's {channels}: {WIDTH_ADVICE}"
+        if not size_ok:
+            return f"it runs alone at {_size(make.reference)} but not at the site's {_size(size)}: {SIZE_ADVICE}"
+        return ("it runs alone with the site's channels and size, but not inside the backbone: see the site and the "
+                "plugin line named above")
+    if isinstance(exc, ModuleDoesNotFit) and "failed to build" in str(exc):
+        return f"it builds at {make.channels} channels but not at the site named: {WIDTH_ADVICE}"
+    return "see the site and the plugin line named above"
 
 
 def render_check(report: CheckReport) -> str:
@@ -761,16 +947,67 @@ def check_verdict(module: str, options: Optional[Dict] = None, timeout: float = 
     return _VERDICTS[key][1]
 
 
-def suite_verdicts(variants: Sequence) -> Dict[str, str]:
-    """label -> verdict for the suite's module variants (the baselines have none)."""
+_NETWORK: Dict[str, Tuple[Callable, str]] = {}
+
+
+def network_verdict(cell) -> str:
+    """'' when the cell's model -- its module attached to its backbone at its input size -- does one real eval
+    forward at batch 1 (or is ``Unsupported`` there, a declared limit); else one line: where it fails, naming the
+    module, its site and the plugin's line. What the module-alone checks cannot see (an output a block writes
+    into in place, a width or block size that fails at one site) marks the rows of every metric, params-only
+    suites included, whose cells never run a real forward. Once per (module, options, backbone, input) in a process."""
+    from .attach import build, failure_site
+    from .registry import get_module
+
+    variant = cell.variant
+    try:
+        factory = get_module(variant.module)
+    except AttnBenchError:
+        return ""
+    size = tuple(cell.input_size)
+    key = json.dumps([variant.module, id(factory), variant.options, cell.backbone, cell.backbone_options, size,
+                      cell.in_chans], sort_keys=True, default=str)
+    if key not in _NETWORK:
+        model, text = None, ""
+        try:
+            limit = min(CHECK_TIMEOUT_S * BACKBONE_SCALE, getattr(cell, "timeout", None) or math.inf)
+            with unchanged(f"module {variant.module!r}"), warnings.catch_warnings(), \
+                    deadline(limit, "the in-network check"):
+                warnings.simplefilter("ignore")
+                torch.manual_seed(0)
+                model = build(cell.backbone, variant.module, backbone_kwargs=cell.backbone_options, input_size=size,
+                              **variant.options).eval()
+                with torch.no_grad():
+                    model(torch.randn(1, cell.in_chans, *size))
+        except (Unsupported, CellTimeout):
+            pass  # a declared limit (the cell says so) or a slow network: no mark
+        except (Exception, SystemExit) as exc:
+            if not _is_usage(exc):
+                site = failure_site(model, exc)
+                text = f"in {cell.backbone} at {_size(size)}: " + (f"{site}: {first_line(exc)}" if site else
+                                                                   describe_failure(exc))
+        _NETWORK[key] = (factory, text if len(text) <= 300 else text[:297] + "...")
+    return _NETWORK[key][1]
+
+
+def suite_verdicts(cells: Sequence) -> Dict[str, str]:
+    """label -> verdict for the suite's module variants (the baselines have none): the checks the module fails
+    alone (``check_verdict``) and, given cells (not bare variants) of a module that passes alone, one real forward
+    in the first backbone each variant is planned on (``network_verdict``, under the cell's timeout)."""
     from .attach import split_options
     from .suite import is_reference
 
-    out = {}
-    for v in variants:
-        if v.label not in out and not is_reference(v.module):
-            out[v.label] = check_verdict(v.module, split_options(v.options)[1])
-    return {label: text for label, text in out.items() if text}
+    out: Dict[str, List[str]] = {}
+    with watching():  # a plugin's own KeyboardInterrupt is a failed check, a real Ctrl-C stops the run
+        for c in cells:
+            v = getattr(c, "variant", c)
+            if v.label in out or is_reference(v.module):
+                continue
+            texts = [check_verdict(v.module, split_options(v.options)[1])]
+            if v is not c and not texts[0]:  # a module that fails alone is marked already: no network to build
+                texts.append(network_verdict(c))
+            out[v.label] = [t for t in texts if t]
+    return {label: "; ".join(texts) for label, texts in out.items() if texts}
 
 
 def with_verdict(record, verdicts: Dict[str, str]):

@@ -11,8 +11,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Column
 
 from .errors import AttnBenchError
 
@@ -73,11 +71,20 @@ def _stdout_to_stderr():
 
 @app.command("list")
 def list_cmd(what: What = typer.Argument(..., help="modules, backbones, suites or datasets"),
-             pattern: str = typer.Option("", "--filter", help="glob for backbones, e.g. 'resnet*'")):
-    """List registered modules, timm backbones, suites or datasets."""
+             pattern: str = typer.Option("", "--filter", help="glob for backbones, e.g. 'resnet*'"),
+             details: bool = typer.Option(False, "--details", help="modules: import each plugin and show its package, "
+                                          "entry point and signature (or why it fails to import)")):
+    """List registered modules, timm backbones, suites or datasets (module names come from package metadata:
+    no plugin is imported unless --details)."""
     if what is What.modules:
         from .registry import list_modules
-        names = list_modules()
+        if details:
+            from .plugins import module_details
+
+            with _stdout_to_stderr():  # what a plugin prints on import is not a listed line
+                names = module_details()
+        else:
+            names = list_modules()
     elif what is What.backbones:
         from .attach import list_backbones
         names = list_backbones(pattern)
@@ -88,23 +95,7 @@ def list_cmd(what: What = typer.Argument(..., help="modules, backbones, suites o
         from .registry import DATASETS
         names = DATASETS.names()
     for name in names:
-        out_console.print(name, markup=False, highlight=False)
-
-
-def subset_suite(s, backbones: List[str], modules: List[str]) -> None:
-    """Keep only the named backbones / module labels of a suite (cells keep their keys, so a later
-    full run with --resume reuses them)."""
-    from .errors import UnknownNameError
-
-    for name in backbones:
-        if name not in s.backbones:
-            raise UnknownNameError("backbone", name, s.backbones, f"this suite has {', '.join(s.backbones)}")
-    labels = [v.label for v in s.variants]
-    listed = [v.label for v in s.variants if not v.auto]  # 'native' rows are added only where a backbone has one
-    for name in modules:
-        if name not in labels:
-            raise UnknownNameError("module", name, listed, f"this suite has {', '.join(listed)}")
-    s.only_backbones, s.only_modules = list(backbones), list(modules)
+        out_console.print(name, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -123,50 +114,22 @@ def run(
     download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
     only_backbone: List[str] = typer.Option([], "--backbone", "-b", help="run only these of the suite's backbones (repeatable)"),
     only_module: List[str] = typer.Option([], "--module", "-m", help="run only these of the suite's module labels (repeatable)"),
+    add_module: List[str] = typer.Option([], "--add-module", "-a", help="add a registered module (a plugin) to the "
+                                         "suite's modules for this run (repeatable): its rows join the table"),
+    only_metric: List[str] = typer.Option([], "--metric", "-M", help="run only these of the suite's metrics (repeatable), "
+                                          "e.g. -M params -M macs for the counts alone"),
     latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="accuracy suites: the overhead store whose CPU "
                                                 "latency joins the table (default OUT/overhead.jsonl when it exists)"),
 ):
     """Run a suite, store every cell as it finishes, write and print the table."""
-    from .executors import make_executor
-    from .runner import run_suite
-    from .suite import load_suite, plan
+    from .api import execute, overhead_records, prepare  # the one code path, shared with attnbench.run()
 
-    ex = make_executor(executor, scheduler, workers, slot, (out / "dask-scratch").resolve(), worker_wait)  # checked before any work
-    s = load_suite(suite)
-    subset_suite(s, only_backbone, only_module)
-    if data_root or download:
-        s.dataset.update({k: v for k, v in (("root", data_root), ("download", download)) if v})
-    total = len(plan(s))
-    counts = {"done": 0, "failed": 0, "skipped": 0, "unsupported": 0}
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=56)),
-                        BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                        console=err_console, disable=quiet, transient=True)
-
-    def fmt_counts():
-        return " ".join(f"{'ok' if k == 'done' else k} {v}" for k, v in counts.items() if v or k != "unsupported")
-
-    with progress:
-        bar = progress.add_task(f"{s.name}: {'on dask' if ex else 'starting'}", total=total, counts=fmt_counts())
-
-        def on_start(task):
-            progress.update(bar, description=task.name)
-
-        def on_done(task, records):
-            for r in records:
-                counts["done" if r.status == "ok" else r.status] += 1
-            progress.update(bar, advance=len(records), counts=fmt_counts())
-
-        def on_notice(text):
-            progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-        if ex is not None:  # Dask: which cells run on which worker, refreshed at every poll of the scheduler
-            ex.on_progress = lambda text: progress.update(bar, description=f"{s.name}: {text}")
-
-        # Whatever the run prints (a plugin's print, a library's chatter) goes to stderr: stdout is the table's.
-        with _stdout_to_stderr():
-            result = run_suite(s, out, resume=resume, executor=ex, on_start=on_start, on_done=on_done,
-                               overhead=_overhead_records(latency_from, out), on_notice=on_notice)
+    s, ex = prepare(suite, out, add_modules=add_module, only_backbones=only_backbone, only_modules=only_module,
+                    only_metrics=only_metric, executor=executor, scheduler=scheduler, workers=workers, slot=slot,
+                    worker_wait=worker_wait, data_root=data_root, download=download)
+    # Whatever the run prints (a plugin's print, a library's chatter) goes to stderr: stdout is the table's.
+    result = execute(s, out, resume, ex, overhead_records(latency_from, out), quiet=quiet, console=err_console,
+                     around=_stdout_to_stderr)
     _summarise(s.name, result, quiet)
     if result.aborted is not None:
         raise result.aborted
@@ -176,7 +139,7 @@ def run(
 def _summarise(name: str, result, quiet: bool) -> None:
     md = result.paths.get("markdown")
     if not quiet and md is not None and md.is_file():
-        out_console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)
+        out_console.print(md.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
     written = ", ".join(str(p) for k, p in result.paths.items() if k != "plot")
     unsupported = f", {result.unsupported} unsupported" if result.unsupported else ""
     err_console.print(
@@ -229,8 +192,9 @@ def measure(
     module: str = typer.Argument("none", help="registry name, or none"),
     input_size: int = typer.Option(224, "--input-size", min=1, help="square input resolution"),
     option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
-    as_: List[str] = typer.Option([], "--as", help="also count as a peer tool did (repeatable): thop-0.0.23, "
-                                  "thop-0.0.31, thop (0.1.1), ptflops (2019 hooks), fvcore, conv-fc"),
+    as_: List[str] = typer.Option([], "--as", help="also count as a peer tool does (repeatable): thop-0.0.23, "
+                                  "thop-0.0.31, thop (0.1.1), ultralytics-thop (2.2.3), ptflops (0.7.5), "
+                                  "ptflops-0.7-aten, ptflops-0.1 (2019), fvcore, conv-fc"),
     pools_as_modules: bool = typer.Option(False, "--pools-as-modules", help="with --as: count x.mean-style global "
                                           "pools as the pooling modules official code uses"),
 ):
@@ -243,7 +207,10 @@ def measure(
     except AttnBenchError as exc:
         _fail(f"--as: {exc}")
     if pools_as_modules and not all(c.hooks for c in conventions):
-        _fail("--pools-as-modules applies to the module-hook conventions (thop-*, ptflops-*); drop it or pick one")
+        from .measures.conventions import CONVENTIONS
+
+        takes = ", ".join(n for n, c in CONVENTIONS.items() if c.hooks)
+        _fail(f"--pools-as-modules applies to the pure module-hook conventions ({takes}); drop it or pick one")
     from .suite import input_problem
 
     problem = input_problem(2, (input_size, input_size))  # the saved-memory pass runs batch 2
@@ -271,6 +238,10 @@ def measure(
         f"MACs {fc.total:,} = conv/linear/matmul {fc.conv_linear_matmul:,} + element-wise {fc.elementwise:,} + norm {fc.norm:,}",
         f"  attention {fc.attention:,}; fvcore alone {fc.fvcore:,}; dispatch counter {fc.dispatch_total:,}"
         f" ({'agrees' if fc.counters_agree else 'differs: ' + fc.counter_difference})",
+        f"memory traffic {fc.bytes / 1e6:,.1f} MB = read {fc.bytes_read / 1e6:,.1f} (weights {fc.bytes_params / 1e6:,.1f}) "
+        f"+ written {fc.bytes_written / 1e6:,.1f}, no cache between operators; {fc.operators:,} operator calls "
+        f"({fc.operators_no_traffic:,} move no data: views, allocations); {fc.intensity:.2f} MACs/byte",
+        f"  attention {fc.bytes_attention / 1e6:,.2f} MB, {fc.operators_attention:,} operator calls",
         f"unhandled operators: {fc.unhandled or 'none'}",
         f"activations {int(act.value):,} elements/image (fvcore's conv/linear part {int(act.stats['fvcore']):,}); "
         f"saved for backward {saved.value / 2**20:.2f} MiB/image (batch 2, parameters excluded; per image at this "
@@ -279,11 +250,16 @@ def measure(
     if conventions:
         import torch
 
+        from .errors import Unsupported
         from .measures.conventions import count_as
 
         x = torch.randn(1, 3, input_size, input_size)
         for conv in conventions:
-            c = count_as(model, x, conv.name, pools_as_modules=pools_as_modules)
+            try:
+                c = count_as(model, x, conv.name, pools_as_modules=pools_as_modules)
+            except Unsupported as exc:  # a layer the tool counts by a rule attnbench does not replicate
+                lines.append(f"as {conv.name}: not counted: {exc}")
+                continue
             lines.append(f"as {conv.name} ({conv.tool}{', pools as modules' if pools_as_modules else ''}): {c.ops:,} ops "
                          f"= {c.ops / 1e9:.4g} G = {c.ops / 2**30:.4g} G(2^30); params {c.params:,} = "
                          f"{c.params / 1e6:.4g} M = {c.params / 2**20:.4g} M(2^20)")
@@ -357,25 +333,31 @@ def _records_from(path: Path):
         _fail(f"cannot read {p}: {exc.strerror or exc}")
 
 
-def _overhead_records(path: Optional[Path], out: Path):
-    """The latency records an accuracy table joins: --latency-from, else OUT/overhead.jsonl if present."""
-    from .store import Store
+class Format(str, Enum):
+    markdown = "markdown"
+    latex = "latex"
+    csv = "csv"
+    json = "json"
 
-    if path is None:
-        path = out / "overhead.jsonl"
-        if not path.is_file():
-            return []
-    elif not Path(path).is_file():
-        _fail(f"--latency-from {path}: no such result store; give the overhead .jsonl written by `attnbench run`")
-    return [r for r in Store(path).latest() if r.metric == "latency_cpu"]
+
+FORMAT_HELP = ("what to print: markdown (the table), latex (booktabs tables), csv or json (one row per cell, with "
+               "every Δ and its interval); the same content in each")
+
+
+def _print_exactly(text: str) -> None:
+    """LaTeX, CSV and JSON byte for byte (rich's console would read ':name:' in a label as an emoji)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 @app.command()
 def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a folder holding one)"),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the .md/.csv (default: beside the store)"),
            latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="accuracy stores: overhead store for the "
-                                                       "latency column (default: overhead.jsonl beside the store)")):
+                                                       "latency column (default: overhead.jsonl beside the store)"),
+           fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP + "; the files written do not change")):
     """Rebuild the tables from a result store alone."""
+    from .api import overhead_records
     from .runner import write_outputs_safely
     from .store import check_output_dir
 
@@ -384,17 +366,24 @@ def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a
         _fail(f"{path} holds no records")
     target = out or path.parent
     check_output_dir(target, "--out" if out else "the store's folder (no --out)")
-    paths, unwritten = write_outputs_safely(records, target, path.stem, _overhead_records(latency_from, path.parent))
+    overhead = overhead_records(latency_from, path.parent)
+    paths, unwritten = write_outputs_safely(records, target, path.stem, overhead)
     if unwritten:
         _fail(f"not written: {', '.join(unwritten)} in {target}; give --out a folder with room", 1)
-    out_console.print(paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
+    if fmt is Format.markdown:
+        out_console.print(paths["markdown"].read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
+    else:
+        from .report.formats import render_report
+
+        _print_exactly(render_report(records, path.stem, fmt.value, overhead))
 
 
 @app.command()
 def compare(a: Path = typer.Argument(..., help="first result store (the reference)"),
             b: Path = typer.Argument(..., help="second result store (the candidate)"),
             fail_above: Optional[float] = typer.Option(None, "--fail-above", help="exit 1 when a cost got worse by more "
-                                                       "than PCT % and beyond its noise band (for CI)")):
+                                                       "than PCT % and beyond its noise band (for CI)"),
+            fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP)):
     """Show the Δ between two runs, cell by cell, with the noise band of every timing.
 
     With --fail-above it is a CI gate: exit 1 on a regression, and also whenever it cannot vouch for the
@@ -412,7 +401,12 @@ def compare(a: Path = typer.Argument(..., help="first result store (the referenc
         if not recs:
             _fail(f"{path} holds no records; compare needs a store written by `attnbench run`")
     rows = compare_rows(ra, rb)
-    out_console.print(render_compare_rows(rows, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True)
+    if fmt is Format.markdown:
+        out_console.print(render_compare_rows(rows, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True)
+    else:
+        from .report.formats import render_compare_as
+
+        _print_exactly(render_compare_as(rows, str(pa), str(pb), fmt.value, fail_above))
     if fail_above is None:
         for problem in comparability_problems(ra, rb, rows)[:1]:
             err_console.print(f"warning: {problem}", markup=False, highlight=False, soft_wrap=True)
@@ -461,7 +455,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     """The console script: every user error exits 2 with one line, an aborted run 3; Ctrl-C exits 130 and
     SIGTERM 143, each with one line (a run also with the table of what it stored)."""
     from . import interrupts
+    from .textio import degrade_streams
 
+    degrade_streams()  # a non-UTF-8 locale or PYTHONIOENCODING=ascii: symbols degrade to ASCII, never a traceback
     warnings.filterwarnings("ignore", category=FutureWarning)
     _said.clear()
     with interrupts.handled(), _one_line_warnings():

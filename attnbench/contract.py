@@ -23,13 +23,17 @@ a cell outside a declared limit is ``unsupported`` with the reason, never a fail
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import inspect
 import re
+import sys
 import sysconfig
 import traceback
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -40,8 +44,10 @@ from .errors import AttnBenchError
 # feat_size ((H, W) of the site's input at the suite's input size), stride (of a replaced conv; 1
 # elsewhere), stage (1-based), block_index (0-based within the stage), out_channels (of a replaced
 # conv; ``channels`` elsewhere), conv_groups (groups of a replaced conv; 1 elsewhere: SK builds the
-# SK-ResNet unit in place of a dense 3x3 and the SKNet unit in place of a ResNeXt's grouped one).
-CONTEXT_KEYS = ("feat_size", "stride", "stage", "block_index", "out_channels", "conv_groups")
+# SK-ResNet unit in place of a dense 3x3 and the SKNet unit in place of a ResNeXt's grouped one),
+# block_kind (the site's block: "basic", "bottleneck", "resnext", "inverted_residual",
+# "depthwise_separable", or "" outside known blocks: ECA takes the official MobileNetV2 kernel there).
+CONTEXT_KEYS = ("feat_size", "stride", "stage", "block_index", "out_channels", "conv_groups", "block_kind")
 # Where a module can go (see attach.py): a block's attention slot, after the last norm of the residual
 # branch, right after the block's spatial conv, in place of that conv, or after stages.
 PLACEMENTS = ("block", "output", "after_conv", "conv", "stage")
@@ -112,6 +118,11 @@ def declared_limits(factory: Callable) -> Limits:
 CHANNEL_WORDS = frozenset("c ch chs chan chans channel channels chn nc inc inp planes inplanes dim dims d "
                           "features feature feats feat nf width filters".split())
 OUT_WORDS = frozenset("out oup outp output outs".split())  # out_channels, oup, out_planes: the same width here
+# Words that make a name with a channel word something else: MONAI's ``spatial_dims`` (2 for images) and
+# ``kernel_size``-like parameters are not channel counts, although "dims" alone is one.
+NOT_CHANNEL_WORDS = frozenset("spatial ndim ndims kernel stride groups heads".split())
+# Parameters that name the dimensionality of the data (MONAI's blocks serve 1-D, 2-D and 3-D): 2 for images.
+DIMENSIONALITY = frozenset({"spatial_dims", "spatial_dim", "ndim", "ndims", "n_dims", "num_dims", "dimensions"})
 
 
 def _tokens(name: str) -> set:
@@ -121,7 +132,9 @@ def _tokens(name: str) -> set:
 def looks_like_channels(param: inspect.Parameter) -> bool:
     """A parameter named like a channel count and not typed or defaulted as a flag/float/string."""
     typed = param.annotation in (bool, float, str, "bool", "float", "str")
-    return bool(_tokens(param.name) & CHANNEL_WORDS) and not typed and not isinstance(param.default, (bool, float, str))
+    tokens = _tokens(param.name)
+    return bool(tokens & CHANNEL_WORDS) and not tokens & NOT_CHANNEL_WORDS and param.name not in DIMENSIONALITY \
+        and not typed and not isinstance(param.default, (bool, float, str))
 
 
 def factory_name(factory: Callable) -> str:
@@ -145,12 +158,46 @@ def adapter_advice(factory: Callable) -> str:
         if p is chan:
             args.append("channels" if p is params[0] and p.kind != p.KEYWORD_ONLY else f"{p.name}=channels")
         elif p.default is p.empty and p.name not in CONTEXT_KEYS:
-            args.append(f"{p.name}={'channels' if _tokens(p.name) & OUT_WORDS else '<' + p.name + '>'}")
+            value = "channels" if _tokens(p.name) & OUT_WORDS else "2" if p.name in DIMENSIONALITY else f"<{p.name}>"
+            args.append(f"{p.name}={value}")
     lam = f"`lambda channels, **kw: {name}({', '.join(args + ['**kw'])})`"
     if chan is None:
         shown = ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name for p in params)
         return f"{name}({shown}) takes no channel count: register an adapter that drops it, {lam}"
     return f"register an adapter: {lam}" + (" (fill in the <placeholders>)" if "<" in lam else "")
+
+
+def missing_options(factory: Callable, context: Sequence[str] = ()) -> List[str]:
+    """Required parameters that options can fill, when they are all that keeps ``factory(channels)`` from binding:
+    the first parameter takes the channel count, the rest have no default and name no width (smp's
+    ``SEModule(channels, reduction)``: ``-O reduction=16`` is the fix, not an adapter). Else []."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD) \
+            or not looks_like_channels(params[0]):
+        return []
+    missing = [p for p in params[1:] if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               and p.name not in context]
+    if not missing or any(p.kind == p.POSITIONAL_ONLY or _tokens(p.name) & (CHANNEL_WORDS | OUT_WORDS)
+                          or p.name in DIMENSIONALITY for p in missing):
+        return []
+    return [p.name for p in missing]
+
+
+def binding_advice(factory: Callable, context: Sequence[str] = (), module: str = "") -> str:
+    """One line: the fix for a factory that ``factory(channels)`` cannot call -- options, where only options
+    are missing (``-O reduction=16``; in a suite the module's options), else the adapter that fits."""
+    names = missing_options(factory, context)
+    if not names:
+        return adapter_advice(factory)
+    flags = " ".join(f"-O {n}=<{n}>" for n in names)
+    entry = ", ".join(f"{n}: <{n}>" for n in names)
+    suite = f"; in a suite `{{module: {module}, {entry}}}`" if module else "; in a suite, the module's options"
+    return (f"{factory_name(factory)} needs {', '.join(repr(n) for n in names)} with no default: give "
+            f"{'them' if len(names) > 1 else 'it'} as options (`{flags}`{suite}), or register an adapter that fills "
+            f"{'them' if len(names) > 1 else 'it'}")
 
 
 def binding_problem(factory: Callable, options: Dict, context: Sequence[str] = ()) -> Optional[Tuple[str, str]]:
@@ -204,7 +251,8 @@ def hidden_state(module: nn.Module) -> List[Tuple[str, object]]:
 
     Why: such a module reports +0 parameters, is not moved by ``.to(device)``, and trips TorchScript
     tracing. Not reported: objects also registered elsewhere in the module, and tensors computed from
-    parameters (a ``grad_fn``: old-style ``weight_norm`` keeps ``weight`` that way)."""
+    parameters (a ``grad_fn``: old-style ``weight_norm`` keeps ``weight`` that way), and 0-element tensors
+    (a placeholder such as MONAI SABlock's ``att_mat = torch.Tensor()`` holds nothing to count or move)."""
     seen = {id(t) for t in module.parameters()} | {id(t) for t in module.buffers()}
     seen |= {id(m) for m in module.modules()}
     found, reported = [], set()
@@ -215,8 +263,8 @@ def hidden_state(module: nn.Module) -> List[Tuple[str, object]]:
             for path, obj in _hidden_in(value, f"{name}.{attr}" if name else attr):
                 if id(obj) in seen or id(obj) in reported:
                     continue
-                if isinstance(obj, torch.Tensor) and obj.grad_fn is not None:
-                    continue
+                if isinstance(obj, torch.Tensor) and (obj.grad_fn is not None or obj.numel() == 0):
+                    continue  # computed from parameters, or a 0-element placeholder (MONAI's att_mat): no state
                 reported.add(id(obj))
                 found.append((path, obj))
     return found
@@ -236,29 +284,93 @@ def hidden_numel(found: Sequence[Tuple[str, object]]) -> int:
 def _library_roots() -> Tuple[str, ...]:
     """torch, attnbench, the standard library and fvcore (the harness's own counter): never module code."""
     roots = [Path(torch.__file__).parent, Path(__file__).parent, Path(sysconfig.get_paths()["stdlib"])]
-    import importlib.util
-
     spec = importlib.util.find_spec("fvcore")
     roots += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
     return tuple(str(r.resolve()) + "/" for r in roots)
 
 
-def plugin_frame(exc: BaseException) -> Optional[str]:
-    """``file.py:LINE`` of the innermost traceback frame outside torch, attnbench and the standard
-    library -- the plugin's own line -- or None when every frame is library code."""
-    return module_frame(traceback.extract_tb(exc.__traceback__), builtins=False)
+def plugin_frame(exc: BaseException, roots: Optional[Sequence[str]] = None) -> Optional[str]:
+    """``file.py:LINE`` of the plugin's own line in a traceback: the innermost frame inside the plugin's
+    package (``roots``, default: those :func:`plugin_code` set; an error raised in einops or timm names the
+    plugin line that called it), else, with no roots known, the innermost frame outside torch, attnbench and
+    the standard library; None when there is none."""
+    return module_frame(traceback.extract_tb(exc.__traceback__), builtins=False, roots=roots)
 
 
 _BUILTIN_MODULES = str((Path(__file__).parent / "modules").resolve()) + "/"
+_ROOTS: ContextVar[Tuple[str, ...]] = ContextVar("attnbench_plugin_roots", default=())
 
 
-def module_frame(frames: Sequence[traceback.FrameSummary], builtins: bool = True, called_by_harness: bool = False
-                 ) -> Optional[str]:
-    """``file.py:LINE`` of the innermost frame that is module code: outside torch, the standard library
+def package_roots(*objs) -> Tuple[str, ...]:
+    """Where the code of the top-level packages defining ``objs`` lives (folders with a trailing /, or a
+    single file): a plugin's own lines. Objects are classes, functions or module names ("pkg.mod"); nothing
+    is imported (``find_spec`` of a top-level name). attnbench's built-ins are their ``modules/`` folder;
+    torch and the standard library never count."""
+    libraries, found = _library_roots(), []
+    for obj in objs:
+        name = obj if isinstance(obj, str) else getattr(obj, "__module__", None)
+        if not isinstance(name, str) or not name:
+            continue
+        top = name.split(".")[0]
+        if top == "attnbench":
+            found.append(_BUILTIN_MODULES)
+            continue
+        module = sys.modules.get(top)
+        try:
+            places = (list(getattr(module, "__path__", None) or [getattr(module, "__file__", None)]) if module is not None
+                      else (lambda spec: [] if spec is None else list(spec.submodule_search_locations or [spec.origin]))(
+                          importlib.util.find_spec(top)))
+        except (ImportError, ValueError, AttributeError):
+            continue
+        for place in places:
+            if not place or not Path(place).exists():
+                continue
+            root = str(Path(place).resolve()) + ("/" if Path(place).is_dir() else "")
+            if not root.startswith(libraries) and root not in found:
+                found.append(root)
+    return tuple(found)
+
+
+def class_folder(obj: object) -> Tuple[str, ...]:
+    """The folder of the file defining ``obj``'s class: a module's own code where its factory is an adapter in
+    another package (narrower than the package: a plugin built on ``timm.layers`` must not make timm's models
+    its own code). Empty for torch's classes and the standard library's."""
+    try:
+        path = Path(inspect.getsourcefile(obj if isinstance(obj, type) else type(obj)) or "").resolve()
+    except (TypeError, OSError):
+        return ()
+    if not path.is_file():
+        return ()
+    folder = str(path.parent) + "/"
+    builtin = folder.startswith(_BUILTIN_MODULES)
+    return (folder,) if builtin or not folder.startswith(_library_roots()) else ()
+
+
+def current_roots() -> Tuple[str, ...]:
+    """The roots :func:`plugin_code` set (empty outside it)."""
+    return _ROOTS.get()
+
+
+@contextlib.contextmanager
+def plugin_code(roots: Sequence[str]) -> Iterator[None]:
+    """Within this block, messages name lines inside ``roots`` (``package_roots`` of the module checked)."""
+    token = _ROOTS.set(tuple(roots))
+    try:
+        yield
+    finally:
+        _ROOTS.reset(token)
+
+
+def module_frame(frames: Sequence[traceback.FrameSummary], builtins: bool = True, called_by_harness: bool = False,
+                 roots: Optional[Sequence[str]] = None) -> Optional[str]:
+    """``file.py:LINE`` of the innermost frame that is module code. With ``roots`` (default: those
+    :func:`plugin_code` set) that is the innermost frame inside them -- the plugin's own package, never a
+    library it calls or the backbone around it -- or None. Without roots: outside torch, the standard library
     and attnbench's harness (attnbench's own ``modules/`` count as module code when ``builtins``). With
     ``called_by_harness`` (a stack, innermost last) only frames the harness called count -- what runs below
     the innermost harness frame -- so a warning from a library the harness imports is nobody's module line."""
-    roots, harness = _library_roots(), str(Path(__file__).parent.resolve()) + "/"
+    roots = tuple(_ROOTS.get() if roots is None else roots)
+    libraries, harness = _library_roots(), str(Path(__file__).parent.resolve()) + "/"
 
     def is_harness(path: str) -> bool:
         return path.startswith(harness) and not path.startswith(_BUILTIN_MODULES)
@@ -271,10 +383,34 @@ def module_frame(frames: Sequence[traceback.FrameSummary], builtins: bool = True
             return None
         start = inner[-1] + 1
     for frame, path in reversed(list(zip(frames[start:], paths[start:]))):
-        if frame.filename.startswith("<") or (path.startswith(roots) and not (builtins and path.startswith(_BUILTIN_MODULES))):
+        if frame.filename.startswith("<"):
+            continue
+        if roots:
+            if not path.startswith(roots):
+                continue
+        elif path.startswith(libraries) and not (builtins and path.startswith(_BUILTIN_MODULES)):
             continue
         return f"{'/'.join(Path(frame.filename).parts[-2:])}:{frame.lineno}"
     return None
+
+
+def forward_line(module: object) -> Optional[str]:
+    """``file.py:LINE`` where a module's class defines ``forward`` (what produced its output), or None."""
+    try:
+        fn = type(module).forward
+        return f"{'/'.join(Path(inspect.getsourcefile(fn)).parts[-2:])}:{inspect.getsourcelines(fn)[1]}"
+    except (TypeError, OSError, AttributeError):
+        return None
+
+
+ALIASED_ADVICE = ("return a tensor with its own memory (`x * g`, not `g.expand_as(x)`; or `.contiguous()`): "
+                  "a block writes into its module's output in place (`x += shortcut`)")
+
+
+def shares_memory(t: object) -> bool:
+    """Whether elements of a tensor share memory with each other (``expand``/``expand_as`` views: a stride of 0
+    over a dimension longer than 1): an in-place write into it, as a block's ``x += shortcut``, cannot work."""
+    return isinstance(t, torch.Tensor) and 0 in t.stride() and any(n > 1 and st == 0 for n, st in zip(t.shape, t.stride()))
 
 
 def first_line(exc: BaseException) -> str:
@@ -283,10 +419,10 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:240]}" if lines else type(exc).__name__
 
 
-def describe_failure(exc: BaseException) -> str:
+def describe_failure(exc: BaseException, roots: Optional[Sequence[str]] = None) -> str:
     """One line: the error and, when it came from plugin code, where (``at gate.py:12``); attnbench's
     own errors already say what and where."""
     if isinstance(exc, AttnBenchError):
         return first_line(exc).partition(": ")[2] or type(exc).__name__
-    where = plugin_frame(exc)
+    where = plugin_frame(exc, roots)
     return first_line(exc) + (f" (at {where})" if where else "")

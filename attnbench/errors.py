@@ -63,6 +63,11 @@ class Unsupported(AttnBenchError):
     known and checked, never to hide a crash."""
 
 
+class ControlFlow(BaseException):
+    """attnbench's own way out of a cell that is not an error (a training run paused at an epoch end on
+    request): every cell and check boundary lets it through (``guard.contained``)."""
+
+
 class RuntimeMissing(AttnBenchError):
     """A runtime's package (or its GPU provider) is not installed here: its cells are ``skipped`` with
     the install hint, never failed (raised by attnbench.runtimes)."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-# Report column kinds: value / delta_abs / delta_pct / spread / throughput / part (a stats field)
+# Report column kinds: value / delta_abs / delta_pct / spread / throughput / part (a stats field); of a stats
+# field X also mb:X (bytes as MB), delta_pct:X (its Δ% vs the baseline's X), count:X (an integer and its Δ), ratio:X
 Column = Tuple[str, str]
 
 
@@ -53,7 +54,10 @@ SPECS: Dict[str, MetricSpec] = {s.name: s for s in (
                columns=(("params (M)", "value"), ("Δparams", "delta_abs"), ("Δparams %", "delta_pct")), scale=1e6),
     MetricSpec("macs", "count", "MACs",
                columns=(("GMACs", "value"), ("ΔGMACs %", "delta_pct"), ("conv/linear GMACs", "part:conv_linear_matmul")),
-               scale=1e9),
+               scale=1e9,
+               # memory traffic (records from before it was counted show none of these)
+               optional_columns=(("MB moved", "mb:bytes"), ("Δbytes %", "delta_pct:bytes"),
+                                 ("operators (Δ)", "count:operators"), ("MACs/byte", "ratio:intensity"))),
     MetricSpec("macs_train", "count", "MACs", train=True,
                columns=(("train GMACs", "value"), ("Δtrain GMACs %", "delta_pct")), scale=1e9, axes=BATCHED),
     MetricSpec("activations", "count", "elements",

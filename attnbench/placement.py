@@ -93,10 +93,12 @@ class Site:
     conv_groups: int = 1  # groups of the replaced conv (conv placement)
     kind: str = ""  # the block's kind (BLOCK_KINDS), "" outside known blocks
     unwrap: Optional[Tuple[nn.Module, str, nn.Module]] = None  # (block, attr, layer) a wrapper replaced
+    expect_channels: int = 0  # a stage's channels as its feature_info says (a layout check); 0: unknown
 
     def context(self) -> Dict:
         return {"feat_size": self.feat_size, "stride": self.stride, "stage": self.stage,
-                "block_index": self.block_index, "out_channels": self.out_channels, "conv_groups": self.conv_groups}
+                "block_index": self.block_index, "out_channels": self.out_channels, "conv_groups": self.conv_groups,
+                "block_kind": self.kind}
 
     def restore(self) -> None:
         """Put back the layer a wrapper (``output``/``after_conv`` placement) took the place of."""
@@ -121,6 +123,12 @@ def stage_entries(model: nn.Module) -> List[dict]:
     if not info:
         raise ModuleDoesNotFit(f"backbone {type(model).__name__} reports no feature_info, so no stage to attach after")
     entries = [dict(e) for e in info]
+    names = {name for name, _ in model.named_modules()}
+    missing = next((e.get("module") for e in entries if e.get("module") not in names), None)
+    if missing is not None:  # HRNet: its feature_info names the modules of its features_only variant ('stem', 'stage1')
+        raise Unsupported(f"{type(model).__name__}'s feature_info names {missing!r}, which is not one of its modules, so "
+                          "attnbench cannot find its stages to attach after (nor a block slot in this family); pick a "
+                          "backbone of another family (resnet, efficientnet, regnet, convnext, ...)")
     while entries:
         sub = model.get_submodule(entries[0]["module"])
         if "stem" in entries[0]["module"] or not list(sub.children()):
@@ -130,6 +138,25 @@ def stage_entries(model: nn.Module) -> List[dict]:
     return entries
 
 
+STAGE_RULES = ("all_but_last", "all_but_first", "all", "penultimate", "last")
+
+
+def stages_problem(stages) -> Optional[str]:
+    """What is wrong with a ``stages`` option as such (before any backbone is known), or None: a rule name or a
+    non-empty list of distinct 1-based stage numbers."""
+    if isinstance(stages, str):
+        return None if stages in STAGE_RULES else f"stages {stages!r} is not one of {', '.join(STAGE_RULES)}"
+    if not isinstance(stages, list) or not stages:
+        return (f"stages must be a rule ({', '.join(STAGE_RULES)}) or a non-empty list of 1-based stage numbers, "
+                f"got {stages!r}"[:200])
+    bad = next((s for s in stages if not isinstance(s, int) or isinstance(s, bool) or s < 1), None)
+    if bad is not None:
+        return f"stage {bad!r} is not a 1-based stage number (1 = the first stage)"
+    if len(set(stages)) != len(stages):
+        return f"stages {stages!r} names a stage twice"
+    return None
+
+
 def stages_for(rule: str, n: int) -> List[int]:
     """A stage rule for a backbone with ``n`` stages: "penultimate" (Non-Local's res4; the default
     stage placement), "all_but_last" (BAM), "all_but_first" (GCNet's c3-c5 on a ResNet), "all" (every
@@ -137,7 +164,7 @@ def stages_for(rule: str, n: int) -> List[int]:
     rules = {"all_but_last": list(range(1, max(2, n))), "all_but_first": list(range(min(2, n), n + 1)),
              "all": list(range(1, n + 1)),
              "penultimate": [max(1, n - 1)], "last": [n]}
-    if rule not in rules:
+    if rule not in rules:  # (STAGE_RULES names these, for validation before a backbone is known)
         raise ModuleDoesNotFit(f"stages {rule!r} is neither a list of stage numbers nor one of "
                                f"{', '.join(repr(r) for r in rules)}; fix 'stages'")
     return rules[rule]
@@ -204,9 +231,25 @@ def probe_inputs(model: nn.Module, sites: List[Site], input_size: Sequence[int],
         model.train(was_training)
     for site in sites:
         if site.path in shapes:
-            c, h, w = shapes[site.path]
+            shape = shapes[site.path]
+            problem = layout_problem(shape, site.expect_channels)
+            if problem:
+                raise Unsupported(f"{type(model).__name__} feeds {site.path} {problem}, not an (N, C, H, W) feature "
+                                  "map: attention modules attach to convolutional feature maps; pick a convolutional "
+                                  "backbone (resnet, efficientnet, regnet, convnext, ...)")
+            c, h, w = shape
             site.channels, site.feat_size = c, (h, w)
             site.out_channels = site.out_channels or c
+
+
+def layout_problem(shape: Tuple[int, ...], expect_channels: int = 0) -> Optional[str]:
+    """What a site's input (without the batch) is when it is not a (C, H, W) map, or None: a transformer's
+    tokens ``(N, L, C)``, or a channels-last map ``(N, H, W, C)`` (Swin) whose last size is the stage's width."""
+    if len(shape) != 3:
+        return f"a {len(shape) + 1}-D tensor (1, {', '.join(map(str, shape))}) (tokens?)"
+    if expect_channels and shape[0] != expect_channels and shape[-1] == expect_channels:
+        return f"channels-last maps (1, {', '.join(map(str, shape))}) with {expect_channels} channels last"
+    return None
 
 
 def is_slot(module: nn.Module) -> bool:
@@ -299,6 +342,7 @@ def stage_sites(model: nn.Module, chosen: List[int], blocks: Optional[int]) -> L
     k = int(blocks or 1)
     for s in chosen:
         path = entries[s - 1]["module"]
+        expect = int(entries[s - 1].get("num_chs") or 0)
         stage = model.get_submodule(path)
         if isinstance(stage, nn.Sequential) and len(stage) >= 2 * k - 1:
             after = {len(stage) - 1 - 2 * i for i in range(k)}
@@ -315,5 +359,5 @@ def stage_sites(model: nn.Module, chosen: List[int], blocks: Optional[int]) -> L
         parent_path, _, attr = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
         for i, (child_name, _) in enumerate(c for c in items if c[0].startswith("attn")):
-            sites.append(Site(new, child_name, f"{path}.{child_name}", stage=s, block_index=i))
+            sites.append(Site(new, child_name, f"{path}.{child_name}", stage=s, block_index=i, expect_channels=expect))
     return sites

@@ -8,11 +8,13 @@ hand-edited or damaged line (a position ``["a", "b"]``, a ``null`` value) is ski
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
 from .measures.record import Measurement
+from .schema import CONFIG, MEASUREMENT_SHAPES, OK_CONFIG, OK_STATS, RECORD_SHAPES, STATS, Finite, Shape
 from .metrics import ALIASES, SPECS
 
 SCHEMA = 2
@@ -45,7 +47,8 @@ class Record:
     started: float = 0.0
     ended: float = 0.0
     executor: Dict[str, Any] = field(default_factory=dict)  # where and how it ran (worker, attempts, shared node)
-    source: str = ""  # the suite file it was planned from (resolved path): two suites with one name never share a store
+    source: str = ""  # where its suite file was found, relative (suite.Suite.identity): never a path of the machine
+    suite_digest: str = ""  # the suite's content (suite.Suite.digest): with source, tells two suites of one name apart
     schema: int = SCHEMA
 
     @property
@@ -107,6 +110,7 @@ class Record:
         if data["metric"] not in SPECS:
             raise ForeignRecord(f"unknown metric {d['metric']!r}")
         data["position"] = (d["position"][0], d["position"][1])
+        data["source"] = legacy_source(data.get("source", ""))
         data["schema"] = SCHEMA
         _check_config(data["config"])
         m = d.get("measurement")
@@ -116,13 +120,49 @@ class Record:
             raise ForeignRecord("an ok record without a finite measurement")
         if d["status"] == "failed" and not (isinstance(d.get("error"), dict) and {"type", "message"} <= set(d["error"])):
             raise ForeignRecord("a failed record without an error")
+        # what the tables read without a default: a metric's config entries, and an ok row's stats
+        missing = next((k for k in OK_CONFIG.get(data["metric"], ()) if k not in data["config"]), None) or \
+            next((k for k in OK_STATS.get(data["metric"], ()) if d["status"] == "ok" and k not in data["measurement"].stats), None)
+        if missing is not None:
+            raise ForeignRecord(f"a {d['status']} {data['metric']} record without {missing!r}")
         return cls(**data)
+
+
+def legacy_source(source: str) -> str:
+    """Stores written before suites had a relative identity hold the absolute path of the machine that ran them:
+    read as ``suites/<file>`` when that file sat in a folder named ``suites``, else as the file's name."""
+    if not source.startswith("/"):
+        return source
+    parts = source.rstrip("/").split("/")
+    return f"suites/{parts[-1]}" if len(parts) > 1 and parts[-2] == "suites" else parts[-1]
+
+
+def record_line(record: Record) -> str:
+    """The one way a record is written to a store: one JSON line."""
+    return json.dumps(record.to_dict(), sort_keys=True, default=str) + "\n"
+
+
+def readable(record: Record) -> Record:
+    """The record as the store will read it back: itself, or -- when :meth:`Record.from_dict` would refuse what
+    the harness wrote (a stat of a type the reader does not expect) -- a failed record that says so, so a store
+    never holds a line its own reader skips (and ``--resume`` never appends another one)."""
+    try:
+        Record.from_dict(json.loads(record_line(record)))
+        return record
+    except ForeignRecord as exc:
+        return replace(record, status="failed", measurement=None, error={
+            "type": "UnreadableRecord", "message": f"attnbench measured this cell, but its record would not read back "
+            f"({exc}); a bug in attnbench: please report it with this message"})
 
 
 def fits(value: Any, typ: Any) -> bool:
     """Whether a JSON value has the type a dataclass field declares (tuples are JSON lists; bool is not a number)."""
     if typ is Any:
         return True
+    if isinstance(typ, Shape):  # a mapping of known entries (schema.py)
+        return typ.admits(value, fits)
+    if typ is Finite:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if typ is type(None):
         return value is None
     origin, args = get_origin(typ), get_args(typ)
@@ -143,20 +183,11 @@ def fits(value: Any, typ: Any) -> bool:
     return isinstance(value, typ)
 
 
-RECORD_TYPES = get_type_hints(Record)
-MEASUREMENT_TYPES = get_type_hints(Measurement)
-# Entries of ``config`` and ``stats`` that the tables read and format, when present.
-CONFIG_TYPES = {"input_size": Tuple[int, int], "batch_size": int, "runtime": str, "seed": Optional[int],
-                "backbone_options": Dict[str, Any], "options": Dict[str, Any], "latency": Dict[str, Any]}
-STATS_TYPES = {"median_ms": float, "iqr_ms": float, "mean_ms": float, "images_per_s": float, "runs": int,
-               "rounds_ms": List[List[float]], "prepare_s": Optional[float], "attention": float, "fvcore": float,
-               "conv_linear_matmul": float, "unhandled": Optional[Dict[str, Any]], "hidden_numel": Optional[int],
-               "hidden_state": Optional[List[str]],
-               # timings (attnbench.measures.latency): the schedule's raw data and what the machine did
-               "rounds_wait": List[List[Optional[float]]], "schedule": str, "group": str, "baseline": Optional[str],
-               "stop": Dict[str, Any], "contention": Dict[str, Any],
-               "low_ms": Optional[float], "high_ms": Optional[float], "rounds_total_ms": List[float],
-               "stages": Dict[str, Dict[str, Any]], "sites": List[Dict[str, Any]]}
+RECORD_TYPES = {**get_type_hints(Record), **RECORD_SHAPES}  # config, env, attachment, executor: entry by entry
+MEASUREMENT_TYPES = {**get_type_hints(Measurement), **MEASUREMENT_SHAPES}  # settings, stats: entry by entry
+# Entries of ``config`` and ``stats`` that the tables read and format, when present (schema.py: every one of them).
+CONFIG_TYPES = dict(CONFIG)
+STATS_TYPES = dict(STATS)
 
 
 def _check_config(config: Dict[str, Any]) -> None:

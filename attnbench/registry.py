@@ -27,18 +27,22 @@ class PluginWarning(UserWarning):
 
 
 class Registry:
-    """One entry-point group, loaded once per process; broken entries warn once and are skipped.
+    """One entry-point group, discovered once per process from package metadata; a plugin's package is
+    imported only when one of its names is used (``get``), so listing names or starting a command never
+    imports every installed plugin. An entry that fails to import warns once and is unknown from then on.
 
     Names are never taken over silently: attnbench's own entries keep their names; a plugin whose
     name collides with a built-in, or two plugins with one name, are listed under the qualified
-    name ``<package>:<name>`` with one warning naming both packages. A plugin's import is contained:
-    whatever it raises (``SystemExit`` included) becomes a warning, and what it prints goes to stderr,
-    never into a table on stdout. ``provider(name)`` says which package (and version) a name came from.
+    name ``<package>:<name>`` with one warning per name naming every package that claims it. A plugin's
+    import is contained: whatever it raises (``SystemExit`` included) becomes a warning, and what it prints
+    goes to stderr, never into a table on stdout. ``provider(name)`` says which package (and version) a name
+    came from (from metadata: no import).
     """
 
     def __init__(self, group: str, kind: str, owner: str = "attnbench"):
         self.group, self.kind, self.owner = group, kind, owner
-        self._loaded: Optional[Dict[str, Callable]] = None
+        self._entries: Optional[Dict[str, object]] = None  # public name -> entry point (metadata only)
+        self._loaded: Dict[str, Callable] = {}  # public name -> factory, once imported
         self._local: Dict[str, Callable] = {}
         self._providers: Dict[str, Tuple[str, str]] = {}
         self.broken: Dict[str, str] = {}
@@ -46,8 +50,9 @@ class Registry:
     def _warn(self, message: str) -> None:
         warnings.warn(f"attnbench: {message}", PluginWarning, stacklevel=4)
 
-    def _load(self) -> Dict[str, Callable]:
-        if self._loaded is None:
+    def _discover(self) -> Dict[str, object]:
+        """Public name -> entry point, from installed packages' metadata; nothing is imported."""
+        if self._entries is None:
             claims: Dict[str, List] = {}
             seen = set()
             for ep in sorted(entry_points(group=self.group), key=lambda e: (e.name, _dist_name(e))):
@@ -55,50 +60,77 @@ class Registry:
                     continue  # the same package seen twice on sys.path (editable + site)
                 seen.add((ep.name, ep.value, _dist_name(ep)))
                 claims.setdefault(ep.name, []).append(ep)
-            found: Dict[str, Callable] = {}
+            found: Dict[str, object] = {}
             for name, eps in claims.items():
                 own = [e for e in eps if _dist_name(e) == self.owner]
                 winner = own[0] if own else (eps[0] if len(eps) == 1 else None)
+                renamed = [e for e in eps if e is not winner]
+                if renamed:  # one warning per contested name, naming every package and where each went
+                    listed = ", ".join(f"{_dist_name(e)}:{name}" for e in renamed)
+                    keeps = f"{_dist_name(winner)} keeps {name!r}; " if winner is not None else ""
+                    self._warn(f"{self.kind} name {name!r} is registered by "
+                               f"{', '.join(sorted({_dist_name(e) for e in eps}))}: {keeps}listed as {listed} "
+                               "(rename the entry point to avoid this)")
                 for ep in eps:
                     public = name if ep is winner else f"{_dist_name(ep)}:{name}"
-                    if ep is not winner:
-                        others = ", ".join(sorted({_dist_name(e) for e in eps if e is not ep}))
-                        self._warn(f"{self.kind} name {name!r} of package {_dist_name(ep)} is also registered by {others}; "
-                                   f"it is listed as {public!r} (rename the entry point to avoid this)")
-                    factory = self._load_one(ep, public)
-                    if factory is not None:
-                        found[public] = factory
-                        self._providers[public] = (_dist_name(ep), _dist_version(ep))
-            self._loaded = found
-        return self._loaded
+                    found[public] = ep
+                    self._providers[public] = (_dist_name(ep), _dist_version(ep))
+            self._entries = found
+        return self._entries
 
-    def _load_one(self, ep, public: str) -> Optional[Callable]:
-        """Import one entry point; any failure (SystemExit too) is a warning, prints go to stderr."""
-        try:
-            with contextlib.redirect_stdout(sys.stderr):
-                return ep.load()
-        except (Exception, SystemExit) as exc:  # a plugin must not take the others (or the CLI) down
+    def _load_one(self, public: str) -> Optional[Callable]:
+        """Import one entry point (once); any failure (SystemExit too) is a warning, prints go to stderr."""
+        if public in self._loaded:
+            return self._loaded[public]
+        if public in self.broken:
+            return None
+        ep = self._discover()[public]
+        from .guard import contained
+        from .process_state import unchanged
+
+        try:  # an import that changes process-wide state (threads, dtype, hooks, cwd, signals) is put back and refused
+            with unchanged(f"importing {ep.value}"), contextlib.redirect_stdout(sys.stderr):
+                factory = ep.load()
+        except BaseException as exc:  # SystemExit, a KeyboardInterrupt no signal raised: must not take the others down
+            if not contained(exc):
+                raise
             msg = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0][:300]
             self.broken[public] = msg
             self._warn(f"skipped {self.kind} plugin {public!r} ({ep.value}, package {_dist_name(ep)}): "
                        f"{msg}; fix or uninstall that package")
             return None
+        self._loaded[public] = factory
+        return factory
+
+    def load_all(self) -> Dict[str, Callable]:
+        """Import every entry (``attnbench list modules --details``): name -> factory, broken ones left out."""
+        return {n: f for n in self._discover() if (f := self._load_one(n)) is not None}
 
     def reload(self) -> None:
         """Forget what was discovered (after installing a plugin in-process)."""
-        self._loaded = None
+        self._entries = None
+        self._loaded = {}
         self._providers = {}
         self.broken = {}
 
     def names(self) -> List[str]:
-        return sorted(set(self._load()) | set(self._local))
+        """Every name: entry points (from metadata, not imported; one that then fails to import is in
+        ``broken`` and left out) and in-process registrations."""
+        return sorted((set(self._discover()) - set(self.broken)) | set(self._local))
+
+    def entry(self, name: str) -> str:
+        """``module:attr`` an entry-point name points at ('' for in-process and unknown names): no import."""
+        ep = None if name in self._local else self._discover().get(name)
+        return getattr(ep, "value", "") if ep is not None else ""
 
     def get(self, name: str) -> Callable:
         if name in self._local:
             return self._local[name]
-        table = self._load()
-        if name in table:
-            return table[name]
+        table = self._discover()
+        if name in table and name not in self.broken:
+            factory = self._load_one(name)
+            if factory is not None:
+                return factory
         if name in self.broken:
             raise UnknownNameError(self.kind, name, [], f"its plugin failed to import: {self.broken[name]}")
         qualified = sorted(n for n in table if n.endswith(f":{name}") and not n.startswith("timm:"))
@@ -110,16 +142,19 @@ class Registry:
         """(package, version) that registered ``name``; in-process registrations are ``("<in-process>", "")``."""
         if name in self._local:
             return ("<in-process>", "")
-        self._load()
+        self._discover()
         return self._providers.get(name, ("?", ""))
 
     def plugin_packages(self) -> Dict[str, str]:
-        """Every third-party package that registered an entry here: name -> version."""
-        self._load()
+        """Every third-party package that registered an entry here: name -> version (from metadata)."""
+        self._discover()
         return {d: v for d, v in sorted(set(self._providers.values())) if d != self.owner}
 
     def register(self, name: str, factory: Callable, override: bool = False) -> Callable:
-        existing = self._local.get(name) or self._load().get(name)
+        if not override and name not in self._local and name in self._discover() and name not in self.broken:
+            existing = self._load_one(name)  # the same factory again is not a clash: import to compare
+        else:
+            existing = self._local.get(name)
         if existing is not None and existing is not factory and not override:
             raise ValueError(f"{self.kind} {name!r} is already registered; pass override=True to replace it")
         self._local[name] = factory

@@ -21,20 +21,23 @@ from .check import suite_verdicts, with_verdict
 from .env import environment, fingerprint
 from .errors import AttnBenchError, OutputError, RunAborted, RuntimeMissing, Unsupported
 from .interrupts import deferred, signum_of
-from .guard import CellTimeout, as_unsupported, check_finite, deadline, is_out_of_memory
+from .guard import CellTimeout, as_unsupported, check_finite, contained, deadline, escaped, is_out_of_memory
+from .process_state import unchanged
 from .measures.flops import measure_flops
 from .measures.macs_dispatch import measure_train_macs
 from .measures.memory import measure_activations, measure_saved_memory
 from .measures.record import Measurement
 from .measures.latency import LatencySettings, measure_latency, measure_peak_memory, measure_sites
 from .measures.params import attention_hidden_state, measure_params
-from .records import Record
+from .records import Record, readable
 from .store import FolderLock, Store, check_output_dir
 from .metrics import ACCURACY, SITES, spec
 from .suite import Cell, Suite, is_reference, plan
 
 # What a cell's boundary catches: every error, and SystemExit too (a plugin's sys.exit() or exit() fails
-# its cell, not the run). KeyboardInterrupt (Ctrl-C, SIGTERM) passes: it stops the run.
+# its cell, not the run). A real Ctrl-C or SIGTERM passes: it stops the run. What else plugin code raises to
+# end a program (a KeyboardInterrupt no signal raised, GeneratorExit) becomes an Exception where it is raised
+# (attach.AttentionSlot, guard.deadline), and execute() catches whatever still gets through (guard.contained).
 CELL_ERRORS = (Exception, SystemExit)
 
 
@@ -104,10 +107,14 @@ class RunResult:
         return 1 if self.failed or self.unwritten else 0
 
 
-def error_info(exc: BaseException) -> Dict[str, str]:
-    """Type and one line of message; out-of-memory, timeouts and NaN outputs get their own names and a fix."""
+def error_info(exc: BaseException, model=None) -> Dict[str, str]:
+    """Type and one line of message; out-of-memory, timeouts and NaN outputs get their own names and a fix. An
+    error raised in ``model`` outside its attached modules leads with where (``attach.failure_site``)."""
+    from .attach import failure_site
+
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    msg = (lines[0] if lines else f"{type(exc).__name__} with no message")[:300]
+    where = failure_site(model, exc)
+    msg = ((f"{where}: " if where else "") + (lines[0] if lines else f"{type(exc).__name__} with no message"))[:300]
     if not lines and exc.__traceback__ is not None:  # a bare assert: say where it fired
         import traceback
 
@@ -127,7 +134,7 @@ def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None
         return make_record(cell, key, "unsupported", started, model=model, note=str(exc))
     if isinstance(exc, RuntimeMissing):  # an optional extra not installed: skipped with the install hint
         return make_record(cell, key, "skipped", started, model=model, note=str(exc))
-    return make_record(cell, key, "failed", started, error=error_info(exc), model=model)
+    return make_record(cell, key, "failed", started, error=error_info(exc, model), model=model)
 
 
 def cell_threads(cell: Cell, default: Optional[int] = None) -> int:
@@ -154,6 +161,7 @@ def make_record(cell: Cell, key: str, status: str, started: float, measurement=N
         env={**environment(cell.device, cell.dtype, cell_threads(cell)), "module_package": module_package(cell),
              "plugins": _plugin_packages()},
         host=socket.gethostname(), pid=os.getpid(), started=started, ended=time.time(), source=cell.source,
+        suite_digest=cell.suite_digest,
     )
 
 
@@ -200,11 +208,50 @@ def execute(task: Task) -> List[Record]:
 
     Everything a cell does -- input allocation, build, warm-up, timing, training -- happens inside
     this boundary, under the cell's deadline, with torch pinned to ``task.threads`` (cells that set their
-    own threads pin those inside), so a worker never runs at a count its key does not hold."""
+    own threads pin those inside), so a worker never runs at a count its key does not hold.
+
+    The process is left as it was found (``process_state``): torch's default dtype is the cell's and grad
+    mode is on while it runs; a cell whose module changed process-wide state (threads, dtype, grad mode,
+    global hooks, working folder, signal handlers, standard streams ...) fails with one line naming the change,
+    and the state is put back, so later rows are unaffected. Whatever a module raises to end a program
+    (``sys.exit()``, ``KeyboardInterrupt`` no signal raised, ``GeneratorExit``) fails its cell; a real Ctrl-C
+    or SIGTERM ends the run (``guard.contained``)."""
+    from .interrupts import watching
+    from .process_state import Watch, alone, pinned
     from .threads import fixed_threads
 
-    with fixed_threads(task.threads):
-        return _execute_timed(task) if task.grouped else _execute_one(task)
+    started = time.time()
+    with alone() as unit, fixed_threads(task.threads), pinned(task.cells[0].dtype), watching():
+        watch = Watch()
+        try:
+            records = _execute_timed(task) if task.grouped else _execute_one(task)
+        except BaseException as exc:  # what the inner boundaries let through: a signal, or a plugin's escape
+            if not unit.overlapped:
+                watch.check()
+            if not contained(exc):
+                raise
+            records = [failure(c, k, started, escaped(exc, f"cell {c.name}")) for c, k in zip(task.cells, task.keys)]
+        # cells overlapping in one process (a Dask worker with several threads) share its state: not told apart
+        changes = [] if unit.overlapped else watch.check()
+    return _state_blamed(task, records, changes, watch.before.get("torch threads")) if changes else records
+
+
+def _state_blamed(task: Task, records: List[Record], changes: List[str], threads: Optional[int]) -> List[Record]:
+    """A task after which process-wide state differed (now put back): its ok records fail with the change,
+    naming the module (in a timing group, the group's modules: each timing ran under the changed state).
+    Every record says the thread count the task started with, not the one the module left behind."""
+    from .process_state import blame
+
+    modules = list(dict.fromkeys(c.variant.module for c in task.cells if not is_reference(c.variant.module)))
+    who = (f"module {modules[0]!r}" if len(modules) == 1 else "this cell" if not modules else
+           f"one of the modules {', '.join(map(repr, modules))} (timed together)")
+    error = {"type": "StateChanged", "message": blame(changes, who)}
+    out = []
+    for r, cell in zip(records, task.cells):
+        env = {**r.env, "threads": cell_threads(cell, threads)} if threads else r.env
+        out.append(dataclasses.replace(r, env=env, **({"status": "failed", "measurement": None, "error": error}
+                                                      if r.ok else {})))
+    return out
 
 
 def _execute_one(task: Task) -> List[Record]:
@@ -219,9 +266,10 @@ def _execute_one(task: Task) -> List[Record]:
                     return [make_record(cell, key, "skipped", started, note=NO_GPU_NOTE)]
 
                 m = train_cell(cell.backbone, cell.variant.module, cell.variant.options, cell.dataset, cell.training, cell.seed,
-                               **task.train_kwargs())
+                               recipe_choice=cell.recipe_choice, **task.train_kwargs())
                 resumed = m.stats.get("resumed_from_epoch") if task.pause_after_s is None else None
-                note = f"resumed from epoch {resumed} (checkpoint {task.checkpoint_path})" if resumed else ""
+                # the checkpoint as OUT/checkpoints/<key>.pt names it: a record never carries a path of this machine
+                note = f"resumed from epoch {resumed} (checkpoint checkpoints/{task.checkpoint_path.name})" if resumed else ""
                 return [make_record(cell, key, "ok", started, m, note=note)]
             model = build_cell_model(cell)
             return [make_record(cell, key, "ok", started, measure_count(cell, model), model=model)]
@@ -272,8 +320,11 @@ def measure_count(cell: Cell, model) -> "Measurement":
             raise ValueError(f"no count measure for metric {cell.metric!r}")
         try:
             m = train(model, torch.randn(cell.batch_size, cell.in_chans, *cell.input_size))
-        except ValueError as exc:
-            raise as_unsupported(exc, cell.batch_size, cell.input_size) from None
+        except Exception as exc:  # BatchNorm's own ValueError, or a module's wrapped in ModuleFailed naming it
+            known = as_unsupported(exc, cell.batch_size, cell.input_size)
+            if known is exc:
+                raise
+            raise known from None
     hidden = attention_hidden_state(model)
     return dataclasses.replace(m, stats={**m.stats, **hidden}) if hidden else m
 
@@ -293,8 +344,8 @@ def _execute_timed(task: Task) -> List[Record]:
     models, by_label = {}, {}
     for cell, key in zip(task.cells, task.keys):
         by_label[cell.variant.label] = (cell, key)
-        try:
-            with deadline(cell.timeout, f"building {cell.name}"):
+        try:  # a constructor that changes process-wide state fails its own cell (state put back), not the group's
+            with unchanged(f"module {cell.variant.module!r}"), deadline(cell.timeout, f"building {cell.name}"):
                 models[cell.variant.label] = build_cell_model(cell)
         except CELL_ERRORS as exc:
             records[cell.variant.label] = failure(cell, key, started, exc)
@@ -400,28 +451,53 @@ def run_suite(
 
 
 def check_same_suite(suite: Suite, stored: Sequence[Record], store: Store) -> None:
-    """A store holds the cells of one suite file: another file with the same ``name:`` is refused, never
-    mixed into it (``--resume``) or moved over it. A file that moved (the recorded one is gone) is the same suite."""
-    others = sorted({r.source for r in stored if r.source} - {suite.identity})
-    clash = [o for o in others if Path(o).is_file() and not _same_file(o, suite.identity)]
-    if clash:
-        raise AttnBenchError(f"{store.path} holds the results of suite {suite.name!r} from {clash[0]}, and "
-                             f"{suite.source} has the same name; give one of them another 'name:', or run with another --out")
+    """A store holds the cells of one suite: another suite file with the same ``name:`` is refused, never mixed
+    into it (``--resume``) or moved over it. Identity travels with the store (no machine path in it): a stored
+    record belongs to this suite when its content digest is this suite's, or it was found at the same relative
+    place (``suites/overhead.yaml`` in any clone, edited or not). Records written before digests existed are
+    compared by file name."""
+    clash = next((r for r in stored if not same_suite(r, suite)), None)
+    if clash is not None:
+        raise AttnBenchError(f"{store.path} holds the results of suite {suite.name!r} from {clash.source} "
+                             f"(content {clash.suite_digest or 'not recorded'}), and {suite.identity or suite.source} "
+                             f"(content {suite.digest}) has the same name but is another suite; give one of them another "
+                             "'name:', or run with another --out")
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_suite(rec: Record, suite: Suite) -> bool:
+    """Whether a stored record was planned from this suite (see check_same_suite)."""
+    if not rec.source or not suite.identity:
+        return True  # nothing recorded (or a suite given as data): nothing to tell apart but the name
+    if rec.suite_digest:
+        return rec.suite_digest == suite.digest or rec.source == suite.identity
+    return Path(rec.source).name == Path(suite.identity).name
+
+
+def resolve_auto(cells: List[Cell], on_notice: Optional[Callable[[str], None]] = None) -> List[Cell]:
+    """Training settings left to the host (``amp: auto``, ``channels_last: auto``) resolved by a short probe
+    (attnbench.host_recipe), said once per choice; other cells pass through. Without CUDA a CUDA cell is
+    left as it is (it is skipped, not probed)."""
+    from .host_recipe import has_auto, resolve_cells
+
+    todo = [c for c in cells if c.metric == ACCURACY and has_auto(c.training) and not _no_gpu(c)]
+    if not todo:
+        return cells
+    resolved = {id(c): r for c, r in zip(todo, resolve_cells(todo))}
+    if on_notice is not None:
+        for why in dict.fromkeys(r.recipe_choice["why"] for r in resolved.values()):
+            on_notice(f"training recipe: {why}")
+    return [resolved.get(id(c), c) for c in cells]
+
+
+def _check_verdicts(cells) -> Dict[str, str]:
+    """label -> the checks its module fails (``attnbench check`` alone, and one real forward in the first backbone
+    it is planned on), run once per variant before any cell: every ok record of such a module carries it, so every
+    table marks the row."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_verdicts(variants) -> Dict[str, str]:
-    """label -> the checks its module fails (``attnbench check``, module alone), run once per variant before
-    any cell: every ok record of such a module carries it, so every table marks the row."""
-    try:
-        return suite_verdicts(variants)
-    except CELL_ERRORS:  # the verdict is a mark on rows; it never stops a run (nor does a plugin's sys.exit())
+        return suite_verdicts(cells)
+    except BaseException as exc:  # the verdict is a mark on rows; it never stops a run (nor does a plugin's sys.exit())
+        if not contained(exc):
+            raise
         return {}
 
 
@@ -443,11 +519,16 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
                                      f"{exc.strerror or exc}; free the folder or run with --resume")
         if archived is not None and on_notice is not None:
             on_notice(f"previous results of {suite.name} moved to {archived}/ (use --resume to add to a store instead)")
-    cells = plan(suite)
-    keys = cell_keys(cells, threads)
+    # The whole suite's cells (`amp: auto` chosen on this host before keys say what runs), then the subset asked
+    # for (-b/-m/-M): the table shows every stored cell of the suite, the subset adds to it with --resume.
+    whole = dataclasses.replace(suite, only_backbones=[], only_modules=[], only_metrics=[])
+    all_cells = resolve_auto(plan(whole), on_notice)
+    all_keys = cell_keys(all_cells, threads)
+    picked = [(c, k) for c, k in zip(all_cells, all_keys) if suite.selected(c.backbone, c.variant, c.metric)]
+    cells, keys = [c for c, _ in picked], [k for _, k in picked]
     done = store.done_keys(stored) if resume else set()
     todo = [(c, k) for c, k in zip(cells, keys) if k not in done]
-    verdicts = _check_verdicts([c.variant for c, _ in todo])
+    verdicts = _check_verdicts([c for c, _ in todo])
     result = RunResult(reused=len(cells) - len(todo), archived=archived)
     tasks = make_tasks([c for c, _ in todo], [k for _, k in todo], checkpoint_dir=out / "checkpoints", threads=threads)
     run = executor or local_executor
@@ -462,7 +543,7 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
     try:
         for task, records in stream:
             try:
-                records = [with_verdict(r, verdicts) for r in records]
+                records = [readable(with_verdict(r, verdicts)) for r in records]
                 with deferred(reraise=True):  # an interrupt lands between records, never inside a line
                     store.extend(records)
             except OSError as exc:
@@ -485,7 +566,7 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
                 if not result.interrupted:
                     result.interrupted, result.signum = True, signum_of(exc)
     with deferred():  # from here on interrupts are noted, not raised: the table of what is stored gets written
-        wanted = set(keys)
+        wanted = set(all_keys)
         result.records = [r for r in store.latest() if r.key in wanted]
         result.paths, result.unwritten = write_outputs_safely(result.records, out, suite.name, overhead)
     result.wall_s = time.time() - t0

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from .errors import AttnBenchError
-from .records import DONE_STATUSES, ForeignRecord, Record
+from .records import DONE_STATUSES, ForeignRecord, Record, record_line
 
 MIN_FREE_BYTES = 16 * 2**20
 HISTORY = "history"  # OUT/history/<suite>-<time of its last write>/: stores a rerun without --resume moved aside
 # What a run writes from OUT/<suite>.jsonl (report.write_outputs): archived with it, never left beside a new store.
-TABLE_SUFFIXES = (".md", ".csv", ".png", "-curves.png", "-sweeps.png", "-sites.png")
+TABLE_SUFFIXES = (".md", ".csv", ".png", "-curves.png", "-sweeps.png", "-sites.png", "-predictors.md", "-predictors.png")
 
 
 class StoreWarning(UserWarning):
@@ -64,18 +64,28 @@ class Store:
         return {r.key for r in (self.latest() if latest is None else latest) if r.status in DONE_STATUSES}
 
     def repair(self) -> None:
-        """Cut a torn last line (a kill -9 mid-write) so the next append starts on a fresh line."""
+        """Make the next append start on a fresh line. A last line without its newline is either torn (a kill -9
+        mid-write: cut) or a whole record whose newline is missing (an editor that strips the final newline, a
+        copy that lost it: kept, and the newline added) -- never a valid record deleted."""
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return
         with self.path.open("rb+") as f:
             data = f.read()
-            if not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+            if data.endswith(b"\n"):
+                return
+            start = data.rfind(b"\n") + 1
+            if _is_record(data[start:]):
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            else:
+                f.truncate(start)
 
     def append(self, record: Record) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record.to_dict(), sort_keys=True, default=str) + "\n"
-        with self.path.open("a") as f:
+        line = record_line(record)  # runner.readable() checked that this line reads back
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -112,6 +122,15 @@ class Store:
         for p in found:
             p.replace(folder / p.name)
         return folder
+
+
+def _is_record(raw: bytes) -> bool:
+    """Whether one stored line (without its newline) reads as a record."""
+    try:
+        Record.from_dict(json.loads(raw.decode("utf-8")))
+        return True
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ForeignRecord):
+        return False
 
 
 def check_output_dir(out: Path, what: str = "--out") -> None:

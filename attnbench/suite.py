@@ -22,7 +22,6 @@ from .registry import BASELINE_NAMES, get_module, is_baseline
 
 NATIVE = "native"  # timm's model as built (attach.NATIVE)
 
-from .measures.latency import LatencySettings
 from .metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
 from .settings import POSITIVE_NUMBER, short, suite_rules
 TOP_KEYS = {
@@ -47,6 +46,7 @@ TOP_KEYS = {
     "seeds": "list of ints (accuracy suites)",
     "timeout": "seconds a cell may run before it is failed as Timeout (default 1800; accuracy cells 86400)",
 }
+MAX_NAME = 100  # characters of a suite name: it names files, and a file name has at most 255 bytes
 MAX_SUITE_BYTES = 1 << 20  # a suite file is a few hundred bytes; refuse anything near a megabyte
 MAX_YAML_NODES = 20_000  # after alias expansion: anchors are fine, alias bombs are not
 MAX_YAML_BYTES = 1 << 20  # text after alias expansion: a short aliased string repeated a million times is a bomb too
@@ -55,7 +55,14 @@ MAX_CELLS = 20_000  # cells of one suite (a zoo of every module on every family 
 MAX_TIMED_CELLS = 2_000  # timing cells: each takes seconds to minutes (rounds x min_time per variant)
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_ACCURACY_TIMEOUT_S = 86400.0
-LATENCY_RULES = suite_rules(LatencySettings)  # the suite's `latency:` keys are LatencySettings' suite fields
+
+
+def latency_rules() -> Dict[str, Any]:
+    """The suite's `latency:` keys: LatencySettings' suite fields (imported here, not at the top: the latency
+    module loads torch, and the report layer imports this module for :class:`Point`)."""
+    from .measures.latency import LatencySettings
+
+    return suite_rules(LatencySettings)
 
 
 def _name(key: Any) -> str:
@@ -126,9 +133,12 @@ class Suite:
     seeds: List[int] = field(default_factory=list)
     timeout: Optional[float] = None  # seconds per cell; None = the kind's default
     points: List[Point] = field(default_factory=list)  # every (input_size, batch_size, runtime) measured; [] = the base only
-    # --backbone / --module: run a subset; table positions stay those of the whole suite
+    # --backbone / --module / --metric: run a subset; table positions stay those of the whole suite
     only_backbones: List[str] = field(default_factory=list)
     only_modules: List[str] = field(default_factory=list)
+    only_metrics: List[str] = field(default_factory=list)
+    origin: str = ""  # where the file was found, relative (see identity); "" for a suite given as data
+    digest: str = ""  # SHA-256 (16 hex digits) of the parsed suite document: the suite's content
 
     @property
     def base(self) -> Point:
@@ -143,12 +153,16 @@ class Suite:
 
     @property
     def identity(self) -> str:
-        """The suite file this suite was read from, as an absolute path (its records carry it)."""
-        return str(Path(self.source).resolve())
+        """Where this suite was found, free of the machine's own paths (its records carry it as ``source``):
+        ``suites/<file>`` for a suite looked up by name or a file in a folder named ``suites``, a path
+        relative to the working folder for a file under it, else the file's name. With ``digest`` (its
+        content) it tells two suite files with one name apart in any clone, folder or machine."""
+        return self.origin
 
-    def selected(self, backbone: str, variant: "Variant") -> bool:
+    def selected(self, backbone: str, variant: "Variant", metric: Optional[str] = None) -> bool:
         return (not self.only_backbones or backbone in self.only_backbones) and \
-            (not self.only_modules or variant.label in self.only_modules)
+            (not self.only_modules or variant.label in self.only_modules) and \
+            (metric is None or not self.only_metrics or metric in self.only_metrics)
 
 
 @dataclass(frozen=True)
@@ -170,7 +184,9 @@ class Cell:
     timeout: float = DEFAULT_TIMEOUT_S  # not part of the key: it bounds a run, it does not change a result
     runtime: str = "eager"
     swept: bool = False  # the suite has several points: names say which one (not part of the key)
-    source: str = ""  # the suite file (Suite.identity); not part of the key
+    source: str = ""  # where the suite was found (Suite.identity); not part of the key
+    suite_digest: str = ""  # the suite's content (Suite.digest); not part of the key
+    recipe_choice: Dict[str, Any] = field(default_factory=dict)  # accuracy: what `auto` settings resolved to, and why (not in the key)
 
     @property
     def in_chans(self) -> int:
@@ -198,13 +214,17 @@ class Cell:
             cfg["latency"] = self.latency
         if self.runtime != "eager":  # absent for eager, so keys from before runtimes existed stay valid
             cfg["runtime"] = self.runtime
-        if self.metric == ACCURACY:
-            cfg.update(seed=self.seed, dataset=self.dataset, training=self.training)
+        if self.metric == ACCURACY:  # where the data lie (root, download) is not what they are: not in the key
+            cfg.update(seed=self.seed, dataset={k: v for k, v in self.dataset.items() if k not in DATA_LOCATION},
+                       training=self.training)
         return cfg
 
     def key(self, env_fingerprint: Dict[str, Any]) -> str:
         blob = json.dumps({"cell": self.config(), "env": env_fingerprint}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+DATA_LOCATION = ("root", "download")  # dataset keys that say where the data come from, not what they are
 
 
 def suite_dirs() -> List[Path]:
@@ -234,8 +254,35 @@ def resolve_suite(name_or_path: str) -> Path:
     raise UnknownNameError("suite", name_or_path, list_suites(), "see `attnbench list suites`, or give a path to a .yaml file")
 
 
-def load_suite(name_or_path: str, check_names: bool = True) -> Suite:
+def suite_origin(path: Path, by_name: bool = False) -> str:
+    """Where a suite file was found, without the machine's own folders (what records carry): ``suites/<file>``
+    for a suite looked up by name (./suites or the suites shipped with attnbench alike), a path relative to the
+    working folder for a file under it, ``suites/<file>`` for one in any other folder named ``suites``, else the
+    file's name. The same file in two clones, a worktree or a copied results folder gets the same origin."""
+    path = Path(path)
+    if by_name:
+        return f"suites/{path.name}"
+    try:
+        rel = path.resolve().relative_to(Path.cwd().resolve())
+        if ".." not in rel.parts:
+            return rel.as_posix()
+    except (ValueError, OSError):
+        pass
+    return f"suites/{path.name}" if path.parent.name == "suites" else path.name
+
+
+def suite_digest(data: Any) -> str:
+    """The content of a parsed suite document (16 hex digits of SHA-256 over its canonical JSON): comments,
+    key order and formatting do not change it, any value does."""
+    blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_suite(name_or_path: str, check_names: bool = True, overrides: Optional[Dict[str, Any]] = None) -> Suite:
+    """A suite file by name or path; ``overrides`` replace its top-level fields before validation
+    (``attnbench.run(suite, metrics=[...])``)."""
     path = resolve_suite(name_or_path)
+    by_name = not (Path(name_or_path).suffix in (".yaml", ".yml") or Path(name_or_path).exists())
     source = str(path)
     size = path.stat().st_size
     if size > MAX_SUITE_BYTES:
@@ -244,7 +291,12 @@ def load_suite(name_or_path: str, check_names: bool = True) -> Suite:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SuiteError(source, "<file>", f"is not UTF-8 text (byte {exc.start}); give a YAML suite file")
-    return parse_suite(read_yaml(text, source), source, default_name=path.stem, check_names=check_names)
+    data = read_yaml(text, source)
+    if overrides and isinstance(data, dict):
+        data = {**data, **overrides}
+    suite = parse_suite(data, source, default_name=path.stem, check_names=check_names)
+    suite.origin = suite_origin(path, by_name)
+    return suite
 
 
 def read_yaml(text: str, source: str) -> Any:
@@ -275,6 +327,8 @@ def _expanded_size(node, source: str, memo: Dict[int, Tuple[int, int]], active: 
     if id(node) in active:
         raise SuiteError(source, "<file>", "holds a recursive YAML alias; write the value out")
     active.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        _no_duplicate_keys(node, source)
     nodes, size = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
     children = (node.value if isinstance(node, yaml.SequenceNode) else
                 [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
@@ -292,9 +346,32 @@ def _expanded_size(node, source: str, memo: Dict[int, Tuple[int, int]], active: 
     return nodes, size
 
 
+def _no_duplicate_keys(node: "yaml.MappingNode", source: str) -> None:
+    """YAML keeps the last of two equal keys without a word (``modules:`` twice drops the first list): refused."""
+    seen: Dict[Tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in seen:
+            raise SuiteError(source, _name(key.value), f"is given twice (lines {seen[key.tag, key.value]} and {line}); "
+                                                       "YAML would keep only the last one: keep one")
+        seen[key.tag, key.value] = line
+
+
 def _need(cond: bool, source: str, fld: str, problem: str) -> None:
     if not cond:
         raise SuiteError(source, fld, problem)
+
+
+def _mapping(data: Dict[str, Any], key: str, source: str, problem: str) -> Dict[Any, Any]:
+    """A mapping field: absent or null is empty; anything else that is not a mapping -- ``0``, ``[]``, ``""``,
+    ``false`` included, which ``data.get(key) or {}`` would silently read as empty -- is refused."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    _need(isinstance(value, dict), source, key, f"{problem}, got {short(value)}")
+    return value
 
 
 def _pos_int(value, source, fld) -> int:
@@ -313,6 +390,8 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     name = data.get("name", default_name)
     _need(isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(), source, "name",
           f"must be a word made of letters, digits, '-' or '_', got {short(name)}")
+    _need(len(name) <= MAX_NAME, source, "name", f"is {len(name)} characters long ({short(name, 40)}); a suite name "
+          f"names its files (<name>.jsonl, <name>-predictors.png, history/<name>-<time>/): at most {MAX_NAME}")
 
     kind = data.get("kind", "overhead")
     _need(kind in ("overhead", "accuracy"), source, "kind", f"must be 'overhead' or 'accuracy', got {short(kind)}")
@@ -329,8 +408,8 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
             if not timm.is_model(b):
                 raise SuiteError(source, f"backbones[{i}]", str(UnknownNameError("backbone", b, timm.list_models())))
 
-    module_options = data.get("module_options") or {}
-    _need(isinstance(module_options, dict) and all(isinstance(v, dict) for v in module_options.values()), source,
+    module_options = _mapping(data, "module_options", source, "must map a module name to a mapping of options")
+    _need(all(isinstance(v, dict) for v in module_options.values()), source,
           "module_options", "must map a module name to a mapping of options")
     modules = data.get("modules")
     _need(isinstance(modules, list) and modules, source, "modules", f"must be a non-empty list, got {short(modules)}")
@@ -358,6 +437,10 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
             except UnknownNameError as exc:
                 problems.append(SuiteError(source, fld, str(exc)))
         _need(variant.label not in [v.label for v in variants], source, fld, f"duplicate module label {short(variant.label)}; give it a 'name'")
+        reserved = variant.label if is_reference(variant.label) and not _is_own_baseline(variant) else None
+        _need(reserved is None, source, fld, f"the label {short(reserved)} is reserved for the "
+              f"{'bare backbone' if is_baseline(reserved) else 'backbone as timm builds it'} (the baseline every Δ and "
+              f"table refers to); give module {short(variant.module)} another 'name'")
         same = next((entry_index[v.label] for v in variants if _measures_alike(v, variant)), None)
         _need(same is None, source, fld, f"measures the same as modules[{same}] ({short(variant.module)} with the same options) "
                                          "under another label; drop one or change its options")
@@ -389,9 +472,8 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
         raise SuiteError(source, "modules", f"{len(problems)} module entries cannot be used: "
                          + "; ".join(f"{p.field}: {getattr(p, 'problem', p)}" for p in problems))
 
-    latency = data.get("latency") or {}
-    _need(isinstance(latency, dict), source, "latency", f"must be a mapping with keys {list(LATENCY_RULES)}")
-    latency = dict(latency)
+    rules = latency_rules()
+    latency = dict(_mapping(data, "latency", source, f"must be a mapping with keys {list(rules)}"))
     legacy_compile = latency.pop("compile", None)  # earlier versions: latency.compile -> today's runtime axis
     _need(legacy_compile in (None, True, False), source, "latency.compile", f"must be true or false, got {short(legacy_compile)}")
     if legacy_compile and "runtime" not in data:
@@ -412,8 +494,8 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
           "put params/FLOPs/latency in an overhead suite (its latency is joined into the accuracy table)")
 
     for key, value in latency.items():
-        _need(key in LATENCY_RULES, source, f"latency.{_name(key)}", f"unknown setting; known: {', '.join(LATENCY_RULES)}")
-        check, problem = LATENCY_RULES[key]
+        _need(key in rules, source, f"latency.{_name(key)}", f"unknown setting; known: {', '.join(rules)}")
+        check, problem = rules[key]
         _need(check(value), source, f"latency.{key}", f"{problem}, got {short(value)}")
     timed = [m for m in metrics if "runtime" in spec(m).axes]
     for runtime in dict.fromkeys(p.runtime for p in points):
@@ -426,9 +508,19 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     _need(isinstance(device, str) and device.startswith("cuda"), source, "device", f"must be 'cuda' or 'cuda:N', got {short(device)}")
     dtype = data.get("dtype", "float32")
     _need(dtype == "float32", source, "dtype", "only float32 weights are supported; use latency.amp for fp16/bf16 autocast")
-    backbone_options = data.get("backbone_options") or {}
-    _need(isinstance(backbone_options, dict), source, "backbone_options", "must be a mapping of timm.create_model keywords")
+    backbone_options = _mapping(data, "backbone_options", source, "must be a mapping of timm.create_model keywords")
     _check_backbone_options(backbone_options, backbones, kind, source, check_names)
+    if check_names:
+        _check_stage_numbers(variants, entry_index, backbones, backbone_options, source)
+    if check_names:  # ViT, Mixer, Swin ... take one input size as timm builds them: said now, not in every cell
+        from .attach import fixed_size_problem
+
+        for b in backbones:
+            for size in dict.fromkeys(p.input_size for p in points):
+                problem = fixed_size_problem(b, size, backbone_options)
+                _need(problem is None, source, "input_size", str(problem))
+    description = data.get("description") or ""
+    _need(isinstance(description, str), source, "description", f"must be text, got {short(description)}")
     timeout = data.get("timeout")
     if timeout is not None:
         check, problem = POSITIVE_NUMBER
@@ -436,13 +528,48 @@ def parse_suite(data: Any, source: str, default_name: str = "suite", check_names
     suite = Suite(
         name=name, source=source, backbones=list(backbones), variants=variants, metrics=list(metrics),
         input_size=base.input_size, batch_size=base.batch_size, device=device, dtype=dtype, kind=kind,
-        description=str(data.get("description", "")), backbone_options=dict(backbone_options),
+        description=description, backbone_options=dict(backbone_options),
         latency=dict(latency), dataset=dataset, training=training, seeds=seeds,
-        timeout=float(timeout) if timeout is not None else None, points=points,
+        timeout=float(timeout) if timeout is not None else None, points=points, digest=suite_digest(data),
+        origin=suite_origin(Path(source)) if source.endswith((".yaml", ".yml")) else "",
     )
     _check_cost(suite, "sweeps" if data.get("sweeps") is not None else next(
         (a for a in AXES if isinstance(data.get(a), list) and len(data[a]) > 1), "input_size"))
     return suite
+
+
+def _check_stage_numbers(variants: List[Variant], entry_index: Dict[str, int], backbones: List[str],
+                         backbone_options: Dict[str, Any], source: str) -> None:
+    """``stages: [5]`` on a backbone with four stages is refused now, not as a failed cell per metric: each
+    backbone is built on the meta device (no memory, a fraction of a second) to count its stages."""
+    from .attach import ALIASES
+
+    wanted = [(v, max(s)) for v in variants for k, s in v.options.items()
+              if ALIASES.get(k, k) == "stages" and isinstance(s, list) and s and all(isinstance(x, int) for x in s)]
+    if not wanted:
+        return
+    import warnings
+
+    import timm
+    import torch
+
+    from .placement import stage_entries
+
+    for b in backbones:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                n = len(stage_entries(timm.create_model(b, **{**backbone_options, "pretrained": False})))
+        except Exception:  # a backbone with no stages to count: its cells say why
+            continue
+        for v, top in wanted:
+            _need(top <= n, source, f"modules[{entry_index.get(v.label, '?')}]",
+                  f"stage {top} does not exist in {b} (stages 1..{n}); fix 'stages'")
+
+
+def _is_own_baseline(v: Variant) -> bool:
+    """A baseline listed under its own name: 'none'/'baseline' for the bare backbone, 'native' for timm's."""
+    return (is_baseline(v.label) and v.module == "none") or (v.label == NATIVE and v.module == NATIVE)
 
 
 def _measures_alike(a: Variant, b: Variant) -> bool:
@@ -580,7 +707,7 @@ def _points(data: Dict[str, Any], source: str, kind: str) -> Tuple[List[Point], 
                                       "sweep one axis at a time with 'sweeps:' or split it")
     points = list(dict.fromkeys(Point(s, b, r) for g in grids
                                 for s, b, r in itertools.product(g["input_size"], g["batch_size"], g["runtime"])))
-    in_chans = (data.get("backbone_options") or {}).get("in_chans", 3) if isinstance(data.get("backbone_options"), dict) else 3
+    in_chans = data["backbone_options"].get("in_chans", 3) if isinstance(data.get("backbone_options"), dict) else 3
     largest = max(points, key=lambda p: p.batch_size * p.input_size[0] * p.input_size[1])
     problem = input_problem(largest.batch_size, largest.input_size, in_chans if isinstance(in_chans, int) else 3)
     _need(problem is None, source, "batch_size", f"{problem}; lower batch_size or input_size")
@@ -648,8 +775,7 @@ def _accuracy_sections(data: Dict[str, Any], source: str, kind: str, check_names
 
         if dataset["name"] not in DATASETS.names():
             raise SuiteError(source, "dataset.name", str(UnknownNameError("dataset", dataset["name"], DATASETS.names())))
-    training = data.get("training") or {}
-    _need(isinstance(training, dict), source, "training", f"must be a mapping with keys {list(TRAINING_KEYS)}")
+    training = _mapping(data, "training", source, f"must be a mapping with keys {list(TRAINING_KEYS)}")
     sections = [("training", training)] + [(f"modules[{i}].training", v.training) for i, v in enumerate(variants)]
     for prefix, section in sections:
         merged = training if prefix == "training" else {**training, **section}
@@ -675,25 +801,25 @@ def has_native_attention(backbone: str) -> bool:
 def plan(suite: Suite) -> List[Cell]:
     """The grid, metric-major within each backbone so cheap counts come before timings."""
     cells = []
-    source = suite.identity  # one path resolve, not one per cell
+    source = suite.identity
     if suite.kind == ACCURACY:
         for bi, backbone in enumerate(suite.backbones):
             for vi, variant in enumerate(suite.variants):
-                if not suite.selected(backbone, variant):
+                if not suite.selected(backbone, variant, ACCURACY):
                     continue
                 for seed in suite.seeds:
                     training = {**suite.training, **variant.training}
                     cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
                                       str(training.get("device", "cpu")), suite.dtype, suite.backbone_options, {}, seed,
                                       suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S,
-                                      source=source))
+                                      source=source, suite_digest=suite.digest))
         return cells
     swept = len(suite.all_points()) > 1
     for bi, backbone in enumerate(suite.backbones):
         for metric in suite.metrics:
             for point in suite.metric_points(metric):
                 for vi, variant in enumerate(suite.variants):
-                    if not suite.selected(backbone, variant) or (variant.auto and not has_native_attention(backbone)):
+                    if not suite.selected(backbone, variant, metric) or (variant.auto and not has_native_attention(backbone)):
                         continue
                     if spec(metric).modules_only and is_reference(variant.module):
                         continue  # the bare / native backbone has no attached module to time alone
@@ -701,5 +827,5 @@ def plan(suite: Suite) -> List[Cell]:
                     cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), point.input_size, point.batch_size,
                                       device, suite.dtype, suite.backbone_options, suite.latency,
                                       timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept,
-                                      source=source))
+                                      source=source, suite_digest=suite.digest))
     return cells

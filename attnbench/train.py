@@ -25,7 +25,8 @@ from torch import nn
 
 from .attach import adapt_stem, build
 from .data import Splits, load_dataset, train_size
-from .errors import AttnBenchError, NonFiniteLoss
+from .errors import AttnBenchError, ControlFlow, NonFiniteLoss
+from .guard import as_unsupported
 from .measures.params import count_params
 from .measures.record import Measurement
 from .settings import is_finite_number, short
@@ -34,9 +35,9 @@ from .threads import fixed_threads
 DATASET_KEYS = ("name", "root", "train_subset", "test_subset", "download")
 
 
-class TrainingPaused(BaseException):
+class TrainingPaused(ControlFlow):
     """Training stopped at an epoch end on request, its state saved in the checkpoint: not an error of the
-    cell (a BaseException, so a cell's error boundary lets it through to the executor that asked)."""
+    cell (errors.ControlFlow, so a cell's error boundary lets it through to the executor that asked)."""
 
     def __init__(self, epoch: int, start: int = 0):
         super().__init__(f"paused after epoch {epoch} (this stretch started from epoch {start})")
@@ -59,7 +60,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     label_smoothing: float = 0.0
     device: str = "cpu"  # or cuda, cuda:N
-    amp: Optional[str] = None  # None, bf16 or fp16 (fp16 on CUDA only, with a gradient scaler)
+    amp: Optional[str] = None  # None, bf16 or fp16 (fp16 on CUDA only, with a gradient scaler); suites: also auto (host_recipe)
     compile: bool = False  # torch.compile (inductor, static shapes) the model's training and scoring calls
     checkpoint: bool = True  # save the training state after every epoch when the runner gives a path
 
@@ -86,16 +87,17 @@ def validate_training(training: Dict[str, Any], dataset: Optional[Dict[str, Any]
         if not (is_finite_number(t[key]) and t[key] >= 0):
             problems.append((key, f"must be a finite number >= 0, got {short(t[key])}"))
     for key in ("channels_last", "compile", "checkpoint"):
-        if not isinstance(t[key], bool):
-            problems.append((key, f"must be true or false, got {short(t[key])}"))
+        if not isinstance(t[key], bool) and not (key == "channels_last" and t[key] == "auto"):
+            problems.append((key, f"must be true or false{' or auto' if key == 'channels_last' else ''}, got {short(t[key])}"))
     if not (is_finite_number(t["momentum"]) and 0 <= t["momentum"] < 1):
         problems.append(("momentum", f"must be in [0, 1), got {short(t['momentum'])}"))
     device = t["device"]
     if not (isinstance(device, str) and (device in ("cpu", "cuda") or
                                          (device.startswith("cuda:") and device[5:].isdigit()))):
         problems.append(("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {short(device)}"))
-    if t["amp"] not in (None, *AMP_DTYPES):
-        problems.append(("amp", f"must be null, 'bf16' or 'fp16', got {short(t['amp'])}"))
+    if t["amp"] not in (None, "auto", *AMP_DTYPES):
+        problems.append(("amp", f"must be null, 'bf16', 'fp16' or 'auto' (fp32 or bf16, whichever trains faster on this "
+                                f"host), got {short(t['amp'])}"))
     elif t["amp"] == "fp16" and device == "cpu":
         problems.append(("amp", "fp16 autocast needs a CUDA device; use bf16 on the CPU"))
     n = train_size(dataset) if dataset else None
@@ -399,18 +401,26 @@ def deterministic_cuda(device: str):
 def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, training: Dict, seed: int,
                checkpoint_path: Optional[Path] = None,
                on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
-               pause_after_s: Optional[float] = None) -> Measurement:
+               pause_after_s: Optional[float] = None, recipe_choice: Optional[Dict[str, Any]] = None) -> Measurement:
     """Train one (backbone, module, seed) cell; with ``checkpoint_path`` it saves every epoch there,
     resumes from it when present, and deletes it once the cell has finished (``pause_after_s``: see
-    train_model; the checkpoint then stays for whoever continues)."""
+    train_model; the checkpoint then stays for whoever continues). ``recipe_choice``: how ``auto`` settings
+    were resolved (attnbench.host_recipe), kept in the record."""
     problems = validate_training(training)
     if problems:
         raise AttnBenchError(f"training.{problems[0][0]}: {problems[0][1]}")
-    cfg = TrainConfig(**training)
-    if cfg.device != "cpu" and not torch.cuda.is_available():
-        raise AttnBenchError(f"training.device is {cfg.device!r} but torch.cuda.is_available() is False here; "
+    device = training.get("device", "cpu")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise AttnBenchError(f"training.device is {device!r} but torch.cuda.is_available() is False here; "
                              "run on a GPU machine or set training.device: cpu")
-    fingerprint = json.dumps([backbone, module, options, dataset, training, seed], sort_keys=True, default=str)
+    auto = [k for k in ("amp", "channels_last") if training.get(k) == "auto"]
+    if auto:  # the runner resolves `auto` on the host before cells get their keys (attnbench.host_recipe)
+        raise AttnBenchError(f"training.{auto[0]} is 'auto': resolve it first (attnbench.host_recipe.resolve_cells, as "
+                             "run_suite does) or give a concrete value")
+    cfg = TrainConfig(**training)
+    where = ("root", "download")  # where the data lie is not what they are: a checkpoint survives a moved data folder
+    fingerprint = json.dumps([backbone, module, options, {k: v for k, v in dataset.items() if k not in where}, training,
+                              seed], sort_keys=True, default=str)
     with fixed_threads(cfg.threads):
         t0 = time.perf_counter()
         data = prepare(dataset)
@@ -421,11 +431,19 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
         if cfg.stem:
             adapt_stem(model, **cfg.stem)
         with deterministic_cuda(cfg.device):
-            stats = train_model(model, data, cfg, seed, checkpoint_path, fingerprint, on_epoch, pause_after_s)
+            try:
+                stats = train_model(model, data, cfg, seed, checkpoint_path, fingerprint, on_epoch, pause_after_s)
+            except Exception as exc:  # batch 1 reaching a 1x1 map is a known limit (unsupported), not the module's failure
+                known = as_unsupported(exc, cfg.batch_size, tuple(data[0].shape[2:]))
+                if known is exc:
+                    raise
+                raise known from None
         wall = time.perf_counter() - t0 + stats.pop("wall_before", 0.0)
         stats.update({"params": count_params(model), "seed": seed, "wall_s": wall, "init": "train",
                       "threads": torch.get_num_threads(), "weights_sha1": weights_digest(model), "device": cfg.device,
                       "amp": cfg.amp, "recipe": asdict(cfg), **kernel_environment(cfg)})
+        if recipe_choice:
+            stats["recipe_choice"] = recipe_choice
         if checkpoint_path is not None and Path(checkpoint_path).exists():
             Path(checkpoint_path).unlink()
         return Measurement("accuracy", stats["top1"], "% top-1", "train from scratch, evaluate on the test split",

@@ -13,7 +13,6 @@ Anything else is a **MISMATCH** (``attnbench validate`` exits 1).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, List, Optional
@@ -75,19 +74,41 @@ def _flops(backbone: str, module: Optional[str] = None):
 
 
 @lru_cache(maxsize=None)
-def _as_k(size: int, convention: str, backbone: str, module: Optional[str], pools: bool, options: tuple) -> ConventionCount:
+def _as_k(size: int, convention: str, backbone: str, module: Optional[str], pools: bool, plain: bool,
+          options: tuple) -> ConventionCount:
     model = _model(backbone, module, **dict(options))
+    if plain:
+        model = _plain_norm_act(model)
     return count_as(model, torch.randn(1, 3, size, size), convention, pools_as_modules=pools)
 
 
-def _as(convention: str, backbone: str, module: Optional[str] = None, pools: bool = False, **options) -> ConventionCount:
+def _as(convention: str, backbone: str, module: Optional[str] = None, pools: bool = False, plain: bool = False,
+        **options) -> ConventionCount:
     """``backbone`` + ``module`` counted in ``convention``; ``pools``: x.mean-style global pools counted as
-    the pooling modules the official code uses."""
-    return _as_k(SIZE, convention, backbone, module, pools, _key(options))
+    the pooling modules the official code uses; ``plain``: timm's fused BatchNorm + activation layers written
+    as the separate modules the official code uses (``_plain_norm_act``)."""
+    return _as_k(SIZE, convention, backbone, module, pools, plain, _key(options))
+
+
+def _plain_norm_act(model):
+    """``model`` with every timm ``BatchNormAct2d`` (a BatchNorm2d subclass holding its drop and activation as
+    children) replaced by ``nn.Sequential(BatchNorm2d, drop, act)`` with the same weights: how torchvision-style
+    official MobileNetV2s write it (``ConvBNReLU``). thop matches a layer's exact type and (0.0.23) hooks leaves
+    only, so it counts the plain BatchNorm and skips the fused one; the arithmetic is the same."""
+    from timm.layers import BatchNormAct2d
+    from torch import nn
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BatchNormAct2d):
+                bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+                bn.load_state_dict(child.state_dict())
+                setattr(parent, name, nn.Sequential(bn, child.drop, child.act))
+    return model
 
 
 def clear_cache() -> None:
-    for f in (_params_k, _attn_params_k, _flops_at, _v1_conv_fc_at, _as_k):
+    for f in (_params_k, _attn_params_k, _flops_at, _v1_conv_fc_at, _as_k, _pre_addition_relus):
         f.cache_clear()
 
 
@@ -120,14 +141,39 @@ def _tutorial_se_count(channels: int = 512) -> int:
 
 # --- named causes, computed on the model counted -------------------------------------------------------------
 
-_BLOCK_RELU = re.compile(r"layer\d+\.\d+\.act[12]")  # a timm ResNet block's ReLUs before the addition
+@lru_cache(maxsize=None)
+def _pre_addition_relus(backbone: str) -> frozenset:
+    """Paths of the ReLU modules a timm ResNet block calls *before* its addition, found by running the bare model
+    once: in each block every ReLU child but the one called last, which follows the addition (BasicBlock: act1,
+    not act2; Bottleneck: act1 and act2, not act3)."""
+    from torch import nn
+
+    from .placement import block_kind
+
+    model = _model(backbone)
+    calls: List[str] = []
+    handles = [m.register_forward_hook(lambda mod, args, out, n=n: calls.append(n))
+               for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64))
+    finally:
+        for h in handles:
+            h.remove()
+    found = set()
+    for name, block in model.named_modules():
+        if block_kind(block) in ("basic", "bottleneck", "resnext"):
+            inside = [c for c in calls if c.rpartition(".")[0] == name]
+            found.update(inside[:-1])
+    return frozenset(found)
 
 
-def _torchvision_relu(count: ConventionCount) -> int:
+def _torchvision_relu(count: ConventionCount, backbone: str) -> int:
     """Ops thop 0.0.23 does not see in torchvision-style ResNets: their blocks call one ``nn.ReLU`` two
     (BasicBlock) or three (Bottleneck) times and thop 0.0.23 keeps a module's last call (the ReLU after the
-    addition); timm's blocks have one module per ReLU (act1, act2, act3), so the others are counted here."""
-    return count.ops_in(lambda path: bool(_BLOCK_RELU.fullmatch(path)))
+    addition); timm's blocks have one module per ReLU, so the ones before the addition are counted here."""
+    relus = _pre_addition_relus(backbone)
+    return count.ops_in(lambda path: path in relus)
 
 
 def _head_pool(count: ConventionCount) -> int:
@@ -139,7 +185,7 @@ def _eca_official(backbone: str, **options) -> int:
     """ECA-Net's official ResNets in thop 0.0.23: ECA's pool is an ``nn.AdaptiveAvgPool2d`` (ours: ``x.mean``)
     and torchvision's blocks share one ReLU."""
     c = _as("thop-0.0.23", backbone, "eca", pools=True, **options)
-    return c.ops - _torchvision_relu(c)
+    return c.ops - _torchvision_relu(c, backbone)
 
 
 def _twice_rounded(value: float, unit: float, first: int) -> float:
@@ -188,6 +234,8 @@ def _ptflops_rows(depth: int, rows) -> List[Claim]:
 
 ECA_K = {"resnet18": (3, 5, 7, 7), "resnet34": (3, 3, 5, 7), "resnet50": (3, 5, 5, 7), "resnet101": (3, 3, 5, 7),
          "resnet152": (3, 3, 5, 7)}  # the official models' --ksize (the README's model names: k3577, k3357, ...)
+PLAIN_NOTE = ("the official MobileNetV2 writes BatchNorm and ReLU6 as separate modules, which thop counts; timm fuses "
+              "them in BatchNormAct2d, a type thop has no rule for: counted as the separate modules here")
 ECA_NOTE = ("the official ECA-Net pools with nn.AdaptiveAvgPool2d (thop: H*W + 1 per channel; ours x.mean) and "
             "its torchvision blocks reuse one nn.ReLU, of which thop 0.0.23 keeps the last call: both computed here")
 
@@ -210,13 +258,17 @@ def _eca_rows() -> List[Claim]:
         claims.append(Claim(f"ECA-Net{depth} GFLOPs (G = 2^30)", f"{ECANET} (eca_resnet{depth}_k{ksize})", gflops, GI, 2,
                             lambda b=b, k=k: _as("thop-0.0.23", b, "eca", kernel_sizes=k).ops, ECA_NOTE,
                             lambda b=b, k=k: _eca_official(b, kernel_sizes=k), convention="thop-0.0.23"))
+    # ECA's default in inverted residuals is the official model's k (1 below 96 channels, 3 from 96: eca.py)
     claims.append(Claim("ECA-MobileNetV2 params (M = 2^20)", f"{ECANET} (eca_mobilenetv2_k13)", 3.34, MI, 2,
-                        lambda: _as("thop-0.0.23", "mobilenetv2_100", "eca").params, convention="thop-0.0.23"))
+                        lambda: _as("thop-0.0.23", "mobilenetv2_100", "eca").params, PLAIN_NOTE,
+                        lambda: _as("thop-0.0.23", "mobilenetv2_100", "eca", plain=True).params,
+                        convention="thop-0.0.23"))
     claims.append(Claim("ECA-MobileNetV2 MFLOPs (M = 2^20)", f"{ECANET} (eca_mobilenetv2_k13)", 319.9, MI, 1,
                         lambda: _as("thop-0.0.23", "mobilenetv2_100", "eca").ops,
-                        "the official ECA pools with nn.AdaptiveAvgPool2d (ours x.mean) and its MobileNetV2 head with "
-                        "x.mean (timm's: an nn.AdaptiveAvgPool2d thop counts): both computed here",
-                        lambda: (lambda c: c.ops - _head_pool(c))(_as("thop-0.0.23", "mobilenetv2_100", "eca", pools=True)),
+                        "the official ECA pools with nn.AdaptiveAvgPool2d (ours x.mean), its MobileNetV2 head with "
+                        "x.mean (timm's: an nn.AdaptiveAvgPool2d thop counts) and " + PLAIN_NOTE + ": all computed here",
+                        lambda: (lambda c: c.ops - _head_pool(c))(
+                            _as("thop-0.0.23", "mobilenetv2_100", "eca", pools=True, plain=True)),
                         convention="thop-0.0.23"))
     return claims
 
@@ -248,15 +300,25 @@ def _triplet_rows() -> List[Claim]:
 
 
 def _simam_rows() -> List[Claim]:
+    """SimAM's README, thop 0.0.31 on its own models: torchvision-style ResNets (what timm builds, module for module)
+    and a torchvision-style MobileNetV2 (``torchvision_mbv2``: BatchNorm and ReLU6 as separate modules, the head
+    pooled with F.adaptive_avg_pool2d), which timm builds with fused BatchNormAct2d and a pooling module."""
     claims = []
-    for b, label, params, gflops in (("resnet18", "ResNet-18", 11.69, 1.82), ("resnet34", "ResNet-34", 21.80, 3.67),
-                                     ("resnet50", "ResNet-50", 25.56, 4.11), ("resnet101", "ResNet-101", 44.55, 7.83),
-                                     ("resnext50_32x4d", "ResNeXt-50 (32x4d)", 25.03, 4.26),
-                                     ("mobilenetv2_100", "MobileNetV2", 3.50, 0.31)):
+    for b, label, params, gflops, torchvision_mbv2 in (
+            ("resnet18", "ResNet-18", 11.69, 1.82, False), ("resnet34", "ResNet-34", 21.80, 3.67, False),
+            ("resnet50", "ResNet-50", 25.56, 4.11, False), ("resnet101", "ResNet-101", 44.55, 7.83, False),
+            ("resnext50_32x4d", "ResNeXt-50 (32x4d)", 25.03, 4.26, False), ("mobilenetv2_100", "MobileNetV2", 3.50, 0.31, True)):
+        note = PLAIN_NOTE if torchvision_mbv2 else ""
         claims.append(Claim(f"SimAM {label} params (M)", SIMAM, params, M, 2,
-                            lambda b=b: _as("thop-0.0.31", b, "simam").params, convention="thop-0.0.31"))
+                            lambda b=b: _as("thop-0.0.31", b, "simam").params, note,
+                            (lambda b=b: _as("thop-0.0.31", b, "simam", plain=True).params) if torchvision_mbv2 else None,
+                            convention="thop-0.0.31"))
         claims.append(Claim(f"SimAM {label} GFLOPs", SIMAM, gflops, G, 2,
-                            lambda b=b: _as("thop-0.0.31", b, "simam").ops, convention="thop-0.0.31"))
+                            lambda b=b: _as("thop-0.0.31", b, "simam").ops,
+                            note and note + "; its head pools with F.adaptive_avg_pool2d (a function thop does not see; "
+                            "timm's: an nn.AdaptiveAvgPool2d): both computed here",
+                            (lambda b=b: (lambda c: c.ops - _head_pool(c))(_as("thop-0.0.31", b, "simam", plain=True)))
+                            if torchvision_mbv2 else None, convention="thop-0.0.31"))
     return claims
 
 

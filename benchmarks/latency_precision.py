@@ -12,7 +12,10 @@ how far loaded runs land from the quiet mean and whether they said they were con
 The timm way prints no interval: the one computed for it here is Welch's t on its 50 step times, what a
 reader of its output could derive at best.
 
-    python benchmarks/latency_precision.py [--repeats 5] [--backbones resnet18,resnet50] [--out results]
+    python benchmarks/latency_precision.py [--repeats 5] [--hosts idle,emulated] [--backbones resnet18,resnet50] [--out results]
+
+Hosts: ``idle`` (this machine, nothing else running) and ``emulated`` (a slower, noisier VM emulated here:
+AVX2 kernels, a cgroup CPU quota and a drifting memory-streaming co-tenant; see benchmarks/emulated_host.py).
 
 Run it on a machine nobody else is using (it measures the noise of this machine, and makes its own load).
 """
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # emulated_host
 TIMM_WAY = r'''
 import json, sys, time, torch
 from attnbench import build
@@ -59,15 +63,23 @@ print(json.dumps(out))
 '''
 
 
+def default_latency() -> dict:
+    """The main job's own timing settings (suites/overhead.yaml's ``latency:``): the default is what is checked."""
+    import yaml
+
+    return dict(yaml.safe_load((HERE.parent / "suites" / "overhead.yaml").read_text())["latency"])
+
+
 def suite_yaml(backbones, modules, nice) -> str:
-    lat = "{threads: 2, warmup: 5, rounds: 10, min_time: 0.25, target: 1.0, max_time: 30" + \
-          (", nice: null}" if nice is None else "}")
+    import json as _json
+
+    lat = {**default_latency(), **({"nice": None} if nice is None else {})}
     return (f"name: latency-precision\nbackbones: [{', '.join(backbones)}]\nmodules: [{', '.join(modules)}]\n"
             "module_options:\n  nonlocal: {stages: [3], blocks: 1}\ninput_size: 224\nbatch_size: 1\n"
-            f"metrics: [latency_cpu]\nlatency: {lat}\n")
+            f"metrics: [latency_cpu]\nlatency: {_json.dumps(lat)}\n")
 
 
-def harness_run(backbones, modules, nice="ask") -> dict:
+def harness_run(backbones, modules, nice="ask", host=None) -> dict:
     from attnbench.report.tables import delta_interval
     from attnbench.store import Store
 
@@ -75,12 +87,16 @@ def harness_run(backbones, modules, nice="ask") -> dict:
         suite = Path(tmp) / "s.yaml"
         suite.write_text(suite_yaml(backbones, modules, None if nice is None else -20))
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "attnbench", "run", "--suite", str(suite), "--out", tmp, "-q"],
-                              capture_output=True, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "attnbench", "run", "--suite", str(suite), "--out", tmp, "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=host["env"] if host else None)
+        if host:
+            host["join"](proc.pid)
+        _, err = proc.communicate()
         wall = time.perf_counter() - t0
         recs = Store(Path(tmp) / "latency-precision.jsonl").latest()
-    out = {"wall_s": wall, "rc": proc.returncode, "stderr_tail": proc.stderr.strip().splitlines()[-3:], "delta": {},
-           "timing_s": 0.0}
+    tail = [ln.replace(tmp, "OUT") for ln in err.strip().splitlines()[-3:]]  # no temporary path in the results
+    out = {"wall_s": wall, "rc": proc.returncode, "stderr_tail": tail, "delta": {}, "timing_s": 0.0}
     for b in backbones:
         by = {r.label: r for r in recs if r.backbone == b and r.ok}
         if "none" not in by:
@@ -97,12 +113,16 @@ def harness_run(backbones, modules, nice="ask") -> dict:
     return out
 
 
-def timm_run(backbones, modules) -> dict:
+def timm_run(backbones, modules, host=None) -> dict:
     out = {"delta": {}, "timing_s": 0.0}
     t0 = time.perf_counter()
     for b in backbones:
-        proc = subprocess.run([sys.executable, "-c", TIMM_WAY, b, ",".join(modules), "2"], capture_output=True, text=True)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen([sys.executable, "-c", TIMM_WAY, b, ",".join(modules), "2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=host["env"] if host else None)
+        if host:
+            host["join"](proc.pid)
+        stdout, _ = proc.communicate()
+        res = json.loads(stdout.strip().splitlines()[-1])
         out["timing_s"] += res["timing_s"]
         out["delta"].update({f"{b}/{m}": v for m, v in res["delta"].items()})
     out["wall_s"] = time.perf_counter() - t0
@@ -139,53 +159,68 @@ def halfwidth(d) -> float:
     return float("nan") if d["low"] is None or math.isnan(d["pct"]) else max(d["high"] - d["pct"], d["pct"] - d["low"])
 
 
-def render(res: dict, keys) -> str:
-    lines = ["# Latency precision: attnbench vs timm's benchmark.py way", "",
-             f"Machine: {res['machine']}; {res['repeats']} quiet runs of each, fresh processes; loaded = two busy "
-             "processes on the cores, started by the benchmark. Coverage: share of ordered pairs of quiet runs (i, j) "
-             "where run i's point lies inside run j's 95% interval (about 83% expected for correct, equally precise "
-             "intervals). Timm way: mean of 50 steps per model, models one after another; its interval is Welch's t "
-             "on the step times (timm prints none).", ""]
+def render_host(name: str, block: dict, keys) -> list:
+    """One host's sections: points and half-widths per run, coverage and spread, loaded runs."""
+    methods = [m for m in ("harness", "timm") if block["quiet"].get(m)]
+    lines = [f"## Host: {name} ({block['describe']})", ""]
     head = "| method | " + " | ".join(keys) + " |"
-    lines += ["## Quiet: point estimates (each run) and 95% half-widths", "", head, "|---|" + "---:|" * len(keys)]
-    for name in ("harness", "timm"):
-        runs = res["quiet"][name]
+    lines += ["### Quiet: point estimates (each run) and 95% half-widths", "", head, "|---|" + "---:|" * len(keys)]
+    for m in methods:
+        runs = block["quiet"][m]
         pts = [" / ".join(f"{r['delta'][k]['pct']:+.1f}" for r in runs if k in r["delta"]) for k in keys]
         hws = [" / ".join(f"{halfwidth(r['delta'][k]):.1f}" for r in runs if k in r["delta"]) for k in keys]
-        lines.append(f"| {name}: Δ % | " + " | ".join(pts) + " |")
-        lines.append(f"| {name}: ± | " + " | ".join(hws) + " |")
-    lines += ["", "## Quiet: coverage, spread between runs and time", "",
+        lines.append(f"| {m}: Δ % | " + " | ".join(pts) + " |")
+        lines.append(f"| {m}: ± | " + " | ".join(hws) + " |")
+    lines += ["", "### Quiet: coverage, spread between runs and time", "",
               "| method | coverage (pooled) | " + " | ".join(f"coverage {k}" for k in keys) +
-              " | sd of points between runs (mean over Δs) | median half-width | timing s / run | wall s / run |",
-              "|---|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|"]
-    for name in ("harness", "timm"):
-        runs = res["quiet"][name]
+              " | target met (Δs) | sd of points between runs (mean over Δs) | median half-width | timing s / run | wall s / run |",
+              "|---|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|"]
+    for m in methods:
+        runs = block["quiet"][m]
         cov = [coverage(runs, k) for k in keys]
         hits, pairs = sum(c[0] for c in cov), sum(c[1] for c in cov)
-        sds = [statistics.stdev([r["delta"][k]["pct"] for r in runs]) for k in keys if len(runs) > 1]
-        hws = [halfwidth(r["delta"][k]) for r in runs for k in keys]
-        lines.append(f"| {name} | {100 * hits / max(1, pairs):.0f}% ({hits}/{pairs}) | " +
+        sds = [statistics.stdev([r["delta"][k]["pct"] for r in runs if k in r["delta"]]) for k in keys if len(runs) > 1]
+        hws = [halfwidth(r["delta"][k]) for r in runs for k in keys if k in r["delta"]]
+        met = [(r["delta"][k].get("stop") or {}).get("met") for r in runs for k in keys if k in r["delta"]]
+        met_text = f"{sum(1 for x in met if x)}/{len(met)}" if m == "harness" else "—"
+        lines.append(f"| {m} | {100 * hits / max(1, pairs):.0f}% ({hits}/{pairs}) | " +
                      " | ".join(f"{100 * h / max(1, p):.0f}%" for h, p in cov) +
-                     f" | {statistics.fmean(sds) if sds else float('nan'):.2f} | {statistics.median(hws):.2f} | "
+                     f" | {met_text} | {statistics.fmean(sds) if sds else float('nan'):.2f} | {statistics.median(hws):.2f} | "
                      f"{statistics.fmean(r['timing_s'] for r in runs):.0f} | {statistics.fmean(r['wall_s'] for r in runs):.0f} |")
-    lines += ["", "## Loaded (two busy processes): distance from the quiet mean, and what the run said", "",
-              "| run | " + " | ".join(keys) + " | wall s (x quiet) |", "|---|" + "---:|" * len(keys) + "---:|"]
-    for name, run in res["loaded"].items():
-        quiet = res["quiet"]["timm" if name.startswith("timm") else "harness"]
-        cells = []
-        for k in keys:
-            d = run["delta"].get(k)
-            if d is None:
-                cells.append("—")
-                continue
-            q = statistics.fmean(r["delta"][k]["pct"] for r in quiet)
-            off = "n/a" if math.isnan(d["pct"]) else f"{d['pct'] - q:+.1f}"
-            cells.append(f"{off} (±{halfwidth(d):.1f})" + (" contended" if d.get("contended") else ""))
-        qwall = statistics.fmean(r["wall_s"] for r in quiet)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {run['wall_s']:.0f} ({run['wall_s'] / qwall:.1f}x) |")
-    lines += ["", "Cells: loaded point minus the quiet runs' mean, in points (its own half-width); 'contended': the run "
-              "marked the row and named it in its contention line."]
-    return "\n".join(lines) + "\n"
+    if block.get("loaded"):
+        lines += ["", "### Loaded (two busy processes): distance from the quiet mean, and what the run said", "",
+                  "| run | " + " | ".join(keys) + " | wall s (x quiet) |", "|---|" + "---:|" * len(keys) + "---:|"]
+        for run_name, run in block["loaded"].items():
+            quiet = block["quiet"]["timm" if run_name.startswith("timm") else "harness"]
+            cells = []
+            for k in keys:
+                d = run["delta"].get(k)
+                if d is None or not quiet:
+                    cells.append("—")
+                    continue
+                q = statistics.fmean(r["delta"][k]["pct"] for r in quiet)
+                off = "n/a" if math.isnan(d["pct"]) else f"{d['pct'] - q:+.1f}"
+                cells.append(f"{off} (±{halfwidth(d):.1f})" + (" contended" if d.get("contended") else ""))
+            qwall = statistics.fmean(r["wall_s"] for r in quiet) if quiet else float("nan")
+            lines.append(f"| {run_name} | " + " | ".join(cells) + f" | {run['wall_s']:.0f} ({run['wall_s'] / qwall:.1f}x) |")
+        lines += ["", "Cells: loaded point minus the quiet runs' mean, in points (its own half-width); 'contended': the "
+                  "run marked the row and named it in its contention line."]
+    return lines + [""]
+
+
+def render(res: dict, keys) -> str:
+    lines = ["# Latency precision: attnbench vs timm's benchmark.py way", "",
+             f"Machine: {res['machine']}; {res['repeats']} quiet runs of each per host, fresh processes, one after "
+             f"another, nothing else running but what the host emulation starts. The harness runs the main job's own "
+             f"timing settings (suites/overhead.yaml: `latency: {json.dumps(res['settings'])}`). Coverage: share of "
+             "ordered pairs of quiet runs (i, j) where run i's point lies inside run j's 95% interval (about 83% "
+             "expected for correct, equally precise intervals). Target met: the Δs whose group stopped with its 95% "
+             "half-width within the target. Timm way: mean of 50 steps per model, models one after another; its "
+             "interval is Welch's t on the step times (timm prints none). Loaded = two busy processes on the cores, "
+             "started by the benchmark.", ""]
+    for name, block in res["hosts"].items():
+        lines += render_host(name, block, keys)
+    return "\n".join(lines)
 
 
 def main():
@@ -193,24 +228,36 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--backbones", default="resnet18,resnet50")
     p.add_argument("--modules", default="none,se,cbam,nonlocal")
+    p.add_argument("--hosts", default="idle,emulated", help="idle and/or emulated (a slower, noisier host: "
+                   "benchmarks/emulated_host.py)")
     p.add_argument("--out", default=str(HERE.parent / "results"))
-    p.add_argument("--no-loaded", action="store_true")
+    p.add_argument("--no-loaded", action="store_true", help="skip the two-busy-processes runs")
+    p.add_argument("--no-timm", action="store_true", help="skip timm's benchmark.py way")
     a = p.parse_args()
     backbones, modules = a.backbones.split(","), a.modules.split(",")
+    from contextlib import nullcontext
+
     from attnbench.env import cpu_name
+    from emulated_host import emulated_host
 
     res = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs, euid {os.geteuid()}", "repeats": a.repeats,
-           "quiet": {"harness": [], "timm": []}, "loaded": {}}
-    for i in range(a.repeats):
-        res["quiet"]["harness"].append(harness_run(backbones, modules))
-        res["quiet"]["timm"].append(timm_run(backbones, modules))
-        print(f"quiet {i + 1}/{a.repeats}: harness {res['quiet']['harness'][-1]['wall_s']:.0f} s, "
-              f"timm way {res['quiet']['timm'][-1]['wall_s']:.0f} s", file=sys.stderr)
-    if not a.no_loaded:
-        with Load():
-            res["loaded"]["harness (nice -20 asked)"] = harness_run(backbones, modules)
-            res["loaded"]["harness (nice: null)"] = harness_run(backbones, modules, nice=None)
-            res["loaded"]["timm way"] = timm_run(backbones, modules)
+           "settings": default_latency(), "hosts": {}}
+    for host in a.hosts.split(","):
+        with (nullcontext(None) if host == "idle" else emulated_host()) as h:
+            block = {"describe": h["describe"] if h else "nothing else running", "quiet": {"harness": [], "timm": []},
+                     "loaded": {}}
+            for i in range(a.repeats):
+                block["quiet"]["harness"].append(harness_run(backbones, modules, host=h))
+                if not a.no_timm:
+                    block["quiet"]["timm"].append(timm_run(backbones, modules, host=h))
+                print(f"{host} {i + 1}/{a.repeats}: harness {block['quiet']['harness'][-1]['wall_s']:.0f} s", file=sys.stderr)
+            if host == "idle" and not a.no_loaded:
+                with Load():
+                    block["loaded"]["harness (nice -20 asked)"] = harness_run(backbones, modules)
+                    block["loaded"]["harness (nice: null)"] = harness_run(backbones, modules, nice=None)
+                    if not a.no_timm:
+                        block["loaded"]["timm way"] = timm_run(backbones, modules)
+        res["hosts"][host] = block
     keys = [f"{b}/{m}" for b in backbones for m in modules[1:]]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

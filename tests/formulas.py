@@ -117,9 +117,22 @@ def srm_params(c):
     return 4 * c
 
 
-def ge_theta_params(c, extent=8):
-    # Hu et al. 2018 (Gather-Excite), GE-theta: log2(extent) depthwise 3x3 stride-2 convs without bias (9C) + BN (2C).
+# The site context the tests give a factory that names it (14 x 14: the maps test_shape_and_gradient_flow feeds).
+SITE_CONTEXT = {"feat_size": (14, 14)}
+
+
+def ge_theta_params(c, extent=0, feat_size=SITE_CONTEXT["feat_size"]):
+    # Hu et al. 2018 (Gather-Excite), GE-theta. Global extent, the one released model (RN50-GEP.prototxt): one
+    # depthwise conv whose kernel covers the H x W map, no bias (C*H*W), + BN (2C). Extent e: log2(e) depthwise
+    # 3x3 stride-2 convs without bias (9C) + BN (2C) each.
+    if extent == 0:
+        return c * feat_size[0] * feat_size[1] + 2 * c
     return int(math.log2(extent)) * (9 * c + 2 * c)
+
+
+def resnet50_ge_theta_params():
+    # RN50-GEP.prototxt: ResNet-50's 25,557,032 + per block C*H*W + 2C over res2..res5 at 224 (56, 28, 14, 7).
+    return 25_557_032 + sum(n * ge_theta_params(c, feat_size=(side, side)) for n, c, side in RESNET50_STAGES)
 
 
 def ese_params(c):

@@ -114,12 +114,12 @@ def test_compare_two_runs(tmp_path, capsys):
     run_suite(parse_suite(dict(spec, modules=["none", {"name": "se", "module": "se", "reduction": 4}]), "b.yaml"), tmp_path / "b")
     code, out, _ = cli(["compare", str(tmp_path / "a" / "cmp.jsonl"), str(tmp_path / "b" / "cmp.jsonl")], capsys)
     assert code == 0
-    assert "| resnet18 | none | params | parameters | 11.690 | 11.690 | +0.00% |" in out
+    assert "| resnet18 | none | params | M parameters | 11.690 | 11.690 | +0.00% |" in out  # the unit of the numbers shown
     # SE at r=4 instead of 16: 2*C*C/4 + C/4 + C per block, against 2*C*C/16 + C/16 + C
     se16 = sum(se_params(c, 16) for c in (64, 64, 128, 128, 256, 256, 512, 512))
     se4 = sum(se_params(c, 4) for c in (64, 64, 128, 128, 256, 256, 512, 512))
     pct = (se4 - se16) / (11_689_512 + se16) * 100
-    assert f"| resnet18 | se | params | parameters | 11.779 | {(11_689_512 + se4) / 1e6:.3f} | {pct:+.2f}% |" in out
+    assert f"| resnet18 | se | params | M parameters | 11.779 | {(11_689_512 + se4) / 1e6:.3f} | {pct:+.2f}% |" in out
 
 
 def test_gpu_suite_skips_cleanly_without_cuda(tmp_path, capsys):
@@ -158,5 +158,11 @@ def test_subset_run_then_full_resume_keeps_table_order(tmp_path, capsys):
     rows = [ln.split(" | ")[:2] for ln in (out / "sub.md").read_text().splitlines() if ln.startswith("| resnet")]
     assert rows == [["| resnet18", "none"], ["| resnet18", "se"], ["| resnet18", "cbam"],
                     ["| resnet34", "none"], ["| resnet34", "se"], ["| resnet34", "cbam"]]
+    # A subset resumed into the store keeps the other backbones' rows in the table (issue #33).
+    code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "--resume", "-b", "resnet18", "-M", "params"], capsys)
+    assert code == 0 and "0 ok" in err and "3 reused" in err
+    assert [ln.split(" | ")[:2] for ln in (out / "sub.md").read_text().splitlines() if ln.startswith("| resnet")] == rows
     code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "-m", "eca"], capsys)
     assert code == 2 and "unknown module 'eca'" in err and "this suite has none, se, cbam" in err
+    code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "-M", "latency_cpu"], capsys)
+    assert code == 2 and "unknown metric 'latency_cpu'" in err and "this suite measures params" in err

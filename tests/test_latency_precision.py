@@ -134,6 +134,9 @@ def test_priority_request_is_recorded_and_undone():
             "assert p['granted'] == all(v == -5 for v in inside.values()), (p, inside)\n"
             "assert p['granted'] or inside == before\n"
             "with raised_priority(None) as q: assert q['granted'] is False\n"
+            "with raised_priority(5) as lower:  # lowering is always permitted, and applied (issue #33)\n"
+            "    low = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
+            "assert lower['granted'] and lower['obtained'] == 5 and set(low.values()) == {5}, (lower, low)\n"
             "print('ok', p['granted'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]

@@ -4,12 +4,14 @@ import re
 import pytest
 import timm
 import torch
-from formulas import coord_params, gc_params, se_params, sk_resnet_params, triplet_params
+from formulas import (RESNET50_STAGES, coord_params, gc_params, ge_theta_params, resnet50_ge_theta_params, se_params,
+                      sk_resnet_params, triplet_params)
 
 import attnbench
 from attnbench import attention_parameters, build, count_params
-from attnbench.attach import describe, native_attention
+from attnbench.attach import AttentionSlot, describe, native_attention
 from attnbench.errors import AttnBenchError, ModuleDoesNotFit, Unsupported
+from attnbench.registry import get_module
 
 RESNET50 = 25_557_032
 WIDTHS50 = [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3  # bottleneck 3x3 widths, res2..res5
@@ -248,6 +250,35 @@ def test_eca_and_triplet_follow_the_projection_in_mobilenetv2():
     assert build("resnet50", "eca").attnbench_attachment.sites[0] == "layer1.0.se"
     # an explicit placement still goes where it is asked: the SE slot on the expanded channels
     assert build("mobilenetv2_100", "eca", placement="block").attnbench_attachment.sites[1] == "blocks.1.0.se"
+
+
+def test_eca_kernel_in_mobilenetv2_is_the_official_models():
+    """ECA-Net's eca_mobilenetv2.py (the eca_mobilenetv2_k13 model): k = 1 in the blocks with c < 96 output channels,
+    3 from 96 on -- not the paper's adaptive 3/5. ResNets keep the adaptive rule (ECA-ResNet-50: 86)."""
+    total, out, _ = _mbv2_blocks()
+    m = build("mobilenetv2_100", "eca")
+    kernels = [s.attn.conv.kernel_size[0] for s in m.modules() if isinstance(s, AttentionSlot)]
+    assert kernels == [1 if c < 96 else 3 for c in out] == [1] * 10 + [3] * 7
+    assert attention_parameters(m) == 10 * 1 + 7 * 3 == 31
+    assert count_params(m) == total + 31 == 3_504_903  # the official model's count (thop 0.0.23 on eca_mobilenet_v2)
+    assert attention_parameters(build("resnet50", "eca")) == 3 * 5 + 4 * 5 + 6 * 5 + 3 * 7  # adaptive k over 256..2048
+    assert attention_parameters(build("mobilenetv2_100", "eca", kernel_size=5)) == 17 * 5  # an explicit k wins
+
+
+def test_ge_theta_default_is_the_released_global_extent():
+    """hujie-frank/GENet RN50-GEP.prototxt: per block one depthwise conv with a kernel the size of the block's map
+    (56, 28, 14, 7 at 224) + BN; 31,106,600 parameters on ResNet-50. extent=8 is the paper's strided variant."""
+    m = build("resnet50", "ge_theta")
+    assert count_params(m) == resnet50_ge_theta_params() == 31_106_600
+    assert describe(m.attnbench_attachment.as_dict()) == "block x16"
+    gather = m.layer4[0].se.attn.gather[0]
+    assert (gather.kernel_size, gather.groups, gather.bias) == ((7, 7), 2048, None)
+    with torch.no_grad():
+        assert m.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    widths = [c for n, c, _ in RESNET50_STAGES for _ in range(n)]
+    assert count_params(build("resnet50", "ge_theta", extent=8)) == RESNET50 + sum(ge_theta_params(c, extent=8) for c in widths)
+    with pytest.raises(ValueError, match="needs the site's feat_size"):
+        get_module("ge_theta")(64)
 
 
 def test_coordinate_attention_skips_the_block_without_expansion_as_mbv2_ca():

@@ -70,7 +70,7 @@ def test_compare_matches_cells_by_backbone_label_metric():
     a = [rec("none", "params", 100), rec("se", "params", 120, position=(0, 1))]
     b = [rec("none", "params", 100), rec("se", "params", 90, position=(0, 1))]
     md = render_compare(a, b)
-    assert "| resnet18 | se | params | x | 0.000 | 0.000 | -25.00% |" in md
+    assert "| resnet18 | se | params | M parameters | 0.000 | 0.000 | -25.00% |" in md  # the unit of the numbers shown
 
 
 def test_csv_has_one_row_per_record_with_its_status():

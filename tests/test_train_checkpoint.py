@@ -81,7 +81,7 @@ def test_training_keys_come_from_the_config():
     ({"weight_decay": -1e-4}, "weight_decay", ">= 0"),
     ({"momentum": 1.0}, "momentum", "[0, 1)"),
     ({"device": "gpu"}, "device", "'cpu', 'cuda' or 'cuda:N'"),
-    ({"amp": "fp8"}, "amp", "'bf16' or 'fp16'"),
+    ({"amp": "fp8"}, "amp", "'bf16', 'fp16' or 'auto'"),
     ({"amp": "fp16"}, "amp", "use bf16 on the CPU"),
     ({"batch_size": 1400}, "batch_size", "exceeds the 1347 training images of digits"),
     ({"epochs": 0}, "epochs", "positive integer"),

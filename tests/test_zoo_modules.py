@@ -2,12 +2,13 @@
 every registry entry (timm's included) built into resnet18 and run, failures listed with reasons."""
 import pytest
 import torch
-from formulas import FORMULAS, first_party_modules
+from formulas import FORMULAS, SITE_CONTEXT, first_party_modules
 
 import attnbench
 from attnbench import build, count_params, get_module
 from attnbench.modules.timm_attn import TIMM_NAMES
 from attnbench.errors import Unsupported
+from attnbench.placement import declared_context
 from attnbench.runner import error_info
 
 FIRST_PARTY = first_party_modules()  # read from attnbench's entry points, not written out here
@@ -20,16 +21,22 @@ def test_every_first_party_module_has_a_formula():
     assert {"se", "cbam", "nonlocal", "eca", "triplet"} <= set(FIRST_PARTY)
 
 
+def make(name, c):
+    """The module at ``c`` channels, with the site context its factory names (formulas.SITE_CONTEXT)."""
+    factory = get_module(name)
+    return factory(c, **{k: v for k, v in SITE_CONTEXT.items() if k in declared_context(factory)})
+
+
 @pytest.mark.parametrize("name", FIRST_PARTY)
 @pytest.mark.parametrize("c", [64, 256, 2048])
 def test_exact_parameter_count(name, c):
-    assert count_params(get_module(name)(c)) == FORMULAS[name](c)
+    assert count_params(make(name, c)) == FORMULAS[name](c)
 
 
 @pytest.mark.parametrize("name", FIRST_PARTY)
 def test_shape_and_gradient_flow(name):
     torch.manual_seed(0)
-    m = get_module(name)(64)
+    m = make(name, 64)
     with torch.no_grad():  # move zero-initialised gates (GC, SGE, Non-Local) off their identity start
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.1)

@@ -172,7 +172,7 @@ def raised_priority(nice: Optional[int]) -> Iterator[Dict[str, object]]:
     for tid in _tids():
         try:
             old[tid] = os.getpriority(os.PRIO_PROCESS, tid)
-            if old[tid] > nice:
+            if old[tid] != nice:  # raising needs root / CAP_SYS_NICE; lowering (nice: 5) is always allowed
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
         except (PermissionError, ProcessLookupError, OSError):
             continue
@@ -181,7 +181,7 @@ def raised_priority(nice: Optional[int]) -> Iterator[Dict[str, object]]:
     except OSError:
         main = None
     info["obtained"] = main
-    info["granted"] = main is not None and main <= nice
+    info["granted"] = main is not None and main == nice
     if not info["granted"]:
         info["note"] = "not permitted to raise priority (needs root or CAP_SYS_NICE)"
     try:

@@ -12,6 +12,9 @@ masked_fill, gather ... reach our rules); conv/linear/matmul use fvcore's own ha
 is named per operator. ``fvcore`` keeps fvcore's own unmodified total for reference: it moves with
 coding style (fvcore counts ``nn.AdaptiveAvgPool2d`` but not ``x.mean``, and its own norm rules),
 while ``conv_linear_matmul`` does not.
+
+The dispatch-level pass also counts memory traffic (bytes read + written per operator, ``traffic``) and
+operator calls, whole network and per attached module; ``measure_flops`` stores them in the same record.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from ..attach import AttentionSlot
 from .macs_dispatch import count_forward_macs
 from .macs_rules import ELEMENTWISE, MATMUL, NORM, RULES, RuleError, Shape, apply, rule_of
 from .record import Measurement, macs_measurement  # noqa: F401  (macs_measurement: imported from here too)
+from .traffic import TRAFFIC_RULE
 
 FVCORE = "fvcore"  # key prefix of fvcore's own (unmodified) counts inside the trace's counters
 
@@ -46,6 +50,23 @@ class FlopCount:
     norm: int = 0  # normalisation layers
     dispatch_total: int = 0  # the dispatch-level counter's total
     counter_difference: str = ""  # empty when both counters agree
+    # From the dispatch-level pass (rules: ``traffic.TRAFFIC_RULE``): memory traffic and operator calls,
+    # whole network and inside the attached modules (``*_attention``; per site in ``bytes_sites``).
+    bytes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    bytes_params: int = 0
+    operators: int = 0
+    operators_no_traffic: int = 0
+    bytes_attention: int = 0
+    operators_attention: int = 0
+    bytes_sites: Dict[str, int] = field(default_factory=dict)
+    bytes_by_operator: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity: MACs per byte moved (0 when nothing moved)."""
+        return self.total / self.bytes if self.bytes else 0.0
 
     @property
     def counters_agree(self) -> bool:
@@ -185,6 +206,7 @@ def count_flops(model: nn.Module, inputs) -> FlopCount:
             ours[key.split("|", 1)[1]] += int(value)
     total = _ours(by_op)
     sites = [n for n, m in model.named_modules() if isinstance(m, AttentionSlot)]
+    tracked = {n: f"{type(model).__name__}.{n}" for n in sites}  # the module tracker's names for them
     return FlopCount(
         total=total, fvcore=_sum(by_op, FVCORE), elementwise=_sum(by_op, ELEMENTWISE),
         attention=sum(_ours(by_module.get(s, {})) for s in sites),
@@ -195,6 +217,12 @@ def count_flops(model: nn.Module, inputs) -> FlopCount:
             {MATMUL: _sum(by_op, MATMUL), ELEMENTWISE: _sum(by_op, ELEMENTWISE), NORM: _sum(by_op, NORM)},
             {MATMUL: dispatch.conv_linear_matmul, ELEMENTWISE: dispatch.elementwise, NORM: dispatch.norm},
             dict(unhandled)),
+        bytes=dispatch.bytes, bytes_read=dispatch.bytes_read, bytes_written=dispatch.bytes_written,
+        bytes_params=dispatch.bytes_params, operators=dispatch.operators, operators_no_traffic=dispatch.operators_no_traffic,
+        bytes_attention=sum(dispatch.bytes_by_module.get(t, 0) for t in tracked.values()),
+        operators_attention=sum(dispatch.operators_by_module.get(t, 0) for t in tracked.values()),
+        bytes_sites={n: dispatch.bytes_by_module.get(t, 0) for n, t in tracked.items()},
+        bytes_by_operator=dispatch.bytes_by_operator,
     )
 
 
@@ -207,7 +235,17 @@ def measure_flops(model: nn.Module, inputs) -> Measurement:
     }
     if fc.counter_difference:
         stats["counter_difference"] = fc.counter_difference
+    stats.update(traffic_stats(fc))
     return macs_measurement("macs", fc.total, inputs, stats,
                             "multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by "
-                            "fvcore), checked by a dispatch-level counter (torch FlopCounterMode)")
+                            "fvcore), checked by a dispatch-level counter (torch FlopCounterMode); memory traffic "
+                            "and operator calls from the dispatch-level pass: " + TRAFFIC_RULE)
+
+
+def traffic_stats(fc: FlopCount) -> Dict[str, Any]:
+    """What a ``macs`` record keeps of the traffic count (whole network, inside the attached modules, per site)."""
+    return {"bytes": fc.bytes, "bytes_read": fc.bytes_read, "bytes_written": fc.bytes_written,
+            "bytes_params": fc.bytes_params, "operators": fc.operators, "operators_no_traffic": fc.operators_no_traffic,
+            "intensity": fc.intensity, "bytes_attention": fc.bytes_attention, "operators_attention": fc.operators_attention,
+            "bytes_sites": fc.bytes_sites, "bytes_by_operator": fc.bytes_by_operator}
 

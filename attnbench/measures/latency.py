@@ -20,6 +20,7 @@ that time is reported apart (``prepare_s``). Every raw sample is kept per round 
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import statistics
@@ -35,6 +36,7 @@ from torch import nn
 
 from .. import stats as st
 from ..guard import as_unsupported, check_finite, deadline
+from ..process_state import unchanged
 from ..settings import (BOOLEAN, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, Rule, choice, optional, suite_field,
                         is_finite_number)
 from ..threads import fixed_threads
@@ -310,20 +312,21 @@ def measure_latency(
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device available")
-    if cuda:
-        torch.backends.cudnn.benchmark = True
     mem_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     steps: Dict[str, Callable] = {}
     prepared: Dict[str, dict] = {}  # export/compile time and runtime details, per label
     # The priority covers preparation and warm-up too: on a loaded machine they would otherwise crawl.
-    with fixed_threads(settings.threads) as threads, contention.raised_priority(settings.nice) as prio:
+    with fixed_threads(settings.threads) as threads, contention.raised_priority(settings.nice) as prio, \
+            _cudnn_benchmark(cuda):
         torch.manual_seed(0)
         x = torch.randn(settings.batch_size, settings.in_chans, *settings.input_size, device=dev)
         x = x.contiguous(memory_format=mem_format)
         for label, model in models.items():
             try:
                 model = model.to(dev, memory_format=mem_format).train(settings.train)
-                with deadline(settings.timeout, f"warm-up of {label}"):
+                # a module that changes process-wide state (threads, dtype, hooks ...) on its first calls fails
+                # here, alone, with the state put back: the other variants are timed as if it never ran
+                with unchanged(_who(model, label)), deadline(settings.timeout, f"warm-up of {label}"):
                     step, prepared[label] = _make_step(model, x, settings, dev, threads)
                     for _ in range(max(1, settings.warmup)):
                         out = step()
@@ -364,6 +367,24 @@ def measure_latency(
         out[label] = Measurement(metric, stats["median_ms"], "ms", method,
                                  dict(settings.as_dict(), threads=threads, device=str(dev)), stats)
     return out
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """cuDNN picks its fastest kernels for the timed shapes (CUDA timings), and the setting is put back after."""
+    saved = torch.backends.cudnn.benchmark
+    if on:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def _who(model: nn.Module, label: str) -> str:
+    """The module a variant attaches ('module 'se' (variant se-r8)'), for a process-state failure."""
+    module = getattr(getattr(model, "attnbench_attachment", None), "module", None)
+    return f"module {module!r} (variant {label!r})" if module and module != label else f"module {label!r}"
 
 
 def _make_step(model: nn.Module, x: torch.Tensor, s: LatencySettings, dev: torch.device, threads: int):
@@ -439,7 +460,7 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
         x = torch.randn(settings.batch_size, settings.in_chans, *settings.input_size)
         for label, model in models.items():
             try:
-                with deadline(settings.timeout, f"capturing the sites of {label}"):
+                with unchanged(_who(model, label)), deadline(settings.timeout, f"capturing the sites of {label}"):
                     sites = capture_sites(model, x)
                     meta[label] = []
                     for i, (slot, inp) in enumerate(sites):

@@ -4,7 +4,8 @@
 sent through the shared table in ``macs_rules``: convolutions and matmuls by torch's own formulas
 (FLOPs = 2 x MACs there, so halved), everything else by our rules. It sees the operators autograd
 actually runs -- after decomposition (``x.mean`` and 1x1 ``adaptive_avg_pool2d`` both arrive as
-``mean``), and backward ops too -- so it checks the traced counter and counts training.
+``mean``), and backward ops too -- so it checks the traced counter and counts training. The same pass
+counts every operator call and the bytes each moves (``traffic``: a stated model, not a cache simulation).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
 
 from .macs_rules import ELEMENTWISE, MATMUL, NORM, RuleError, Shape, apply, rule_of
 from .record import Measurement, macs_measurement
+from .traffic import op_traffic, resident_storages
 
 
 def _value(v):
@@ -63,9 +65,17 @@ class MacCounterMode(FlopCounterMode):
         self.by_operator: Counter = Counter()
         self.unhandled: Counter = Counter()
         self.current = None
+        # Memory traffic and operator calls, from the same pass (rules: ``traffic``): totals under keys
+        # read / written / params / operators / no_traffic, and per module (tracker names) and per operator.
+        self.resident = resident_storages(model)
+        self.traffic: Counter = Counter()
+        self.bytes_by_module: Counter = Counter()
+        self.operators_by_module: Counter = Counter()
+        self.bytes_by_operator: Counter = Counter()
 
     def __enter__(self):
-        for c in (self.categories, self.by_operator, self.unhandled):
+        for c in (self.categories, self.by_operator, self.unhandled, self.traffic, self.bytes_by_module,
+                  self.operators_by_module, self.bytes_by_operator):
             c.clear()
         self.flop_counts.clear()
         self.mod_tracker.__enter__()
@@ -86,9 +96,21 @@ class MacCounterMode(FlopCounterMode):
             macs[ELEMENTWISE] = args[0].numel()  # the bias gradient: a reduction of grad_output, 1 per element
         return macs
 
+    def _count_traffic(self, out, args, kwargs) -> None:
+        """Every call that reaches here is one operator call (views and allocations included)."""
+        t = op_traffic(self.current, args, kwargs, out, self.resident)
+        self.traffic.update({"read": t.read, "written": t.written, "params": t.params, "operators": 1,
+                             "no_traffic": int(t.total == 0)})
+        self.bytes_by_operator[self.current._overloadpacket.__name__] += t.total
+        for parent in set(self.mod_tracker.parents):
+            self.bytes_by_module[parent] += t.total
+            self.operators_by_module[parent] += 1
+
     def _count_flops(self, func_packet, out, args, kwargs):
         name = func_packet.__name__
         rule = rule_of(name)
+        if isinstance(self.current, torch._ops.OpOverload) and self.current._overloadpacket is func_packet:
+            self._count_traffic(out, args, kwargs)
         try:
             if rule is None:
                 raise RuleError("no rule")
@@ -120,14 +142,31 @@ class MacCount:
     forward: int  # the part before backward() (training-mode forward and the loss)
     unhandled: Dict[str, int] = field(default_factory=dict)
     by_operator: Dict[str, int] = field(default_factory=dict)
+    # memory traffic (bytes read + written, rules in ``traffic``) and operator calls, same pass
+    bytes_read: int = 0
+    bytes_written: int = 0
+    bytes_params: int = 0  # the part of bytes_read that is parameters and buffers
+    operators: int = 0  # aten operator calls at the dispatch level (views and allocations included)
+    operators_no_traffic: int = 0  # of which moved no data (views, bare allocations)
+    bytes_by_operator: Dict[str, int] = field(default_factory=dict)
+    bytes_by_module: Dict[str, int] = field(default_factory=dict)  # module tracker names ('ResNet.layer1.0.se')
+    operators_by_module: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
 
 
 def _mac_count(counter: MacCounterMode, forward: int) -> MacCount:
-    c = counter.categories
+    c, t = counter.categories, counter.traffic
     return MacCount(
         total=int(counter.total), conv_linear_matmul=int(c[MATMUL]), elementwise=int(c[ELEMENTWISE]),
         norm=int(c[NORM]), forward=int(forward), unhandled=dict(counter.unhandled),
         by_operator={k: int(v) for k, v in sorted(counter.by_operator.items())},
+        bytes_read=int(t["read"]), bytes_written=int(t["written"]), bytes_params=int(t["params"]),
+        operators=int(t["operators"]), operators_no_traffic=int(t["no_traffic"]),
+        bytes_by_operator={k: int(v) for k, v in sorted(counter.bytes_by_operator.items()) if v},
+        bytes_by_module=dict(counter.bytes_by_module), operators_by_module=dict(counter.operators_by_module),
     )
 
 

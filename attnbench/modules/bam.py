@@ -1,4 +1,6 @@
-"""BAM (Park et al., BMVC 2018), placed between stages (after every stage but the last).
+"""BAM (Park et al., BMVC 2018), placed between stages (after every stage but the last), as the official
+ResNets (github.com/Jongchan/attention-module ``MODELS/model_resnet.py``); between the stages of other
+networks (MobileNetV2, EfficientNet, ...) it is our extension.
 
 Channel branch: GAP, Linear C->C/r (bias) + BatchNorm1d + ReLU, Linear C/r->C (bias).
 Spatial branch: 1x1 conv C->C/r + BN + ReLU, two 3x3 convs with dilation d=4 (+BN+ReLU),

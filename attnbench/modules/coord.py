@@ -5,7 +5,8 @@ h-swish with m = max(8, C/r) (r=32), split, 1x1 conv m->C (bias) per direction, 
 x * a_h * a_w. Parameters: (C*m + m) + 2m + 2*(m*C + C).
 Placement as the official code (github.com/houqb/CoordAttention, ``mbv2_ca.py``): in MobileNetV2 after
 the depthwise conv + BN + ReLU6 of every *expanding* block (the block slot; none in the first, t=1
-block: ``depthwise_separable`` maps to None); elsewhere the block slot.
+block: ``depthwise_separable`` maps to None); elsewhere the block slot -- our extension (the official
+code has MobileNetV2 only; EfficientNet/MobileNetV3 blocks too).
 """
 import torch
 from torch import nn

@@ -4,8 +4,10 @@ Context: 1x1 conv C->1 (bias), softmax over H*W, attention-pooled C-vector. Tran
 1x1 conv C->C/r (bias), LayerNorm over (C/r, 1, 1), ReLU, 1x1 conv C/r->C (bias); the result is
 added to every position. The last conv starts at zero (the official init), so the block is the
 identity at first. Parameters: (C+1) + (C*C/r + C/r) + 2*C/r + (C/r*C + C).
-GCNet's layout: one block at the end of every residual branch in c3-c5 only (ResNet stages 2-4,
-``default_stages = "all_but_first"``); ``stages: all`` puts it in every block, SE-style.
+GCNet's layout (github.com/xvjiarui/GCNet ``mmdet/models/backbones/resnet.py``, ``resnext.py``: ``after_1x1``):
+one block at the end of every residual branch in c3-c5 only (ResNet stages 2-4, ``default_stages =
+"all_but_first"``); ``stages: all`` puts it in every block, SE-style. In BasicBlocks (GCNet's asserts "Not
+implemented yet") and inverted residuals the same slot is our extension.
 """
 import torch
 from torch import nn

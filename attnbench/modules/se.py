@@ -3,7 +3,8 @@
 squeeze: global average pool; excitation: Linear C->C/r (bias), ReLU, Linear C/r->C (bias),
 sigmoid; scale: channel-wise multiply. Parameters: 2*C*(C/r) + C/r + C (weights + biases).
 Placement as the official model (github.com/hujie-frank/SENet, ``models/SE-ResNet-50.prototxt``): after the
-last BN of the residual branch, before the addition (``block``).
+last BN of the residual branch, before the addition (``block``). The released models are Bottleneck
+ResNets/ResNeXts: in BasicBlocks and in inverted residuals' SE slot it is our extension.
 """
 from torch import nn
 

@@ -7,7 +7,8 @@
 - ``variant="sk-resnet"`` (a dense conv, i.e. a plain ResNet: the SK authors' own SK-ResNet,
   github.com/implus/PytorchInsight ``classification/models/imagenet/resnet_sk.py``, 26.15M parameters
   for ResNet-50 in their table): branch 1 is the dense 3x3 the block had, branch 2 a 3x3 G-group conv
-  (dilation 1), d = C/r with no floor.
+  (dilation 1), d = C/r with no floor. In a BasicBlock (its first 3x3) this unit is our extension: the SK
+  authors released none (``resnet_sk.py``: "#TODO sknet for basicblocks").
 
 Both: each branch + BN + ReLU, no bias, stride of the replaced conv; fuse: sum, global average pool
 (``nn.AdaptiveAvgPool2d``: the paper's s = GAP(U1 + U2)), 1x1 conv C->d (no bias) + BN + ReLU; select:

@@ -1,7 +1,10 @@
 """SRM, Style-based Recalibration (Lee et al., ICCV 2019).
 
 Style pooling: per-channel mean and standard deviation; style integration: a channel-wise
-fully connected layer (2 weights per channel, no bias) + BatchNorm + sigmoid; scale.
+fully connected layer (2 weights per channel, no bias) + BatchNorm + sigmoid; scale. Placement as the
+official ResNet (github.com/hyunjaelee410/style-based-recalibration-module ``models/resnet.py``): after
+the last BN, before the addition; its BasicBlock does not run (NameError), so there and in inverted
+residuals the slot is our extension.
 Parameters: 2C + 2C = 4C.
 """
 import torch

@@ -2,7 +2,8 @@
 
 - ``tables``: the cost tables (markdown), the flat CSV, ``compare``;
 - ``accuracy``: seed statistics and the accuracy table;
-- ``plots``: PNG figures.
+- ``plots``: PNG figures;
+- ``predictors``: which count (MACs, parameters, bytes, operators) predicts latency.
 ``write_outputs`` is the one place that writes files.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from ..records import Record
+from . import predictors
 from .accuracy import accuracy_rows, render_accuracy
 from .plots import curves_plot, pareto_plot, sites_plot, sweep_plot
 from .tables import environment_line, flat_records, record_order, render_compare, render_markdown
@@ -43,13 +45,19 @@ def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
                          ("sites", sites_plot(records, out / f"{name}-sites.png"))):
             if png:
                 paths[key] = png
+        if predictors.applies(records):  # counts with memory traffic and timings: which count predicts latency
+            paths["predictors"] = out / f"{name}-predictors.md"
+            _write_atomic(paths["predictors"], predictors.render_predictors(records, name))
+            png = predictors.predictors_plot(records, out / f"{name}-predictors.png")
+            if png:
+                paths["predictors_plot"] = png
     _write_atomic(csv, flat_records(records).to_csv(index=False))
     return paths
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")  # the same bytes under every locale
     os.replace(tmp, path)
 
 

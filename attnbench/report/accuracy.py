@@ -167,6 +167,9 @@ def budget_line(acc: Sequence[Record]) -> str:
             f"(test {ds.get('test_subset') or 'all'}). Recipe: {recipe_text(tr, stats.get('threads'))}. "
             f"Every Δ below describes this budget; the curves plot ({ref.suite}-curves.png) shows where each module "
             f"stood at every epoch.")
+    choice = stats.get("recipe_choice")
+    if isinstance(choice, dict) and choice.get("why"):  # `amp: auto` / `channels_last: auto`, resolved on the host
+        line += f" Precision and memory format: {choice['why']}."
     differs = {}
     for r in ordered:
         other = recipe(r)

@@ -101,11 +101,13 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(len(backbones), len(panels), figsize=(4.8 * len(panels), 3.8 * len(backbones)), squeeze=False)
+    drawn = 0  # panels with at least one Δ: on a busy machine (every timing failed or no baseline) there may be none
     for row, backbone in enumerate(backbones):
         for col, (metric, axis) in enumerate(panels):
             ax = axes[row][col]
             if axis == "runtime":
-                _runtime_panel(ax, [r for r in records if r.backbone == backbone and r.metric == metric and r.ok], backbone, metric)
+                drawn += _runtime_panel(ax, [r for r in records if r.backbone == backbone and r.metric == metric and r.ok],
+                                        backbone, metric)
                 continue
             recs = [r for r in records if r.backbone == backbone and r.metric == metric and r.ok
                     and record_point(r).runtime == "eager"]
@@ -113,6 +115,7 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             fixed = {a: _mode(getattr(record_point(r), a) for r in recs) for a in others}
             recs = [r for r in recs if all(getattr(record_point(r), a) == v for a, v in fixed.items() if a in spec(metric).axes)]
             bases = {getattr(record_point(r), axis): r for r in recs if r.module == "none"}
+            series = []
             for label in dict.fromkeys(r.label for r in recs if r.module != "none"):
                 xs, ys, lo, hi = [], [], [], []
                 for r in sorted((r for r in recs if r.label == label), key=lambda r: _x(getattr(record_point(r), axis))):
@@ -120,15 +123,23 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                     if base is None or not base.value:
                         continue
                     y, below, above = _delta_with_bars(r, base)
+                    if not all(map(math.isfinite, (y, below, above))):
+                        continue
                     xs.append(_x(getattr(record_point(r), axis)))
                     ys.append(y)
                     lo.append(below)
                     hi.append(above)
                 if xs:
-                    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, label=label)
+                    series.append((label, xs, ys, lo, hi))
+            if not series:
+                _no_delta(ax, f"{backbone}: {metric}", recs)
+                continue
+            drawn += 1
+            for label, xs, ys, lo, hi in series:
+                ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, label=label)
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted({_x(getattr(record_point(r), axis)) for r in recs}))
+            ax.set_xticks(sorted({x for _, xs, _, _, _ in series for x in xs}))
             ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
             ax.set_xlabel("input resolution (side, px)" if axis == "input_size" else "batch size")
             held = ", ".join(f"{'input' if a == 'input_size' else 'batch'} {_show(v)}" for a, v in fixed.items() if a in spec(metric).axes)
@@ -136,7 +147,20 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             ax.set_title(f"{backbone}: {metric}" + (f" ({held})" if held else ""), fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+    if not drawn:
+        plt.close(fig)
+        return None
     return _finish(plt, fig, f"{records[0].suite}: how the cost of each module moves with the regime (error bars: paired 95% CI)", path, dpi=110)
+
+
+def _no_delta(ax, title: str, recs: Sequence[Record]) -> None:
+    """A panel with no Δ to draw says why, instead of an empty (or unscalable) axis."""
+    why = ("no ok cell here" if not recs else "no ok baseline 'none' at these points" if not any(r.module == "none" for r in recs)
+           else "no ok module row beside the baseline")
+    ax.text(0.5, 0.5, f"no Δ to draw:\n{why}", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _delta_with_bars(rec: Record, base: Record):
@@ -151,8 +175,9 @@ def _delta_with_bars(rec: Record, base: Record):
     return ci.pct, ci.pct - ci.low, ci.high - ci.pct
 
 
-def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
-    """Δ% of each module under each runtime, at the (input, batch) where the runtimes were compared."""
+def _runtime_panel(ax, recs, backbone: str, metric: str) -> bool:
+    """Δ% of each module under each runtime, at the (input, batch) where the runtimes were compared; False
+    (and a note in the panel) when there is no Δ to draw."""
     from .tables import record_point
 
     others = [r for r in recs if record_point(r).runtime != "eager"]
@@ -162,6 +187,7 @@ def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
     bases = {record_point(r).runtime: r for r in recs if r.module == "none"}
     labels = list(dict.fromkeys(r.label for r in recs if r.module != "none"))
     width = 0.8 / max(1, len(labels))
+    series = []
     for i, label in enumerate(labels):
         xs, ys, lo, hi = [], [], [], []
         for j, runtime in enumerate(runtimes):
@@ -170,10 +196,18 @@ def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
             if rec is None or base is None or not base.value:
                 continue
             y, below, above = _delta_with_bars(rec, base)
+            if not all(map(math.isfinite, (y, below, above))):
+                continue
             xs.append(j - 0.4 + width * (i + 0.5))
             ys.append(y)
             lo.append(below)
             hi.append(above)
+        if xs:
+            series.append((label, xs, ys, lo, hi))
+    if not series:
+        _no_delta(ax, f"{backbone}: {metric}", recs)
+        return False
+    for label, xs, ys, lo, hi in series:
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=4, capsize=3, label=label)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(runtimes)))
@@ -183,6 +217,7 @@ def _runtime_panel(ax, recs, backbone: str, metric: str) -> None:
     ax.set_title(f"{backbone}: {metric} (input {where[0][0]}x{where[0][1]}, batch {where[1]})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return True
 
 
 def _mode(values):
@@ -222,8 +257,9 @@ def sites_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                     ax.barh(y, ms, left=left, color=color, height=0.35, label=f"stage {k} (direct)" if y == 0 else None)
                     left += ms
             lo, hi = r.stats.get("low_ms"), r.stats.get("high_ms")
-            if lo is not None:
-                ax.errorbar([r.value], [y], xerr=[[r.value - lo], [hi - r.value]], fmt="none", ecolor="black", capsize=3)
+            if lo is not None and hi is not None:  # (a bar never negative: an interval edited to miss its value)
+                ax.errorbar([r.value], [y], xerr=[[max(0.0, r.value - lo)], [max(0.0, hi - r.value)]], fmt="none",
+                            ecolor="black", capsize=3)
             whole = whole_network_ms(records, r)
             if whole is not None:
                 err = None if whole[1] is None else [[whole[0] - whole[1]], [whole[2] - whole[0]]]

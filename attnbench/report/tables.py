@@ -5,6 +5,7 @@ the environment line included -- comes from the records.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +35,12 @@ MEMORY_NOTE = ("Memory: 'act.' counts the elements of every operator output that
                "(views and in-place outputs allocate nothing and count 0), per image; 'conv/linear act.' is fvcore's own count "
                "(conv, linear, matmul outputs only). 'saved for backward' is the bytes of the tensors autograd saves in one "
                "training forward (saved-tensor hooks, each storage once, parameters and buffers excluded), per image.")
+
+
+TRAFFIC_NOTE = ("Traffic: 'MB moved' is the bytes every operator of one eval forward reads (its tensor arguments, weights "
+                "included, each distinct element once) and writes (its outputs once), with no cache between operators; views "
+                "move nothing, in-place operators write once (ShuffleNet V2's memory access cost; docs/cost-model.md). "
+                "'operators' counts the aten calls at the dispatch level (views included), 'MACs/byte' is the arithmetic intensity.")
 
 
 def md_text(value: object) -> str:
@@ -149,13 +156,16 @@ def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record])
         return f"{_fmt(metric, v)} ({stats.get('iqr_ms', float('nan')):.2f}){mark}"
     if kind == "direct":
         lo, hi = stats.get("low_ms"), stats.get("high_ms")
-        text = f"{v:.3f}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]")
+        text = f"{v:.3f}" + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
         return text + (CONTENDED if contended(rec) else "")
     if kind == "throughput":
-        return f"{stats['images_per_s']:.1f}"
+        ips = stats.get("images_per_s")
+        return DASH if ips is None else f"{ips:.1f}"
     if kind.startswith("part:"):
         part = stats.get(kind[5:])
         return _fmt(metric, part) if part is not None else DASH
+    if ":" in kind and kind.split(":")[0] in STAT_KINDS:
+        return _stat_cell(kind, rec, base)
     bv = base.value if base is not None else None
     if bv is None or rec is base:
         return DASH
@@ -175,6 +185,26 @@ def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record])
             return f"not supported{mark}"
         return DASH if d is None else _ms_text(d[0], d[1], d[2]) + ("" if d[3] else " (unpaired)") + mark
     return _pct(v, bv)
+
+
+STAT_KINDS = ("mb", "delta_pct", "count", "ratio")
+
+
+def _stat_cell(kind: str, rec: Record, base: Optional[Record]) -> str:
+    """A stats field X of the record: mb:X (bytes as MB), delta_pct:X (Δ% vs the baseline's X),
+    count:X (an integer with its Δ vs the baseline), ratio:X (two decimals); a dash where a side lacks it."""
+    how, name = kind.split(":", 1)
+    v = rec.stats.get(name)
+    if v is None:
+        return DASH
+    b = base.stats.get(name) if base is not None and base is not rec and base.value is not None else None
+    if how == "mb":
+        return f"{v / 1e6:.1f}"
+    if how == "ratio":
+        return f"{v:.2f}"
+    if how == "count":
+        return f"{int(v):,}" + (f" ({int(v - b):+,})" if b is not None else "")
+    return DASH if b is None else _pct(v, b)
 
 
 def environment_line(records: Sequence[Record]) -> str:
@@ -205,6 +235,9 @@ def settings_line(records: Sequence[Record]) -> str:
     """What the numbers depend on, read from the records (input, batch, timing protocol)."""
     sizes = _distinct(f"{r.config['input_size'][0]}x{r.config['input_size'][1]}" for r in records if "input_size" in r.config)
     out = [f"input {sizes}"] if sizes else []
+    built = _distinct(_options_text(r.config["backbone_options"]) for r in records if r.config.get("backbone_options"))
+    if built:  # timm.create_model keywords every backbone was built with: part of what every number means
+        out.append(f"backbones built with {built}")
     if any(spec(r.metric).kind == "count" for r in records):
         out.append("counts per image")
     timed = [r for r in records if spec(r.metric).kind in ("timing", "memory")]
@@ -227,6 +260,11 @@ def settings_line(records: Sequence[Record]) -> str:
         text += (" 'setup s': export / compile / session creation (with the first, compiling call), timed apart and "
                  "never inside the latency; each runtime's output was checked against eager before timing.")
     return text
+
+
+def _options_text(options: dict) -> str:
+    """{in_chans: 1, drop_rate: 0.1} as 'in_chans=1 drop_rate=0.1' (sorted: one text per set of options)."""
+    return " ".join(f"{k}={json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}" for k, v in sorted(options.items()))
 
 
 def _freeze(s: dict) -> tuple:
@@ -302,6 +340,9 @@ def timing_notes(records: Sequence[Record]) -> List[str]:
     notes = []
     for g in timing_groups(records):
         machine = _machine_text(g.machine)
+        lost = no_delta_note(g)  # a Δ shown as "not supported" always says why
+        if lost and not g.unsupported:
+            notes.append(lost)
         if g.unsupported:
             notes.append(f"{CONTENDED} contended: {g.at}: {machine}; {g.what} of {', '.join(g.unsupported)} not supported "
                          "(measured while other processes took the CPU, not comparable with a quiet run); rerun on idle cores"
@@ -323,6 +364,30 @@ def timing_notes(records: Sequence[Record]) -> List[str]:
     return notes
 
 
+def no_delta_note(g: "TimingGroup") -> str:
+    """Why the rows of a timing group whose paired Δ cannot be computed show "not supported" ('' when every Δ
+    could be): a paired Δ takes, per round, the median over at least MIN_PAIRS undisturbed call pairs, so
+    rounds of fewer calls (a short ``min_time`` with ``min_iters`` below MIN_PAIRS) or calls that mostly waited
+    for a CPU leave no round to take it from."""
+    from ..stats import MIN_PAIRS
+
+    base = next((r for r in g.records if r.label == r.stats.get("baseline")), None)
+    if base is None:
+        return ""
+    lost = [r for r in g.records if r is not base and (lambda ci: ci is not None and ci.pct != ci.pct)(delta_interval(r, base))]
+    if not lost:
+        return ""
+    b = base.stats.get("rounds_ms") or []
+    pairs = max((min(len(v), len(w)) for r in lost for v, w in zip(r.stats.get("rounds_ms") or [], b)), default=0)
+    if pairs < MIN_PAIRS:
+        why = (f"every round timed at most {pairs} call pair(s), fewer than the {MIN_PAIRS} a round needs for a paired Δ; "
+               f"raise latency.min_iters to {MIN_PAIRS} or more (or latency.min_time)")
+    else:
+        why = (f"no round had {MIN_PAIRS} undisturbed call pairs ({_machine_text(g.machine)}): other processes took the "
+               "CPU; rerun on idle cores, or with more rounds")
+    return f"Δ not supported: {g.at}: {', '.join(r.label for r in lost)}: {why}"
+
+
 def _machine_text(c: dict) -> str:
     parts = []
     if c.get("others_cpu") is not None:
@@ -340,7 +405,7 @@ def _machine_text(c: dict) -> str:
 
 def where(cells: Dict[str, Record]) -> str:
     """Where the module sits, from any record of the row."""
-    from ..attach import describe
+    from ..where import describe
 
     attach = next((c.attachment for c in cells.values() if c.attachment), None)
     return describe(attach) if attach else DASH
@@ -415,7 +480,7 @@ def _is_bare_baseline(rec: Record) -> bool:
 def _columns(metric: str, records) -> Tuple[Tuple[str, str], ...]:
     """A metric's columns, plus its optional ones when some record has that stat (setup time)."""
     extra = tuple(c for c in spec(metric).optional_columns
-                  if any(r.metric == metric and r.stats.get(c[1][5:]) is not None for r in records))
+                  if any(r.metric == metric and r.stats.get(c[1].split(":", 1)[1]) is not None for r in records))
     return spec(metric).columns + extra
 
 
@@ -448,6 +513,8 @@ def render_markdown(records: Sequence[Record], title: Optional[str] = None) -> s
         lines.append(MACS_NOTE)
     if any(m in ("activations", "train_memory") for m in metrics):
         lines.append(MEMORY_NOTE)
+    if any(r.metric == "macs" and r.stats.get("bytes") is not None for r in records):
+        lines.append(TRAFFIC_NOTE)
     lines.append("Δ: against the same backbone's `none` row, the bare backbone (native attention removed where it has any); "
                  "a `native` row is timm's model as built, so its Δ is what the native attention costs.")
     lines.append("")
@@ -590,6 +657,11 @@ def _notes(records: Sequence[Record]) -> List[str]:
     for r in records:
         if r.stats.get("counters_agree") is False and not r.stats.get("unhandled"):
             notes.append(f"{UNCOUNTED} {r.backbone}/{r.label}: the two MAC counters differ: {r.stats.get('counter_difference', '?')}.")
+    for r in records:
+        if r.ok and r.stats.get("fvcore_error"):
+            why = (str(r.stats["fvcore_error"]).strip().splitlines() or ["?"])[0][:160]
+            notes.append(f"{r.backbone}/{r.label}/{r.metric}: fvcore could not trace it, so its fvcore column is "
+                         f"{DASH} ({why}).")
     for (backbone, label), cells in _rows(records).items():
         why = unseen_state(cells)
         if why:
@@ -657,6 +729,7 @@ class CompareRow:
     a: Optional[Record]
     b: Optional[Record]
     delta: Optional[RatioInterval]
+    seed: Optional[int] = None  # accuracy: one training run per seed, matched seed by seed
 
     @property
     def contended(self) -> str:
@@ -696,11 +769,22 @@ def compare_rows(a: Sequence[Record], b: Sequence[Record]) -> List[CompareRow]:
             sa, sb = _rounds(ra), _rounds(rb)
             delta = unpaired_ratio_interval(sb, sa, b_waits=rb.stats.get("rounds_wait"),
                                             a_waits=ra.stats.get("rounds_wait")) if sa and sb else None
-            if delta is None:  # counts (exact) or records without raw samples: the plain ratio, no band
-                delta = RatioInterval((rb.value / ra.value - 1) * 100, None, None, 1,
-                                      "exact" if spec(key[2]).kind == "count" else "no raw samples")
-        rows.append(CompareRow(key[0], key[1], key[2], key[3], ra, rb, delta))
+            if delta is None:  # counts (exact), one training run a side, or no usable raw samples: the plain ratio
+                delta = RatioInterval((rb.value / ra.value - 1) * 100, None, None, 1, no_band(ra, rb, sa, sb))
+        rows.append(CompareRow(key[0], key[1], key[2], key[3], ra, rb, delta, key[4]))
     return rows
+
+
+def no_band(ra: Record, rb: Record, sa, sb) -> str:
+    """Why a compared cell has no noise band: what the plain ratio is."""
+    kind = spec(ra.metric).kind
+    if kind == "count":
+        return "exact"
+    if kind == "accuracy":
+        return f"one training run a side (seed {ra.seed}): no band; compare seed means in the accuracy tables"
+    if sa and sb:
+        return "raw samples kept, but no round of undisturbed calls on one side: no band"
+    return "no raw samples" + (f" in {' and '.join(n for n, x in (('A', sa), ('B', sb)) if not x)}" if sa or sb else "")
 
 
 def render_compare(a: Sequence[Record], b: Sequence[Record], name_a: str = "A", name_b: str = "B",
@@ -713,14 +797,16 @@ def render_compare(a: Sequence[Record], b: Sequence[Record], name_a: str = "A", 
 def render_compare_rows(rows: Sequence[CompareRow], name_a: str = "A", name_b: str = "B",
                         fail_above: Optional[float] = None) -> str:
     several = len({r.point for r in rows}) > 1
+    seeds = any(r.seed is not None for r in rows)
     lines = [f"# compare {name_a} -> {name_b}", "",
              "Δ % = B vs A; timings carry a 95% noise band from each run's raw per-round samples (Welch's t on the "
              "per-round log medians of undisturbed calls); counts are exact. A timing from a run that was contended "
              f"(other processes took the CPU: {CONTENDED} in its table) is never called a regression or an improvement.", "",
-             "| backbone | module | metric |" + (" point |" if several else "") + " unit | A | B | Δ % | noise band |",
-             "|---|---|---|" + ("---|" if several else "") + "---|---:|---:|---:|---|"]
+             "| backbone | module | metric |" + (" point |" if several else "") + (" seed |" if seeds else "")
+             + " unit | A | B | Δ % | noise band |",
+             "|---|---|---|" + ("---|" if several else "") + ("---:|" if seeds else "") + "---|---:|---:|---:|---|"]
     for row in rows:
-        unit = next((r.measurement.unit for r in (row.a, row.b) if r is not None and r.measurement is not None), "")
+        unit = _unit_label(row.metric)  # the unit of A and B as shown (M parameters, GMACs, ms), not as stored
         fa = _fmt(row.metric, row.a.value) if row.a is not None and row.a.value is not None else (row.a.status_text() if row.a else DASH)
         fb = _fmt(row.metric, row.b.value) if row.b is not None and row.b.value is not None else (row.b.status_text() if row.b else DASH)
         d = row.delta
@@ -731,5 +817,6 @@ def render_compare_rows(rows: Sequence[CompareRow], name_a: str = "A", name_b: s
         elif fail_above is not None and row.regression_above(fail_above):
             band += f" **regression > {fail_above:g}%**"
         point = [_axis_label(row.metric, row.point)] if several else []
-        lines.append(md_row([row.backbone, row.label, row.metric] + point + [unit, fa, fb, delta, band]))
+        seed = [DASH if row.seed is None else str(row.seed)] if seeds else []
+        lines.append(md_row([row.backbone, row.label, row.metric] + point + seed + [unit, fa, fb, delta, band]))
     return "\n".join(lines) + "\n"

@@ -1,7 +1,11 @@
-"""Prints on import: the output must not reach a table on stdout."""
+"""Prints and warns on import: the output must not reach a table on stdout, and the warning belongs to this
+package alone (`attnbench check` of another module must not list it)."""
+import warnings
+
 from torch import nn
 
 print("NOISY PLUGIN OUTPUT")
+warnings.warn("NOISY PLUGIN WARNING on import", FutureWarning)
 
 
 class Gate(nn.Module):

@@ -1,0 +1,1 @@
+"""A second plugin that takes the demo plugin's name: both are listed under qualified names, with one warning."""
