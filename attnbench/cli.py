@@ -145,11 +145,11 @@ def _summarise(name: str, result, quiet: bool) -> None:
     err_console.print(
         f"{name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped{unsupported}, {result.reused} reused "
         f"in {result.wall_s:.1f} s -> {written}", markup=False, highlight=False)
-    from .report.tables import contention_line  # lazy: the CLI starts without the report stack
+    from .report.tables import contention_line, precision_line  # lazy: the CLI starts without the report stack
 
-    contention = contention_line(result.records)
-    if contention:
-        err_console.print(contention, markup=False, highlight=False, soft_wrap=True)
+    for line in (contention_line(result.records), precision_line(result.records)):
+        if line:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     for what in result.unwritten:
         err_console.print(f"not written: {what}; `attnbench report {result.paths['records']}` rebuilds it", markup=False)
     if result.interrupted:

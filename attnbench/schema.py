@@ -77,7 +77,7 @@ STATS = Shape({
     # timings (attnbench.measures.latency): summary, the schedule's raw data, and what the machine did
     "median_ms": Finite, "iqr_ms": Finite, "mean_ms": Finite, "min_ms": Finite, "images_per_s": Number,
     "runs": int, "unstable": bool, "rounds_ms": List[List[Number]], "rounds_wait": List[List[Optional[Number]]],
-    "rounds_total_ms": List[Number], "schedule": str, "group": str, "baseline": Optional[str],
+    "rounds_total_ms": List[Number], "schedule": str, "batches": int, "group": str, "baseline": Optional[str],
     "low_ms": _MS, "high_ms": _MS, "total_ms": Finite, "prepare_s": Optional[Number],
     "runtime_info": Dict[str, Any], "threads": int, "amp": Optional[str], "device": str,
     "stop": Shape({"reason": str, "rounds": int, "seconds": Number, "target": Optional[Number],
@@ -125,7 +125,7 @@ EXECUTOR = Shape({"kind": str, "worker": str, "node_share": Optional[int], "slot
 SETTINGS = Shape({"rounds": int, "min_time": Number, "min_iters": int, "warmup": int, "target": Optional[Number],
                   "max_time": Optional[Number], "direct_target": Optional[Number], "nice": Optional[int],
                   "clean_wait": Number, "unstable_threshold": Number, "amp": Optional[str], "channels_last": bool,
-                  "schedule": str, "threads": Optional[int], "batch_size": int, "input_size": List[int],
+                  "schedule": str, "batches": int, "threads": Optional[int], "batch_size": int, "input_size": List[int],
                   "runtime": str, "device": str, "dtype": str, "batch": int, "input": List[int]})
 
 # Record fields that are free-form mappings: the shape each must have.

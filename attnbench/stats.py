@@ -100,9 +100,12 @@ def convergence(mean_curve: Sequence[float], threshold: float = CONVERGED_PP) ->
 # CLEAN_WAIT was preempted by another process and is left out of every Δ.
 #   d_ri = ln t_ri(v) - ln t_ri(base) over the cycles i of round r where both calls are clean
 #   m_r  = median_i d_ri (rounds with >= MIN_PAIRS clean pairs)                 (robust within a round)
-#   Δ%   = 100·(exp(mean_r m_r) - 1), 95% interval 100·(exp(mean m ± t(0.975, n-1)·sd(m)/√n) - 1).
-# The t interval runs over rounds, not calls: calls within a few seconds share the machine's state, and
-# the round-to-round spread is what carries the slower drift into the interval.
+#   Δ%   = 100·(exp(mean_r m_r) - 1), 95% interval 100·(exp(mean m ± t(0.975, df)·se) - 1), where
+#          records with ``stats.batches`` = B (since 0.2): se over b = min(B, n // 2) batch means of consecutive
+#          rounds, df = b - 1 (batch_interval); older records: se = sd(m)/√n over rounds, df = n - 1.
+# The interval runs over rounds (or batches of them), not calls: calls within a few seconds share the machine's
+# state. Rounds seconds apart still do (the host drifts over tens of seconds), so a t over rounds was too narrow
+# for the next run's point; batch means spanning the whole run carry that drift (docs/latency.md).
 # Records from before (block schedule, no ``schedule`` stat): per round the ratio of the two medians.
 # Between runs (``compare``, or two rows from different processes) no pairing exists: Welch's t on each
 # run's per-round log medians of clean calls, labelled unpaired.
@@ -155,11 +158,34 @@ def _t_interval(values: Sequence[float], level: float) -> Tuple[float, Optional[
     return mean, t_quantile(1 - (1 - level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def mean_interval(values: Sequence[float], level: float = LEVEL) -> Tuple[Optional[float], Optional[float], Optional[float]]:
-    """(mean, low, high) of a t interval over ``values``: (None, None, None) without values, no bounds with one."""
+def batch_interval(values: Sequence[float], batches: int = 1, level: float = LEVEL) -> Tuple[float, Optional[float], int]:
+    """(mean, half-width, batches used) of a 95% interval for the mean of a series of rounds in time order.
+
+    ``batches`` <= 1: a t interval over the rounds, each taken as independent (records from before batching).
+    ``batches`` = B: batch means -- the rounds cut into b = min(B, n // 2) runs of consecutive rounds (the last
+    batch takes the remainder), a t interval over the b batch means (b - 1 df). Rounds seconds apart share the
+    machine's state (its speed and what other tenants do drift over tens of seconds), so their spread understates
+    how far the next run lands; the spread of means of batches spanning the whole run carries that drift
+    (measured in docs/latency.md: coverage across fresh runs rose from 68% to the nominal ~83%). Fewer than 4
+    rounds fall back to the t over rounds."""
+    n = len(values)
+    b = min(int(batches), n // 2)
+    if b < 2:
+        mean, half = _t_interval(values, level)
+        return mean, half, 0
+    size = n // b
+    means = [statistics.fmean(values[i * size:(i + 1) * size if i < b - 1 else n]) for i in range(b)]
+    mean = statistics.fmean(values)
+    return mean, t_quantile(1 - (1 - level) / 2, b - 1) * statistics.stdev(means) / math.sqrt(b), b
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL,
+                  batches: int = 1) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """(mean, low, high) of an interval over ``values`` (rounds in time order; ``batches``: see batch_interval):
+    (None, None, None) without values, no bounds with one."""
     if not values:
         return None, None, None
-    mean, half = _t_interval(values, level)
+    mean, half, _ = batch_interval(values, batches, level)
     return (mean, None, None) if half is None else (mean, mean - half, mean + half)
 
 
@@ -181,27 +207,29 @@ def paired_round_values(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: f
 
 
 def alternating_delta(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
-                      level: float = LEVEL) -> Optional[RatioInterval]:
-    """Δ% of variant vs baseline timed in one interleaved group (see the comment above)."""
+                      level: float = LEVEL, batches: int = 1) -> Optional[RatioInterval]:
+    """Δ% of variant vs baseline timed in one interleaved group (see the comment above; ``batches``: the interval
+    over batch means of consecutive rounds, see batch_interval)."""
     values, seen, used = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit)
     clean = used / seen if seen else None
     if not values:
         return None if not seen else RatioInterval(float("nan"), None, None, 0, "no round with enough undisturbed pairs",
                                                    True, clean)
-    mean, half = _t_interval(values, level)
-    method = f"paired, interleaved call by call: t over {len(values)} rounds of per-round median log ratios"
+    mean, half, b = batch_interval(values, batches, level)
+    method = (f"paired, interleaved call by call: t over {b} batch means of {len(values)} rounds' median log ratios" if b
+              else f"paired, interleaved call by call: t over {len(values)} rounds of per-round median log ratios")
     if half is None:
         return RatioInterval(_pct(mean), None, None, 1, method + " (1 round: no interval)", True, clean)
     return RatioInterval(_pct(mean), _pct(mean - half), _pct(mean + half), len(values), method, True, clean)
 
 
 def alternating_difference(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
-                           level: float = LEVEL) -> Optional[Tuple[float, Optional[float], Optional[float], int]]:
-    """Added time (variant - baseline, in the samples' unit) with its t interval over rounds: (mean, lo, hi, n)."""
+                           level: float = LEVEL, batches: int = 1) -> Optional[Tuple[float, Optional[float], Optional[float], int]]:
+    """Added time (variant - baseline, in the samples' unit) with its interval over rounds: (mean, lo, hi, n)."""
     values, _, _ = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit, diff=lambda a, b: a - b)
     if not values:
         return None
-    mean, low, high = mean_interval(values, level)
+    mean, low, high = mean_interval(values, level, batches)
     return mean, low, high, len(values)
 
 
@@ -247,8 +275,8 @@ def unpaired_ratio_interval(b_rounds: Sequence[Sequence[float]], a_rounds: Seque
                          "unpaired: Welch t on per-round log medians", False)
 
 
-def own_precision(rounds, waits=None, limit: float = CLEAN_WAIT, level: float = LEVEL) -> Optional[float]:
+def own_precision(rounds, waits=None, limit: float = CLEAN_WAIT, level: float = LEVEL, batches: int = 1) -> Optional[float]:
     """Half-width in points of one variant's own per-round log medians (the stop rule without a baseline)."""
     logs = [math.log(v) for v in clean_round_medians(rounds, waits, limit)]
-    mean, half = _t_interval(logs, level) if logs else (0.0, None)
+    mean, half, _ = batch_interval(logs, batches, level) if logs else (0.0, None, 0)
     return None if half is None else max(_pct(half), -_pct(-half))

@@ -93,6 +93,8 @@ def harness_run(backbones, modules, nice="ask", host=None) -> dict:
         if host:
             host["join"](proc.pid)
         _, err = proc.communicate()
+        if host:
+            host["leave"](proc.pid)
         wall = time.perf_counter() - t0
         recs = Store(Path(tmp) / "latency-precision.jsonl").latest()
     tail = [ln.replace(tmp, "OUT") for ln in err.strip().splitlines()[-3:]]  # no temporary path in the results
@@ -122,6 +124,8 @@ def timm_run(backbones, modules, host=None) -> dict:
         if host:
             host["join"](proc.pid)
         stdout, _ = proc.communicate()
+        if host:
+            host["leave"](proc.pid)
         res = json.loads(stdout.strip().splitlines()[-1])
         out["timing_s"] += res["timing_s"]
         out["delta"].update({f"{b}/{m}": v for m, v in res["delta"].items()})

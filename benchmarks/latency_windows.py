@@ -85,7 +85,8 @@ def hac_interval(values, lag=None):
     return m, t_quantile(0.975, n - 1) * se
 
 
-ESTIMATORS = {"t over rounds": lambda v: t_interval(v), "batch means x5": lambda v: batch_interval(v, 5),
+ESTIMATORS = {"t over rounds": lambda v: t_interval(v), "batch means x4": lambda v: batch_interval(v, 4),
+              "batch means x5": lambda v: batch_interval(v, 5), "batch means x8": lambda v: batch_interval(v, 8),
               "newey-west": lambda v: hac_interval(v)}
 
 

@@ -89,3 +89,33 @@ def test_compare_noise_band_and_fail_above(tmp_path):
     assert runner.invoke(app, ["compare", pa, pb, "--fail-above", "30"]).exit_code == 0
     assert runner.invoke(app, ["compare", pa, pc, "--fail-above", "5"]).exit_code == 0
     assert runner.invoke(app, ["compare", pa, pb]).exit_code == 0  # without the flag compare only reports
+
+
+T_975_DF4 = 2.776445  # Student's t, 0.975 quantile, 4 degrees of freedom (printed tables)
+
+
+def test_batch_means_worked_by_hand():
+    from attnbench.stats import alternating_delta, batch_interval
+
+    # Ten rounds 1..10 in five batches of two: batch means 1.5, 3.5, 5.5, 7.5, 9.5 (sd sqrt(10)), se sqrt(10)/sqrt(5).
+    mean, half, b = batch_interval([float(v) for v in range(1, 11)], 5)
+    assert (mean, b) == (5.5, 5) and half == pytest.approx(T_975_DF4 * math.sqrt(2), rel=1e-6)
+    # Eleven rounds: the last batch takes the remainder (9, 10, 11: mean 10), the mean is over rounds.
+    mean, half, b = batch_interval([float(v) for v in range(1, 12)], 5)
+    means = [1.5, 3.5, 5.5, 7.5, 10.0]
+    sd = math.sqrt(sum((m - sum(means) / 5) ** 2 for m in means) / 4)
+    assert (mean, b) == (6.0, 5) and half == pytest.approx(T_975_DF4 * sd / math.sqrt(5), rel=1e-6)
+    # Fewer than 4 rounds: no batches, the t over rounds (what records from before batching get).
+    mean, half, b = batch_interval([1.0, 2.0, 3.0], 5)
+    assert (mean, b) == (2.0, 0) and half == pytest.approx(T_975_DF2 / math.sqrt(3), rel=1e-6)
+    # In a Δ: rounds that drift together (each round's ratio exact, the drift slow) get the batch means' wider band.
+    base = [[10.0] * 3 for _ in range(10)]
+    variant = [[10.0 * math.exp(0.05 + 0.002 * r)] * 3 for r in range(10)]  # ln ratio 0.050 .. 0.068, a slow drift
+    rounds_ci = alternating_delta(variant, base)
+    batch_ci = alternating_delta(variant, base, batches=5)
+    assert batch_ci.pct == pytest.approx(rounds_ci.pct) and batch_ci.n == rounds_ci.n == 10
+    d = [0.05 + 0.002 * r for r in range(10)]
+    bm = [(d[2 * i] + d[2 * i + 1]) / 2 for i in range(5)]
+    half = T_975_DF4 * math.sqrt(sum((m - sum(bm) / 5) ** 2 for m in bm) / 4) / math.sqrt(5)
+    assert batch_ci.high == pytest.approx(100 * math.expm1(sum(d) / 10 + half), rel=1e-6)
+    assert batch_ci.halfwidth > rounds_ci.halfwidth and "5 batch means of 10 rounds" in batch_ci.method

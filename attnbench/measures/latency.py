@@ -47,6 +47,7 @@ AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch
 NICE: Rule = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and -20 <= v <= 19),
               "must be an integer from -20 to 19 (or null: leave the priority as it is)")
 FRACTION: Rule = (lambda v: is_finite_number(v) and 0 < v <= 1, "must be a number in (0, 1]")
+BATCHES = 5  # batch means per interval (docs/latency.md, "Across runs": chosen from traces of two hosts)
 DEFAULT_MAX_TIME = 60.0  # seconds of timing per group when a target is set and max_time is not
 HOPELESS_CLEAN = 0.05  # a Δ with fewer undisturbed pairs than this after 3 rounds cannot reach any target here
 CONTENDED_CLEAN = 0.5  # a variant with fewer undisturbed calls than this is marked contended
@@ -63,6 +64,7 @@ class LatencySettings:
     rounds: int = suite_field(5, POSITIVE_INT)  # rounds at least (exactly, without a target)
     min_time: float = suite_field(0.3, POSITIVE_NUMBER)  # seconds per variant per round
     min_iters: int = suite_field(3, POSITIVE_INT)  # cycles per round at least
+    batches: int = suite_field(BATCHES, POSITIVE_INT)  # intervals over this many batch means of consecutive rounds (1: over rounds)
     target: Optional[float] = suite_field(None, optional(POSITIVE_NUMBER))  # 95% half-width of every Δ, in points
     max_time: Optional[float] = suite_field(None, optional(POSITIVE_NUMBER))  # seconds of timing per group
     direct_target: float = suite_field(5.0, POSITIVE_NUMBER)  # attention_cpu: 95% half-width of each total, % of itself
@@ -85,7 +87,7 @@ class LatencySettings:
             "warmup": self.warmup, "rounds": self.rounds, "min_time": self.min_time, "min_iters": self.min_iters,
             "target": self.target, "direct_target": self.direct_target, "max_time": self.time_budget, "nice": self.nice, "clean_wait": self.clean_wait,
             "amp": self.amp, "channels_last": self.channels_last, "runtime": self.runtime,
-            "mode": "train" if self.train else "eval", "schedule": "alternating",
+            "mode": "train" if self.train else "eval", "schedule": "alternating", "batches": self.batches,
         }
 
 
@@ -238,10 +240,11 @@ def run_rounds(steps: Dict[str, Callable[[], object]], s: LatencySettings, dev: 
     return res
 
 
-def _delta(res: Rounds, label: str, baseline: Optional[str], limit: float) -> Optional[st.RatioInterval]:
+def _delta(res: Rounds, label: str, baseline: Optional[str], limit: float, batches: int = 1) -> Optional[st.RatioInterval]:
     if baseline is None or label == baseline or baseline not in res.times:
         return None
-    return st.alternating_delta(res.times[label], res.times[baseline], res.waits[label], res.waits[baseline], limit)
+    return st.alternating_delta(res.times[label], res.times[baseline], res.waits[label], res.waits[baseline], limit,
+                                batches=batches)
 
 
 def precision_rule(s: LatencySettings, baseline: Optional[str]) -> StopRule:
@@ -256,11 +259,11 @@ def precision_rule(s: LatencySettings, baseline: Optional[str]) -> StopRule:
             if baseline in res.times and label == baseline:
                 continue
             if baseline in res.times:
-                ci = _delta(res, label, baseline, s.clean_wait)
+                ci = _delta(res, label, baseline, s.clean_wait, s.batches)
                 hopeless = r >= 3 and (ci is None or ci.clean is None or ci.clean < HOPELESS_CLEAN)
                 out[label] = math.inf if hopeless else (ci.halfwidth if ci is not None else None)
             else:
-                out[label] = st.own_precision(res.times[label], res.waits[label], s.clean_wait)
+                out[label] = st.own_precision(res.times[label], res.waits[label], s.clean_wait, batches=s.batches)
         return out
 
     def stop(res: Rounds, r: int, elapsed: float) -> Optional[str]:
@@ -358,6 +361,7 @@ def measure_latency(
         if any(w is not None for rnd in res.waits[label] for w in rnd):
             stats["rounds_wait"] = res.waits[label]
         stats["schedule"] = "alternating"
+        stats["batches"] = settings.batches  # the interval's batch means (stats.batch_interval): read back by the tables
         stats["group"] = res.group
         stats["baseline"] = baseline if baseline in res.times else None
         ci = _delta(res, label, stats["baseline"], settings.clean_wait)
@@ -491,7 +495,7 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
             widths = []  # relative half-widths (% of each variant's own total): direct_target
             for label, ms in meta.items():
                 keys = [m["key"] for m in ms if m["key"] in res.times]
-                mean, lo, hi = st.mean_interval(_site_totals(res, keys, settings.clean_wait))
+                mean, lo, hi = st.mean_interval(_site_totals(res, keys, settings.clean_wait), batches=settings.batches)
                 widths.append(None if lo is None or not mean else 100 * (hi - mean) / mean)
             if r >= settings.rounds and all(w is not None and w <= settings.direct_target for w in widths):
                 return "target met"
@@ -509,11 +513,11 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
         limit = settings.clean_wait if totals or not keys else math.inf
         if not totals:
             totals = _site_totals(res, keys, limit)
-        mean, lo, hi = st.mean_interval(totals) if ms else (0.0, None, None)
+        mean, lo, hi = st.mean_interval(totals, batches=settings.batches) if ms else (0.0, None, None)
         stages: Dict[str, dict] = {}
         for stage in sorted({m["stage"] for m in ms}):
             skeys = [m["key"] for m in ms if m["stage"] == stage and m["key"] in res.times]
-            s_mean, s_lo, s_hi = st.mean_interval(_site_totals(res, skeys, limit))
+            s_mean, s_lo, s_hi = st.mean_interval(_site_totals(res, skeys, limit), batches=settings.batches)
             stages[str(stage)] = {"ms": s_mean, "low_ms": s_lo, "high_ms": s_hi, "sites": len(skeys)}
         sites = []
         for m in ms:
@@ -521,7 +525,7 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
             sites.append({"path": m["path"], "stage": m["stage"], "shape": m["shape"],
                           "median_ms": round(statistics.median(calls), 5) if calls else None, "calls": len(calls)})
         stats = {"total_ms": mean, "low_ms": lo, "high_ms": hi, "rounds_total_ms": [round(t, 5) for t in totals],
-                 "stages": stages, "sites": sites, "schedule": "alternating", "group": res.group,
+                 "stages": stages, "sites": sites, "schedule": "alternating", "batches": settings.batches, "group": res.group,
                  "stop": {"reason": res.reason, "target": settings.direct_target if settings.target is not None else None,
                           "max_time": settings.time_budget,
                           "rounds": len(totals), "seconds": round(res.seconds, 2),

@@ -90,6 +90,12 @@ def _clean_limit(rec: Record) -> float:
     return float((rec.measurement.settings if rec.measurement else {}).get("clean_wait") or CLEAN_WAIT)
 
 
+def _batches(rec: Record) -> int:
+    """The batch means a timing record's intervals are taken over (stats.batches); 1 (over rounds) for records from
+    before batching, so their tables stay what they were."""
+    return int(rec.stats.get("batches") or 1)
+
+
 def delta_interval(rec: Record, base: Record) -> Optional[RatioInterval]:
     """Δ% with its 95% interval from the raw samples both records keep: paired when the two were timed in
     one interleaved group, unpaired (Welch, and labelled so) when they come from different runs."""
@@ -100,7 +106,7 @@ def delta_interval(rec: Record, base: Record) -> Optional[RatioInterval]:
     if not same_group(rec, base):
         return unpaired_ratio_interval(a, b, b_waits=wa, a_waits=wb)
     if rec.stats.get("schedule") == "alternating" and base.stats.get("schedule") == "alternating":
-        return alternating_delta(a, b, wa, wb, _clean_limit(rec))
+        return alternating_delta(a, b, wa, wb, _clean_limit(rec), batches=_batches(rec))
     return paired_ratio_interval(a, b)
 
 
@@ -109,7 +115,8 @@ def delta_ms(rec: Record, base: Record) -> Optional[Tuple[float, Optional[float]
     the difference of medians, unpaired and without an interval, otherwise."""
     a, b = rec.stats.get("rounds_ms"), base.stats.get("rounds_ms")
     if a and b and same_group(rec, base) and rec.stats.get("schedule") == "alternating":
-        d = alternating_difference(a, b, rec.stats.get("rounds_wait"), base.stats.get("rounds_wait"), _clean_limit(rec))
+        d = alternating_difference(a, b, rec.stats.get("rounds_wait"), base.stats.get("rounds_wait"), _clean_limit(rec),
+                                   batches=_batches(rec))
         return (d[0], d[1], d[2], True) if d is not None else (float("nan"), None, None, True)
     if rec.value is None or base.value is None:
         return None
@@ -249,9 +256,12 @@ def settings_line(records: Sequence[Record]) -> str:
         out.append(f"runtime {runtimes}")
     text = "Settings: " + ", ".join(out) + "."
     if any(r.stats.get("schedule") == "alternating" for r in timed):
+        batched = sorted({_batches(r) for r in timed if r.stats.get("schedule") == "alternating"} - {1})
+        over = (f"t interval over {' / '.join(map(str, batched))} batch means of consecutive rounds (b-1 df; the host's "
+                "drift over the run is in the interval)" if batched else "t interval over rounds (n-1 df)")
         text += (" Δ latency [95% CI]: paired only between rows timed in one interleaved group: the variants alternate "
                  "call by call; per round the median log ratio over call pairs in which neither call waited for a CPU "
-                 "(more than its clean_wait share of thread time in the run queue); t interval over rounds (n-1 df), shown "
+                 f"(more than its clean_wait share of thread time in the run queue); {over}, shown "
                  "as %. Rows timed in different processes are marked (unpaired): Welch's t on each side's per-round log medians.")
     elif any(r.stats.get("rounds_ms") for r in timed):
         text += (" Δ latency [95% CI]: paired over the interleaved rounds: per round the ratio of the two medians, "
@@ -334,6 +344,33 @@ def contention_line(records: Sequence[Record]) -> str:
             + ("" if granted else ", or as root so attnbench can raise its priority (latency.nice)"))
 
 
+def needed_text(g: "TimingGroup", widest: float) -> str:
+    """How much timing the target would take on this host, from what the group reached: a half-width shrinks as
+    1/sqrt(timing), so T x (widest / target)^2 (an estimate: the host may change)."""
+    seconds, target = g.stop.get("seconds") or 0, g.stop.get("target") or 0
+    if not seconds or not target or widest <= target:
+        return ""
+    return (f"this host would need about {seconds * (widest / target) ** 2:.0f} s of timing for ±{target:g} "
+            f"(latency.max_time), or accept ±{widest:.1f} (latency.target)")
+
+
+def precision_line(records: Sequence[Record]) -> str:
+    """One line naming every timing group that stopped at its time budget before its precision target, with the
+    half-width it reached and the time the target would take here: the table's precision, said plainly."""
+    missed = []
+    for g in timing_groups(records):
+        if g.stop.get("reason") != "max_time" or not g.stop.get("target") or g.unsupported or _batches(g.records[0]) <= 1:
+            continue
+        widths = [(r.label, (r.stats.get("stop") or {}).get("halfwidth")) for r in g.records if r.stats.get("baseline") != r.label]
+        widths = [(lab, w) for lab, w in widths if w is not None]
+        if widths:
+            lab, w = max(widths, key=lambda t: t[1])
+            missed.append(f"{g.at}: ±{w:.2f} points ({lab}) after {g.stop.get('seconds') or 0:.0f} s; {needed_text(g, w)}")
+    if not missed:
+        return ""
+    return "precision target not met: " + "; ".join(missed) + " (the host's timing noise; each Δ's interval says it)"
+
+
 def timing_notes(records: Sequence[Record]) -> List[str]:
     """Per timing group: how its rounds ended (target met, time spent, contended) and what the machine was
     doing; one line each, for the table's notes."""
@@ -358,7 +395,9 @@ def timing_notes(records: Sequence[Record]) -> List[str]:
             done = (f"target ±{target:g}{unit} met" if reason == "target met"
                     else f"time budget {g.stop.get('max_time'):g} s spent before target ±{target:g}{unit}")
             notes.append(f"precision: {g.at}: {done} after {g.stop.get('rounds')} rounds ({g.stop.get('seconds') or 0:.0f} s)"
-                         + (f", widest ±{widest[1]:.2f}{unit} ({widest[0]})" if widest else "") + f"; {machine}")
+                         + (f", widest ±{widest[1]:.2f}{unit} ({widest[0]})" if widest else "")
+                         + (f"; {needed_text(g, widest[1])}" if widest and reason == "max_time" and _batches(g.records[0]) > 1 else "")
+                         + f"; {machine}")
         elif (g.machine.get("others_cpu") or 0) >= 0.10:
             notes.append(f"busy machine: {g.at}: {machine}")
     return notes
