@@ -3,7 +3,7 @@
 ``deadline(seconds)`` ends a hung cell with :class:`CellTimeout`: a ``SIGALRM`` timer that raises in
 the main thread at the next Python instruction (a forward stuck in a Python loop, a sleep or a lock).
 It cannot interrupt a single long C++ kernel until it returns, and off the main thread (Dask worker
-threads) there is no timer: it is a no-op there, and the README says so. Every deadline is also a
+threads) there is no timer: it is a no-op there, and docs/latency.md says so. Every deadline is also a
 boundary for what a plugin raises to end a program (``sys.exit()``, ``KeyboardInterrupt`` with no signal
 behind it, ``GeneratorExit``): it becomes :class:`Escaped`, that unit's failure (``contained``).
 """

@@ -27,7 +27,7 @@ from .measures.params import count_params
 SIZE = 224  # input size of every count (the papers' ImageNet size)
 M, G, MI, GI = 1e6, 1e9, 2.0 ** 20, 2.0 ** 30
 
-# Sources, once each (official code and READMEs read for this table; see README "Validation").
+# Sources, once each (official code and READMEs read for this table; see docs/findings.md).
 SENET = "Hu et al., CVPR 2018 (SENet)"
 CBAM = "Woo et al., ECCV 2018 (CBAM), Table 3"
 SKNET = "Li et al., CVPR 2019 (SKNet), Table 2"

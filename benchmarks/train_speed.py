@@ -14,7 +14,7 @@ the medians over rounds are printed. ``eval img/s`` is the per-epoch test scorin
 ``eval_images`` test images) under the same settings.
 
 Speed is only half of a speed-up: suites/accuracy-speedups.yaml trains the accuracy recipe under each
-setting with 3 seeds and its table gives every top-1 against fp32 with a 95% interval (README).
+setting with 3 seeds and its table gives every top-1 against fp32 with a 95% interval (docs/accuracy.md).
 """
 import argparse
 import json

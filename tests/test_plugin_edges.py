@@ -302,9 +302,9 @@ def test_two_plugins_with_one_name_warn_once(plugin_site, tmp_path_factory, monk
     assert p.returncode == 0 and p.stderr.count("is registered by") == 1
 
 
-def test_the_readme_plugin_example_is_described_truly(tmp_path):
-    """The README's MyGate (logit 0, scale 2) equals its input at init because its gate is exactly 1 there."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+def test_the_tutorial_plugin_example_is_described_truly(tmp_path):
+    """The plugin tutorial's MyGate (logit 0, scale 2) equals its input at init because its gate is exactly 1 there."""
+    readme = (Path(__file__).parents[1] / "docs" / "writing-a-plugin.md").read_text()
     code = readme.split("# my_gates/gate.py\n", 1)[1].split("```", 1)[0]
     (tmp_path / "gate.py").write_text(code)
     report = run_check(f"{tmp_path / 'gate.py'}:MyGate", "", {})

@@ -1,6 +1,6 @@
 """Latency and throughput of a timing group's variants, interleaved call by call, to a stated precision.
 
-Schedule (chosen from measurements on a 2-core VM, see the README's "Latency" section): after a warm-up,
+Schedule (chosen from measurements on a 2-core VM, see docs/latency.md): after a warm-up,
 rounds of cycles; in each cycle every variant runs once, in rotating order (A B C, B C A, ...), so the
 calls of a pair lie tens of milliseconds apart and the machine's drift (its speed moved by 10-35%
 between minutes here) hits both alike. A round lasts ``min_time`` seconds per variant (at least
