@@ -43,6 +43,7 @@ from ..threads import fixed_threads
 from . import contention
 from .record import Measurement
 
+AMP_NAMES = ("float16", "fp16", "bfloat16", "bf16")  # the names a suite may give (torch dtypes: AMP_DTYPES)
 AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 NICE: Rule = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and -20 <= v <= 19),
               "must be an integer from -20 to 19 (or null: leave the priority as it is)")
@@ -71,7 +72,7 @@ class LatencySettings:
     nice: Optional[int] = suite_field(-20, NICE)  # niceness asked for while timing (granted to root / CAP_SYS_NICE)
     clean_wait: float = suite_field(st.CLEAN_WAIT, FRACTION)  # run-queue wait share above which a call is disturbed
     unstable_threshold: float = suite_field(0.10, POSITIVE_NUMBER)
-    amp: Optional[str] = suite_field(None, choice(None, *AMP_DTYPES))  # "fp16" / "bf16" autocast
+    amp: Optional[str] = suite_field(None, choice(None, *AMP_NAMES))  # "fp16" / "bf16" autocast
     channels_last: bool = suite_field(False, BOOLEAN)
     runtime: str = "eager"  # a suite axis, not a latency key: eager, compile, onnxruntime, openvino (attnbench.runtimes)
     train: bool = False  # time a full training step (forward, backward, SGD step) instead
