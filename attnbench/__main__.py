@@ -8,7 +8,7 @@ import sys
 
 
 def main() -> None:
-    from . import interrupts
+    from .guard.cell import interrupts
 
     interrupts.ignore_at_last_exit()
     interrupts.install()

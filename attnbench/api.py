@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import AttnBenchError
-from .records import Record
+from .records.record import Record
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -80,7 +80,7 @@ class Results:
         ``label`` matches labels only; ``input_size`` is 224, (224, 224) or '224x224'. With ``baselines``
         (default) the bare `none` records the selected ones are compared with stay in, so the tables keep
         their Δ columns; ``to_pandas()`` keeps its Δ either way."""
-        from .report.tables import record_point
+        from .report.cells import record_point
 
         sizes = None if input_size is None else {_size(v) for v in ([input_size] if _is_size_pair(input_size)
                                                                     else _values(input_size))}
@@ -196,7 +196,7 @@ def load(path: Union[PathLike, Iterable[PathLike]], latency_from: Optional[PathL
 
 
 def _read(path: Path) -> List[Record]:
-    from .store import Store
+    from .records.store import Store
 
     try:
         return Store(path).latest()
@@ -222,7 +222,7 @@ def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: S
     """Keep only the named backbones / module labels / metrics of a suite (cells keep their keys, so a later
     full run with --resume reuses them)."""
     from .errors import UnknownNameError
-    from .metrics import ALIASES
+    from .core.metrics import ALIASES
 
     for name in backbones:
         if name not in s.backbones:
@@ -243,7 +243,9 @@ def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: S
 def suite_from(suite: Any, overrides: Optional[Dict[str, Any]] = None):
     """A Suite from a name in suites/, a path to a .yaml file, a dict with the YAML's structure, or a Suite (a copy);
     ``overrides`` replace top-level fields of a file or dict before it is validated."""
-    from .suite import Suite, load_suite, parse_suite
+    from .suite.model import Suite
+    from .suite.load import load_suite
+    from .suite.parse import parse_suite
 
     if isinstance(suite, Suite):
         if overrides:
@@ -264,11 +266,11 @@ def prepare(suite: Any, out: Path, *, overrides: Optional[Dict[str, Any]] = None
             download: bool = False):
     """Everything ``attnbench run`` checks before any work, in its order: the executor options (a Dask
     scheduler is probed), the suite, the subset, the dataset folder. Returns (suite, executor or None)."""
-    from .executors import make_executor
+    from .run.dask.coordinator import make_executor
 
     ex = make_executor(executor, scheduler, workers, slot, (Path(out) / "dask-scratch").resolve(), worker_wait)
     if add_modules:
-        from .plugins import with_added_modules
+        from .suite.plugins import with_added_modules
 
         s = with_added_modules(suite, list(add_modules))
     else:
@@ -288,8 +290,8 @@ def execute(s, out: Path, resume: bool, executor, overhead: Sequence[Record], *,
                                TimeRemainingColumn)
     from rich.table import Column
 
-    from .runner import run_suite
-    from .suite import plan
+    from .run.runner import run_suite
+    from .suite.plan.plan import plan
 
     total = len(plan(s))
     counts = {"done": 0, "failed": 0, "skipped": 0, "unsupported": 0}
@@ -343,7 +345,7 @@ def run(suite: Any = "overhead", out: PathLike = "results", resume: bool = False
     are rows with status 'failed' and a RunWarning."""
     from rich.console import Console
 
-    from . import interrupts
+    from .guard.cell import interrupts
 
     out = Path(out)
     s, ex = prepare(suite, out, overrides=overrides, only_backbones=only_backbones, only_modules=only_modules,

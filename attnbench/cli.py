@@ -79,17 +79,17 @@ def list_cmd(what: What = typer.Argument(..., help="modules, backbones, suites o
     if what is What.modules:
         from .registry import list_modules
         if details:
-            from .plugins import module_details
+            from .suite.plugins import module_details
 
             with _stdout_to_stderr():  # what a plugin prints on import is not a listed line
                 names = module_details()
         else:
             names = list_modules()
     elif what is What.backbones:
-        from .attach import list_backbones
+        from .attach.backbone import list_backbones
         names = list_backbones(pattern)
     elif what is What.suites:
-        from .suite import list_suites
+        from .suite.load import list_suites
         names = list_suites()
     else:
         from .registry import DATASETS
@@ -145,7 +145,7 @@ def _summarise(name: str, result, quiet: bool) -> None:
     err_console.print(
         f"{name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped{unsupported}, {result.reused} reused "
         f"in {result.wall_s:.1f} s -> {written}", markup=False, highlight=False)
-    from .report.tables import contention_line, precision_line  # lazy: the CLI starts without the report stack
+    from .report.notes import contention_line, precision_line  # lazy: the CLI starts without the report stack
 
     for line in (contention_line(result.records), precision_line(result.records)):
         if line:
@@ -153,7 +153,7 @@ def _summarise(name: str, result, quiet: bool) -> None:
     for what in result.unwritten:
         err_console.print(f"not written: {what}; `attnbench report {result.paths['records']}` rebuilds it", markup=False)
     if result.interrupted:
-        from .interrupts import NAMES
+        from .guard.interrupts import NAMES
 
         _said.append("interrupted")
         err_console.print(f"interrupted by {NAMES.get(result.signum, result.signum)}: finished cells are stored and the "
@@ -165,7 +165,7 @@ def _summarise(name: str, result, quiet: bool) -> None:
 def _parse_option(text: str):
     """KEY=VALUE, the value read as (bounded) YAML: reduction=8, stages=[3,4], name=se."""
     from .errors import SuiteError
-    from .suite import read_yaml
+    from .suite.load import read_yaml
 
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -211,7 +211,7 @@ def measure(
 
         takes = ", ".join(n for n, c in CONVENTIONS.items() if c.hooks)
         _fail(f"--pools-as-modules applies to the pure module-hook conventions ({takes}); drop it or pick one")
-    from .suite import input_problem
+    from .core.memory import input_problem
 
     problem = input_problem(2, (input_size, input_size))  # the saved-memory pass runs batch 2
     if problem:
@@ -222,13 +222,13 @@ def measure(
         except AttnBenchError:
             raise
         except Exception as exc:
-            from .guard import is_out_of_memory
-            from .runner import error_info
+            from .guard.cell import is_out_of_memory
+            from .run.execute import error_info
 
             info = error_info(exc)
             hint = "" if is_out_of_memory(exc) else "; try another --input-size or backbone"
             _fail(f"measuring {backbone} + {module} at {input_size}x{input_size} failed: {info['type']}: {info['message']}{hint}", 1)
-    from .attach import attention_parameters
+    from .attach.backbone import attention_parameters
     from .measures.params import count_params
 
     where = model.attnbench_attachment
@@ -269,7 +269,7 @@ def measure(
 def _measure_one(backbone: str, module: str, input_size: int, options: dict):
     import torch
 
-    from .attach import build
+    from .attach.backbone import build
     from .measures.flops import count_flops
     from .measures.memory import measure_activations, measure_saved_memory
 
@@ -289,7 +289,7 @@ def check(target: str = typer.Argument(..., help="registered name, pkg.module:Cl
           timeout: float = typer.Option(30.0, "--timeout", help="seconds each check step may run (a hung forward fails)")):
     """Check a module against the plugin contract, in seconds, before any suite (exit 0: nothing failed,
     1: the module breaks the contract, 2: a bad command-line value)."""
-    from .check import render_check, run_check
+    from .check.checklist import render_check, run_check
 
     options = _parse_options(option)
     with _stdout_to_stderr():
@@ -302,7 +302,7 @@ def check(target: str = typer.Argument(..., help="registered name, pkg.module:Cl
 def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for validate.md")):
     """Published figures (SENet, CBAM, ECA, ...) beside the harness's own numbers."""
     from .report import write_text_atomic
-    from .store import check_output_dir
+    from .records.store import check_output_dir
     from .validate import render_validate, validate as run_validate
 
     check_output_dir(out)  # before the minutes of building and counting, not after
@@ -317,7 +317,7 @@ def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="fold
 
 
 def _records_from(path: Path):
-    from .store import Store
+    from .records.store import Store
 
     p = Path(path)
     if p.is_dir():
@@ -358,8 +358,8 @@ def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a
            fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP + "; the files written do not change")):
     """Rebuild the tables from a result store alone."""
     from .api import overhead_records
-    from .runner import write_outputs_safely
-    from .store import check_output_dir
+    from .run.runner import write_outputs_safely
+    from .records.store import check_output_dir
 
     path, records = _records_from(results)
     if not records:
@@ -391,7 +391,7 @@ def compare(a: Path = typer.Argument(..., help="first result store (the referenc
     import math
 
     from .report.gate import comparability_problems, gate
-    from .report.tables import compare_rows, render_compare_rows
+    from .report.compare import compare_rows, render_compare_rows
 
     if fail_above is not None and not (math.isfinite(fail_above) and fail_above >= 0):
         _fail(f"--fail-above {fail_above}: give a percentage >= 0, e.g. --fail-above 5")
@@ -454,8 +454,8 @@ def _report_usage_error(exc: BaseException) -> int:
 def main(argv: Optional[List[str]] = None) -> None:
     """The console script: every user error exits 2 with one line, an aborted run 3; Ctrl-C exits 130 and
     SIGTERM 143, each with one line (a run also with the table of what it stored)."""
-    from . import interrupts
-    from .textio import degrade_streams
+    from .guard.cell import interrupts
+    from .core.textio import degrade_streams
 
     degrade_streams()  # a non-UTF-8 locale or PYTHONIOENCODING=ascii: symbols degrade to ASCII, never a traceback
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -70,7 +70,7 @@ class ControlFlow(BaseException):
 
 class RuntimeMissing(AttnBenchError):
     """A runtime's package (or its GPU provider) is not installed here: its cells are ``skipped`` with
-    the install hint, never failed (raised by attnbench.runtimes)."""
+    the install hint, never failed (raised by attnbench.measures.runtimes)."""
 
 
 class OutputError(RunAborted):

@@ -85,8 +85,8 @@ class Registry:
         if public in self.broken:
             return None
         ep = self._discover()[public]
-        from .guard import contained
-        from .process_state import unchanged
+        from .guard.cell import contained
+        from .guard.process_state import unchanged
 
         try:  # an import that changes process-wide state (threads, dtype, hooks, cwd, signals) is put back and refused
             with unchanged(f"importing {ep.value}"), contextlib.redirect_stdout(sys.stderr):

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .attach import attention_parameters, build
+from .attach.backbone import attention_parameters, build
 from .measures.conventions import ConventionCount, count_as
 from .measures.flops import count_flops
 from .measures.params import count_params
@@ -148,7 +148,7 @@ def _pre_addition_relus(backbone: str) -> frozenset:
     not act2; Bottleneck: act1 and act2, not act3)."""
     from torch import nn
 
-    from .placement import block_kind
+    from .attach.placement import block_kind
 
     model = _model(backbone)
     calls: List[str] = []

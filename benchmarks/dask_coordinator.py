@@ -43,7 +43,8 @@ def sizes(n: int):
 
 
 def grid(cells: int, root: Path):
-    from attnbench.suite import parse_suite, plan
+    from attnbench.suite.parse import parse_suite
+    from attnbench.suite.plan.plan import plan
 
     points = max(1, round(cells / (2 * len(BACKBONES) * len(MODULES))))
     spec = {"name": "scale", "backbones": BACKBONES, "modules": MODULES, "metrics": ["params", "macs"],
@@ -68,8 +69,8 @@ def rss_mb() -> float:
 
 def one(cells: int, workers: int, max_rss_gb: float) -> dict:
     """Run one grid in this process; returns the measurements."""
-    from attnbench.executors import dask_executor
-    from attnbench.runner import run_suite
+    from attnbench.run.dask.coordinator import dask_executor
+    from attnbench.run.runner import run_suite
 
     root = Path(tempfile.mkdtemp(prefix="attnbench-scale-"))
     suite, n = grid(cells, root)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))  # emulated_host
 TIMM_WAY = r'''
 import json, sys, time, torch
 from attnbench import build
-from attnbench.stats import unpaired_ratio_interval
+from attnbench.core.stats import unpaired_ratio_interval
 backbone, modules, threads = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 torch.set_num_threads(threads)
 opts = {"nonlocal": {"stages": [3], "blocks": 1}}
@@ -80,8 +80,8 @@ def suite_yaml(backbones, modules, nice) -> str:
 
 
 def harness_run(backbones, modules, nice="ask", host=None) -> dict:
-    from attnbench.report.tables import delta_interval
-    from attnbench.store import Store
+    from attnbench.report.cells import delta_interval
+    from attnbench.records.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "s.yaml"
@@ -241,7 +241,7 @@ def main():
     backbones, modules = a.backbones.split(","), a.modules.split(",")
     from contextlib import nullcontext
 
-    from attnbench.env import cpu_name
+    from attnbench.run.env import cpu_name
     from emulated_host import emulated_host
 
     res = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs, euid {os.geteuid()}", "repeats": a.repeats,

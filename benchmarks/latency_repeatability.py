@@ -7,8 +7,9 @@ import argparse
 import statistics
 
 from attnbench import build
-from attnbench.measures.latency import LatencySettings, measure_latency
-from attnbench.suite import load_suite
+from attnbench.measures.timing.settings import LatencySettings
+from attnbench.measures.timing.network import measure_latency
+from attnbench.suite.load import load_suite
 
 
 def main():

@@ -18,7 +18,7 @@ import time
 import torch
 
 from attnbench import build
-from attnbench.env import cpu_name
+from attnbench.run.env import cpu_name
 from attnbench.measures import contention
 
 OPTS = {"se": {"reduction": 16}, "cbam": {"reduction": 16, "kernel_size": 7}, "nonlocal": {"stages": [3], "blocks": 1}}

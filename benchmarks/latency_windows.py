@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attnbench.stats import CLEAN_WAIT, MIN_PAIRS, t_quantile  # noqa: E402
+from attnbench.core.stats import CLEAN_WAIT, MIN_PAIRS, t_quantile  # noqa: E402
 
 
 def load(paths):

@@ -50,7 +50,7 @@ def pairs(which: str):
         return [(*p.split("/", 1), {}) for p in which.split(",")]
     if which == "audit":
         return [(b, m, {}) for b in AUDIT_BACKBONES for m in AUDIT_MODULES]
-    from attnbench.suite import load_suite
+    from attnbench.suite.load import load_suite
 
     s = load_suite(which)  # the suite's own module options (timm:halo's block size in the zoo)
     return [(b, v.module, dict(v.options)) for b in s.backbones for v in s.variants if not v.auto]
@@ -90,7 +90,7 @@ def worker(convention: str, how: str, which: str, size: int) -> None:
 
     import torch
 
-    from attnbench.attach import build
+    from attnbench.attach.backbone import build
     from attnbench.measures.conventions import count_as
 
     warnings.filterwarnings("ignore")

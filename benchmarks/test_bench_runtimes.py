@@ -2,15 +2,15 @@
 
     python -m pytest benchmarks/test_bench_runtimes.py --benchmark-only
 
-Both calls come from attnbench.runtimes.prepare, so the ONNX Runtime one has been checked against eager
+Both calls come from attnbench.measures.runtimes.prepare, so the ONNX Runtime one has been checked against eager
 before it is timed. Speed lives here, not in tests/: nothing is asserted about time.
 """
 import pytest
 import timm
 import torch
 
-from attnbench.runtimes import prepare
-from attnbench.threads import fixed_threads
+from attnbench.measures.runtimes import prepare
+from attnbench.guard.threads import fixed_threads
 
 THREADS = 2
 SHAPE = (1, 3, 224, 224)  # batch 1: the deployment case the runtimes are built for

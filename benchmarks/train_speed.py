@@ -24,8 +24,8 @@ import time
 import torch
 from torch import nn
 
-from attnbench.attach import adapt_stem, build
-from attnbench.train import TrainConfig, prepare, train_model
+from attnbench.attach.backbone import adapt_stem, build
+from attnbench.train.loop import TrainConfig, prepare, train_model
 
 VARIANTS = {  # name -> TrainConfig overrides (plain: not attnbench's loop at all)
     "plain": None,

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from attnbench.data import FASHION_MNIST_DEBIAN, digits, fashion_mnist, read_idx
+from attnbench.train.data import FASHION_MNIST_DEBIAN, digits, fashion_mnist, read_idx
 from attnbench.errors import AttnBenchError
-from attnbench.records import Record
+from attnbench.records.record import Record
 from attnbench.registry import DATASETS
-from attnbench.runner import run_suite
-from attnbench.suite import load_suite, parse_suite
+from attnbench.run.runner import run_suite
+from attnbench.suite.load import load_suite
+from attnbench.suite.parse import parse_suite
 from attnbench.report.accuracy import accuracy_rows, render_accuracy
 from attnbench.report.plots import curves_plot
-from attnbench.train import train_cell, validate_training
+from attnbench.train.loop import train_cell, validate_training
 
 TINY = {"epochs": 1, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "threads": 1}
 
@@ -238,7 +239,7 @@ def test_accuracy_suites_validate():
 
 
 def test_cifar_without_files_says_how_to_get_them(tmp_path):
-    from attnbench.data import cifar10
+    from attnbench.train.data import cifar10
 
     with pytest.raises(AttnBenchError, match=r"CIFAR10 not found in .*--data-root.*--download"):
         cifar10(root=str(tmp_path))

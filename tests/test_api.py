@@ -15,13 +15,13 @@ import pytest
 
 import attnbench
 from attnbench.api import Results, _Part
-from attnbench.measures.record import Measurement
-from attnbench.records import Record
+from attnbench.records.measurement import Measurement
+from attnbench.records.record import Record
 from attnbench.report.formats import render_report
 from attnbench.report.latex import tex
 from attnbench.report.markup import Table, parse, split_row
-from attnbench.report.tables import md_row
-from attnbench.store import Store
+from attnbench.report.markdown import md_row
+from attnbench.records.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -253,7 +253,7 @@ def test_latex_compiles_with_pdflatex(tmp_path):
     for store in STORES:
         _pdflatex(tmp_path, attnbench.load(store).to_latex(), store.stem)
     from attnbench.report.formats import render_compare_as
-    from attnbench.report.tables import compare_rows
+    from attnbench.report.compare import compare_rows
 
     a, b = Store(RESULTS / "overhead.jsonl").latest(), Store(RESULTS / "regimes.jsonl").latest()
     _pdflatex(tmp_path, render_compare_as(compare_rows(a, b), "a_1.jsonl", "b%2.jsonl", "latex", 5), "compare")
@@ -321,7 +321,7 @@ def test_run_a_dict_suite_returns_its_results(tmp_path):
     more = attnbench.run(TINY, out=tmp_path, resume=True, progress=False, metrics=["params", "macs"])
     assert more.run.reused == 2 and more.run.ok == 2  # an override is validated like the file, and adds cells
 
-    from attnbench.suite import parse_suite
+    from attnbench.suite.parse import parse_suite
 
     suite = parse_suite(TINY, "tiny.yaml")
     only = attnbench.run(suite, out=tmp_path / "obj", only_modules=["se"], progress=False)

@@ -5,7 +5,7 @@ import torch
 
 import attnbench
 from attnbench import attention_parameters, build, count_params
-from attnbench.attach import AttentionSlot
+from attnbench.attach.backbone import AttentionSlot
 from attnbench.errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError
 
 from formulas import nonlocal_params, se_params

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import attnbench
-from attnbench.attach import ModuleFailed, build
-from attnbench.check import FAIL, PASS, SKIP, check_binding, render_check, run_check
+from attnbench.attach.backbone import ModuleFailed, build
+from attnbench.check.checklist import FAIL, PASS, SKIP, check_binding, render_check, run_check
 from attnbench.errors import AttnBenchError
-from attnbench.guard import CellTimeout
+from attnbench.guard.cell import CellTimeout
 from attnbench.measures.params import measure_params
 from attnbench.registry import MODULES
 
@@ -111,7 +111,7 @@ def test_unloadable_target_is_one_line_error():
 
 
 def _broken(name):
-    from attnbench.check import load_factory
+    from attnbench.check.checklist import load_factory
 
     return load_factory(f"{BROKEN}:{name}")[0]
 
@@ -280,7 +280,7 @@ def registered():
     names = []
 
     def reg(name, cls, where=BROKEN):
-        from attnbench.check import load_factory
+        from attnbench.check.checklist import load_factory
 
         attnbench.register(name, override=True)(load_factory(f"{where}:{cls}")[0])
         names.append(name)
@@ -292,8 +292,8 @@ def registered():
 
 
 def _run(tmp_path, modules, metrics, input_size=32, batch_size=1):
-    from attnbench.runner import run_suite
-    from attnbench.suite import parse_suite
+    from attnbench.run.runner import run_suite
+    from attnbench.suite.parse import parse_suite
 
     suite = parse_suite({"name": "chk", "backbones": ["resnet18"], "modules": ["none", *modules],
                          "input_size": input_size, "batch_size": batch_size, "metrics": metrics}, "chk.yaml")
@@ -339,7 +339,7 @@ def test_suite_respects_declared_limits(registered, tmp_path):
 
 def test_suite_reports_every_unusable_module_at_once_with_its_index(registered):
     from attnbench.errors import SuiteError
-    from attnbench.suite import parse_suite
+    from attnbench.suite.parse import parse_suite
 
     registered("chk-out", "NeedsOutWidth")
     registered("chk-kw", "KeywordOnly")

@@ -106,8 +106,8 @@ def test_measure_one_combination(capsys):
 
 
 def test_compare_two_runs(tmp_path, capsys):
-    from attnbench.runner import run_suite
-    from attnbench.suite import parse_suite
+    from attnbench.run.runner import run_suite
+    from attnbench.suite.parse import parse_suite
 
     spec = {"name": "cmp", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["params"]}
     run_suite(parse_suite(spec, "a.yaml"), tmp_path / "a")
@@ -127,8 +127,8 @@ def test_gpu_suite_skips_cleanly_without_cuda(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU-only path")
-    from attnbench.runner import run_suite
-    from attnbench.suite import load_suite
+    from attnbench.run.runner import run_suite
+    from attnbench.suite.load import load_suite
 
     suite = load_suite("gpu")
     suite.metrics = [m for m in suite.metrics if m.endswith("_gpu")]
@@ -140,7 +140,7 @@ def test_gpu_suite_skips_cleanly_without_cuda(tmp_path, capsys):
 def test_out_of_memory_gets_a_fix():
     import torch
 
-    from attnbench.runner import error_info
+    from attnbench.run.execute import error_info
 
     info = error_info(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert info == {"type": "OutOfMemory",

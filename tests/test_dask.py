@@ -16,12 +16,13 @@ import pytest
 pytest.importorskip("distributed")
 
 from attnbench.errors import AttnBenchError  # noqa: E402
-from attnbench.env import fingerprint  # noqa: E402
-from attnbench.executors import (SLOT_RESOURCE, TRAIN_RESOURCE, jobqueue_worker_args, local_cluster,  # noqa: E402
-                                 check_dask_options, dask_executor, make_executor, node_shares, probe_scheduler,
-                                 running_text, usable_cpus)
-from attnbench.runner import cell_keys, run_suite  # noqa: E402
-from attnbench.suite import parse_suite, plan  # noqa: E402
+from attnbench.run.env import fingerprint  # noqa: E402
+from attnbench.run.dask.options import SLOT_RESOURCE, TRAIN_RESOURCE, jobqueue_worker_args, check_dask_options, node_shares, probe_scheduler, usable_cpus
+from attnbench.run.dask.coordinator import local_cluster, dask_executor, make_executor, running_text
+from attnbench.run.tasks import cell_keys
+from attnbench.run.runner import run_suite  # noqa: E402
+from attnbench.suite.parse import parse_suite
+from attnbench.suite.plan.plan import plan  # noqa: E402
 
 SUITE = {
     "name": "fan", "backbones": ["resnet18", "resnet34"], "modules": ["none", "se", "cbam"], "input_size": 32,
@@ -176,7 +177,7 @@ def test_checkpoint_of_an_earlier_run_follows_the_cell_to_a_worker(harness_clust
     """A training interrupted in-process after epoch 1 (its checkpoint in OUT/checkpoints) is resumed on a Dask
     worker from that epoch, shipped epoch by epoch through the coordinator, and ends bit-for-bit where an
     uninterrupted run ends; the record says so, and the checkpoint is gone once the cell is done."""
-    from attnbench.train import train_cell
+    from attnbench.train.loop import train_cell
 
     class Stop(Exception):
         pass
@@ -215,9 +216,9 @@ def test_checkpoint_shipped_by_a_worker_resumes_in_process(harness_cluster, tmp_
 
     from distributed import Client
 
-    from attnbench.executors import run_task_on_worker
-    from attnbench.runner import make_tasks
-    from attnbench.train import train_cell
+    from attnbench.run.dask.worker import run_task_on_worker
+    from attnbench.run.tasks import make_tasks
+    from attnbench.train.loop import train_cell
 
     spec = {"name": "back", "kind": "accuracy", "backbones": ["resnet18"], "modules": ["se"],
             "dataset": {"name": "digits", "train_subset": 60, "test_subset": 50},
@@ -254,8 +255,8 @@ def test_node_shares_and_jobqueue_arguments():
 def test_rows_timed_by_different_processes_say_which_process_timed_them():
     """A table whose timings come from several processes (a Dask run, or a run resumed on another executor)
     marks each timed row °N and names process N in its notes; timings of one process get no mark."""
-    from attnbench.measures.record import Measurement
-    from attnbench.records import Record
+    from attnbench.records.measurement import Measurement
+    from attnbench.records.record import Record
     from attnbench.report import render_markdown
 
     def rec(backbone, label, metric, value, pid, executor):
@@ -322,7 +323,7 @@ def test_malloc_trimming_is_relaxed_only_where_dask_set_it():
     import subprocess
     import sys
 
-    code = "from attnbench.executors import relax_malloc_trimming as r; print(r())"
+    code = "from attnbench.run.dask.options import relax_malloc_trimming as r; print(r())"
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     dask_env = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

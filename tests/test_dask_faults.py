@@ -24,11 +24,14 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from attnbench.env import fingerprint  # noqa: E402
+from attnbench.run.env import fingerprint  # noqa: E402
 from attnbench.errors import AttnBenchError, SchedulerLost  # noqa: E402
-from attnbench.executors import dask_executor, timing_lock_name, usable_cpus  # noqa: E402
-from attnbench.runner import cell_keys, make_tasks, run_suite  # noqa: E402
-from attnbench.suite import parse_suite, plan  # noqa: E402
+from attnbench.run.dask.coordinator import dask_executor
+from attnbench.run.dask.options import timing_lock_name, usable_cpus  # noqa: E402
+from attnbench.run.tasks import cell_keys, make_tasks
+from attnbench.run.runner import run_suite  # noqa: E402
+from attnbench.suite.parse import parse_suite
+from attnbench.suite.plan.plan import plan  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -326,7 +329,7 @@ def test_killed_worker_training_resumes_from_the_shipped_epoch_without_a_shared_
     the last epoch shipped, ends bit-for-bit where an uninterrupted run ends, and the record says so."""
     from distributed import Client
 
-    from attnbench.train import train_cell
+    from attnbench.train.loop import train_cell
 
     first = cluster.worker("train_slot=1", folder=tmp_path / "node1")
     second = cluster.worker("train_slot=1", folder=tmp_path / "node2")

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from attnbench.executors import SLOT_RESOURCE, TRAIN_RESOURCE, jobqueue_worker_args  # noqa: E402
+from attnbench.run.dask.options import SLOT_RESOURCE, TRAIN_RESOURCE, jobqueue_worker_args  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -143,8 +143,8 @@ UNSUPPORTED_AT_14 = {
 
 def test_no_operator_left_unhandled_in_any_registry_entry():
     import attnbench
-    from attnbench.placement import declared_context
-    from attnbench.runner import error_info
+    from attnbench.attach.placement import declared_context
+    from attnbench.run.execute import error_info
     from formulas import SITE_CONTEXT
 
     left, failures = {}, {}

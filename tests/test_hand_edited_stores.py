@@ -12,10 +12,11 @@ import pytest
 from attnbench.report import write_outputs
 from attnbench.report.formats import render_compare_as, render_report
 from attnbench.report.gate import comparability_problems, gate
-from attnbench.report.tables import compare_rows, contention_line
-from attnbench.runner import run_suite
-from attnbench.store import Store
-from attnbench.suite import parse_suite
+from attnbench.report.compare import compare_rows
+from attnbench.report.notes import contention_line
+from attnbench.run.runner import run_suite
+from attnbench.records.store import Store
+from attnbench.suite.parse import parse_suite
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DELETE = object()

@@ -2,9 +2,10 @@
 cells get their keys, shared by every module of a backbone, and recorded with its reason."""
 import pytest
 
-from attnbench.host_recipe import MARGIN, candidates, choose, resolve_cells
-from attnbench.suite import parse_suite, plan
-from attnbench.train import validate_training
+from attnbench.train.recipe import MARGIN, candidates, choose, resolve_cells
+from attnbench.suite.parse import parse_suite
+from attnbench.suite.plan.plan import plan
+from attnbench.train.loop import validate_training
 
 DIGITS = {"name": "digits", "train_subset": 64, "test_subset": 40}
 TRAINING = {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "auto",
@@ -54,7 +55,7 @@ def test_one_probe_per_backbone_and_recipe_shared_by_every_module_seed_and_budge
     assert {(c.training["amp"], c.training["channels_last"]) for c in resolved} == {("bf16", True)}
     assert all(c.recipe_choice["why"].startswith("bf16 + channels_last") for c in resolved)
     # The key holds what runs: a host that chooses fp32 plans other cells than one that chooses bf16.
-    from attnbench.runner import cell_keys
+    from attnbench.run.tasks import cell_keys
 
     fp32 = resolve_cells(cells, lambda *a: {"amp": None, "channels_last": False, "why": "fp32"})
     assert not set(cell_keys(resolved)) & set(cell_keys(fp32))
@@ -64,7 +65,7 @@ def test_one_probe_per_backbone_and_recipe_shared_by_every_module_seed_and_budge
 @pytest.mark.slow
 def test_an_auto_run_records_what_it_chose_and_why(tmp_path):
     from attnbench.report.accuracy import budget_line
-    from attnbench.runner import run_suite
+    from attnbench.run.runner import run_suite
 
     notices = []
     suite = parse_suite({"name": "acc", "kind": "accuracy", "backbones": ["resnet18"], "modules": ["none"],

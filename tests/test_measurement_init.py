@@ -7,8 +7,8 @@ from torch import nn
 
 import attnbench
 from attnbench import build
-from attnbench.attach import AttentionSlot
-from attnbench.initialise import MEASUREMENT_SCALE, measurement_init
+from attnbench.attach.backbone import AttentionSlot
+from attnbench.attach.initialise import MEASUREMENT_SCALE, measurement_init
 
 
 def test_the_rule_turns_exactly_the_zero_weights_non_zero():
@@ -89,9 +89,10 @@ def test_under_the_training_init_every_resnet_block_site_sees_zeros():
 
 
 def test_records_say_measurement_and_training_builds_with_the_training_init(monkeypatch):
-    from attnbench import train
-    from attnbench.runner import build_cell_model
-    from attnbench.suite import parse_suite, plan
+    from attnbench.train.loop import loop as train
+    from attnbench.run.execute import build_cell_model
+    from attnbench.suite.parse import parse_suite
+    from attnbench.suite.plan.plan import plan
 
     cell = next(c for c in plan(parse_suite({"name": "t", "backbones": ["resnet18"], "modules": ["se"], "input_size": 32,
                                              "metrics": ["params"]}, "t.yaml")) if c.variant.module == "se")
@@ -126,7 +127,7 @@ class ThreeTimesWhenExported(Probe):
 
 
 def _prepare(runtime, placement, init):
-    from attnbench.runtimes import prepare
+    from attnbench.measures.runtimes import prepare
 
     attnbench.register("test_liar")(ThreeTimesWhenExported)
     try:
@@ -139,7 +140,7 @@ def _prepare(runtime, placement, init):
 
 def _available(runtime):
     from attnbench.errors import RuntimeMissing
-    from attnbench.runtimes import check_available
+    from attnbench.measures.runtimes import check_available
 
     try:
         check_available(runtime)
@@ -149,7 +150,7 @@ def _available(runtime):
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "compile"])
 def test_a_module_that_lies_under_export_fails_equivalence_in_every_placement(runtime):
-    from attnbench.runtimes import OutputMismatch
+    from attnbench.measures.runtimes import OutputMismatch
 
     _available(runtime)
     for placement in ("block", "stage", "conv"):

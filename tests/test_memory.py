@@ -168,7 +168,7 @@ def test_everything_saved_is_freed_afterwards(monkeypatch):
 
 
 def test_resnet50_and_se_activations_by_hand():
-    from attnbench.attach import build
+    from attnbench.attach.backbone import build
     from formulas import RESNET50_STAGES, resnet50_activations, se_activations
 
     x = torch.randn(1, 3, 224, 224)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnbench.attach import build
+from attnbench.attach.backbone import build
 from attnbench.measures.conventions import count_as
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ import torch
 warnings.filterwarnings("ignore")
 from peer_audit import run_tool
 import test_conventions as t
-from attnbench.attach import build
+from attnbench.attach.backbone import build
 models = {"small": (t.small(), t.X), "fused": (t.fused(), torch.randn(1, 3, 4, 4)),
           "products": (t.Products(), torch.randn(1, 2, 3, 3)), "gate": (t.Gate(), torch.randn(1, 4, 3, 3))}
 for b, m in PAIRS:

@@ -9,7 +9,7 @@ from formulas import (RESNET50_STAGES, coord_params, gc_params, ge_theta_params,
 
 import attnbench
 from attnbench import attention_parameters, build, count_params
-from attnbench.attach import AttentionSlot, describe, native_attention
+from attnbench.attach.backbone import AttentionSlot, describe, native_attention
 from attnbench.errors import AttnBenchError, ModuleDoesNotFit, Unsupported
 from attnbench.registry import get_module
 
@@ -196,7 +196,7 @@ def test_describe(record, text):
 
 
 def _site_channels(model):
-    from attnbench.attach import AttentionSlot
+    from attnbench.attach.backbone import AttentionSlot
 
     return [m.channels for m in model.modules() if isinstance(m, AttentionSlot)]
 
@@ -293,7 +293,7 @@ def test_coordinate_attention_skips_the_block_without_expansion_as_mbv2_ca():
 
 def test_block_kinds_and_placement_per_kind():
     from attnbench.errors import ModuleDoesNotFit
-    from attnbench.placement import block_kinds, resolve_placement
+    from attnbench.attach.placement import block_kinds, resolve_placement
 
     assert block_kinds(timm.create_model("resnet18")) == ["basic"]
     assert block_kinds(timm.create_model("resnext50_32x4d")) == ["resnext"]

@@ -8,8 +8,8 @@ import pytest
 
 from attnbench import attention_parameters, build
 from attnbench.registry import PluginWarning
-from attnbench.runner import run_suite
-from attnbench.suite import parse_suite
+from attnbench.run.runner import run_suite
+from attnbench.suite.parse import parse_suite
 
 
 def test_plugin_is_discovered_and_broken_one_warns_when_used(with_plugin):

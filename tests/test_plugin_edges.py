@@ -15,15 +15,15 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.attach import ModuleFailed, build
-from attnbench.check import (FAIL, PASS, SKIP, _Maker, check_binding, load_factory, render_check, run_check,
-                             site_advice, suite_verdicts)
-from attnbench.contract import ALIASED_ADVICE, hidden_state, looks_like_channels
+from attnbench.attach.backbone import ModuleFailed, build
+from attnbench.check.checklist import FAIL, PASS, SKIP, _Maker, check_binding, load_factory, render_check, run_check, site_advice
+from attnbench.check.verdicts import suite_verdicts
+from attnbench.attach.contract import ALIASED_ADVICE, hidden_state, looks_like_channels
 from attnbench.errors import SuiteError
-from attnbench.guard import as_unsupported
-from attnbench.records import ForeignRecord, Record, readable, record_line
+from attnbench.guard.cell import as_unsupported
+from attnbench.records.record import ForeignRecord, Record, readable, record_line
 from attnbench.registry import MODULES, PluginWarning
-from attnbench.store import Store
+from attnbench.records.store import Store
 from conftest import install_package, plugins_from
 
 HERE = Path(__file__).parent / "check_modules"
@@ -54,8 +54,8 @@ def registered():
 
 
 def _run(tmp_path, modules, metrics, input_size=64, batch_size=1):
-    from attnbench.runner import run_suite
-    from attnbench.suite import parse_suite
+    from attnbench.run.runner import run_suite
+    from attnbench.suite.parse import parse_suite
 
     suite = parse_suite({"name": "edge", "backbones": ["resnet18"], "modules": ["none", *modules],
                          "input_size": input_size, "batch_size": batch_size, "metrics": metrics,
@@ -111,8 +111,9 @@ def test_an_error_raised_in_the_backbone_names_module_site_and_plugin_line(regis
 def test_suite_verdict_runs_the_module_in_its_network(registered):
     """A module that passes every module-alone check but cannot run at a site of the suite's backbone: the verdict
     every ok row carries names the site and the plugin line (FixedWidth hard-codes 64: layer2 has 128)."""
-    from attnbench.runner import cell_keys  # noqa: F401 -- the runner's import of check stays valid
-    from attnbench.suite import parse_suite, plan
+    from attnbench.run.tasks import cell_keys  # noqa: F401 -- the runner's import of check stays valid
+    from attnbench.suite.parse import parse_suite
+    from attnbench.suite.plan.plan import plan
 
     registered("edge-fixed", "FixedWidth", BROKEN)
     suite = parse_suite({"name": "v", "backbones": ["resnet18"], "modules": ["none", "edge-fixed", "se"],
@@ -176,7 +177,7 @@ def test_a_missing_option_is_fixed_with_the_option_not_an_adapter(registered):
                               "reduction=<reduction>`; in a suite, the module's options), or register an adapter that "
                               "fills it")
     assert run_check(f"{EDGES}:NeedsReduction", "", {"reduction": 4}).exit_code == 0
-    from attnbench.suite import parse_suite
+    from attnbench.suite.parse import parse_suite
 
     registered("edge-red", "NeedsReduction")
     with pytest.raises(SuiteError, match=re.escape("(`-O reduction=<reduction>`; in a suite `{module: edge-red, "
@@ -240,7 +241,7 @@ def test_activations_of_a_model_fvcore_cannot_trace_are_stored_and_read_back(reg
 
 
 def test_a_record_the_reader_would_refuse_is_stored_as_a_failure_that_says_why(tmp_path):
-    from attnbench.measures.record import Measurement
+    from attnbench.records.measurement import Measurement
 
     base = Record(key="k", suite="s", backbone="resnet18", label="x", module="x", metric="params", position=(0, 1),
                   config={}, status="ok", measurement=Measurement("params", 1.0, "params", "count"))

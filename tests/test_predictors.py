@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from attnbench.measures.record import Measurement
-from attnbench.records import Record
+from attnbench.records.measurement import Measurement
+from attnbench.records.record import Record
 from attnbench.report import write_outputs
 from attnbench.report.predictors import (ROOFLINE, Sample, bootstrap_rho, fit_scope, loo_predictions, render_predictors,
                                          scopes, spearman)
@@ -167,9 +167,10 @@ def test_the_zoo_latency_suite_produces_the_predictor_outputs_end_to_end(tmp_pat
     import yaml
 
     from attnbench.report.predictors import PREDICTORS
-    from attnbench.runner import run_suite
-    from attnbench.store import Store
-    from attnbench.suite import parse_suite, suite_dirs
+    from attnbench.run.runner import run_suite
+    from attnbench.records.store import Store
+    from attnbench.suite.parse import parse_suite
+    from attnbench.suite.load import suite_dirs
 
     data = yaml.safe_load(next(d / "zoo-latency.yaml" for d in suite_dirs() if (d / "zoo-latency.yaml").is_file()).read_text())
     assert data["runtime"] == ["eager", "onnxruntime"] and data["latency"]["target"] == 1.0

@@ -14,13 +14,16 @@ import torch
 from torch import nn
 
 import attnbench
-from attnbench import interrupts
-from attnbench.check import run_check
-from attnbench.guard import Escaped, contained, deadline
-from attnbench.process_state import SETTINGS, StateChanged, Watch, snapshot, unchanged
+from attnbench.guard.cell import interrupts
+from attnbench.check.checklist import run_check
+from attnbench.guard.cell import Escaped, contained, deadline
+from attnbench.guard.process_state import SETTINGS, StateChanged, Watch, snapshot, unchanged
 from attnbench.registry import MODULES
-from attnbench.runner import cell_keys, execute, make_tasks, run_suite
-from attnbench.suite import parse_suite, plan
+from attnbench.run.tasks import cell_keys, make_tasks
+from attnbench.run.execute import execute
+from attnbench.run.runner import run_suite
+from attnbench.suite.parse import parse_suite
+from attnbench.suite.plan.plan import plan
 from test_robustness import script
 
 
@@ -353,7 +356,7 @@ def test_a_plugin_import_that_changes_state_is_refused(tmp_path, monkeypatch):
 def test_cells_overlapping_in_one_process_are_not_blamed_for_each_others_changes():
     import threading
 
-    from attnbench.process_state import alone
+    from attnbench.guard.process_state import alone
 
     blamed, threads, both = [], torch.get_num_threads(), threading.Barrier(2)
 

@@ -8,7 +8,7 @@ import torch
 from formulas import first_party_modules
 
 import attnbench
-from attnbench import data
+from attnbench.train.loop import data
 from attnbench.errors import AttnBenchError, UnknownNameError
 from attnbench.registry import DATASETS, MODULES, Registry
 

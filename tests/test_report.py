@@ -1,10 +1,10 @@
 """Reports are pure functions of the records they are given: tables, notes, compare, CSV, migration."""
 import pytest
 
-from attnbench.measures.record import Measurement
-from attnbench.records import SCHEMA, ForeignRecord, Record
+from attnbench.records.measurement import Measurement
+from attnbench.records.record import SCHEMA, ForeignRecord, Record
 from attnbench.report import flat_records, render_compare, render_markdown
-from attnbench.report.tables import environment_line, settings_line
+from attnbench.report.notes import environment_line, settings_line
 
 
 def rec(label, metric, value=None, status="ok", position=(0, 0), stats=None, size=(64, 64), batch=1, **kw):

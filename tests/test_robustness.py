@@ -17,9 +17,11 @@ from torch import nn
 import attnbench
 from attnbench.errors import AttnBenchError, SuiteError
 from attnbench.registry import MODULES, PluginWarning
-from attnbench.runner import error_info, run_suite
-from attnbench.store import FolderLock, Store, StoreWarning
-from attnbench.suite import load_suite, parse_suite
+from attnbench.run.execute import error_info
+from attnbench.run.runner import run_suite
+from attnbench.records.store import FolderLock, Store, StoreWarning
+from attnbench.suite.load import load_suite
+from attnbench.suite.parse import parse_suite
 from conftest import plugins_from
 
 SCRIPT = Path(sys.executable).with_name("attnbench")  # the installed console script
@@ -115,8 +117,8 @@ def test_plugin_output_never_reaches_stdout_and_packages_are_recorded(hostile_si
 
 
 def test_the_plugin_package_is_part_of_a_cells_key(hostile):
-    from attnbench.runner import cell_keys
-    from attnbench.suite import plan
+    from attnbench.run.tasks import cell_keys
+    from attnbench.suite.plan.plan import plan
 
     suite = parse_suite({**TINY, "modules": ["se", "attnbench-hostile-plugin:se"]}, "k.yaml")
     cells = plan(suite)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.records import Record
-from attnbench.store import Store
+from attnbench.records.record import Record
+from attnbench.records.store import Store
 from conftest import install_package
 from test_robustness import SCRIPT, one_line_error, script
 

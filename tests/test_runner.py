@@ -6,9 +6,12 @@ import pytest
 import attnbench
 from attnbench.errors import RunAborted, Unsupported
 from attnbench.registry import MODULES
-from attnbench.runner import execute, make_tasks, run_suite
-from attnbench.store import Store
-from attnbench.suite import parse_suite, plan
+from attnbench.run.execute import execute
+from attnbench.run.tasks import make_tasks
+from attnbench.run.runner import run_suite
+from attnbench.records.store import Store
+from attnbench.suite.parse import parse_suite
+from attnbench.suite.plan.plan import plan
 
 SUITE = {"name": "r", "backbones": ["resnet18", "resnet34"], "modules": ["none", "se"], "input_size": 32,
          "metrics": ["params", "macs", "latency_cpu"],

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.measures.latency import LatencySettings, measure_latency
-from attnbench.runner import run_suite
-from attnbench.suite import parse_suite
+from attnbench.measures.timing.settings import LatencySettings
+from attnbench.measures.timing.network import measure_latency
+from attnbench.run.runner import run_suite
+from attnbench.suite.parse import parse_suite
 
 
 class Tiny(nn.Module):
@@ -63,7 +64,7 @@ def test_missing_runtime_cells_are_skipped_with_the_install_hint(tmp_path, monke
 
 def test_tensorrt_is_a_gpu_runtime():
     from attnbench.errors import SuiteError, Unsupported
-    from attnbench.runtimes import check_available
+    from attnbench.measures.runtimes import check_available
 
     with pytest.raises(Unsupported, match="CUDA only"):
         check_available("tensorrt", "cpu")
@@ -72,7 +73,7 @@ def test_tensorrt_is_a_gpu_runtime():
                      "metrics": ["latency_cpu"]}, "t.yaml")
     s = parse_suite({"name": "t", "backbones": ["resnet18"], "modules": ["none"], "runtime": ["eager", "tensorrt"],
                      "metrics": ["latency_cpu", "latency_gpu"]}, "t.yaml")
-    from attnbench.suite import plan
+    from attnbench.suite.plan.plan import plan
 
     assert sorted((c.metric, c.runtime) for c in plan(s)) == [
         ("latency_cpu", "eager"), ("latency_gpu", "eager"), ("latency_gpu", "tensorrt")]

@@ -1,4 +1,4 @@
-"""attnbench.runtimes: each runtime's output is checked against eager before it can be timed.
+"""attnbench.measures.runtimes: each runtime's output is checked against eager before it can be timed.
 
 Tiny models at threads 1: these check behaviour (close outputs, honest failures), not speed.
 """
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from attnbench.errors import ModuleDoesNotFit, Unsupported
-from attnbench.guard import NonFiniteOutput
-from attnbench.runtimes import (ATOL, RTOL, RUNTIMES, ConversionFailed, OutputMismatch, RuntimeMissing,
+from attnbench.guard.cell import NonFiniteOutput
+from attnbench.measures.runtimes import (ATOL, RTOL, RUNTIMES, ConversionFailed, OutputMismatch, RuntimeMissing,
                                 check_available, prepare)
 
 PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -177,16 +177,16 @@ def test_unknown_runtime_is_a_value_error():
 
 
 def test_runtime_names_match_the_metric_table():
-    from attnbench.metrics import RUNTIMES as METRIC_RUNTIMES
+    from attnbench.core.metrics import RUNTIMES as METRIC_RUNTIMES
 
     assert RUNTIMES == METRIC_RUNTIMES == ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
 
 
 def test_module_imports_without_the_optional_packages():
-    """Importing attnbench.runtimes must not import onnx, onnxruntime or openvino."""
+    """Importing attnbench.measures.runtimes must not import onnx, onnxruntime or openvino."""
     import subprocess
 
-    code = ("import sys; import attnbench.runtimes; "
+    code = ("import sys; import attnbench.measures.runtimes; "
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript', 'openvino') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

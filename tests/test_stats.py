@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from attnbench.stats import Comparison, convergence, t_quantile, verdict, welch, welch_df
+from attnbench.core.stats import Comparison, convergence, t_quantile, verdict, welch, welch_df
 
 
 def test_t_quantiles_match_the_printed_table():

@@ -6,12 +6,12 @@ import subprocess
 import sys
 import time
 
-from attnbench.runner import run_suite
+from attnbench.run.runner import run_suite
 import pytest
 
-from attnbench.records import Record
-from attnbench.store import Store, StoreWarning
-from attnbench.suite import parse_suite
+from attnbench.records.record import Record
+from attnbench.records.store import Store, StoreWarning
+from attnbench.suite.parse import parse_suite
 
 SUITE = {
     "name": "store", "backbones": ["resnet18"], "modules": ["none", "se", "cbam", "nonlocal"],

@@ -2,7 +2,8 @@
 import pytest
 
 from attnbench.errors import SuiteError, UnknownNameError
-from attnbench.suite import list_suites, load_suite, plan
+from attnbench.suite.load import list_suites, load_suite
+from attnbench.suite.plan.plan import plan
 
 GOOD = """
 name: tiny
@@ -79,7 +80,7 @@ def test_unknown_suite_name():
 
 
 def test_native_row_only_for_backbones_that_ship_attention():
-    from attnbench.suite import parse_suite
+    from attnbench.suite.parse import parse_suite
 
     s = parse_suite({"name": "n", "backbones": ["resnet18", "efficientnet_b0"], "modules": ["none", "se"],
                      "metrics": ["params"]}, "n.yaml")

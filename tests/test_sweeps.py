@@ -1,8 +1,11 @@
 """Sweeps: input_size / batch_size / runtime as suite axes; each point is its own cell with its own key."""
 import pytest
 
-from attnbench.runner import make_tasks
-from attnbench.suite import Point, load_suite, parse_suite, plan
+from attnbench.run.tasks import make_tasks
+from attnbench.suite.model import Point
+from attnbench.suite.load import load_suite
+from attnbench.suite.parse import parse_suite
+from attnbench.suite.plan.plan import plan
 
 ENV = {"torch": "x"}
 

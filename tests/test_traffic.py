@@ -17,7 +17,7 @@ from attnbench.measures.traffic import footprint
 from attnbench.modules.cbam import CBAM
 from attnbench.modules.non_local import NonLocalBlock
 from attnbench.modules.se import SqueezeExcite
-from attnbench.records import read_measurement
+from attnbench.records.record import read_measurement
 
 F32 = 4
 
@@ -182,7 +182,7 @@ def test_the_macs_record_carries_traffic_operators_and_intensity():
 
 
 def test_a_mistyped_traffic_stat_is_a_foreign_record():
-    from attnbench.records import ForeignRecord
+    from attnbench.records.record import ForeignRecord
 
     m = {"metric": "macs", "value": 1.0, "unit": "MACs", "method": "x", "settings": {}, "stats": {"bytes": "many"}}
     with pytest.raises(ForeignRecord):

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from attnbench.data import train_size
+from attnbench.train.data import train_size
 from attnbench.errors import AttnBenchError
-from attnbench.train import TRAINING_KEYS, TrainConfig, train_cell, validate_training
+from attnbench.train.loop import TRAINING_KEYS, TrainConfig, train_cell, validate_training
 
 DS = {"name": "digits", "train_subset": 60, "test_subset": 50}  # 3 steps of 16 per epoch: seconds
 TINY3 = {"epochs": 3, "batch_size": 16, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "threads": 1}

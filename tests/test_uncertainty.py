@@ -4,12 +4,12 @@ import math
 
 import pytest
 
-from attnbench.measures.record import Measurement
-from attnbench.records import Record
+from attnbench.records.measurement import Measurement
+from attnbench.records.record import Record
 from attnbench.report import render_markdown
-from attnbench.report.tables import compare_rows
-from attnbench.stats import paired_ratio_interval, unpaired_ratio_interval
-from attnbench.store import Store
+from attnbench.report.compare import compare_rows
+from attnbench.core.stats import paired_ratio_interval, unpaired_ratio_interval
+from attnbench.records.store import Store
 
 T_975_DF2 = 4.302653  # Student's t, 0.975 quantile, 2 degrees of freedom (printed tables)
 
@@ -95,7 +95,7 @@ T_975_DF4 = 2.776445  # Student's t, 0.975 quantile, 4 degrees of freedom (print
 
 
 def test_batch_means_worked_by_hand():
-    from attnbench.stats import alternating_delta, batch_interval
+    from attnbench.core.stats import alternating_delta, batch_interval
 
     # Ten rounds 1..10 in five batches of two: batch means 1.5, 3.5, 5.5, 7.5, 9.5 (sd sqrt(10)), se sqrt(10)/sqrt(5).
     mean, half, b = batch_interval([float(v) for v in range(1, 11)], 5)

@@ -3,7 +3,7 @@ model counted -- never a constant -- or a source shown, by a count, to contradic
 from torch import nn
 
 from attnbench import validate as v
-from attnbench.attach import AttentionSlot
+from attnbench.attach.backbone import AttentionSlot
 from attnbench.registry import get_module
 from attnbench.validate import CLAIMS, Claim, render_validate, summary, validate
 

@@ -13,12 +13,14 @@ import pytest
 
 import attnbench
 from attnbench.errors import AttnBenchError, SuiteError, Unsupported
-from attnbench.guard import as_unsupported
+from attnbench.guard.cell import as_unsupported
 from attnbench.report import write_outputs
-from attnbench.report.tables import compare_rows, render_compare_rows, render_markdown
-from attnbench.stats import MIN_PAIRS
-from attnbench.store import Store
-from attnbench.suite import load_suite, parse_suite, read_yaml
+from attnbench.report.compare import compare_rows, render_compare_rows
+from attnbench.report.tables import render_markdown
+from attnbench.core.stats import MIN_PAIRS
+from attnbench.records.store import Store
+from attnbench.suite.load import load_suite, read_yaml
+from attnbench.suite.parse import parse_suite
 from test_robustness import SCRIPT, script
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -164,7 +166,7 @@ def test_a_delta_that_cannot_be_computed_says_why(tmp_path):
 
 
 def test_the_shipped_suites_time_enough_pairs_per_round_for_a_delta():
-    from attnbench.suite import list_suites
+    from attnbench.suite.load import list_suites
 
     for name in list_suites():
         s = load_suite(name, check_names=False)
@@ -193,7 +195,7 @@ def test_compare_shows_units_as_its_numbers_are_scaled_and_says_why_a_band_is_mi
     disturbed = [json.loads(json.dumps(r.to_dict())) for r in recs if r.metric == "latency_cpu"][:1]
     for r in disturbed:  # every call waited for a CPU 90% of its time
         r["measurement"]["stats"]["rounds_wait"] = [[0.9] * len(x) for x in r["measurement"]["stats"]["rounds_ms"]]
-    from attnbench.records import Record
+    from attnbench.records.record import Record
 
     busy = [Record.from_dict(r) for r in disturbed]
     (row,) = compare_rows(busy, busy)
@@ -237,7 +239,7 @@ def test_ascii_output_uses_look_alikes():
 # --- training limits: batch 1 at a 1x1 map is unsupported, and only that --------------------------------
 
 def test_batchnorm_at_one_value_per_channel_is_unsupported_only_at_a_real_1x1_map():
-    from attnbench.attach import ModuleFailed
+    from attnbench.attach.backbone import ModuleFailed
 
     msg = "ValueError: Expected more than 1 value per channel when training, got input size torch.Size([1, 512, 1, 1])"
     assert isinstance(as_unsupported(ValueError(msg), 1, (32, 32)), Unsupported)  # the backbone's own BN at 1x1
@@ -251,7 +253,7 @@ def test_batch_1_at_a_1x1_map_is_unsupported_and_a_modules_pooled_batchnorm_is_i
     from torch import nn
 
     from attnbench.registry import MODULES
-    from attnbench.runner import run_suite
+    from attnbench.run.runner import run_suite
 
     class SeWithBatchNorm(nn.Module):
         """SE whose excitation normalises the pooled (N, C, 1, 1) features with a BatchNorm2d."""

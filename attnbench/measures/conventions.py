@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import Unsupported
-from .record import Measurement
+from ..records.measurement import Measurement
 
 Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[str, float]]
 

@@ -27,10 +27,10 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from ..attach import AttentionSlot
+from ..attach.backbone import AttentionSlot
 from .macs_dispatch import count_forward_macs
 from .macs_rules import ELEMENTWISE, MATMUL, NORM, RULES, RuleError, Shape, apply, rule_of
-from .record import Measurement, macs_measurement  # noqa: F401  (macs_measurement: imported from here too)
+from ..records.measurement import Measurement, macs_measurement  # noqa: F401  (macs_measurement: imported from here too)
 from .traffic import TRAFFIC_RULE
 
 FVCORE = "fvcore"  # key prefix of fvcore's own (unmodified) counts inside the trace's counters

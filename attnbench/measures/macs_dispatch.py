@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
 
 from .macs_rules import ELEMENTWISE, MATMUL, NORM, RuleError, Shape, apply, rule_of
-from .record import Measurement, macs_measurement
+from ..records.measurement import Measurement, macs_measurement
 from .traffic import op_traffic, resident_storages
 
 

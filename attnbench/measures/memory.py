@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .record import Measurement
+from ..records.measurement import Measurement
 
 ACTIVATION_RULE = (
     "elements of every aten operator output that is a new tensor, one eval forward under no_grad, "

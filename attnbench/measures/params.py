@@ -3,9 +3,9 @@ from typing import Dict
 
 from torch import nn
 
-from ..attach import AttentionSlot, attention_parameters
-from ..contract import hidden_numel, hidden_state
-from .record import Measurement
+from ..attach.backbone import AttentionSlot, attention_parameters
+from ..attach.contract import hidden_numel, hidden_state
+from ..records.measurement import Measurement
 
 
 def count_params(model: nn.Module) -> int:

@@ -12,11 +12,15 @@ import os
 from pathlib import Path
 from typing import Dict, Sequence
 
-from ..records import Record
+from ..records.record import Record
 from . import predictors
 from .accuracy import accuracy_rows, render_accuracy
 from .plots import curves_plot, pareto_plot, sites_plot, sweep_plot
-from .tables import environment_line, flat_records, record_order, render_compare, render_markdown
+from .notes import environment_line
+from .csv import flat_records
+from .cells import record_order
+from .compare import render_compare
+from .tables import render_markdown
 
 __all__ = ["accuracy_rows", "curves_plot", "environment_line", "flat_records", "pareto_plot", "record_order", "render_accuracy",
            "render_compare", "render_markdown", "sites_plot", "sweep_plot", "write_outputs"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .. import stats as st
-from ..records import Record
-from .tables import DASH, FAILS_CHECK, _cell, _pct, environment_line, md_row, md_text, record_order
+from ..core import stats as st
+from ..records.record import Record
+from .markdown import DASH, FAILS_CHECK, md_row, md_text
+from .cells import _cell, _pct, record_order
+from .notes import environment_line
 
 COLUMNS = ["backbone", "module", "seeds", "final top-1 %", "best top-1 %", "best epoch", "Δtop-1 pp [95% CI]", "verdict",
            "MDD pp", "final train loss", "train img/s", "wall s", "params (M)", "Δparams %", "Δlatency % [95% CI]"]

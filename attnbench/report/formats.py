@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..records import Record
+from ..records.record import Record
 from .accuracy import render_accuracy
-from .tables import CompareRow, render_compare_rows, render_markdown
+from .compare import CompareRow, render_compare_rows
+from .tables import render_markdown
 
 FORMATS = ("markdown", "latex", "csv", "json", "html")
 

@@ -14,13 +14,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from .. import stats as st
-from ..metrics import spec
-from ..records import Record
-from ..suite import Point
+from ..core import stats as st
+from ..core.metrics import spec
+from ..records.record import Record
+from ..suite.model import Point
 from .accuracy import accuracy_rows, convergence_notes
-from .tables import (CONTENDED, FAILS_CHECK, UNCOUNTED, UNSEEN, UNSTABLE, CompareRow, at_point, contended, delta_interval,
-                     delta_ms, failed_check, record_order, record_point, unseen_state, where)
+from .markdown import CONTENDED, FAILS_CHECK, UNCOUNTED, UNSEEN, UNSTABLE
+from .compare import CompareRow
+from .cells import at_point, contended, delta_interval, delta_ms, record_order, record_point
+from .notes import failed_check, unseen_state, where
 
 UNCONVERGED = "‡"  # the accuracy table's mark on a verdict whose baseline had not converged
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..metrics import spec
-from ..records import Record
-from .tables import CompareRow
+from ..core.metrics import spec
+from ..records.record import Record
+from .compare import CompareRow
 
 
 def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .markup import (LITERAL_COLUMNS, Heading, Notes, Paragraph, Table, inline, leading_marks, mark_symbols, number,
                      parse, trailing_marks)
-from .tables import CONTENDED, FAILS_CHECK, TIMED_BY, UNCOUNTED, UNSEEN, UNSTABLE
+from .markdown import CONTENDED, FAILS_CHECK, TIMED_BY, UNCOUNTED, UNSEEN, UNSTABLE
 
 _SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "_": r"\_",
             "%": r"\%", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}",

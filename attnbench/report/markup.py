@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Tuple, Union
 
-from .tables import CONTENDED, FAILS_CHECK, TIMED_BY, UNCOUNTED, UNSEEN, UNSTABLE
+from .markdown import CONTENDED, FAILS_CHECK, TIMED_BY, UNCOUNTED, UNSEEN, UNSTABLE
 
 MARKS = UNSTABLE + UNCOUNTED + UNSEEN + FAILS_CHECK + CONTENDED  # one-character marks; TIMED_BY takes a number
 _TRAILING = re.compile(rf"^(.*?)\s*((?:[{MARKS}]|{TIMED_BY}\d+)+)$", re.S)

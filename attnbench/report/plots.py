@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..metrics import RUNTIMES, spec
-from ..records import Record
+from ..core.metrics import RUNTIMES, spec
+from ..records.record import Record
 from .accuracy import accuracy_rows
 
 
@@ -84,7 +84,7 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     """Δ% vs resolution and vs batch, one line per module, one row of panels per backbone: Δ CPU/GPU
     latency (with the paired 95% interval as error bars) and Δ MACs. Drawn only for an axis with two or
     more points (eager runtime; the other axes held at their most common value)."""
-    from .tables import record_point
+    from .cells import record_point
 
     panels = []  # (backbone, metric, axis, fixed point filter)
     backbones = list(dict.fromkeys(r.backbone for r in records))
@@ -165,7 +165,7 @@ def _no_delta(ax, title: str, recs: Sequence[Record]) -> None:
 
 def _delta_with_bars(rec: Record, base: Record):
     """(Δ%, length of the error bar below, above): the paired interval of timings; counts have none."""
-    from .tables import delta_interval
+    from .cells import delta_interval
 
     ci = delta_interval(rec, base) if rec.stats.get("rounds_ms") else None
     if ci is None:
@@ -178,7 +178,7 @@ def _delta_with_bars(rec: Record, base: Record):
 def _runtime_panel(ax, recs, backbone: str, metric: str) -> bool:
     """Δ% of each module under each runtime, at the (input, batch) where the runtimes were compared; False
     (and a note in the panel) when there is no Δ to draw."""
-    from .tables import record_point
+    from .cells import record_point
 
     others = [r for r in recs if record_point(r).runtime != "eager"]
     where = _mode((record_point(r).input_size, record_point(r).batch_size) for r in (others or recs))
@@ -236,7 +236,8 @@ def _show(value) -> str:
 def sites_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     """Direct attribution, one panel per backbone: each module's own time stacked by stage (bars, with the
     total's 95% interval), beside the whole network's paired Δ ms (diamond, with its interval)."""
-    from .tables import record_order, whole_network_ms
+    from .cells import record_order
+    from .tables import whole_network_ms
 
     recs = [r for r in sorted(records, key=record_order) if r.metric == "attention_cpu" and r.ok]
     if not recs:

@@ -27,10 +27,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..metrics import SITES
-from ..records import Record
-from ..suite import Point
-from .tables import DASH, contended, delta_ms, environment_line, md_row, md_text, point_order, record_point
+from ..core.metrics import SITES
+from ..records.record import Record
+from ..suite.model import Point
+from .markdown import DASH, md_row, md_text
+from .cells import contended, delta_ms, point_order, record_point
+from .notes import environment_line
 
 BOOTSTRAP = 2000
 SEED = 0

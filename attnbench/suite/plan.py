@@ -1,0 +1,51 @@
+"""From a validated Suite to the cells of its grid (backbone x variant x point x metric)."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+import yaml
+from ..errors import AttnBenchError, SuiteError, UnknownNameError
+from ..registry import BASELINE_NAMES, get_module, is_baseline
+from ..core.metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
+from ..core.settings import POSITIVE_NUMBER, short, suite_rules
+from .model import Cell, DEFAULT_ACCURACY_TIMEOUT_S, DEFAULT_TIMEOUT_S, Suite, has_native_attention, is_reference
+
+
+def plan(suite: Suite) -> List[Cell]:
+    """The grid, metric-major within each backbone so cheap counts come before timings."""
+    cells = []
+    source = suite.identity
+    if suite.kind == ACCURACY:
+        for bi, backbone in enumerate(suite.backbones):
+            for vi, variant in enumerate(suite.variants):
+                if not suite.selected(backbone, variant, ACCURACY):
+                    continue
+                for seed in suite.seeds:
+                    training = {**suite.training, **variant.training}
+                    cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
+                                      str(training.get("device", "cpu")), suite.dtype, suite.backbone_options, {}, seed,
+                                      suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S,
+                                      source=source, suite_digest=suite.digest))
+        return cells
+    swept = len(suite.all_points()) > 1
+    for bi, backbone in enumerate(suite.backbones):
+        for metric in suite.metrics:
+            for point in suite.metric_points(metric):
+                for vi, variant in enumerate(suite.variants):
+                    if not suite.selected(backbone, variant, metric) or (variant.auto and not has_native_attention(backbone)):
+                        continue
+                    if spec(metric).modules_only and is_reference(variant.module):
+                        continue  # the bare / native backbone has no attached module to time alone
+                    device = suite.device if spec(metric).gpu else "cpu"
+                    cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), point.input_size, point.batch_size,
+                                      device, suite.dtype, suite.backbone_options, suite.latency,
+                                      timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept,
+                                      source=source, suite_digest=suite.digest))
+    return cells
