@@ -4,14 +4,15 @@ The names below are imported on first use (PEP 562): ``import attnbench`` stays 
 ``attnbench`` command can handle Ctrl-C and SIGTERM before torch (seconds to import) is loaded.
 """
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version as _installed_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _installed_version
 
 try:  # one place states the version: pyproject.toml, read back from the installed metadata
     __version__ = _installed_version("attnbench")
 except PackageNotFoundError:  # a source tree on sys.path, never installed
     __version__ = "0+unknown"
 _EXPORTS = {
-    "Attachment": ".attach", "attention_parameters": ".attach", "build": ".attach",
+    "Attachment": ".attach.backbone", "attention_parameters": ".attach.backbone", "build": ".attach.backbone",
     "AttnBenchError": ".errors",
     "Results": ".api", "load": ".api", "run": ".api",
     "count_flops": ".measures.flops",

@@ -8,7 +8,7 @@ import sys
 
 
 def main() -> None:
-    from .guard.cell import interrupts
+    from .guard import interrupts
 
     interrupts.ignore_at_last_exit()
     interrupts.install()

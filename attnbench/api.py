@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from .errors import AttnBenchError
+from .errors import UsageError
 from .records.record import Record
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -160,7 +160,7 @@ def _size(v: Any) -> Tuple[int, int]:
         h, _, w = v.partition("x")
         if h.strip().isdigit() and w.strip().isdigit():
             return int(h), int(w)
-    raise AttnBenchError(f"input_size {v!r} is not a size; give 224, (224, 224) or '224x224'")
+    raise UsageError(f"input_size {v!r} is not a size; give 224, (224, 224) or '224x224'")
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -176,15 +176,15 @@ def load(path: Union[PathLike, Iterable[PathLike]], latency_from: Optional[PathL
         if p.is_dir():
             found = sorted(p.glob("*.jsonl"))
             if not found:
-                raise AttnBenchError(f"{p} holds no result stores (*.jsonl); give a store written by `attnbench run` "
+                raise UsageError(f"{p} holds no result stores (*.jsonl); give a store written by `attnbench run` "
                                      "or a folder of them")
             stores += found
         elif p.is_file():
             stores.append(p)
         else:
-            raise AttnBenchError(f"no result store at {p}; give the .jsonl written by `attnbench run`")
+            raise UsageError(f"no result store at {p}; give the .jsonl written by `attnbench run`")
     if not stores:
-        raise AttnBenchError("no result store given; give a .jsonl written by `attnbench run` or a folder of them")
+        raise UsageError("no result store given; give a .jsonl written by `attnbench run` or a folder of them")
     parts = []
     for p in stores:
         records = tuple(_read(p))
@@ -201,7 +201,7 @@ def _read(path: Path) -> List[Record]:
     try:
         return Store(path).latest()
     except OSError as exc:
-        raise AttnBenchError(f"cannot read {path}: {exc.strerror or exc}; give a readable store")
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}; give a readable store")
 
 
 def overhead_records(path: Optional[PathLike], out: Path, flag: str = "--latency-from") -> List[Record]:
@@ -212,7 +212,7 @@ def overhead_records(path: Optional[PathLike], out: Path, flag: str = "--latency
         if not path.is_file():
             return []
     elif not Path(path).is_file():
-        raise AttnBenchError(f"{flag} {path}: no such result store; give the overhead .jsonl written by `attnbench run`")
+        raise UsageError(f"{flag} {path}: no such result store; give the overhead .jsonl written by `attnbench run`")
     return [r for r in _read(Path(path)) if r.metric == "latency_cpu"]
 
 
@@ -221,8 +221,8 @@ def overhead_records(path: Optional[PathLike], out: Path, flag: str = "--latency
 def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: Sequence[str] = ()) -> None:
     """Keep only the named backbones / module labels / metrics of a suite (cells keep their keys, so a later
     full run with --resume reuses them)."""
-    from .errors import UnknownNameError
     from .core.metrics import ALIASES
+    from .errors import UnknownNameError
 
     for name in backbones:
         if name not in s.backbones:
@@ -243,20 +243,20 @@ def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: S
 def suite_from(suite: Any, overrides: Optional[Dict[str, Any]] = None):
     """A Suite from a name in suites/, a path to a .yaml file, a dict with the YAML's structure, or a Suite (a copy);
     ``overrides`` replace top-level fields of a file or dict before it is validated."""
-    from .suite.model import Suite
     from .suite.load import load_suite
+    from .suite.model import Suite
     from .suite.parse import parse_suite
 
     if isinstance(suite, Suite):
         if overrides:
-            raise AttnBenchError(f"overrides {sorted(overrides)} apply to a suite name, file or dict; set the fields of "
+            raise UsageError(f"overrides {sorted(overrides)} apply to a suite name, file or dict; set the fields of "
                                  "the Suite object instead")
         return copy.deepcopy(suite)  # subset and dataset options are set on it: the caller's stays as it was
     if isinstance(suite, dict):
         return parse_suite({**suite, **(overrides or {})}, "<suite dict>", default_name="suite")
     if isinstance(suite, (str, os.PathLike)):
         return load_suite(os.fspath(suite), overrides=overrides)
-    raise AttnBenchError(f"suite {suite!r} is not a suite; give a name from suites/, a .yaml path or a dict")
+    raise UsageError(f"suite {suite!r} is not a suite; give a name from suites/, a .yaml path or a dict")
 
 
 def prepare(suite: Any, out: Path, *, overrides: Optional[Dict[str, Any]] = None, add_modules: Sequence[str] = (),
@@ -286,12 +286,19 @@ def execute(s, out: Path, resume: bool, executor, overhead: Sequence[Record], *,
     """Run a prepared suite under a progress bar on ``console`` (none when ``quiet``): a spinner with the cell
     in flight, the counts, elapsed time and ETA; notices (where a previous store was moved) printed above it.
     ``around`` wraps the run itself (the command line sends stdout to stderr there). Returns the RunResult."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Column
 
     from .run.runner import run_suite
-    from .suite.plan.plan import plan
+    from .suite.plan import plan
 
     total = len(plan(s))
     counts = {"done": 0, "failed": 0, "skipped": 0, "unsupported": 0}
@@ -345,7 +352,7 @@ def run(suite: Any = "overhead", out: PathLike = "results", resume: bool = False
     are rows with status 'failed' and a RunWarning."""
     from rich.console import Console
 
-    from .guard.cell import interrupts
+    from .guard import interrupts
 
     out = Path(out)
     s, ex = prepare(suite, out, overrides=overrides, only_backbones=only_backbones, only_modules=only_modules,

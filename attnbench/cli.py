@@ -301,9 +301,10 @@ def check(target: str = typer.Argument(..., help="registered name, pkg.module:Cl
 @app.command()
 def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for validate.md")):
     """Published figures (SENet, CBAM, ECA, ...) beside the harness's own numbers."""
-    from .report import write_text_atomic
     from .records.store import check_output_dir
-    from .validate import render_validate, validate as run_validate
+    from .report import write_text_atomic
+    from .validate import render_validate
+    from .validate import validate as run_validate
 
     check_output_dir(out)  # before the minutes of building and counting, not after
     rows = run_validate()
@@ -358,8 +359,8 @@ def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a
            fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP + "; the files written do not change")):
     """Rebuild the tables from a result store alone."""
     from .api import overhead_records
-    from .run.runner import write_outputs_safely
     from .records.store import check_output_dir
+    from .run.runner import write_outputs_safely
 
     path, records = _records_from(results)
     if not records:
@@ -390,8 +391,8 @@ def compare(a: Path = typer.Argument(..., help="first result store (the referenc
     candidate (other suite or settings, no shared cell, a cell failed or missing in the candidate)."""
     import math
 
-    from .report.gate import comparability_problems, gate
     from .report.compare import compare_rows, render_compare_rows
+    from .report.gate import comparability_problems, gate
 
     if fail_above is not None and not (math.isfinite(fail_above) and fail_above >= 0):
         _fail(f"--fail-above {fail_above}: give a percentage >= 0, e.g. --fail-above 5")
@@ -454,8 +455,8 @@ def _report_usage_error(exc: BaseException) -> int:
 def main(argv: Optional[List[str]] = None) -> None:
     """The console script: every user error exits 2 with one line, an aborted run 3; Ctrl-C exits 130 and
     SIGTERM 143, each with one line (a run also with the table of what it stored)."""
-    from .guard.cell import interrupts
     from .core.textio import degrade_streams
+    from .guard import interrupts
 
     degrade_streams()  # a non-UTF-8 locale or PYTHONIOENCODING=ascii: symbols degrade to ASCII, never a traceback
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -475,18 +476,15 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 def _dispatch(argv: Optional[List[str]]) -> int:
     """Run the command; print the one line an error ends with and return the exit status."""
-    from .errors import RunAborted
+    from .errors import exit_status
 
     usage_errors = _usage_error_types()
     try:
         code = app(args=argv, prog_name="attnbench", standalone_mode=False)
         return code if isinstance(code, int) else 0
-    except RunAborted as exc:
+    except AttnBenchError as exc:  # every family, one line; errors.exit_status is the one mapping
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except AttnBenchError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        return exit_status(exc)
     except typer.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:

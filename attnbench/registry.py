@@ -13,13 +13,12 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .core.baselines import BASELINE_NAMES, is_baseline  # noqa: F401 (imported from here too)
 from .errors import UnknownNameError
 
 MODULE_GROUP = "attnbench.modules"
 DATASET_GROUP = "attnbench.datasets"
 
-# Names that mean "no attention module": the plain backbone.
-BASELINE_NAMES = ("none", "baseline")
 
 
 class PluginWarning(UserWarning):
@@ -196,6 +195,3 @@ def register(name: str, override: bool = False) -> Callable[[Callable], Callable
 
     return deco
 
-
-def is_baseline(name: Optional[str]) -> bool:
-    return name is None or str(name).lower() in BASELINE_NAMES

@@ -44,7 +44,7 @@ def sizes(n: int):
 
 def grid(cells: int, root: Path):
     from attnbench.suite.parse import parse_suite
-    from attnbench.suite.plan.plan import plan
+    from attnbench.suite.plan import plan
 
     points = max(1, round(cells / (2 * len(BACKBONES) * len(MODULES))))
     spec = {"name": "scale", "backbones": BACKBONES, "modules": MODULES, "metrics": ["params", "macs"],

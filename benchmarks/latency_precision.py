@@ -80,8 +80,8 @@ def suite_yaml(backbones, modules, nice) -> str:
 
 
 def harness_run(backbones, modules, nice="ask", host=None) -> dict:
-    from attnbench.report.cells import delta_interval
     from attnbench.records.store import Store
+    from attnbench.report.cells import delta_interval
 
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "s.yaml"
@@ -241,8 +241,9 @@ def main():
     backbones, modules = a.backbones.split(","), a.modules.split(",")
     from contextlib import nullcontext
 
-    from attnbench.run.env import cpu_name
     from emulated_host import emulated_host
+
+    from attnbench.run.env import cpu_name
 
     res = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs, euid {os.geteuid()}", "repeats": a.repeats,
            "settings": default_latency(), "hosts": {}}

@@ -7,8 +7,8 @@ import argparse
 import statistics
 
 from attnbench import build
-from attnbench.measures.timing.settings import LatencySettings
 from attnbench.measures.timing.network import measure_latency
+from attnbench.measures.timing.settings import LatencySettings
 from attnbench.suite.load import load_suite
 
 

@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 
-from attnbench.measures.runtimes import prepare
 from attnbench.guard.threads import fixed_threads
+from attnbench.measures.runtimes import prepare
 
 THREADS = 2
 SHAPE = (1, 3, 224, 224)  # batch 1: the deployment case the runtimes are built for

@@ -119,7 +119,7 @@ def main():
     print(f"\nresnet18 + {a.module}, stem {stem}, {a.dataset} {tuple(tx.shape[2:])}, {a.threads} threads, "
           f"{a.steps} steps per epoch, median of {a.rounds} rounds ({torch.__version__}, "
           f"{torch.backends.cpu.get_cpu_capability()})")
-    print(f"| variant | batch | train img/s | x plain fp32 | first step s | eval img/s |\n|---|---:|---:|---:|---:|---:|")
+    print("| variant | batch | train img/s | x plain fp32 | first step s | eval img/s |\n|---|---:|---:|---:|---:|---:|")
     for name, _, batch in variants:
         res = results[f"{name}@{batch}"]
         rate = statistics.median(res["img_s"])

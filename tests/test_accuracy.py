@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from attnbench.train.data import FASHION_MNIST_DEBIAN, digits, fashion_mnist, read_idx
 from attnbench.errors import AttnBenchError
 from attnbench.records.record import Record
 from attnbench.registry import DATASETS
+from attnbench.report.accuracy import accuracy_rows, render_accuracy
+from attnbench.report.plots import curves_plot
 from attnbench.run.runner import run_suite
 from attnbench.suite.load import load_suite
 from attnbench.suite.parse import parse_suite
-from attnbench.report.accuracy import accuracy_rows, render_accuracy
-from attnbench.report.plots import curves_plot
+from attnbench.train.data import FASHION_MNIST_DEBIAN, digits, fashion_mnist, read_idx
 from attnbench.train.loop import train_cell, validate_training
 
 TINY = {"epochs": 1, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "threads": 1}

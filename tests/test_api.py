@@ -1,12 +1,12 @@
 """attnbench from Python: load stores into Results (pandas, LaTeX, HTML, notebooks), `--format`, and run()."""
 import json
 import math
-from html import escape
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from html import escape
 from io import StringIO
 from pathlib import Path
 
@@ -17,11 +17,11 @@ import attnbench
 from attnbench.api import Results, _Part
 from attnbench.records.measurement import Measurement
 from attnbench.records.record import Record
+from attnbench.records.store import Store
 from attnbench.report.formats import render_report
 from attnbench.report.latex import tex
-from attnbench.report.markup import Table, parse, split_row
 from attnbench.report.markdown import md_row
-from attnbench.records.store import Store
+from attnbench.report.markup import Table, parse, split_row
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -252,8 +252,8 @@ def _pdflatex(tmp_path, fragment, name="t"):
 def test_latex_compiles_with_pdflatex(tmp_path):
     for store in STORES:
         _pdflatex(tmp_path, attnbench.load(store).to_latex(), store.stem)
-    from attnbench.report.formats import render_compare_as
     from attnbench.report.compare import compare_rows
+    from attnbench.report.formats import render_compare_as
 
     a, b = Store(RESULTS / "overhead.jsonl").latest(), Store(RESULTS / "regimes.jsonl").latest()
     _pdflatex(tmp_path, render_compare_as(compare_rows(a, b), "a_1.jsonl", "b%2.jsonl", "latex", 5), "compare")

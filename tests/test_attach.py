@@ -2,13 +2,12 @@
 import pytest
 import timm
 import torch
+from formulas import nonlocal_params, se_params
 
 import attnbench
 from attnbench import attention_parameters, build, count_params
 from attnbench.attach.backbone import AttentionSlot
 from attnbench.errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError
-
-from formulas import nonlocal_params, se_params
 
 
 def test_builtins_are_listed():

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from formulas import se_params
 
 from attnbench.cli import main
-from formulas import se_params
 
 SMALL = """
 name: small

@@ -16,13 +16,21 @@ import pytest
 pytest.importorskip("distributed")
 
 from attnbench.errors import AttnBenchError  # noqa: E402
+from attnbench.run.dask.coordinator import dask_executor, local_cluster, make_executor, running_text
+from attnbench.run.dask.options import (
+    SLOT_RESOURCE,
+    TRAIN_RESOURCE,
+    check_dask_options,
+    jobqueue_worker_args,
+    node_shares,
+    probe_scheduler,
+    usable_cpus,
+)
 from attnbench.run.env import fingerprint  # noqa: E402
-from attnbench.run.dask.options import SLOT_RESOURCE, TRAIN_RESOURCE, jobqueue_worker_args, check_dask_options, node_shares, probe_scheduler, usable_cpus
-from attnbench.run.dask.coordinator import local_cluster, dask_executor, make_executor, running_text
-from attnbench.run.tasks import cell_keys
 from attnbench.run.runner import run_suite  # noqa: E402
+from attnbench.run.tasks import cell_keys
 from attnbench.suite.parse import parse_suite
-from attnbench.suite.plan.plan import plan  # noqa: E402
+from attnbench.suite.plan import plan  # noqa: E402
 
 SUITE = {
     "name": "fan", "backbones": ["resnet18", "resnet34"], "modules": ["none", "se", "cbam"], "input_size": 32,
@@ -319,7 +327,6 @@ def test_unreachable_scheduler_is_one_line_within_the_timeout():
 
 
 def test_malloc_trimming_is_relaxed_only_where_dask_set_it():
-    import os
     import subprocess
     import sys
 

@@ -24,14 +24,14 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from attnbench.run.env import fingerprint  # noqa: E402
 from attnbench.errors import AttnBenchError, SchedulerLost  # noqa: E402
 from attnbench.run.dask.coordinator import dask_executor
 from attnbench.run.dask.options import timing_lock_name, usable_cpus  # noqa: E402
-from attnbench.run.tasks import cell_keys, make_tasks
+from attnbench.run.env import fingerprint  # noqa: E402
 from attnbench.run.runner import run_suite  # noqa: E402
+from attnbench.run.tasks import cell_keys, make_tasks
 from attnbench.suite.parse import parse_suite
-from attnbench.suite.plan.plan import plan  # noqa: E402
+from attnbench.suite.plan import plan  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

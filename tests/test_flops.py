@@ -142,10 +142,11 @@ UNSUPPORTED_AT_14 = {
 
 
 def test_no_operator_left_unhandled_in_any_registry_entry():
+    from formulas import SITE_CONTEXT
+
     import attnbench
     from attnbench.attach.placement import declared_context
     from attnbench.run.execute import error_info
-    from formulas import SITE_CONTEXT
 
     left, failures = {}, {}
     for name in attnbench.list_modules():

@@ -2,10 +2,10 @@
 cells get their keys, shared by every module of a backbone, and recorded with its reason."""
 import pytest
 
-from attnbench.train.recipe import MARGIN, candidates, choose, resolve_cells
 from attnbench.suite.parse import parse_suite
-from attnbench.suite.plan.plan import plan
+from attnbench.suite.plan import plan
 from attnbench.train.loop import validate_training
+from attnbench.train.recipe import MARGIN, candidates, choose, resolve_cells
 
 DIGITS = {"name": "digits", "train_subset": 64, "test_subset": 40}
 TRAINING = {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "auto",

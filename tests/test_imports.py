@@ -79,3 +79,84 @@ def test_the_detector_finds_a_circle():
 
 def test_no_import_circles():
     assert cycles(import_graph()) == []
+
+
+# The layers, lowest first: a module may import (at the top or lazily) only modules of its own rank or lower.
+# Data flows one way -- suite -> cells -> measurements -> records -> tables -- and the report layer reads
+# records only, so it sits just above them and never needs torch. Two leaves of higher packages are rank 0
+# on purpose: the suite's data model (Point, Cell) and the latency settings, read by every layer.
+RANKS = {
+    "attnbench.errors": 0, "attnbench.core": 0, "attnbench.suite.model": 0, "attnbench.measures.timing.settings": 0,
+    "attnbench.records": 1,
+    "attnbench.report": 2, "attnbench.registry": 2, "attnbench.guard": 2,
+    "attnbench.modules": 3,
+    "attnbench.attach": 4,
+    "attnbench.measures": 5, "attnbench.train": 5,
+    "attnbench.check": 6, "attnbench.suite": 6,
+    "attnbench.run": 7,
+    "attnbench": 8,  # the package's lazy exports, api, cli, validate
+}
+TORCH_FREE = ("attnbench.errors", "attnbench.core", "attnbench.suite.model", "attnbench.measures.timing.settings",
+              "attnbench.records", "attnbench.report", "attnbench.registry")
+
+
+def rank(module: str) -> int:
+    return RANKS[max((k for k in RANKS if module == k or module.startswith(k + ".")), key=len)]
+
+
+def layer_violations(graph):
+    return [f"{a} (rank {rank(a)}) imports {b} (rank {rank(b)})" for a in sorted(graph) for b in sorted(graph[a])
+            if rank(b) > rank(a)]
+
+
+def test_the_layer_rule_catches_an_upward_import():
+    assert layer_violations({"attnbench.report.tables": {"attnbench.run.runner"}}) == [
+        "attnbench.report.tables (rank 2) imports attnbench.run.runner (rank 7)"]
+    assert layer_violations({"attnbench.run.runner": {"attnbench.report.tables"}}) == []
+
+
+def test_no_lower_layer_imports_a_higher_one():
+    assert layer_violations(import_graph()) == []
+
+
+def test_the_torch_free_layers_import_no_torch_anywhere():
+    """Not at the top and not lazily: the report layer, records, settings and the suite's model never reach torch."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        if not any(name == p or name.startswith(p + ".") for p in TORCH_FREE):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{name}: {m}" for m in mods if m.split(".")[0] in ("torch", "timm", "fvcore", "torchvision")]
+    assert offenders == []
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists its packages by name: a new folder missing there would be absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders <= listed, sorted(folders - listed)
+
+
+def test_report_and_its_command_load_no_torch(tmp_path):
+    """`import attnbench.report` and `attnbench report STORE` (every table, CSV and plot of a real store) finish
+    without torch in sys.modules: reading results costs no torch import (about 2.7 s)."""
+    import shutil
+    import subprocess
+    import sys
+
+    store = tmp_path / "overhead.jsonl"
+    shutil.copy(PACKAGE.parent / "results" / "overhead.jsonl", store)
+    probe = ("import atexit, sys; atexit.register(lambda: print('torch loaded' if 'torch' in sys.modules else "
+             "'no torch', flush=True)); ")
+    p = subprocess.run([sys.executable, "-c", probe + "import attnbench.report"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "no torch", p.stderr
+    p = subprocess.run([sys.executable, "-c", probe + "from attnbench.cli import main; main(sys.argv[1:])", "report",
+                        str(store), "--out", str(tmp_path / "tables")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "no torch"
+    assert (tmp_path / "tables" / "overhead.md").exists()

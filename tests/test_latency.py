@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from attnbench import build
-from attnbench.measures.timing.settings import LatencySettings
+from attnbench.guard.threads import fixed_threads
 from attnbench.measures.timing.network import measure_latency, measure_peak_memory
 from attnbench.measures.timing.schedule import summarize
-from attnbench.guard.threads import fixed_threads
+from attnbench.measures.timing.settings import LatencySettings
 
 FAST = dict(input_size=(32, 32), warmup=1, rounds=2, min_time=0.0, min_iters=2, threads=1)
 ONE_CALL = dict(input_size=(8, 8), warmup=1, min_time=0.0, min_iters=1, threads=1)  # one call per model per round

@@ -13,16 +13,16 @@ import torch
 from torch import nn
 
 from attnbench import build
+from attnbench.core.stats import MIN_PAIRS, alternating_delta, alternating_difference
 from attnbench.measures import contention
+from attnbench.measures.timing.network import measure_latency
 from attnbench.measures.timing.settings import LatencySettings
 from attnbench.measures.timing.sites import capture_sites, measure_sites
-from attnbench.measures.timing.network import measure_latency
 from attnbench.records.measurement import Measurement
 from attnbench.records.record import Record
 from attnbench.report import render_markdown
-from attnbench.report.notes import contention_line
 from attnbench.report.cells import delta_interval, delta_ms
-from attnbench.core.stats import CLEAN_WAIT, MIN_PAIRS, alternating_delta, alternating_difference
+from attnbench.report.notes import contention_line
 
 T_975_DF1 = 12.7062047362  # Student's t, 0.975 quantile, 1 degree of freedom (printed tables)
 
@@ -238,8 +238,8 @@ def test_train_step_at_batch_one_is_unsupported_with_a_fix(tmp_path):
 
 
 def test_compare_never_calls_a_contended_timing_a_regression(tmp_path):
-    from attnbench.report.gate import gate
     from attnbench.report.compare import compare_rows, render_compare_rows
+    from attnbench.report.gate import gate
 
     quiet = [_timing("none", [[10.0, 10.1, 10.0]] * 4, "a")]
     loaded = [_timing("none", [[30.0, 31.0, 90.0]] * 4, "b", waits=[[0.5, 0.5, 0.6]] * 4, contended=True)]

@@ -89,10 +89,10 @@ def test_under_the_training_init_every_resnet_block_site_sees_zeros():
 
 
 def test_records_say_measurement_and_training_builds_with_the_training_init(monkeypatch):
-    from attnbench.train.loop import loop as train
     from attnbench.run.execute import build_cell_model
     from attnbench.suite.parse import parse_suite
-    from attnbench.suite.plan.plan import plan
+    from attnbench.suite.plan import plan
+    from attnbench.train import loop as train
 
     cell = next(c for c in plan(parse_suite({"name": "t", "backbones": ["resnet18"], "modules": ["se"], "input_size": 32,
                                              "metrics": ["params"]}, "t.yaml")) if c.variant.module == "se")

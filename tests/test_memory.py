@@ -168,8 +168,9 @@ def test_everything_saved_is_freed_afterwards(monkeypatch):
 
 
 def test_resnet50_and_se_activations_by_hand():
-    from attnbench.attach.backbone import build
     from formulas import RESNET50_STAGES, resnet50_activations, se_activations
+
+    from attnbench.attach.backbone import build
 
     x = torch.randn(1, 3, 224, 224)
     bare = measure_activations(build("resnet50", "none"), x)

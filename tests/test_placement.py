@@ -4,8 +4,16 @@ import re
 import pytest
 import timm
 import torch
-from formulas import (RESNET50_STAGES, coord_params, gc_params, ge_theta_params, resnet50_ge_theta_params, se_params,
-                      sk_resnet_params, triplet_params)
+from formulas import (
+    RESNET50_STAGES,
+    coord_params,
+    gc_params,
+    ge_theta_params,
+    resnet50_ge_theta_params,
+    se_params,
+    sk_resnet_params,
+    triplet_params,
+)
 
 import attnbench
 from attnbench import attention_parameters, build, count_params
@@ -292,8 +300,8 @@ def test_coordinate_attention_skips_the_block_without_expansion_as_mbv2_ca():
 
 
 def test_block_kinds_and_placement_per_kind():
-    from attnbench.errors import ModuleDoesNotFit
     from attnbench.attach.placement import block_kinds, resolve_placement
+    from attnbench.errors import ModuleDoesNotFit
 
     assert block_kinds(timm.create_model("resnet18")) == ["basic"]
     assert block_kinds(timm.create_model("resnext50_32x4d")) == ["resnext"]

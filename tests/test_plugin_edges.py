@@ -13,18 +13,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import install_package, plugins_from
 
 import attnbench
 from attnbench.attach.backbone import ModuleFailed, build
-from attnbench.check.checklist import FAIL, PASS, SKIP, _Maker, check_binding, load_factory, render_check, run_check, site_advice
-from attnbench.check.verdicts import suite_verdicts
 from attnbench.attach.contract import ALIASED_ADVICE, hidden_state, looks_like_channels
+from attnbench.check.checklist import (
+    FAIL,
+    PASS,
+    SKIP,
+    _Maker,
+    check_binding,
+    load_factory,
+    render_check,
+    run_check,
+    site_advice,
+)
+from attnbench.check.verdicts import suite_verdicts
 from attnbench.errors import SuiteError
 from attnbench.guard.cell import as_unsupported
 from attnbench.records.record import ForeignRecord, Record, readable, record_line
-from attnbench.registry import MODULES, PluginWarning
 from attnbench.records.store import Store
-from conftest import install_package, plugins_from
+from attnbench.registry import MODULES, PluginWarning
 
 HERE = Path(__file__).parent / "check_modules"
 EDGES, BROKEN = f"{HERE / 'edges.py'}", f"{HERE / 'broken.py'}"
@@ -113,7 +123,7 @@ def test_suite_verdict_runs_the_module_in_its_network(registered):
     every ok row carries names the site and the plugin line (FixedWidth hard-codes 64: layer2 has 128)."""
     from attnbench.run.tasks import cell_keys  # noqa: F401 -- the runner's import of check stays valid
     from attnbench.suite.parse import parse_suite
-    from attnbench.suite.plan.plan import plan
+    from attnbench.suite.plan import plan
 
     registered("edge-fixed", "FixedWidth", BROKEN)
     suite = parse_suite({"name": "v", "backbones": ["resnet18"], "modules": ["none", "edge-fixed", "se"],
@@ -263,7 +273,7 @@ def test_a_record_the_reader_would_refuse_is_stored_as_a_failure_that_says_why(t
 def test_an_error_inside_a_library_names_the_plugin_line_that_called_it(registered):
     line = _line("UsesLibrary", 1)  # the fakelib.rearrange(...) call
     shape = run_check(f"{EDGES}:UsesLibrary", "", {}).get("shape")
-    assert f"ValueError: cannot apply pattern 'b c h w -> b c (h w)'" in shape.detail
+    assert "ValueError: cannot apply pattern 'b c h w -> b c (h w)'" in shape.detail
     assert f"(at check_modules/edges.py:{line})" in shape.detail and "fakelib" not in shape.detail
     registered("edge-lib", "UsesLibrary")
     with pytest.raises(ModuleFailed) as exc:

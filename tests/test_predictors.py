@@ -6,8 +6,16 @@ from scipy.stats import spearmanr
 from attnbench.records.measurement import Measurement
 from attnbench.records.record import Record
 from attnbench.report import write_outputs
-from attnbench.report.predictors import (ROOFLINE, Sample, bootstrap_rho, fit_scope, loo_predictions, render_predictors,
-                                         scopes, spearman)
+from attnbench.report.predictors import (
+    ROOFLINE,
+    Sample,
+    bootstrap_rho,
+    fit_scope,
+    loo_predictions,
+    render_predictors,
+    scopes,
+    spearman,
+)
 
 BASE_MS = 20.0
 
@@ -166,11 +174,11 @@ def test_the_zoo_latency_suite_produces_the_predictor_outputs_end_to_end(tmp_pat
     the chain is what is checked): run -> records -> <suite>-predictors.md / .png, rebuilt by report alone."""
     import yaml
 
+    from attnbench.records.store import Store
     from attnbench.report.predictors import PREDICTORS
     from attnbench.run.runner import run_suite
-    from attnbench.records.store import Store
-    from attnbench.suite.parse import parse_suite
     from attnbench.suite.load import suite_dirs
+    from attnbench.suite.parse import parse_suite
 
     data = yaml.safe_load(next(d / "zoo-latency.yaml" for d in suite_dirs() if (d / "zoo-latency.yaml").is_file()).read_text())
     assert data["runtime"] == ["eager", "onnxruntime"] and data["latency"]["target"] == 1.0

@@ -11,20 +11,20 @@ import textwrap
 
 import pytest
 import torch
+from test_robustness import script
 from torch import nn
 
 import attnbench
-from attnbench.guard.cell import interrupts
 from attnbench.check.checklist import run_check
+from attnbench.guard import interrupts
 from attnbench.guard.cell import Escaped, contained, deadline
 from attnbench.guard.process_state import SETTINGS, StateChanged, Watch, snapshot, unchanged
 from attnbench.registry import MODULES
-from attnbench.run.tasks import cell_keys, make_tasks
 from attnbench.run.execute import execute
 from attnbench.run.runner import run_suite
+from attnbench.run.tasks import cell_keys, make_tasks
 from attnbench.suite.parse import parse_suite
-from attnbench.suite.plan.plan import plan
-from test_robustness import script
+from attnbench.suite.plan import plan
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ import torch
 from formulas import first_party_modules
 
 import attnbench
-from attnbench.train.loop import data
 from attnbench.errors import AttnBenchError, UnknownNameError
 from attnbench.registry import DATASETS, MODULES, Registry
+from attnbench.train.loop import data
 
 
 def test_builtins_are_attnbench_entry_points():

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import install_package
+from test_robustness import SCRIPT, one_line_error, script
 
 from attnbench.records.record import Record
 from attnbench.records.store import Store
-from conftest import install_package
-from test_robustness import SCRIPT, one_line_error, script
 
 ROGUE_SRC = Path(__file__).parent / "rogue_pkg"
 PARAMS_R18 = 11_689_512  # torchvision's / timm's ResNet-18

@@ -5,13 +5,13 @@ import pytest
 
 import attnbench
 from attnbench.errors import RunAborted, Unsupported
+from attnbench.records.store import Store
 from attnbench.registry import MODULES
 from attnbench.run.execute import execute
-from attnbench.run.tasks import make_tasks
 from attnbench.run.runner import run_suite
-from attnbench.records.store import Store
+from attnbench.run.tasks import make_tasks
 from attnbench.suite.parse import parse_suite
-from attnbench.suite.plan.plan import plan
+from attnbench.suite.plan import plan
 
 SUITE = {"name": "r", "backbones": ["resnet18", "resnet34"], "modules": ["none", "se"], "input_size": 32,
          "metrics": ["params", "macs", "latency_cpu"],

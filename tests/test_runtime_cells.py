@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.measures.timing.settings import LatencySettings
 from attnbench.measures.timing.network import measure_latency
+from attnbench.measures.timing.settings import LatencySettings
 from attnbench.run.runner import run_suite
 from attnbench.suite.parse import parse_suite
 
@@ -73,7 +73,7 @@ def test_tensorrt_is_a_gpu_runtime():
                      "metrics": ["latency_cpu"]}, "t.yaml")
     s = parse_suite({"name": "t", "backbones": ["resnet18"], "modules": ["none"], "runtime": ["eager", "tensorrt"],
                      "metrics": ["latency_cpu", "latency_gpu"]}, "t.yaml")
-    from attnbench.suite.plan.plan import plan
+    from attnbench.suite.plan import plan
 
     assert sorted((c.metric, c.runtime) for c in plan(s)) == [
         ("latency_cpu", "eager"), ("latency_gpu", "eager"), ("latency_gpu", "tensorrt")]

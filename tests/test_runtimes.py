@@ -11,8 +11,16 @@ from torch import nn
 
 from attnbench.errors import ModuleDoesNotFit, Unsupported
 from attnbench.guard.cell import NonFiniteOutput
-from attnbench.measures.runtimes import (ATOL, RTOL, RUNTIMES, ConversionFailed, OutputMismatch, RuntimeMissing,
-                                check_available, prepare)
+from attnbench.measures.runtimes import (
+    ATOL,
+    RTOL,
+    RUNTIMES,
+    ConversionFailed,
+    OutputMismatch,
+    RuntimeMissing,
+    check_available,
+    prepare,
+)
 
 PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 

@@ -6,11 +6,11 @@ import subprocess
 import sys
 import time
 
-from attnbench.run.runner import run_suite
 import pytest
 
 from attnbench.records.record import Record
 from attnbench.records.store import Store, StoreWarning
+from attnbench.run.runner import run_suite
 from attnbench.suite.parse import parse_suite
 
 SUITE = {

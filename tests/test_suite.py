@@ -3,7 +3,7 @@ import pytest
 
 from attnbench.errors import SuiteError, UnknownNameError
 from attnbench.suite.load import list_suites, load_suite
-from attnbench.suite.plan.plan import plan
+from attnbench.suite.plan import plan
 
 GOOD = """
 name: tiny

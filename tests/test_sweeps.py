@@ -2,10 +2,10 @@
 import pytest
 
 from attnbench.run.tasks import make_tasks
-from attnbench.suite.model import Point
 from attnbench.suite.load import load_suite
+from attnbench.suite.model import Point
 from attnbench.suite.parse import parse_suite
-from attnbench.suite.plan.plan import plan
+from attnbench.suite.plan import plan
 
 ENV = {"torch": "x"}
 

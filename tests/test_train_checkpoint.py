@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from attnbench.train.data import train_size
 from attnbench.errors import AttnBenchError
+from attnbench.train.data import train_size
 from attnbench.train.loop import TRAINING_KEYS, TrainConfig, train_cell, validate_training
 
 DS = {"name": "digits", "train_subset": 60, "test_subset": 50}  # 3 steps of 16 per epoch: seconds

@@ -4,12 +4,12 @@ import math
 
 import pytest
 
+from attnbench.core.stats import paired_ratio_interval, unpaired_ratio_interval
 from attnbench.records.measurement import Measurement
 from attnbench.records.record import Record
+from attnbench.records.store import Store
 from attnbench.report import render_markdown
 from attnbench.report.compare import compare_rows
-from attnbench.core.stats import paired_ratio_interval, unpaired_ratio_interval
-from attnbench.records.store import Store
 
 T_975_DF2 = 4.302653  # Student's t, 0.975 quantile, 2 degrees of freedom (printed tables)
 

@@ -10,18 +10,18 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_robustness import SCRIPT, script
 
 import attnbench
+from attnbench.core.stats import MIN_PAIRS
 from attnbench.errors import AttnBenchError, SuiteError, Unsupported
 from attnbench.guard.cell import as_unsupported
+from attnbench.records.store import Store
 from attnbench.report import write_outputs
 from attnbench.report.compare import compare_rows, render_compare_rows
 from attnbench.report.tables import render_markdown
-from attnbench.core.stats import MIN_PAIRS
-from attnbench.records.store import Store
 from attnbench.suite.load import load_suite, read_yaml
 from attnbench.suite.parse import parse_suite
-from test_robustness import SCRIPT, script
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 BASE = {"name": "v", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["params"]}

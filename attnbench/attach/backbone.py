@@ -53,19 +53,47 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .contract import (ALIASED_ADVICE, PLACEMENTS, binding_advice, binding_problem, class_folder, current_roots,
-                       declared_limits, first_line, forward_line, package_roots, plugin_frame, shares_memory)
-from ..errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError, Unsupported
-from ..guard.cell import contained, escape_text, is_out_of_memory
-from .initialise import INITS, MEASUREMENT, measurement_init
-from ..core.where import describe  # noqa: F401 -- the `where` text, torch-free for the report layer
-from .placement import (BLOCK_SLOTS, Site, after_sites, assign_stages, block_kinds, block_sites, choose_stages, stages_problem,
-                        conv_sites, declared_context, drop_norm_act, native_label, native_sites, probe_inputs,
-                        resolve_placement, stage_entries, stage_sites)
-from ..registry import get_module, is_baseline
+from ..core.baselines import NATIVE
 from ..core.settings import signature_problem
+from ..core.where import describe  # noqa: F401 -- the `where` text, torch-free for the report layer
+from ..errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError, Unsupported, UsageError
+from ..guard.cell import contained, escape_text, is_out_of_memory
+from ..registry import get_module, is_baseline
+from .contract import (
+    ALIASED_ADVICE,
+    PLACEMENTS,
+    binding_advice,
+    binding_problem,
+    class_folder,
+    current_roots,
+    declared_limits,
+    first_line,
+    forward_line,
+    package_roots,
+    plugin_frame,
+    shares_memory,
+)
+from .initialise import INITS, MEASUREMENT, measurement_init
+from .placement import (
+    BLOCK_SLOTS,
+    Site,
+    after_sites,
+    assign_stages,
+    block_kinds,
+    block_sites,
+    choose_stages,
+    conv_sites,
+    declared_context,
+    drop_norm_act,
+    native_label,
+    native_sites,
+    probe_inputs,
+    resolve_placement,
+    stage_entries,
+    stage_sites,
+    stages_problem,
+)
 
-NATIVE = "native"  # baseline name: timm's model as built, native attention included
 ATTACH_OPTIONS = ("placement", "stages", "blocks", "keep_native")
 # Names the Non-Local paper's users expect; mapped onto the generic stage options.
 ALIASES = {"nonlocal_stages": "stages", "nonlocal_blocks": "blocks"}
@@ -241,13 +269,13 @@ def check_module_options(name: str, factory: Callable, options: Dict) -> None:
     """Fail before building anything if the factory cannot take these options."""
     problem = binding_problem(factory, options, declared_context(factory))  # context: the harness fills it
     if problem and problem[1] == "options":
-        raise AttnBenchError(f"module {name!r} does not accept options {sorted(options)}: {problem[0]}; fix its options")
+        raise UsageError(f"module {name!r} does not accept options {sorted(options)}: {problem[0]}; fix its options")
     if problem:  # it cannot be called with a channel count alone: only an adapter fixes that
-        raise AttnBenchError(f"module {name!r} cannot be called as factory(channels, **options): {problem[0]}; "
+        raise UsageError(f"module {name!r} cannot be called as factory(channels, **options): {problem[0]}; "
                              f"{binding_advice(factory, declared_context(factory), name)}")
     problem = signature_problem(factory, options)  # reduction: -4 would build a 1-channel gate without a word
     if problem:
-        raise AttnBenchError(f"module {name!r}: {problem}; fix its options")
+        raise UsageError(f"module {name!r}: {problem}; fix its options")
 
 
 def _attach_defaults(placement: str = "block", stages=None, blocks: int = 1, keep_native: bool = False):
@@ -267,7 +295,7 @@ def check_attach_options(options: Dict) -> None:
     if problem is None and "stages" in options:
         problem = stages_problem(options["stages"])
     if problem:
-        raise AttnBenchError(f"{problem}; fix the module's options")
+        raise UsageError(f"{problem}; fix the module's options")
 
 
 def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared: Sequence[str]) -> AttentionSlot:
@@ -343,7 +371,7 @@ def _sites(model: nn.Module, backbone: str, family: str, placement: str, attach:
         chosen = choose_stages(rule or "penultimate", n)
         return stage_sites(model, chosen, attach.get("blocks")), chosen
     if "blocks" in attach:
-        raise AttnBenchError(f"'blocks' applies to placement: stage, not to {placement} placement; drop it")
+        raise UsageError(f"'blocks' applies to placement: stage, not to {placement} placement; drop it")
     sites = _per_block_sites(model, backbone, family, placement)
     assign_stages(model, sites)
     chosen = choose_stages(rule or "all", n)
@@ -375,18 +403,18 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
     import timm
 
     if init not in INITS:
-        raise AttnBenchError(f"init {init!r} is not one of {INITS}")
+        raise UsageError(f"init {init!r} is not one of {INITS}")
     family = backbone_family(backbone)
     problem = fixed_size_problem(backbone, input_size, backbone_kwargs)
     if problem:
-        raise AttnBenchError(problem)
+        raise UsageError(problem)
     kwargs = dict(backbone_kwargs or {}, pretrained=False)
     model = timm.create_model(backbone, **kwargs)
     native = native_sites(model, family)
     label = native_label([getattr(s.owner, s.attr) for s in native]) if native else None
     if is_baseline(attention) or attention == NATIVE:
         if options:
-            raise AttnBenchError(f"options {sorted(options)} given without an attention module; drop them or name a module")
+            raise UsageError(f"options {sorted(options)} given without an attention module; drop them or name a module")
         if attention == NATIVE:
             return _initialised(model, Attachment(NATIVE, NATIVE, [s.path for s in native], None, label, 0, len(native)),
                                 init)
@@ -401,15 +429,15 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
     placement = attach.get("placement") or own_placement
     skip = () if "placement" in attach else skip  # an explicit placement goes in every block
     if placement not in PLACEMENTS:
-        raise AttnBenchError(f"placement {placement!r} for module {attention!r} is not one of {PLACEMENTS}")
+        raise UsageError(f"placement {placement!r} for module {attention!r} is not one of {PLACEMENTS}")
     check_module_options(attention, factory, module_options)
     declared = declared_context(factory)
     clash = sorted(set(module_options) & set(declared))
     if clash:
-        raise AttnBenchError(f"options {clash} of module {attention!r} are filled by attnbench from each site; drop them")
+        raise UsageError(f"options {clash} of module {attention!r} are filled by attnbench from each site; drop them")
     keep = bool(attach.get("keep_native", False))
     if keep and native and (placement == "block" or (placement == "output" and family == "resnet")):
-        raise AttnBenchError(f"keep_native applies to conv, stage, after_conv and (outside ResNets) output placements; "
+        raise UsageError(f"keep_native applies to conv, stage, after_conv and (outside ResNets) output placements; "
                              f"a {placement} module {attention!r} takes the native attention's slot; drop keep_native")
     own = placement == own_placement
     no_blocks = (placement in ("block", "output") and family not in BLOCK_SLOTS) or \

@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .contract import CONTEXT_KEYS  # the contract's list (also imported from here)
 from ..errors import ModuleDoesNotFit, Unsupported
+from .contract import CONTEXT_KEYS  # the contract's list (also imported from here)
 
 # timm families and the block attributes that hold their per-block attention (None/Identity when
 # absent). The first is where a ``block`` module goes; all of them are searched for native attention.

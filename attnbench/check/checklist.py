@@ -5,30 +5,49 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
-import json
 import math
 import sys
 import traceback
 import warnings
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from ..attach.contract import (ALIASED_ADVICE, CHANNEL_WORDS, PLACEMENTS, Limits, adapter_advice, binding_advice, binding_problem,  # noqa: F401
-                       class_folder, current_roots, declared_limits, describe_failure, factory_name, first_line,
-                       forward_line, hidden_numel, hidden_state, looks_like_channels, module_frame, package_roots,
-                       plugin_code, shares_memory)
-from ..errors import AttnBenchError, ModuleDoesNotFit, Unsupported, UnknownNameError
+
+from ..attach.contract import (  # noqa: F401
+    ALIASED_ADVICE,
+    CHANNEL_WORDS,
+    PLACEMENTS,
+    Limits,
+    adapter_advice,
+    binding_advice,
+    binding_problem,
+    class_folder,
+    current_roots,
+    declared_limits,
+    describe_failure,
+    factory_name,
+    first_line,
+    forward_line,
+    hidden_numel,
+    hidden_state,
+    looks_like_channels,
+    module_frame,
+    package_roots,
+    plugin_code,
+    shares_memory,
+)
+from ..attach.placement import declared_context
+from ..errors import AttnBenchError, ModuleDoesNotFit, UnknownNameError, Unsupported, UsageError
 from ..guard.cell import CellTimeout, contained, deadline
 from ..guard.interrupts import watching
-from ..guard.process_state import Watch, unchanged
-from ..attach.placement import declared_context
-from .verdicts import CHECK_TIMEOUT_S
-
+from ..guard.process_state import Watch
+from .limits import BACKBONE_SCALE, CHECK_TIMEOUT_S
 
 PASS, FAIL, SKIP, INFO = "pass", "FAIL", "skip", "info"
 
@@ -45,7 +64,6 @@ SIZES = REFERENCES[:1] + OTHER_SIZES
 MAX_CHANNELS, MAX_INPUT_SIZE = 65536, 4096  # beyond these the check's own tensors exhaust a workstation
 
 
-BACKBONE_SCALE = 4  # the backbone step builds, runs and counts a whole network: 4x the per-step timeout
 
 
 BATCH_RTOL = 1e-4  # sample 0's output may move this much (of its largest magnitude) with the rest of the batch
@@ -102,7 +120,7 @@ def _import_path(target: str):
     except BaseException as exc:  # sys.exit() or a KeyboardInterrupt no signal raised, on import too
         if not contained(exc):
             raise
-        raise AttnBenchError(f"cannot load {target!r}: {first_line(exc)}; give a registered name (`attnbench list "
+        raise UsageError(f"cannot load {target!r}: {first_line(exc)}; give a registered name (`attnbench list "
                              "modules`), package.module:Class or path/to/file.py:Class") from None
 
 
@@ -136,16 +154,16 @@ def _usage(channels, input_size, timeout, backbone: str, options: Dict) -> None:
     """Command-line values are the caller's to fix (exit 2), never the module's defect."""
     for flag, value, top in (("--channels", channels, MAX_CHANNELS), ("--input-size", input_size, MAX_INPUT_SIZE)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-            raise AttnBenchError(f"{flag} must be an integer from 1 to {top:,}, got {value!r}")
+            raise UsageError(f"{flag} must be an integer from 1 to {top:,}, got {value!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (math.isfinite(timeout) and timeout > 0):
-        raise AttnBenchError(f"--timeout must be a positive number of seconds, got {timeout!r}")
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout!r}")
     if backbone:
         from ..attach.backbone import backbone_family
 
         backbone_family(backbone)  # UnknownNameError with close matches
     placement = options.get("placement")
     if isinstance(placement, str) and placement not in PLACEMENTS:  # a per-block-kind mapping is checked by build
-        raise AttnBenchError(f"option placement={placement!r} is not one of {', '.join(PLACEMENTS)}")
+        raise UsageError(f"option placement={placement!r} is not one of {', '.join(PLACEMENTS)}")
 
 
 def check_binding(factory: Callable, channels: int, options: Dict, name: str = "") -> CheckResult:
@@ -159,10 +177,10 @@ def check_binding(factory: Callable, channels: int, options: Dict, name: str = "
     declared = declared_context(factory)
     clash = sorted(set(options) & set(declared))
     if clash:
-        raise AttnBenchError(f"options {clash} are context keywords attnbench fills per site; drop them from -O")
+        raise UsageError(f"options {clash} are context keywords attnbench fills per site; drop them from -O")
     problem = binding_problem(factory, options, declared)
     if problem and problem[1] == "options":
-        raise AttnBenchError(f"{factory_name(factory)}{sig} does not accept options {sorted(options)}: {problem[0]}; "
+        raise UsageError(f"{factory_name(factory)}{sig} does not accept options {sorted(options)}: {problem[0]}; "
                              "fix -O")
     if problem:
         return CheckResult("binding", FAIL, f"{factory_name(factory)}{sig} cannot be called as factory(channels, "
@@ -812,8 +830,6 @@ def _settled(where: str) -> Iterator[None]:
 
 
 def _run_check(target: str, backbone: str, options: Dict, channels: int, input_size: int, timeout: float) -> CheckReport:
-    from ..attach.backbone import split_options
-    from ..registry import MODULES
 
     _usage(channels, input_size, timeout, backbone, options)
     factory, registered = load_factory(target)

@@ -2,36 +2,23 @@
 run stores beside a plugin's records; the only part of the checklist the runner needs."""
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
-import inspect
 import json
 import math
-import sys
-import traceback
 import warnings
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from contextvars import ContextVar
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
 import torch
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from ..attach.contract import (ALIASED_ADVICE, CHANNEL_WORDS, PLACEMENTS, Limits, adapter_advice, binding_advice, binding_problem,
-                       class_folder, current_roots, declared_limits, describe_failure, factory_name, first_line,
-                       forward_line, hidden_numel, hidden_state, looks_like_channels, module_frame, package_roots,
-                       plugin_code, shares_memory)
-from ..errors import AttnBenchError, ModuleDoesNotFit, Unsupported, UnknownNameError
-from ..guard.cell import CellTimeout, contained, deadline
+
+from ..attach.contract import (
+    describe_failure,
+    first_line,
+)
+from ..errors import AttnBenchError, Unsupported
+from ..guard.cell import CellTimeout, deadline
 from ..guard.interrupts import watching
-from ..guard.process_state import Watch, unchanged
-from ..attach.placement import declared_context
-
-
-CHECK_TIMEOUT_S = 30.0  # seconds per step (one check's forwards); `attnbench check --timeout`
-
+from ..guard.process_state import unchanged
+from .limits import BACKBONE_SCALE, CHECK_TIMEOUT_S
 
 CHECK_STAT = "check_failed"  # stats key of an ok record whose module fails `attnbench check`
 
@@ -73,7 +60,7 @@ def network_verdict(cell) -> str:
     suites included, whose cells never run a real forward. Once per (module, options, backbone, input) in a process."""
     from ..attach.backbone import build, failure_site
     from ..registry import get_module
-    from .checklist import BACKBONE_SCALE, _is_usage, _size
+    from .checklist import _is_usage, _size
 
     variant = cell.variant
     try:

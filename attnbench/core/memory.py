@@ -1,20 +1,7 @@
 """How much memory this host has, and whether an input of a given size fits: read from /proc/meminfo."""
 from __future__ import annotations
 
-import difflib
-import hashlib
-import itertools
-import json
-import os
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
-import yaml
-from ..errors import AttnBenchError, SuiteError, UnknownNameError
-from ..registry import BASELINE_NAMES, get_module, is_baseline
-from .metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
-from .settings import POSITIVE_NUMBER, short, suite_rules
+from typing import Optional
 
 
 def available_memory() -> Optional[int]:

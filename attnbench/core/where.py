@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-NATIVE = "native"  # timm's model as built (attach.NATIVE)
+from .baselines import NATIVE
 
 
 def _stage_text(stages: Sequence[int]) -> str:

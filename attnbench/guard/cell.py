@@ -17,26 +17,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from ..errors import AttnBenchError
-
-
-class CellTimeout(AttnBenchError):
-    """A cell ran past the suite's ``timeout``."""
-
-
-class NonFiniteOutput(AttnBenchError):
-    """A model produced NaN or inf: a measurement of it would be stored as ok while it is not."""
-
-
-class OutOfMemory(AttnBenchError):
-    """CPU or GPU allocation failure."""
-
-
-class Escaped(AttnBenchError):
-    """Code under a boundary raised what ends whole programs -- ``SystemExit`` (``sys.exit(0)`` too),
-    ``GeneratorExit``, a bare ``BaseException``, a ``KeyboardInterrupt`` no signal raised -- and it became
-    this cell's or check step's own failure (``contained``), never the end of the run or a silent pass."""
-
+from ..errors import AttnBenchError, CellTimeout, Escaped, NonFiniteOutput, OutOfMemory  # noqa: F401 (raised and caught here)
 
 ESCAPE_ADVICE = "raise an Exception for an error (SystemExit, KeyboardInterrupt and BaseException end programs)"
 
@@ -118,7 +99,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
-def check_finite(output, what: str) -> None:
+def require_finite(output, what: str) -> None:
     """Raise NonFiniteOutput when any tensor in ``output`` holds NaN or inf."""
     tensors = output if isinstance(output, (tuple, list)) else [output]
     for t in tensors:

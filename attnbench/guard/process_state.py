@@ -35,11 +35,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..errors import AttnBenchError
-
-
-class StateChanged(AttnBenchError):
-    """A module changed process-wide state (put back before this is raised); the message names the change."""
+from ..errors import (
+    StateChanged,  # noqa: F401 (raised here)
+)
 
 
 @dataclass(frozen=True)

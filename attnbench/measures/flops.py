@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from ..attach.backbone import AttentionSlot
+from ..records.measurement import Measurement, macs_measurement  # noqa: F401  (macs_measurement: imported from here too)
 from .macs_dispatch import count_forward_macs
 from .macs_rules import ELEMENTWISE, MATMUL, NORM, RULES, RuleError, Shape, apply, rule_of
-from ..records.measurement import Measurement, macs_measurement  # noqa: F401  (macs_measurement: imported from here too)
 from .traffic import TRAFFIC_RULE
 
 FVCORE = "fvcore"  # key prefix of fvcore's own (unmodified) counts inside the trace's counters

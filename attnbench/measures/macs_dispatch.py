@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
 
-from .macs_rules import ELEMENTWISE, MATMUL, NORM, RuleError, Shape, apply, rule_of
 from ..records.measurement import Measurement, macs_measurement
+from .macs_rules import ELEMENTWISE, MATMUL, NORM, RuleError, Shape, apply, rule_of
 from .traffic import op_traffic, resident_storages
 
 

@@ -47,9 +47,9 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
-from ..errors import AttnBenchError, ModuleDoesNotFit, RuntimeMissing, Unsupported
-from ..guard.cell import check_finite
 from ..core.metrics import RUNTIMES  # the suite axis' names live with the metric table
+from ..errors import AttnBenchError, ConversionFailed, ModuleDoesNotFit, OutputMismatch, RuntimeMissing, Unsupported  # noqa: F401 (raised here)
+from ..guard.cell import require_finite
 from ..guard.threads import fixed_threads
 
 # fp32 tolerance of a runtime's output against eager, elementwise: |out - ref| <= ATOL + RTOL * |ref|.
@@ -71,12 +71,6 @@ _INSTALL_HINTS = {
 }
 
 
-class OutputMismatch(AttnBenchError):
-    """A runtime's output differs from eager beyond ATOL/RTOL: it computes a different function."""
-
-
-class ConversionFailed(ModuleDoesNotFit):
-    """The model could not be exported, converted or compiled for a runtime (the cause is chained)."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +135,12 @@ def prepare(runtime: str, model: nn.Module, x: torch.Tensor, threads: int, devic
     with fixed_threads(threads):
         with torch.inference_mode():
             reference = model(x)
-        check_finite(reference, f"{what} (eager reference for runtime {runtime})")
+        require_finite(reference, f"{what} (eager reference for runtime {runtime})")
         t0 = time.perf_counter()
         step, info = _BUILDERS[runtime](model, x, threads, device, reference)
         out = step()
         prepare_s = time.perf_counter() - t0
-    check_finite(out, f"{what} under runtime {runtime}")
+    require_finite(out, f"{what} under runtime {runtime}")
     max_abs_diff = _compare(runtime, what, out, reference)
     info = {"runtime": runtime, **info, "device": str(device), "threads": threads,
             "tolerance": {"atol": ATOL, "rtol": RTOL}, "max_abs_diff": max_abs_diff}

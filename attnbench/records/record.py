@@ -13,9 +13,9 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
+from ..core.metrics import ALIASES, SPECS
 from .measurement import Measurement
 from .schema import CONFIG, MEASUREMENT_SHAPES, OK_CONFIG, OK_STATS, RECORD_SHAPES, STATS, Finite, Shape
-from ..core.metrics import ALIASES, SPECS
 
 SCHEMA = 2
 STATUSES = ("ok", "failed", "skipped", "unsupported")

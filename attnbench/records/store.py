@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from ..errors import AttnBenchError
+from ..errors import UsageError
 from .record import DONE_STATUSES, ForeignRecord, Record, record_line
 
 MIN_FREE_BYTES = 16 * 2**20
@@ -118,7 +118,7 @@ class Store:
             except FileExistsError:
                 continue
         else:
-            raise AttnBenchError(f"{history} holds 10,000 copies of {stem}; clear it out")
+            raise UsageError(f"{history} holds 10,000 copies of {stem}; clear it out")
         for p in found:
             p.replace(folder / p.name)
         return folder
@@ -137,17 +137,17 @@ def check_output_dir(out: Path, what: str = "--out") -> None:
     """Before any work: OUT is (or can be made) a writable folder with some free space; ``what`` names it
     in the error (the flag, or e.g. "the store's folder")."""
     if out.exists() and not out.is_dir():
-        raise AttnBenchError(f"{what} {out} is a file, not a folder; give a folder for the results")
+        raise UsageError(f"{what} {out} is a file, not a folder; give a folder for the results")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".attnbench-write-test-{os.getpid()}"
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as exc:
-        raise AttnBenchError(f"cannot write to {what} {out}: {exc.strerror or exc}; give a writable folder")
+        raise UsageError(f"cannot write to {what} {out}: {exc.strerror or exc}; give a writable folder")
     free = shutil.disk_usage(out).free
     if free < MIN_FREE_BYTES:
-        raise AttnBenchError(f"{what} {out} has only {free / 2**20:.1f} MiB free; free some space or give another folder")
+        raise UsageError(f"{what} {out} has only {free / 2**20:.1f} MiB free; free some space or give another folder")
 
 
 class FolderLock:
@@ -170,7 +170,7 @@ class FolderLock:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise AttnBenchError(f"{self.path.parent} is in use by another attnbench run ({holder}); wait for it to "
+            raise UsageError(f"{self.path.parent} is in use by another attnbench run ({holder}); wait for it to "
                                  "finish or give another --out")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)

@@ -8,18 +8,18 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Sequence
 
+from ..core.files import write_atomic as _write_atomic
 from ..records.record import Record
 from . import predictors
 from .accuracy import accuracy_rows, render_accuracy
-from .plots import curves_plot, pareto_plot, sites_plot, sweep_plot
-from .notes import environment_line
-from .csv import flat_records
 from .cells import record_order
 from .compare import render_compare
+from .csv import flat_records
+from .notes import environment_line
+from .plots import curves_plot, pareto_plot, sites_plot, sweep_plot
 from .tables import render_markdown
 
 __all__ = ["accuracy_rows", "curves_plot", "environment_line", "flat_records", "pareto_plot", "record_order", "render_accuracy",
@@ -57,12 +57,6 @@ def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
                 paths["predictors_plot"] = png
     _write_atomic(csv, flat_records(records).to_csv(index=False))
     return paths
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")  # the same bytes under every locale
-    os.replace(tmp, path)
 
 
 write_text_atomic = _write_atomic  # validate.md, written the same way

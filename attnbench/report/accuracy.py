@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core import stats as st
 from ..records.record import Record
-from .markdown import DASH, FAILS_CHECK, md_row, md_text
 from .cells import _cell, _pct, record_order
+from .markdown import DASH, FAILS_CHECK, md_row, md_text
 from .notes import environment_line
 
 COLUMNS = ["backbone", "module", "seeds", "final top-1 %", "best top-1 %", "best epoch", "Δtop-1 pp [95% CI]", "verdict",
@@ -184,7 +184,7 @@ def budget_line(acc: Sequence[Record]) -> str:
 
 
 METHODS = [
-    f"- final top-1: mean ± std over seeds at the last epoch (the headline). best top-1 / best epoch: the maximum of the "
+    "- final top-1: mean ± std over seeds at the last epoch (the headline). best top-1 / best epoch: the maximum of the "
     "seed-mean test curve; chosen on the test split, so optimistic.",
     "- Δtop-1: mean(module) - mean(baseline), same backbone; 95% interval by Welch's t (unequal variances, "
     "Welch-Satterthwaite df). verdict: better / worse when the interval excludes 0, else no detectable difference.",

@@ -1,14 +1,18 @@
 """Table cells from records: points and order, Δ with its interval, stat cells."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
-import pandas as pd
-from ..core.metrics import RUNTIMES, SPECS, spec
+from typing import List, Optional, Sequence, Tuple
+
+from ..core.metrics import RUNTIMES, spec
+from ..core.stats import (
+    CLEAN_WAIT,
+    RatioInterval,
+    alternating_delta,
+    alternating_difference,
+    paired_ratio_interval,
+    unpaired_ratio_interval,
+)
 from ..records.record import Record
-from ..core.stats import (CLEAN_WAIT, RatioInterval, alternating_delta, alternating_difference, paired_ratio_interval,
-                     unpaired_ratio_interval)
 from ..suite.model import Point
 from .markdown import CONTENDED, DASH, UNCOUNTED, UNSTABLE
 

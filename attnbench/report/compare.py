@@ -1,14 +1,15 @@
 """``attnbench compare``: Δ per cell between two runs, with the band each run's own precision allows."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
-import pandas as pd
-from ..core.metrics import RUNTIMES, SPECS, spec
+from typing import List, Optional, Sequence
+
+from ..core.metrics import spec
+from ..core.stats import (
+    RatioInterval,
+    unpaired_ratio_interval,
+)
 from ..records.record import Record
-from ..core.stats import (CLEAN_WAIT, RatioInterval, alternating_delta, alternating_difference, paired_ratio_interval,
-                     unpaired_ratio_interval)
 from ..suite.model import Point
 from .cells import _axis_label, _fmt, _unit_label, contended, record_order, record_point
 from .markdown import CONTENDED, DASH, md_row

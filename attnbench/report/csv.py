@@ -1,15 +1,12 @@
 """The flat CSV: one row per record, every field a column."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Sequence
+
 import pandas as pd
-from ..core.metrics import RUNTIMES, SPECS, spec
+
+from ..core.metrics import spec
 from ..records.record import Record
-from ..core.stats import (CLEAN_WAIT, RatioInterval, alternating_delta, alternating_difference, paired_ratio_interval,
-                     unpaired_ratio_interval)
-from ..suite.model import Point
 from .cells import delta_interval, record_order, record_point
 from .notes import where
 

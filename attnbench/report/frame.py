@@ -19,9 +19,9 @@ from ..core.metrics import spec
 from ..records.record import Record
 from ..suite.model import Point
 from .accuracy import accuracy_rows, convergence_notes
-from .markdown import CONTENDED, FAILS_CHECK, UNCOUNTED, UNSEEN, UNSTABLE
-from .compare import CompareRow
 from .cells import at_point, contended, delta_interval, delta_ms, record_order, record_point
+from .compare import CompareRow
+from .markdown import CONTENDED, FAILS_CHECK, UNCOUNTED, UNSEEN, UNSTABLE
 from .notes import failed_check, unseen_state, where
 
 UNCONVERGED = "‡"  # the accuracy table's mark on a verdict whose baseline had not converged

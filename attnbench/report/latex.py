@@ -17,9 +17,20 @@ import re
 import unicodedata
 from typing import Dict, List, Optional, Tuple
 
-from .markup import (LITERAL_COLUMNS, Heading, Notes, Paragraph, Table, inline, leading_marks, mark_symbols, number,
-                     parse, trailing_marks)
 from .markdown import CONTENDED, FAILS_CHECK, TIMED_BY, UNCOUNTED, UNSEEN, UNSTABLE
+from .markup import (
+    LITERAL_COLUMNS,
+    Heading,
+    Notes,
+    Paragraph,
+    Table,
+    inline,
+    leading_marks,
+    mark_symbols,
+    number,
+    parse,
+    trailing_marks,
+)
 
 _SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "_": r"\_",
             "%": r"\%", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}",

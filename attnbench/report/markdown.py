@@ -1,16 +1,7 @@
 """Markdown primitives and the marks a table cell may carry."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
-import pandas as pd
-from ..core.metrics import RUNTIMES, SPECS, spec
-from ..records.record import Record
-from ..core.stats import (CLEAN_WAIT, RatioInterval, alternating_delta, alternating_difference, paired_ratio_interval,
-                     unpaired_ratio_interval)
-from ..suite.model import Point
-
+from typing import Sequence
 
 DASH = "—"
 

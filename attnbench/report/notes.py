@@ -4,15 +4,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
-import pandas as pd
-from ..core.metrics import RUNTIMES, SPECS, spec
+
+from ..core.metrics import spec
 from ..records.record import Record
-from ..core.stats import (CLEAN_WAIT, RatioInterval, alternating_delta, alternating_difference, paired_ratio_interval,
-                     unpaired_ratio_interval)
-from ..suite.model import Point
 from .cells import _axis_label, _batches, contended, delta_interval, record_point, sweep_points
 from .markdown import CONTENDED, DASH, FAILS_CHECK, TIMED_BY, UNSEEN
-
 
 ENV_FIELDS = [("torch", "torch"), ("timm", "timm"), ("fvcore", "fvcore"), ("device", "device_name"),
               ("threads", "threads"), ("dtype", "dtype"), ("date", "date")]

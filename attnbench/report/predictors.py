@@ -30,8 +30,8 @@ import numpy as np
 from ..core.metrics import SITES
 from ..records.record import Record
 from ..suite.model import Point
-from .markdown import DASH, md_row, md_text
 from .cells import contended, delta_ms, point_order, record_point
+from .markdown import DASH, md_row, md_text
 from .notes import environment_line
 
 BOOTSTRAP = 2000

@@ -1,18 +1,39 @@
 """The cost tables: the overhead table per point, sweep pivots and per-site tables (pure functions of records)."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
-import pandas as pd
-from ..core.metrics import RUNTIMES, SPECS, spec
+
+from ..core.metrics import SPECS, spec
 from ..records.record import Record
-from ..core.stats import (CLEAN_WAIT, RatioInterval, alternating_delta, alternating_difference, paired_ratio_interval,
-                     unpaired_ratio_interval)
 from ..suite.model import Point
-from .cells import _axis_label, _cell, _fmt, _ms_text, _unit_label, at_point, delta_ms, point_order, record_order, record_point, sweep_points
+from .cells import (
+    _axis_label,
+    _cell,
+    _fmt,
+    _ms_text,
+    _unit_label,
+    at_point,
+    delta_ms,
+    point_order,
+    record_order,
+    record_point,
+    sweep_points,
+)
 from .markdown import CONTENDED, DASH, FAILS_CHECK, UNCOUNTED, UNSEEN, UNSTABLE, md_row, md_text
-from .notes import MACS_NOTE, MEMORY_NOTE, TRAFFIC_NOTE, environment_line, failed_check, marked, origins_note, settings_line, timing_notes, timing_origins, unseen_state, where
+from .notes import (
+    MACS_NOTE,
+    MEMORY_NOTE,
+    TRAFFIC_NOTE,
+    environment_line,
+    failed_check,
+    marked,
+    origins_note,
+    settings_line,
+    timing_notes,
+    timing_origins,
+    unseen_state,
+    where,
+)
 
 
 def _is_bare_baseline(rec: Record) -> bool:

@@ -6,32 +6,27 @@ import dataclasses
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
+
 import torch
+
 from ..attach.backbone import build
-from ..check.verdicts import suite_verdicts, with_verdict
-from .env import environment, fingerprint
-from ..errors import AttnBenchError, OutputError, RunAborted, RuntimeMissing, Unsupported
-from ..guard.interrupts import deferred, signum_of
+from ..core.metrics import ACCURACY, SITES, spec
+from ..errors import CellError, RuntimeMissing, Unsupported
 from ..guard.cell import CellTimeout, as_unsupported, check_finite, contained, deadline, escaped, is_out_of_memory
 from ..guard.process_state import unchanged
 from ..measures.flops import measure_flops
 from ..measures.macs_dispatch import measure_train_macs
 from ..measures.memory import measure_activations, measure_saved_memory
-from ..records.measurement import Measurement
-from ..measures.timing.settings import LatencySettings
+from ..measures.params import attention_hidden_state, measure_params
 from ..measures.timing.network import measure_latency, measure_peak_memory
 from ..measures.timing.sites import measure_sites
-from ..measures.params import attention_hidden_state, measure_params
-from ..records.record import Record, readable
-from ..records.store import FolderLock, Store, check_output_dir
-from ..core.metrics import ACCURACY, SITES, spec
-from ..suite.model import Cell, Suite, is_reference
-from ..suite.plan.plan import plan
+from ..records.measurement import Measurement
+from ..records.record import Record
+from ..suite.model import Cell, is_reference
+from .env import environment
 from .tasks import Task, cell_threads, latency_settings, module_package
-
 
 # What a cell's boundary catches: every error, and SystemExit too (a plugin's sys.exit() or exit() fails
 # its cell, not the run). A real Ctrl-C or SIGTERM passes: it stops the run. What else plugin code raises to
@@ -62,11 +57,12 @@ def error_info(exc: BaseException, model=None) -> Dict[str, str]:
 
 
 def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None) -> Record:
-    """The record of a cell that did not measure: ``unsupported`` for a known upstream reason, else ``failed``."""
-    if isinstance(exc, Unsupported):
-        return make_record(cell, key, "unsupported", started, model=model, note=str(exc))
-    if isinstance(exc, RuntimeMissing):  # an optional extra not installed: skipped with the install hint
-        return make_record(cell, key, "skipped", started, model=model, note=str(exc))
+    """The record of a cell that did not measure, with the status its error family says (errors.CellError):
+    ``unsupported`` for a known upstream reason and ``skipped`` for a runtime not installed (each with its reason
+    as the note), else ``failed`` with the error's type and one line."""
+    status = getattr(exc, "status", "failed") if isinstance(exc, CellError) else "failed"
+    if status != "failed":
+        return make_record(cell, key, status, started, model=model, note=str(exc))
     return make_record(cell, key, "failed", started, error=error_info(exc, model), model=model)
 
 

@@ -2,33 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
-import torch
-from ..attach.backbone import build
+
 from ..check.verdicts import suite_verdicts, with_verdict
-from .env import environment, fingerprint
-from ..errors import AttnBenchError, OutputError, RunAborted, RuntimeMissing, Unsupported
+from ..core.metrics import ACCURACY
+from ..errors import OutputError, RunAborted, UsageError
+from ..guard.cell import contained
 from ..guard.interrupts import deferred, signum_of
-from ..guard.cell import CellTimeout, as_unsupported, check_finite, contained, deadline, escaped, is_out_of_memory
-from ..guard.process_state import unchanged
-from ..measures.flops import measure_flops
-from ..measures.macs_dispatch import measure_train_macs
-from ..measures.memory import measure_activations, measure_saved_memory
-from ..records.measurement import Measurement
-from ..measures.timing.settings import LatencySettings
-from ..measures.timing.network import measure_latency, measure_peak_memory
-from ..measures.timing.sites import measure_sites
-from ..measures.params import attention_hidden_state, measure_params
 from ..records.record import Record, readable
 from ..records.store import FolderLock, Store, check_output_dir
-from ..core.metrics import ACCURACY, SITES, spec
-from ..suite.model import Cell, Suite, is_reference
-from ..suite.plan.plan import plan
+from ..suite.model import Cell, Suite
+from ..suite.plan import plan
 from .execute import _no_gpu, execute
 from .tasks import Task, cell_keys, executor_threads, make_tasks
 
@@ -95,7 +82,7 @@ def check_same_suite(suite: Suite, stored: Sequence[Record], store: Store) -> No
     compared by file name."""
     clash = next((r for r in stored if not same_suite(r, suite)), None)
     if clash is not None:
-        raise AttnBenchError(f"{store.path} holds the results of suite {suite.name!r} from {clash.source} "
+        raise UsageError(f"{store.path} holds the results of suite {suite.name!r} from {clash.source} "
                              f"(content {clash.suite_digest or 'not recorded'}), and {suite.identity or suite.source} "
                              f"(content {suite.digest}) has the same name but is another suite; give one of them another "
                              "'name:', or run with another --out")
@@ -152,7 +139,7 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
             try:
                 archived = store.archive()
             except OSError as exc:
-                raise AttnBenchError(f"cannot move the previous {store.path.name} aside into {out / 'history'}: "
+                raise UsageError(f"cannot move the previous {store.path.name} aside into {out / 'history'}: "
                                      f"{exc.strerror or exc}; free the folder or run with --resume")
         if archived is not None and on_notice is not None:
             on_notice(f"previous results of {suite.name} moved to {archived}/ (use --resume to add to a store instead)")

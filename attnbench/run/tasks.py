@@ -1,34 +1,16 @@
 """Tasks: what one cell needs to run anywhere (in this process or on a Dask worker), and its key."""
 from __future__ import annotations
 
-import dataclasses
-import os
-import socket
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
+
 import torch
-from ..attach.backbone import build
-from ..check.verdicts import suite_verdicts, with_verdict
-from .env import environment, fingerprint
-from ..errors import AttnBenchError, OutputError, RunAborted, RuntimeMissing, Unsupported
-from ..guard.interrupts import deferred, signum_of
-from ..guard.cell import CellTimeout, as_unsupported, check_finite, contained, deadline, escaped, is_out_of_memory
-from ..guard.process_state import unchanged
-from ..measures.flops import measure_flops
-from ..measures.macs_dispatch import measure_train_macs
-from ..measures.memory import measure_activations, measure_saved_memory
-from ..records.measurement import Measurement
+
+from ..core.metrics import ACCURACY, spec
 from ..measures.timing.settings import LatencySettings
-from ..measures.timing.network import measure_latency, measure_peak_memory
-from ..measures.timing.sites import measure_sites
-from ..measures.params import attention_hidden_state, measure_params
-from ..records.record import Record, readable
-from ..records.store import FolderLock, Store, check_output_dir
-from ..core.metrics import ACCURACY, SITES, spec
-from ..suite.model import Cell, Suite, is_reference
-from ..suite.plan.plan import plan
+from ..suite.model import Cell, is_reference
+from .env import environment, fingerprint
 
 
 @dataclass(frozen=True)

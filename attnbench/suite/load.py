@@ -2,20 +2,14 @@
 identity (origin relative to where it was found, and a digest of its parsed content)."""
 from __future__ import annotations
 
-import difflib
-import hashlib
-import itertools
-import json
-import os
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
 import yaml
-from ..errors import AttnBenchError, SuiteError, UnknownNameError
-from ..registry import BASELINE_NAMES, get_module, is_baseline
-from ..core.metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
-from ..core.settings import POSITIVE_NUMBER, short, suite_rules
+
+from ..core.settings import short
+from ..errors import SuiteError, UnknownNameError, UsageError
 from .model import MAX_SUITE_BYTES, MAX_YAML_BYTES, MAX_YAML_NODES, Suite, _name, suite_origin
 from .parse import parse_suite
 
@@ -38,7 +32,7 @@ def resolve_suite(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise AttnBenchError(f"suite file {name_or_path} does not exist; give a path or one of {list_suites()}")
+            raise UsageError(f"suite file {name_or_path} does not exist; give a path or one of {list_suites()}")
         return path
     for d in suite_dirs():
         candidate = d / f"{name_or_path}.yaml"

@@ -3,24 +3,15 @@
 A leaf of the package (no torch, no YAML): the report layer reads Point from here."""
 from __future__ import annotations
 
-import difflib
 import hashlib
-import itertools
 import json
-import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
-import yaml
-from ..errors import AttnBenchError, SuiteError, UnknownNameError
-from ..registry import BASELINE_NAMES, get_module, is_baseline
-from ..core.metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
-from ..core.settings import POSITIVE_NUMBER, short, suite_rules
 
-
-NATIVE = "native"  # timm's model as built (attach.NATIVE)
-
+from ..core.baselines import NATIVE, is_baseline
+from ..core.metrics import ACCURACY, RUNTIMES, SUITE_METRICS, spec
+from ..core.settings import short
 
 TOP_KEYS = {
     "name": "suite name (string)",
@@ -262,9 +253,3 @@ def suite_digest(data: Any) -> str:
 def is_reference(module: str) -> bool:
     """The two baselines: 'none' (bare backbone) and 'native' (timm's model as built)."""
     return is_baseline(module) or module == NATIVE
-
-
-def has_native_attention(backbone: str) -> bool:
-    from ..attach.backbone import native_attention
-
-    return native_attention(backbone) is not None

@@ -2,21 +2,31 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import itertools
-import json
-import os
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
-import yaml
-from ..errors import AttnBenchError, SuiteError, UnknownNameError
-from ..registry import BASELINE_NAMES, get_module, is_baseline
+from typing import Any, Dict, List, Tuple
+
+from ..core.memory import input_problem
 from ..core.metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
 from ..core.settings import POSITIVE_NUMBER, short, suite_rules
-from ..core.memory import input_problem
-from .model import AXES, MAX_CELLS, MAX_NAME, MAX_POINTS, MAX_TIMED_CELLS, NATIVE, Point, Suite, TOP_KEYS, Variant, _name, is_reference, suite_digest, suite_origin
+from ..errors import AttnBenchError, SuiteError, UnknownNameError
+from ..registry import BASELINE_NAMES, get_module, is_baseline
+from .model import (
+    AXES,
+    MAX_CELLS,
+    MAX_NAME,
+    MAX_POINTS,
+    MAX_TIMED_CELLS,
+    NATIVE,
+    TOP_KEYS,
+    Point,
+    Suite,
+    Variant,
+    _name,
+    is_reference,
+    suite_digest,
+    suite_origin,
+)
 
 
 def latency_rules() -> Dict[str, Any]:

@@ -1,21 +1,10 @@
 """From a validated Suite to the cells of its grid (backbone x variant x point x metric)."""
 from __future__ import annotations
 
-import difflib
-import hashlib
-import itertools
-import json
-import os
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
-import yaml
-from ..errors import AttnBenchError, SuiteError, UnknownNameError
-from ..registry import BASELINE_NAMES, get_module, is_baseline
-from ..core.metrics import ACCURACY, ALIASES, RUNTIMES, SUITE_METRICS, spec
-from ..core.settings import POSITIVE_NUMBER, short, suite_rules
-from .model import Cell, DEFAULT_ACCURACY_TIMEOUT_S, DEFAULT_TIMEOUT_S, Suite, has_native_attention, is_reference
+from typing import List
+
+from ..core.metrics import ACCURACY, spec
+from .model import DEFAULT_ACCURACY_TIMEOUT_S, DEFAULT_TIMEOUT_S, Cell, Suite, is_reference
 
 
 def plan(suite: Suite) -> List[Cell]:
@@ -49,3 +38,9 @@ def plan(suite: Suite) -> List[Cell]:
                                       timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept,
                                       source=source, suite_digest=suite.digest))
     return cells
+
+
+def has_native_attention(backbone: str) -> bool:
+    from ..attach.backbone import native_attention
+
+    return native_attention(backbone) is not None

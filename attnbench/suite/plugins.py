@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import List
 
-from ..errors import AttnBenchError
+from ..errors import UsageError
 
 
 def module_details() -> List[str]:
@@ -55,6 +55,6 @@ def with_added_modules(suite: str, names: List[str]):
               if isinstance(m, (str, dict))}
     for i, name in enumerate(names):
         if name in listed or name in names[:i]:
-            raise AttnBenchError(f"--add-module {name}: suite {path.stem!r} already lists it; drop --add-module "
+            raise UsageError(f"--add-module {name}: suite {path.stem!r} already lists it; drop --add-module "
                                  f"(--module {name} runs it alone)")
     return load_suite(suite, overrides={"modules": [*data["modules"], *names]})

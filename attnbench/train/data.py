@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from ..errors import AttnBenchError
+from ..errors import UsageError
 
 DATA_ROOT_ENV = "ATTNBENCH_DATA_ROOT"
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -49,7 +49,7 @@ def read_idx(path: Path) -> np.ndarray:
         data = f.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise AttnBenchError(f"{path} is not an unsigned-byte idx file; point the data root at the original files")
+        raise UsageError(f"{path} is not an unsigned-byte idx file; point the data root at the original files")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
@@ -70,7 +70,7 @@ def fashion_mnist(root: Optional[str] = None, download: bool = False) -> Splits:
         tx, ty = _idx_pair(path, "train")
         vx, vy = _idx_pair(path, "t10k")
     except FileNotFoundError:
-        raise AttnBenchError(
+        raise UsageError(
             f"Fashion-MNIST not found in {path}; install it with `apt-get install dataset-fashion-mnist` "
             f"or pass --data-root (or set {DATA_ROOT_ENV}) to a folder with the train-/t10k- idx files")
     return Splits("fashion_mnist", tx, ty, vx, vy, 10)
@@ -96,7 +96,7 @@ def _cifar(cls_name: str, num_classes: int, root: Optional[str], download: bool)
     try:
         train, test = cls(str(path), train=True, download=download), cls(str(path), train=False, download=download)
     except RuntimeError as exc:
-        raise AttnBenchError(f"{cls_name} not found in {path} ({str(exc).splitlines()[0]}); pass --data-root to the "
+        raise UsageError(f"{cls_name} not found in {path} ({str(exc).splitlines()[0]}); pass --data-root to the "
                              "folder holding it, or --download to fetch it once (needs internet)")
     conv = lambda ds: (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))  # noqa: E731
     (tx, ty), (vx, vy) = conv(train), conv(test)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import time
 from contextlib import contextmanager
@@ -24,13 +23,14 @@ import torch
 from torch import nn
 
 from ..attach.backbone import adapt_stem, build
-from .data import Splits, load_dataset, train_size
-from ..errors import AttnBenchError, ControlFlow, NonFiniteLoss
+from ..core.files import write_atomic
+from ..core.settings import is_finite_number, short
+from ..errors import ControlFlow, NonFiniteLoss, UsageError
 from ..guard.cell import as_unsupported
+from ..guard.threads import fixed_threads
 from ..measures.params import count_params
 from ..records.measurement import Measurement
-from ..core.settings import is_finite_number, short
-from ..guard.threads import fixed_threads
+from .data import Splits, load_dataset, train_size
 
 DATASET_KEYS = ("name", "root", "train_subset", "test_subset", "download")
 
@@ -141,7 +141,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
                                weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise AttnBenchError(f"training.optimizer {cfg.optimizer!r} is not 'sgd' or 'adamw'")
+    raise UsageError(f"training.optimizer {cfg.optimizer!r} is not 'sgd' or 'adamw'")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -217,9 +217,7 @@ def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """Write-then-rename, so a kill during the save leaves the previous epoch's checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Optional[Path], fingerprint: str) -> Optional[Dict[str, Any]]:
@@ -262,7 +260,7 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(tx) // cfg.batch_size  # drop the ragged last batch: BN needs > 1 sample
     if steps_per_epoch == 0:
-        raise AttnBenchError(f"training.batch_size {cfg.batch_size} exceeds the {len(tx)} training images: 0 steps per "
+        raise UsageError(f"training.batch_size {cfg.batch_size} exceeds the {len(tx)} training images: 0 steps per "
                              "epoch; lower training.batch_size or raise dataset.train_subset")
     total = steps_per_epoch * cfg.epochs
     check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would stall the GPU's queue
@@ -408,14 +406,14 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
     were resolved (attnbench.train.recipe), kept in the record."""
     problems = validate_training(training)
     if problems:
-        raise AttnBenchError(f"training.{problems[0][0]}: {problems[0][1]}")
+        raise UsageError(f"training.{problems[0][0]}: {problems[0][1]}")
     device = training.get("device", "cpu")
     if device != "cpu" and not torch.cuda.is_available():
-        raise AttnBenchError(f"training.device is {device!r} but torch.cuda.is_available() is False here; "
+        raise UsageError(f"training.device is {device!r} but torch.cuda.is_available() is False here; "
                              "run on a GPU machine or set training.device: cpu")
     auto = [k for k in ("amp", "channels_last") if training.get(k) == "auto"]
     if auto:  # the runner resolves `auto` on the host before cells get their keys (attnbench.train.recipe)
-        raise AttnBenchError(f"training.{auto[0]} is 'auto': resolve it first (attnbench.train.recipe.resolve_cells, as "
+        raise UsageError(f"training.{auto[0]} is 'auto': resolve it first (attnbench.train.recipe.resolve_cells, as "
                              "run_suite does) or give a concrete value")
     cfg = TrainConfig(**training)
     where = ("root", "download")  # where the data lie is not what they are: a checkpoint survives a moved data folder

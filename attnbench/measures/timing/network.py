@@ -2,28 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import math
-import statistics
 import time
-import uuid
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Callable, Dict, List, Optional
-import numpy as np
+from typing import Callable, Dict, Optional
+
 import torch
 from torch import nn
-from ...core import stats as st
-from ...guard.cell import as_unsupported, check_finite, deadline
+
+from ...guard.cell import as_unsupported, deadline, require_finite
 from ...guard.process_state import unchanged
-from ...core.settings import (BOOLEAN, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, Rule, choice, optional, suite_field,
-                        is_finite_number)
 from ...guard.threads import fixed_threads
-from .. import contention
 from ...records.measurement import Measurement
+from .. import contention
 from .schedule import _contention, _delta, _stop_info, precision_rule, run_rounds, summarize
 from .settings import LatencySettings
-
 
 AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -84,7 +75,7 @@ def measure_latency(
                         out = step()
                     if cuda:
                         torch.cuda.synchronize(dev)
-                check_finite(out, label)  # a NaN model is never timed as if it worked
+                require_finite(out, label)  # a NaN model is never timed as if it worked
                 steps[label] = step
             except Exception as exc:
                 exc = as_unsupported(exc, settings.batch_size, settings.input_size)
@@ -95,7 +86,7 @@ def measure_latency(
             return {}
         res = run_rounds(steps, settings, dev, threads, precision_rule(settings, baseline if baseline in steps else None),
                          settings.min_time * len(steps), on_error,
-                         check=lambda label, out: check_finite(out, f"{label} (after warm-up, while timing)"), priority=prio)
+                         check=lambda label, out: require_finite(out, f"{label} (after warm-up, while timing)"), priority=prio)
     metric = ("train_step_" if settings.train else "latency_") + ("gpu" if cuda else "cpu")
     method = ("CUDA events, synchronised per call" if cuda else "time.perf_counter per call") + \
         ", variants interleaved call by call, " + ("SGD training step" if settings.train else "eval, inference_mode") + \

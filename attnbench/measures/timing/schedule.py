@@ -2,28 +2,21 @@
 Δ's interval meets its target or the time budget is spent (docs/latency.md)."""
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable, Dict, List, Optional
+
 import numpy as np
 import torch
-from torch import nn
-from ...core import stats as st
-from ...guard.cell import as_unsupported, check_finite, deadline
-from ...guard.process_state import unchanged
-from ...core.settings import (BOOLEAN, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, Rule, choice, optional, suite_field,
-                        is_finite_number)
-from ...guard.threads import fixed_threads
-from .. import contention
-from ...records.measurement import Measurement
-from .settings import LatencySettings
 
+from ...core import stats as st
+from ...guard.cell import deadline
+from .. import contention
+from .settings import LatencySettings
 
 HOPELESS_CLEAN = 0.05  # a Δ with fewer undisturbed pairs than this after 3 rounds cannot reach any target here
 

@@ -1,27 +1,21 @@
 """Latency settings: the suite's ``latency:`` keys with their defaults and checks (a leaf: no torch)."""
 from __future__ import annotations
 
-import contextlib
-import gc
-import math
-import statistics
-import time
-import uuid
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Callable, Dict, List, Optional
-import numpy as np
-import torch
-from torch import nn
-from ...core import stats as st
-from ...guard.cell import as_unsupported, check_finite, deadline
-from ...guard.process_state import unchanged
-from ...core.settings import (BOOLEAN, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, Rule, choice, optional, suite_field,
-                        is_finite_number)
-from ...guard.threads import fixed_threads
-from .. import contention
-from ...records.measurement import Measurement
+from dataclasses import dataclass
+from typing import Optional
 
+from ...core import stats as st
+from ...core.settings import (
+    BOOLEAN,
+    NONNEGATIVE_INT,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    Rule,
+    choice,
+    is_finite_number,
+    optional,
+    suite_field,
+)
 
 AMP_NAMES = ("float16", "fp16", "bfloat16", "bf16")  # the names a suite may give (torch dtypes: AMP_DTYPES)
 

@@ -1,26 +1,21 @@
 """Each attention module timed alone, on the very inputs it sees inside the network (``attention_cpu``)."""
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import statistics
-import time
 import uuid
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Dict, List, Optional
-import numpy as np
+
 import torch
 from torch import nn
+
 from ...core import stats as st
-from ...guard.cell import as_unsupported, check_finite, deadline
+from ...guard.cell import deadline, require_finite
 from ...guard.process_state import unchanged
-from ...core.settings import (BOOLEAN, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, Rule, choice, optional, suite_field,
-                        is_finite_number)
 from ...guard.threads import fixed_threads
-from .. import contention
 from ...records.measurement import Measurement
+from .. import contention
 from .network import _who
 from .schedule import Rounds, _contention, run_rounds
 from .settings import LatencySettings
@@ -85,7 +80,7 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
                         key = f"{label}\t{i}"
                         site_steps[key] = partial(_call_module, slot.attn.eval(), inp)
                         for _ in range(max(1, settings.warmup)):
-                            check_finite(site_steps[key](), f"{label} at {slot.site}")
+                            require_finite(site_steps[key](), f"{label} at {slot.site}")
                         meta[label].append({"key": key, "path": slot.site, "stage": int(getattr(slot, "stage", 0) or 0),
                                             "shape": list(inp.shape)})
             except Exception as exc:
@@ -107,7 +102,7 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
             if settings.target is None:
                 return "rounds" if r >= settings.rounds else None
             widths = []  # relative half-widths (% of each variant's own total): direct_target
-            for label, ms in meta.items():
+            for ms in meta.values():
                 keys = [m["key"] for m in ms if m["key"] in res.times]
                 mean, lo, hi = st.mean_interval(_site_totals(res, keys, settings.clean_wait), batches=settings.batches)
                 widths.append(None if lo is None or not mean else 100 * (hi - mean) / mean)

@@ -7,18 +7,40 @@ import dataclasses
 import logging
 import os
 import queue
-import socket
 import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+
 from ...errors import AttnBenchError, SchedulerLost
 from ...records.record import Record
+from ..execute import error_info, make_record
 from ..tasks import Task
-from ..execute import error_info, execute, make_record
-from .options import CHUNK_S, CONNECT_TIMEOUT_S, GPU_RESOURCE, LEASE_TIMEOUT, LOCAL_LEASE_VALIDATION, MIN_WINDOW, NO_WORKER_LIMIT_S, NoWorker, POLL_S, SLOT_RESOURCE, TRAIN_RESOURCE, WINDOW_PER_THREAD, WORKER_WAIT_S, check_dask_options, need_distributed, node_shares, parse_scheduler_address, probe_scheduler, task_resources, usable_cpus, worker_threads
+from .options import (
+    CHUNK_S,
+    CONNECT_TIMEOUT_S,
+    GPU_RESOURCE,
+    LEASE_TIMEOUT,
+    LOCAL_LEASE_VALIDATION,
+    MIN_WINDOW,
+    NO_WORKER_LIMIT_S,
+    POLL_S,
+    SLOT_RESOURCE,
+    TRAIN_RESOURCE,
+    WINDOW_PER_THREAD,
+    WORKER_WAIT_S,
+    NoWorker,
+    check_dask_options,
+    need_distributed,
+    node_shares,
+    parse_scheduler_address,
+    probe_scheduler,
+    task_resources,
+    usable_cpus,
+    worker_threads,
+)
 from .worker import Outcome, run_task_on_worker, write_checkpoint
 
 

@@ -2,23 +2,16 @@
 sizing rules both sides share (threads per worker, slots, lease names)."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import logging
 import os
-import queue
 import socket
-import time
-import uuid
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
-from ...errors import AttnBenchError, SchedulerLost
-from ...records.record import Record
-from ..tasks import Task
-from ..execute import error_info, execute, make_record
+from collections import Counter
+from typing import Dict, List, Optional
 
+from ...errors import (
+    NoWorker,  # noqa: F401 (raised by the coordinator)
+    UsageError,
+)
+from ..tasks import Task
 
 CONNECT_TIMEOUT_S = 10.0  # an external scheduler that does not answer within this is an error
 
@@ -61,9 +54,6 @@ SLOTS = ("lock", "resource")
 
 SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")  # cross-process protocols distributed knows
 
-
-class NoWorker(AttnBenchError):
-    """No live worker could take a task for longer than the watchdog's limit."""
 
 
 def timing_lock_name(host: Optional[str] = None) -> str:
@@ -127,7 +117,7 @@ def need_distributed() -> None:
     try:
         import distributed  # noqa: F401
     except ImportError as exc:
-        raise AttnBenchError(f"--executor dask needs Dask distributed ({exc}); pip install 'attnbench[dask]'") from None
+        raise UsageError(f"--executor dask needs Dask distributed ({exc}); pip install 'attnbench[dask]'") from None
 
 
 def parse_scheduler_address(address: str) -> str:
@@ -145,7 +135,7 @@ def parse_scheduler_address(address: str) -> str:
             if not host:
                 raise ValueError("no host")
     except (ValueError, TypeError) as exc:
-        raise AttnBenchError(f"--scheduler {address!r} is not a scheduler address ({exc}); {fix}") from None
+        raise UsageError(f"--scheduler {address!r} is not a scheduler address ({exc}); {fix}") from None
     return f"{scheme}://{location}"
 
 
@@ -153,23 +143,23 @@ def check_dask_options(executor: str, scheduler: Optional[str] = None, workers: 
                        slot: Optional[str] = None, worker_wait: Optional[float] = None) -> None:
     """Refuse bad executor options with one line each. ``None`` means "not given on the command line"."""
     if executor not in ("local", "dask"):
-        raise AttnBenchError(f"unknown executor {executor!r}; use --executor local or --executor dask")
+        raise UsageError(f"unknown executor {executor!r}; use --executor local or --executor dask")
     given = [name for name, value in (("--scheduler", scheduler), ("--workers", workers), ("--slot", slot),
                                       ("--worker-wait", worker_wait)) if value is not None]
     if executor != "dask":
         if given:
             verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
-            raise AttnBenchError(f"{', '.join(given)} only {verb} to --executor dask; add --executor dask or drop {pronoun}")
+            raise UsageError(f"{', '.join(given)} only {verb} to --executor dask; add --executor dask or drop {pronoun}")
         return
     if workers is not None and scheduler is not None:
-        raise AttnBenchError("--workers sizes the LocalCluster started without --scheduler; with --scheduler, "
+        raise UsageError("--workers sizes the LocalCluster started without --scheduler; with --scheduler, "
                              "start workers yourself (dask worker ADDRESS) and drop --workers")
     if workers is not None and workers < 1:
-        raise AttnBenchError(f"--workers {workers}: a LocalCluster needs at least 1 worker; e.g. --workers 2")
+        raise UsageError(f"--workers {workers}: a LocalCluster needs at least 1 worker; e.g. --workers 2")
     if worker_wait is not None and not (worker_wait == worker_wait and 0 < worker_wait < float("inf")):
-        raise AttnBenchError(f"--worker-wait {worker_wait}: give the seconds to wait for a first worker, e.g. --worker-wait 1800")
+        raise UsageError(f"--worker-wait {worker_wait}: give the seconds to wait for a first worker, e.g. --worker-wait 1800")
     if slot is not None and slot not in SLOTS:
-        raise AttnBenchError(f"--slot {slot!r} is not 'lock' or 'resource'; use --slot lock (any cluster) "
+        raise UsageError(f"--slot {slot!r} is not 'lock' or 'resource'; use --slot lock (any cluster) "
                              f"or --slot resource (workers started with --resources {SLOT_RESOURCE}=1)")
     if scheduler is not None:
         parse_scheduler_address(scheduler)
@@ -188,7 +178,7 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     try:
         asyncio.run(attempt())
     except (OSError, asyncio.TimeoutError) as exc:
-        raise AttnBenchError(f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
+        raise UsageError(f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
                              f"({type(exc).__name__}); start it (dask scheduler) or fix --scheduler") from None
 
 

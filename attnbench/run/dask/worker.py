@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
-import os
-import queue
 import socket
 import time
-import uuid
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
-from ...errors import AttnBenchError, SchedulerLost
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from ...core.files import write_atomic
 from ...records.record import Record
+from ..execute import execute
 from ..tasks import Task
-from ..execute import error_info, execute, make_record
-from .options import BUSY_LEASE_TIMEOUT, GATE_POLL_S, LEASE_TIMEOUT, MAX_BUSY, busy_name, relax_malloc_trimming, task_resources, timing_lock_name
+from .options import (
+    BUSY_LEASE_TIMEOUT,
+    GATE_POLL_S,
+    LEASE_TIMEOUT,
+    MAX_BUSY,
+    busy_name,
+    relax_malloc_trimming,
+    task_resources,
+    timing_lock_name,
+)
 
 
 class NodeGate:
@@ -104,9 +109,7 @@ def write_checkpoint(task: Task, state: bytes) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(state)
-    os.replace(tmp, path)
+    write_atomic(path, state)
 
 
 def run_task_on_worker(task: Task, slot: str = "lock", run_id: str = "", lease_timeout: str = LEASE_TIMEOUT,
