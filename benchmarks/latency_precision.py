@@ -163,7 +163,7 @@ def halfwidth(d) -> float:
     return float("nan") if d["low"] is None or math.isnan(d["pct"]) else max(d["high"] - d["pct"], d["pct"] - d["low"])
 
 
-def render_host(name: str, block: dict, keys) -> list:
+def render_host(name: str, block: dict, keys, res_settings=None) -> list:
     """One host's sections: points and half-widths per run, coverage and spread, loaded runs."""
     methods = [m for m in ("harness", "timm") if block["quiet"].get(m)]
     lines = [f"## Host: {name} ({block['describe']})", ""]
@@ -183,13 +183,19 @@ def render_host(name: str, block: dict, keys) -> list:
         runs = block["quiet"][m]
         cov = [coverage(runs, k) for k in keys]
         hits, pairs = sum(c[0] for c in cov), sum(c[1] for c in cov)
-        sds = [statistics.stdev([r["delta"][k]["pct"] for r in runs if k in r["delta"]]) for k in keys if len(runs) > 1]
-        hws = [halfwidth(r["delta"][k]) for r in runs for k in keys if k in r["delta"]]
-        met = [(r["delta"][k].get("stop") or {}).get("met") for r in runs for k in keys if k in r["delta"]]
+        pts_by_key = [[r["delta"][k]["pct"] for r in runs if k in r["delta"] and not math.isnan(r["delta"][k]["pct"])]
+                      for k in keys]
+        sds = [statistics.stdev(v) for v in pts_by_key if len(v) > 1]  # Δs a run printed as n/a are left out
+        hws = [h for h in (halfwidth(r["delta"][k]) for r in runs for k in keys if k in r["delta"]) if not math.isnan(h)]
+        # met: the Δ's own 95% half-width (the table's interval) within the target (stats.stop.met of records
+        # written before the stop record used batch means held the over-rounds width instead)
+        target = (res_settings or {}).get("target") or 1.0
+        met = [not math.isnan(halfwidth(r["delta"][k])) and halfwidth(r["delta"][k]) <= target
+               for r in runs for k in keys if k in r["delta"]]
         met_text = f"{sum(1 for x in met if x)}/{len(met)}" if m == "harness" else "—"
         lines.append(f"| {m} | {100 * hits / max(1, pairs):.0f}% ({hits}/{pairs}) | " +
                      " | ".join(f"{100 * h / max(1, p):.0f}%" for h, p in cov) +
-                     f" | {met_text} | {statistics.fmean(sds) if sds else float('nan'):.2f} | {statistics.median(hws):.2f} | "
+                     f" | {met_text} | {statistics.fmean(sds) if sds else float('nan'):.2f} | {statistics.median(hws) if hws else float('nan'):.2f} | "
                      f"{statistics.fmean(r['timing_s'] for r in runs):.0f} | {statistics.fmean(r['wall_s'] for r in runs):.0f} |")
     if block.get("loaded"):
         lines += ["", "### Loaded (two busy processes): distance from the quiet mean, and what the run said", "",
@@ -223,7 +229,7 @@ def render(res: dict, keys) -> str:
              "interval is Welch's t on the step times (timm prints none). Loaded = two busy processes on the cores, "
              "started by the benchmark.", ""]
     for name, block in res["hosts"].items():
-        lines += render_host(name, block, keys)
+        lines += render_host(name, block, keys, res.get("settings"))
     return "\n".join(lines)
 
 
@@ -237,7 +243,15 @@ def main():
     p.add_argument("--out", default=str(HERE.parent / "results"))
     p.add_argument("--no-loaded", action="store_true", help="skip the two-busy-processes runs")
     p.add_argument("--no-timm", action="store_true", help="skip timm's benchmark.py way")
+    p.add_argument("--render", metavar="JSON", help="only write the tables again from a saved latency-precision.json")
     a = p.parse_args()
+    if a.render:
+        res = json.loads(Path(a.render).read_text())
+        keys = [f"{b}/{m}" for b in a.backbones.split(",") for m in a.modules.split(",")[1:]]
+        text = render(res, keys)
+        (Path(a.out) / "latency-precision.md").write_text(text)
+        print(text)
+        return
     backbones, modules = a.backbones.split(","), a.modules.split(",")
     from contextlib import nullcontext
 

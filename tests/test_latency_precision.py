@@ -47,7 +47,8 @@ def test_alternating_delta_worked_by_hand():
     r1 = sorted([math.log(x / 10) for x in v[0]])
     assert all_calls.pct == pytest.approx(100 * math.expm1(((r1[1] + r1[2]) / 2 + m2) / 2), rel=1e-9)
     # Added ms, same pairs: medians of differences 1.5 and 1.0 ms
-    mean_ms, lo, hi, n = alternating_difference(v, b, vw, bw)
+    d = alternating_difference(v, b, vw, bw)
+    mean_ms, hi, n = d.mean, d.high, d.rounds
     assert (mean_ms, n) == (pytest.approx(1.25), 2) and hi - mean_ms == pytest.approx(T_975_DF1 * 0.5 / math.sqrt(2) / math.sqrt(2))
 
 
@@ -82,7 +83,7 @@ def test_pairing_is_claimed_only_within_one_group():
     same = _timing("se", [[11.0, 11.0, 11.0]] * 3, "g1")
     other = _timing("se", [[11.0, 11.0, 11.0]] * 3, "g2")  # e.g. `run -m se`, later `run --resume`
     assert delta_interval(same, base).paired and not delta_interval(other, base).paired
-    assert delta_ms(same, base)[3] is True and delta_ms(other, base)[3] is False
+    assert delta_ms(same, base).paired is True and delta_ms(other, base).paired is False
     md = render_markdown([base, other])
     row = next(ln for ln in md.splitlines() if ln.startswith("| resnet18 | se"))
     assert "(unpaired)" in row and "+10.00%" in row

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 LEVEL = 0.95
 POWER = 0.80
@@ -223,14 +223,24 @@ def alternating_delta(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: flo
     return RatioInterval(_pct(mean), _pct(mean - half), _pct(mean + half), len(values), method, True, clean)
 
 
+class Difference(NamedTuple):
+    """An added time (variant - baseline) with its 95% interval; ``paired``: from one interleaved group."""
+
+    mean: float
+    low: Optional[float]
+    high: Optional[float]
+    rounds: int = 0
+    paired: bool = True
+
+
 def alternating_difference(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
-                           level: float = LEVEL, batches: int = 1) -> Optional[Tuple[float, Optional[float], Optional[float], int]]:
-    """Added time (variant - baseline, in the samples' unit) with its interval over rounds: (mean, lo, hi, n)."""
+                           level: float = LEVEL, batches: int = 1) -> Optional[Difference]:
+    """Added time (variant - baseline, in the samples' unit) with its interval over rounds (or their batch means)."""
     values, _, _ = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit, diff=lambda a, b: a - b)
     if not values:
         return None
     mean, low, high = mean_interval(values, level, batches)
-    return mean, low, high, len(values)
+    return Difference(mean, low, high, len(values))
 
 
 def paired_ratio_interval(variant_rounds: Sequence[Sequence[float]], base_rounds: Sequence[Sequence[float]],

@@ -1,11 +1,12 @@
 """Table cells from records: points and order, Δ with its interval, stat cells."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from ..core.metrics import RUNTIMES, spec
 from ..core.stats import (
     CLEAN_WAIT,
+    Difference,
     RatioInterval,
     alternating_delta,
     alternating_difference,
@@ -73,17 +74,17 @@ def delta_interval(rec: Record, base: Record) -> Optional[RatioInterval]:
     return paired_ratio_interval(a, b)
 
 
-def delta_ms(rec: Record, base: Record) -> Optional[Tuple[float, Optional[float], Optional[float], bool]]:
+def delta_ms(rec: Record, base: Record) -> Optional[Difference]:
     """Added milliseconds (variant - baseline) with the paired interval when the two were interleaved;
     the difference of medians, unpaired and without an interval, otherwise."""
     a, b = rec.stats.get("rounds_ms"), base.stats.get("rounds_ms")
     if a and b and same_group(rec, base) and rec.stats.get("schedule") == "alternating":
         d = alternating_difference(a, b, rec.stats.get("rounds_wait"), base.stats.get("rounds_wait"), _clean_limit(rec),
                                    batches=_batches(rec))
-        return (d[0], d[1], d[2], True) if d is not None else (float("nan"), None, None, True)
+        return d if d is not None else Difference(float("nan"), None, None)
     if rec.value is None or base.value is None:
         return None
-    return rec.value - base.value, None, None, False
+    return Difference(rec.value - base.value, None, None, paired=False)
 
 
 def contended(rec: Optional[Record]) -> bool:
@@ -151,9 +152,9 @@ def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record])
     if kind == "delta_ms":
         d = delta_ms(rec, base)
         mark = CONTENDED if contended(rec) or contended(base) else ""
-        if d is not None and d[0] != d[0]:
+        if d is not None and d.mean != d.mean:
             return f"not supported{mark}"
-        return DASH if d is None else _ms_text(d[0], d[1], d[2]) + ("" if d[3] else " (unpaired)") + mark
+        return DASH if d is None else _ms_text(d.mean, d.low, d.high) + ("" if d.paired else " (unpaired)") + mark
     return _pct(v, bv)
 
 

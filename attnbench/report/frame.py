@@ -88,9 +88,9 @@ def _delta(rec: Record, base: Optional[Record]) -> Dict[str, Any]:
         out.update(delta_pct=ci.pct, delta_pct_low=ci.low, delta_pct_high=ci.high, paired=ci.paired, delta_method=ci.method)
     d = delta_ms(rec, base)
     if d is not None:
-        out.update(delta=d[0], delta_low=d[1], delta_high=d[2])
+        out.update(delta=d.mean, delta_low=d.low, delta_high=d.high)
         if ci is None:
-            out["paired"] = d[3]
+            out["paired"] = d.paired
     return out
 
 

@@ -263,8 +263,8 @@ def sites_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                             ecolor="black", capsize=3)
             whole = whole_network_ms(records, r)
             if whole is not None:
-                err = None if whole[1] is None else [[whole[0] - whole[1]], [whole[2] - whole[0]]]
-                ax.errorbar([whole[0]], [y + 0.32], xerr=err, fmt="D", color="crimson", ms=5, capsize=3,
+                err = None if whole.low is None else [[whole.mean - whole.low], [whole.high - whole.mean]]
+                ax.errorbar([whole.mean], [y + 0.32], xerr=err, fmt="D", color="crimson", ms=5, capsize=3,
                             label="whole network Δ (paired)" if y == 0 else None)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([r.label for r in rows])

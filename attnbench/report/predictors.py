@@ -227,7 +227,7 @@ def latency_samples(records: Sequence[Record], point: Point, backbone: str) -> T
             continue
         why = _unusable(r, base)
         d = None if why else delta_ms(r, base)
-        if d is not None and d[0] != d[0]:
+        if d is not None and d.mean != d.mean:
             why = "no round had enough undisturbed call pairs"
         elif d is None and not why:
             why = "no Δ ms"
@@ -240,7 +240,7 @@ def latency_samples(records: Sequence[Record], point: Point, backbone: str) -> T
         for pr in PREDICTORS:
             a, b = pr.delta(mine), pr.delta(theirs)
             x[pr.name] = None if a is None or b is None else a - b
-        samples.append(Sample(backbone, r.label, d[0], d[1], d[2], x))
+        samples.append(Sample(backbone, r.label, d.mean, d.low, d.high, x))
     return samples, left
 
 

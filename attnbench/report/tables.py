@@ -153,7 +153,7 @@ def render_sites(records: Sequence[Record]) -> List[str]:
         if whole is not None and whole[0] != whole[0]:
             vals.append(f"not supported{CONTENDED}")
         else:
-            vals.append(DASH if whole is None else _ms_text(*whole[:3]) + ("" if whole[3] else " (unpaired)"))
+            vals.append(DASH if whole is None else _ms_text(whole.mean, whole.low, whole.high) + ("" if whole.paired else " (unpaired)"))
         vals.append(f"{r.value / whole[0]:.2f}" if whole is not None and whole[0] > 0 else DASH)
         lines.append(md_row(vals))
     return lines

@@ -14,7 +14,7 @@ import torch
 from ..attach.backbone import build
 from ..core.metrics import ACCURACY, SITES, spec
 from ..errors import CellError, RuntimeMissing, Unsupported
-from ..guard.cell import CellTimeout, as_unsupported, check_finite, contained, deadline, escaped, is_out_of_memory
+from ..guard.cell import CellTimeout, as_unsupported, contained, deadline, escaped, is_out_of_memory, require_finite
 from ..guard.process_state import unchanged
 from ..measures.flops import measure_flops
 from ..measures.macs_dispatch import measure_train_macs
@@ -218,7 +218,7 @@ def measure_count(cell: Cell, model) -> "Measurement":
         runs_at(model, x)
         return measure_params(model)
     with torch.no_grad():
-        check_finite(model.eval()(x), f"{cell.backbone} + {cell.variant.label}")
+        require_finite(model.eval()(x), f"{cell.backbone} + {cell.variant.label}")
     if cell.metric == "macs":
         m = measure_flops(model, x)
     elif cell.metric == "activations":

@@ -31,6 +31,7 @@ AUTO_KEYS = ("amp", "channels_last")
 MARGIN = 0.10  # a plainer setting within 10% of the fastest is taken
 WARMUP_STEPS = 2  # per candidate, untimed (first-call allocation, oneDNN primitive creation)
 ROUNDS = 5  # timed steps per candidate, one per round, in rotating order
+DROP = 3.0  # a candidate this many times slower than the fastest after warm-up is not timed further
 # What makes a training step faster or slower (not epochs, lr, seeds: they do not change a step's cost).
 SPEED_KEYS = ("batch_size", "optimizer", "stem", "threads", "device", "compile", "amp", "channels_last")
 
@@ -103,23 +104,31 @@ def probe_recipe(backbone: str, dataset: Dict[str, Any], training: Dict[str, Any
             c = replace(cfg, amp=amp, channels_last=last)
             steps[(amp, last)] = _Step(m, make_optimizer(m, c), x.contiguous(memory_format=fmt), y, c, autocast)
         times: Dict[Tuple[Optional[str], bool], List[float]] = {k: [] for k in steps}
+        warm: Dict[Tuple[Optional[str], bool], float] = {}
         for _ in range(WARMUP_STEPS):
-            for step in steps.values():
-                step()
-        order = list(steps)
+            for k, step in steps.items():
+                warm[k] = step()
+        # A candidate whose last warm-up step took over DROP x the fastest one's cannot come within MARGIN: it is
+        # not timed further (on a CPU without native bf16, bf16 steps ran 12-25x slower, and five more of each
+        # would have cost minutes); its warm-up step stands for it.
+        fastest = min(warm.values())
+        order = [k for k in steps if warm[k] <= DROP * fastest]
         for r in range(ROUNDS):
             for k in order[r % len(order):] + order[:r % len(order)]:
                 times[k].append(steps[k]())
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = {k: statistics.median(v) if v else warm[k] for k, v in times.items()}
+    dropped = [k for k in cands if not times[k]]
     chosen = choose(cands, median)
     ref = median[cands[0]]
     speeds = ", ".join(f"{label(*k)} {ref / median[k]:.2f}x" for k in cands)
     why = (f"{label(*chosen)} chosen by auto: speed vs {label(*cands[0])} {speeds} (median of {ROUNDS} interleaved "
            f"training steps each, batch {n}, on this host; native bf16: {'yes' if native_bf16() else 'no'}; the "
-           f"plainest setting within {MARGIN:.0%} of the fastest wins)")
+           f"plainest setting within {MARGIN:.0%} of the fastest wins"
+           + (f"; {', '.join(label(*k) for k in dropped)}: warm-up step only, over {DROP:g}x the fastest" if dropped
+              else "") + ")")
     return {"amp": chosen[0], "channels_last": chosen[1], "asked": {k: training.get(k) for k in AUTO_KEYS},
             "step_ms": {label(*k): round(v * 1e3, 2) for k, v in median.items()}, "speedup": round(ref / median[chosen], 3),
-            "margin": MARGIN, "rounds": ROUNDS, "batch": n, "native_bf16": native_bf16(),
+            "margin": MARGIN, "rounds": ROUNDS, "dropped": [label(*k) for k in dropped], "batch": n, "native_bf16": native_bf16(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "why": why}
 
 

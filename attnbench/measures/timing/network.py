@@ -104,7 +104,7 @@ def measure_latency(
         stats["batches"] = settings.batches  # the interval's batch means (stats.batch_interval): read back by the tables
         stats["group"] = res.group
         stats["baseline"] = baseline if baseline in res.times else None
-        ci = _delta(res, label, stats["baseline"], settings.clean_wait)
+        ci = _delta(res, label, stats["baseline"], settings.clean_wait, settings.batches)  # as the stop rule and the table
         stats["stop"] = _stop_info(res, label, settings, ci)
         stats["contention"] = _contention(res, [label], settings.clean_wait)
         stats.update(prepared.get(label) or {})
