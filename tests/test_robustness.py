@@ -214,6 +214,7 @@ def faulty_modules():
     MODULES.unregister("std_gate_test")
 
 
+@pytest.mark.slow
 def test_hung_oom_and_nan_cells_fail_alone(tmp_path, faulty_modules):
     suite = parse_suite({
         "name": "guard", "backbones": ["resnet18"], "modules": ["none", "hang_test", "cpu_oom_test", "std_gate_test", "srm"],

@@ -64,6 +64,7 @@ def test_torn_last_line_is_cut_before_appending(tmp_path):
     assert [r.key for r in store.records()] == ["a", "c"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_stores_every_cell_once(tmp_path):
     suite = tmp_path / "killme.yaml"
     suite.write_text(

@@ -1,5 +1,6 @@
 """Published figures, each in its source's own convention: a match, or a difference whose cause is computed on the
 model counted -- never a constant -- or a source shown, by a count, to contradict itself."""
+import pytest
 from torch import nn
 
 from attnbench import validate as v
@@ -72,6 +73,7 @@ class Extra(nn.Module):
         return x + 0 * self.linear(x.new_zeros(1, 1)).sum()
 
 
+@pytest.mark.slow
 def test_no_explanation_is_a_constant(monkeypatch):
     """Change the models the explanations count (input 64 instead of 224, EXTRA parameters more per attached
     module -- enough to move a value printed to 3 decimals of 2^20 --, a narrower SE block): every explanation's
