@@ -4,6 +4,7 @@ Signals are handled before anything heavy is imported: a Ctrl-C or SIGTERM while
 line and exit 130 / 143, never a traceback; once the command has ended, a late signal only sets the
 exit status.
 """
+
 import sys
 
 

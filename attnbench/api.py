@@ -10,6 +10,7 @@
 
 The columns of ``to_pandas()`` are documented in docs/python-api.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,9 +73,19 @@ class Results:
         parts = ", ".join(f"{p.name}: {len(p.records)} record(s)" for p in self._parts)
         return f"Results({parts or 'empty'})"
 
-    def where(self, backbone: Any = None, module: Any = None, metric: Any = None, *, label: Any = None,
-              status: Any = None, input_size: Any = None, batch_size: Any = None, runtime: Any = None,
-              baselines: bool = True) -> "Results":
+    def where(
+        self,
+        backbone: Any = None,
+        module: Any = None,
+        metric: Any = None,
+        *,
+        label: Any = None,
+        status: Any = None,
+        input_size: Any = None,
+        batch_size: Any = None,
+        runtime: Any = None,
+        baselines: bool = True,
+    ) -> "Results":
         """The records that match every filter given; each filter is a value or a collection of values.
         ``module`` matches a module label ('se-r8') or a registry name ('se', which includes 'se-r8');
         ``label`` matches labels only; ``input_size`` is 224, (224, 224) or '224x224'. With ``baselines``
@@ -82,13 +93,21 @@ class Results:
         their Δ columns; ``to_pandas()`` keeps its Δ either way."""
         from .report.cells import record_point
 
-        sizes = None if input_size is None else {_size(v) for v in ([input_size] if _is_size_pair(input_size)
-                                                                    else _values(input_size))}
+        sizes = (
+            None
+            if input_size is None
+            else {_size(v) for v in ([input_size] if _is_size_pair(input_size) else _values(input_size))}
+        )
         tests: List[Callable[[Record], bool]] = []
-        for values, get in ((backbone, lambda r: [r.backbone]), (module, lambda r: [r.label, r.module]),
-                            (label, lambda r: [r.label]), (metric, lambda r: [r.metric]), (status, lambda r: [r.status]),
-                            (batch_size, lambda r: [record_point(r).batch_size]),
-                            (runtime, lambda r: [record_point(r).runtime])):
+        for values, get in (
+            (backbone, lambda r: [r.backbone]),
+            (module, lambda r: [r.label, r.module]),
+            (label, lambda r: [r.label]),
+            (metric, lambda r: [r.metric]),
+            (status, lambda r: [r.status]),
+            (batch_size, lambda r: [record_point(r).batch_size]),
+            (runtime, lambda r: [record_point(r).runtime]),
+        ):
             if values is not None:
                 wanted = set(_values(values))
                 tests.append(lambda r, get=get, wanted=wanted: any(v in wanted for v in get(r)))
@@ -101,8 +120,11 @@ class Results:
             if baselines and tests:
                 wanted = {(r.backbone, r.metric, record_point(r)) for r in chosen}
                 keep = {id(r) for r in chosen}
-                chosen = [r for r in p.records if id(r) in keep or (r.module == "none" and
-                                                                      (r.backbone, r.metric, record_point(r)) in wanted)]
+                chosen = [
+                    r
+                    for r in p.records
+                    if id(r) in keep or (r.module == "none" and (r.backbone, r.metric, record_point(r)) in wanted)
+                ]
             parts.append(dataclasses.replace(p, records=tuple(chosen)))
         return Results(parts, self.run)
 
@@ -165,6 +187,7 @@ def _size(v: Any) -> Tuple[int, int]:
 
 # ---- loading -----------------------------------------------------------------------------------
 
+
 def load(path: Union[PathLike, Iterable[PathLike]], latency_from: Optional[PathLike] = None) -> Results:
     """The stores at ``path``: a ``.jsonl`` store, a folder (every ``*.jsonl`` in it) or a list of either.
     Accuracy stores join CPU latency from ``latency_from``, else from ``overhead.jsonl`` beside them, as
@@ -176,8 +199,9 @@ def load(path: Union[PathLike, Iterable[PathLike]], latency_from: Optional[PathL
         if p.is_dir():
             found = sorted(p.glob("*.jsonl"))
             if not found:
-                raise UsageError(f"{p} holds no result stores (*.jsonl); give a store written by `attnbench run` "
-                                     "or a folder of them")
+                raise UsageError(
+                    f"{p} holds no result stores (*.jsonl); give a store written by `attnbench run` or a folder of them"
+                )
             stores += found
         elif p.is_file():
             stores.append(p)
@@ -218,6 +242,7 @@ def overhead_records(path: Optional[PathLike], out: Path, flag: str = "--latency
 
 # ---- running -----------------------------------------------------------------------------------
 
+
 def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: Sequence[str] = ()) -> None:
     """Keep only the named backbones / module labels / metrics of a suite (cells keep their keys, so a later
     full run with --resume reuses them)."""
@@ -231,12 +256,18 @@ def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: S
     listed = [v.label for v in s.variants if not v.auto]  # 'native' rows are added only where a backbone has one
     for name in modules:
         if name not in labels:
-            raise UnknownNameError("module", name, listed, f"this suite has {', '.join(listed)}; a registered module "
-                                   f"it lacks joins with --add-module {name}")
+            raise UnknownNameError(
+                "module",
+                name,
+                listed,
+                f"this suite has {', '.join(listed)}; a registered module it lacks joins with --add-module {name}",
+            )
     metrics = [ALIASES.get(m, m) for m in metrics]
     for name in metrics:
         if name not in s.metrics:
-            raise UnknownNameError("metric", name, s.metrics, f"this suite measures {', '.join(s.metrics) or 'accuracy'}")
+            raise UnknownNameError(
+                "metric", name, s.metrics, f"this suite measures {', '.join(s.metrics) or 'accuracy'}"
+            )
     s.only_backbones, s.only_modules, s.only_metrics = list(backbones), list(modules), list(metrics)
 
 
@@ -249,8 +280,10 @@ def suite_from(suite: Any, overrides: Optional[Dict[str, Any]] = None):
 
     if isinstance(suite, Suite):
         if overrides:
-            raise UsageError(f"overrides {sorted(overrides)} apply to a suite name, file or dict; set the fields of "
-                                 "the Suite object instead")
+            raise UsageError(
+                f"overrides {sorted(overrides)} apply to a suite name, file or dict; set the fields of "
+                "the Suite object instead"
+            )
         return copy.deepcopy(suite)  # subset and dataset options are set on it: the caller's stays as it was
     if isinstance(suite, dict):
         return parse_suite({**suite, **(overrides or {})}, "<suite dict>", default_name="suite")
@@ -259,11 +292,23 @@ def suite_from(suite: Any, overrides: Optional[Dict[str, Any]] = None):
     raise UsageError(f"suite {suite!r} is not a suite; give a name from suites/, a .yaml path or a dict")
 
 
-def prepare(suite: Any, out: Path, *, overrides: Optional[Dict[str, Any]] = None, add_modules: Sequence[str] = (),
-            only_backbones: Sequence[str] = (), only_modules: Sequence[str] = (), only_metrics: Sequence[str] = (),
-            executor: str = "local", scheduler: Optional[str] = None, workers: Optional[int] = None,
-            slot: Optional[str] = None, worker_wait: Optional[float] = None, data_root: Optional[str] = None,
-            download: bool = False):
+def prepare(
+    suite: Any,
+    out: Path,
+    *,
+    overrides: Optional[Dict[str, Any]] = None,
+    add_modules: Sequence[str] = (),
+    only_backbones: Sequence[str] = (),
+    only_modules: Sequence[str] = (),
+    only_metrics: Sequence[str] = (),
+    executor: str = "local",
+    scheduler: Optional[str] = None,
+    workers: Optional[int] = None,
+    slot: Optional[str] = None,
+    worker_wait: Optional[float] = None,
+    data_root: Optional[str] = None,
+    download: bool = False,
+):
     """Everything ``attnbench run`` checks before any work, in its order: the executor options (a Dask
     scheduler is probed), the suite, the subset, the dataset folder. Returns (suite, executor or None)."""
     from .run.dask.coordinator import make_executor
@@ -281,8 +326,17 @@ def prepare(suite: Any, out: Path, *, overrides: Optional[Dict[str, Any]] = None
     return s, ex
 
 
-def execute(s, out: Path, resume: bool, executor, overhead: Sequence[Record], *, quiet: bool, console,
-            around: Callable[[], ContextManager] = contextlib.nullcontext):
+def execute(
+    s,
+    out: Path,
+    resume: bool,
+    executor,
+    overhead: Sequence[Record],
+    *,
+    quiet: bool,
+    console,
+    around: Callable[[], ContextManager] = contextlib.nullcontext,
+):
     """Run a prepared suite under a progress bar on ``console`` (none when ``quiet``): a spinner with the cell
     in flight, the counts, elapsed time and ETA; notices (where a previous store was moved) printed above it.
     ``around`` wraps the run itself (the command line sends stdout to stderr there). Returns the RunResult."""
@@ -302,10 +356,19 @@ def execute(s, out: Path, resume: bool, executor, overhead: Sequence[Record], *,
 
     total = len(plan(s))
     counts = {"done": 0, "failed": 0, "skipped": 0, "unsupported": 0}
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=56)),
-                        BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                        console=console, disable=quiet, transient=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=56)),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
 
     def fmt_counts():
         return " ".join(f"{'ok' if k == 'done' else k} {v}" for k, v in counts.items() if v or k != "unsupported")
@@ -328,16 +391,37 @@ def execute(s, out: Path, resume: bool, executor, overhead: Sequence[Record], *,
             executor.on_progress = lambda text: progress.update(bar, description=f"{s.name}: {text}")
 
         with around():
-            return run_suite(s, out, resume=resume, executor=executor, on_start=on_start, on_done=on_done,
-                             overhead=overhead, on_notice=on_notice)
+            return run_suite(
+                s,
+                out,
+                resume=resume,
+                executor=executor,
+                on_start=on_start,
+                on_done=on_done,
+                overhead=overhead,
+                on_notice=on_notice,
+            )
 
 
-def run(suite: Any = "overhead", out: PathLike = "results", resume: bool = False, *,
-        only_backbones: Sequence[str] = (), only_modules: Sequence[str] = (), only_metrics: Sequence[str] = (),
-        executor: str = "local", scheduler: Optional[str] = None, workers: Optional[int] = None,
-        slot: Optional[str] = None, worker_wait: Optional[float] = None, data_root: Optional[str] = None,
-        download: bool = False, latency_from: Optional[PathLike] = None, progress: bool = True,
-        **overrides: Any) -> Results:
+def run(
+    suite: Any = "overhead",
+    out: PathLike = "results",
+    resume: bool = False,
+    *,
+    only_backbones: Sequence[str] = (),
+    only_modules: Sequence[str] = (),
+    only_metrics: Sequence[str] = (),
+    executor: str = "local",
+    scheduler: Optional[str] = None,
+    workers: Optional[int] = None,
+    slot: Optional[str] = None,
+    worker_wait: Optional[float] = None,
+    data_root: Optional[str] = None,
+    download: bool = False,
+    latency_from: Optional[PathLike] = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Results:
     """Run a suite as ``attnbench run`` does and return its Results (the records of this suite's cells).
 
     ``suite``: a name from suites/, a path to a .yaml file, a dict with the YAML's structure, or a Suite.
@@ -355,9 +439,21 @@ def run(suite: Any = "overhead", out: PathLike = "results", resume: bool = False
     from .guard import interrupts
 
     out = Path(out)
-    s, ex = prepare(suite, out, overrides=overrides, only_backbones=only_backbones, only_modules=only_modules,
-                    only_metrics=only_metrics, executor=executor, scheduler=scheduler, workers=workers, slot=slot,
-                    worker_wait=worker_wait, data_root=data_root, download=download)
+    s, ex = prepare(
+        suite,
+        out,
+        overrides=overrides,
+        only_backbones=only_backbones,
+        only_modules=only_modules,
+        only_metrics=only_metrics,
+        executor=executor,
+        scheduler=scheduler,
+        workers=workers,
+        slot=slot,
+        worker_wait=worker_wait,
+        data_root=data_root,
+        download=download,
+    )
     overhead = overhead_records(latency_from, out, "latency_from")
     with interrupts.handled():
         result = execute(s, out, resume, ex, overhead, quiet=not progress, console=Console(stderr=True))
@@ -365,17 +461,26 @@ def run(suite: Any = "overhead", out: PathLike = "results", resume: bool = False
     results = Results([_Part(s.name, out / f"{s.name}.jsonl", records, records, tuple(overhead))], run=result)
     if result.interrupted:
         exc = interrupts.Interrupted(result.signum)
-        exc.args = (f"interrupted by {interrupts.NAMES.get(result.signum, result.signum)}: finished cells are stored "
-                    "and the tables show them; run again with resume=True to continue",)
+        exc.args = (
+            f"interrupted by {interrupts.NAMES.get(result.signum, result.signum)}: finished cells are stored "
+            "and the tables show them; run again with resume=True to continue",
+        )
         exc.results = results
         raise exc
     if result.aborted is not None:
         result.aborted.results = results
         raise result.aborted
     for what in result.unwritten:
-        warnings.warn(f"attnbench: not written: {what}; `attnbench report {result.paths['records']}` rebuilds it",
-                      RunWarning, stacklevel=2)
+        warnings.warn(
+            f"attnbench: not written: {what}; `attnbench report {result.paths['records']}` rebuilds it",
+            RunWarning,
+            stacklevel=2,
+        )
     if result.failed:
-        warnings.warn(f"attnbench: {result.failed} cell(s) of {s.name} failed; see the table's notes "
-                      "(results.where(status='failed'))", RunWarning, stacklevel=2)
+        warnings.warn(
+            f"attnbench: {result.failed} cell(s) of {s.name} failed; see the table's notes "
+            "(results.where(status='failed'))",
+            RunWarning,
+            stacklevel=2,
+        )
     return results

@@ -1,4 +1,5 @@
 """``attnbench`` command line: run suites, list what exists, rebuild and compare tables."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,13 @@ from rich.console import Console
 
 from .errors import AttnBenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="attnbench: run suites, list what exists, check modules, rebuild and compare tables.",
-                  rich_markup_mode=None)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="attnbench: run suites, list what exists, check modules, rebuild and compare tables.",
+    rich_markup_mode=None,
+)
 out_console = Console()
 err_console = Console(stderr=True)
 _said: List[str] = []  # a command that already printed why it stopped (an interrupted run): main adds nothing
@@ -31,8 +36,11 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="print attnbench's version and exit")):
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="print attnbench's version and exit"
+    ),
+):
     """attnbench: what attention modules cost and buy on timm backbones."""
 
 
@@ -70,14 +78,20 @@ def _stdout_to_stderr():
 
 
 @app.command("list")
-def list_cmd(what: What = typer.Argument(..., help="modules, backbones, suites or datasets"),
-             pattern: str = typer.Option("", "--filter", help="glob for backbones, e.g. 'resnet*'"),
-             details: bool = typer.Option(False, "--details", help="modules: import each plugin and show its package, "
-                                          "entry point and signature (or why it fails to import)")):
+def list_cmd(
+    what: What = typer.Argument(..., help="modules, backbones, suites or datasets"),
+    pattern: str = typer.Option("", "--filter", help="glob for backbones, e.g. 'resnet*'"),
+    details: bool = typer.Option(
+        False,
+        "--details",
+        help="modules: import each plugin and show its package, entry point and signature (or why it fails to import)",
+    ),
+):
     """List registered modules, timm backbones, suites or datasets (module names come from package metadata:
     no plugin is imported unless --details)."""
     if what is What.modules:
         from .registry import list_modules
+
         if details:
             from .suite.plugins import module_details
 
@@ -87,12 +101,15 @@ def list_cmd(what: What = typer.Argument(..., help="modules, backbones, suites o
             names = list_modules()
     elif what is What.backbones:
         from .attach.backbone import list_backbones
+
         names = list_backbones(pattern)
     elif what is What.suites:
         from .suite.load import list_suites
+
         names = list_suites()
     else:
         from .registry import DATASETS
+
         names = DATASETS.names()
     for name in names:
         out_console.print(name, markup=False, highlight=False, soft_wrap=True)
@@ -104,32 +121,81 @@ def run(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for <suite>.md / .jsonl / .csv"),
     resume: bool = typer.Option(False, "--resume", help="skip cells already stored in OUT/<suite>.jsonl"),
     executor: str = typer.Option("local", "--executor", help="local or dask"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="dask: LocalCluster workers (default 2; not with --scheduler)"),
-    slot: Optional[str] = typer.Option(None, "--slot", help="dask: how timings get a node to themselves: lock (default) or resource"),
-    worker_wait: Optional[float] = typer.Option(None, "--worker-wait", help="dask: seconds to wait for a first worker to join "
-                                                "(queued batch jobs; default 600) before the run gives up with nothing run"),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="dask scheduler address (default: a LocalCluster)"
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="dask: LocalCluster workers (default 2; not with --scheduler)"
+    ),
+    slot: Optional[str] = typer.Option(
+        None, "--slot", help="dask: how timings get a node to themselves: lock (default) or resource"
+    ),
+    worker_wait: Optional[float] = typer.Option(
+        None,
+        "--worker-wait",
+        help="dask: seconds to wait for a first worker to join "
+        "(queued batch jobs; default 600) before the run gives up with nothing run",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table on stdout"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"),
+    data_root: Optional[str] = typer.Option(
+        None, "--data-root", help="dataset folder for accuracy suites (or $ATTNBENCH_DATA_ROOT)"
+    ),
     download: bool = typer.Option(False, "--download", help="let torchvision datasets download once (needs internet)"),
-    only_backbone: List[str] = typer.Option([], "--backbone", "-b", help="run only these of the suite's backbones (repeatable)"),
-    only_module: List[str] = typer.Option([], "--module", "-m", help="run only these of the suite's module labels (repeatable)"),
-    add_module: List[str] = typer.Option([], "--add-module", "-a", help="add a registered module (a plugin) to the "
-                                         "suite's modules for this run (repeatable): its rows join the table"),
-    only_metric: List[str] = typer.Option([], "--metric", "-M", help="run only these of the suite's metrics (repeatable), "
-                                          "e.g. -M params -M macs for the counts alone"),
-    latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="accuracy suites: the overhead store whose CPU "
-                                                "latency joins the table (default OUT/overhead.jsonl when it exists)"),
+    only_backbone: List[str] = typer.Option(
+        [], "--backbone", "-b", help="run only these of the suite's backbones (repeatable)"
+    ),
+    only_module: List[str] = typer.Option(
+        [], "--module", "-m", help="run only these of the suite's module labels (repeatable)"
+    ),
+    add_module: List[str] = typer.Option(
+        [],
+        "--add-module",
+        "-a",
+        help="add a registered module (a plugin) to the "
+        "suite's modules for this run (repeatable): its rows join the table",
+    ),
+    only_metric: List[str] = typer.Option(
+        [],
+        "--metric",
+        "-M",
+        help="run only these of the suite's metrics (repeatable), e.g. -M params -M macs for the counts alone",
+    ),
+    latency_from: Optional[Path] = typer.Option(
+        None,
+        "--latency-from",
+        help="accuracy suites: the overhead store whose CPU "
+        "latency joins the table (default OUT/overhead.jsonl when it exists)",
+    ),
 ):
     """Run a suite, store every cell as it finishes, write and print the table."""
     from .api import execute, overhead_records, prepare  # the one code path, shared with attnbench.run()
 
-    s, ex = prepare(suite, out, add_modules=add_module, only_backbones=only_backbone, only_modules=only_module,
-                    only_metrics=only_metric, executor=executor, scheduler=scheduler, workers=workers, slot=slot,
-                    worker_wait=worker_wait, data_root=data_root, download=download)
+    s, ex = prepare(
+        suite,
+        out,
+        add_modules=add_module,
+        only_backbones=only_backbone,
+        only_modules=only_module,
+        only_metrics=only_metric,
+        executor=executor,
+        scheduler=scheduler,
+        workers=workers,
+        slot=slot,
+        worker_wait=worker_wait,
+        data_root=data_root,
+        download=download,
+    )
     # Whatever the run prints (a plugin's print, a library's chatter) goes to stderr: stdout is the table's.
-    result = execute(s, out, resume, ex, overhead_records(latency_from, out), quiet=quiet, console=err_console,
-                     around=_stdout_to_stderr)
+    result = execute(
+        s,
+        out,
+        resume,
+        ex,
+        overhead_records(latency_from, out),
+        quiet=quiet,
+        console=err_console,
+        around=_stdout_to_stderr,
+    )
     _summarise(s.name, result, quiet)
     if result.aborted is not None:
         raise result.aborted
@@ -144,20 +210,28 @@ def _summarise(name: str, result, quiet: bool) -> None:
     unsupported = f", {result.unsupported} unsupported" if result.unsupported else ""
     err_console.print(
         f"{name}: {result.ok} ok, {result.failed} failed, {result.skipped} skipped{unsupported}, {result.reused} reused "
-        f"in {result.wall_s:.1f} s -> {written}", markup=False, highlight=False)
+        f"in {result.wall_s:.1f} s -> {written}",
+        markup=False,
+        highlight=False,
+    )
     from .report.notes import contention_line, precision_line  # lazy: the CLI starts without the report stack
 
     for line in (contention_line(result.records), precision_line(result.records)):
         if line:
             err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     for what in result.unwritten:
-        err_console.print(f"not written: {what}; `attnbench report {result.paths['records']}` rebuilds it", markup=False)
+        err_console.print(
+            f"not written: {what}; `attnbench report {result.paths['records']}` rebuilds it", markup=False
+        )
     if result.interrupted:
         from .guard.interrupts import NAMES
 
         _said.append("interrupted")
-        err_console.print(f"interrupted by {NAMES.get(result.signum, result.signum)}: finished cells are stored and the "
-                          "table shows them; rerun with --resume to continue", markup=False)
+        err_console.print(
+            f"interrupted by {NAMES.get(result.signum, result.signum)}: finished cells are stored and the "
+            "table shows them; rerun with --resume to continue",
+            markup=False,
+        )
     elif result.failed:
         err_console.print(f"{result.failed} cell(s) failed; see the table's notes", markup=False)
 
@@ -192,11 +266,18 @@ def measure(
     module: str = typer.Argument("none", help="registry name, or none"),
     input_size: int = typer.Option(224, "--input-size", min=1, help="square input resolution"),
     option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
-    as_: List[str] = typer.Option([], "--as", help="also count as a peer tool does (repeatable): thop-0.0.23, "
-                                  "thop-0.0.31, thop (0.1.1), ultralytics-thop (2.2.3), ptflops (0.7.5), "
-                                  "ptflops-0.7-aten, ptflops-0.1 (2019), fvcore, conv-fc"),
-    pools_as_modules: bool = typer.Option(False, "--pools-as-modules", help="with --as: count x.mean-style global "
-                                          "pools as the pooling modules official code uses"),
+    as_: List[str] = typer.Option(
+        [],
+        "--as",
+        help="also count as a peer tool does (repeatable): thop-0.0.23, "
+        "thop-0.0.31, thop (0.1.1), ultralytics-thop (2.2.3), ptflops (0.7.5), "
+        "ptflops-0.7-aten, ptflops-0.1 (2019), fvcore, conv-fc",
+    ),
+    pools_as_modules: bool = typer.Option(
+        False,
+        "--pools-as-modules",
+        help="with --as: count x.mean-style global pools as the pooling modules official code uses",
+    ),
 ):
     """Parameters, MACs and memory of one backbone/module pair, straight to the terminal."""
     options = _parse_options(option)
@@ -227,7 +308,10 @@ def measure(
 
             info = error_info(exc)
             hint = "" if is_out_of_memory(exc) else "; try another --input-size or backbone"
-            _fail(f"measuring {backbone} + {module} at {input_size}x{input_size} failed: {info['type']}: {info['message']}{hint}", 1)
+            _fail(
+                f"measuring {backbone} + {module} at {input_size}x{input_size} failed: {info['type']}: {info['message']}{hint}",
+                1,
+            )
     from .attach.backbone import attention_parameters
     from .measures.params import count_params
 
@@ -260,9 +344,11 @@ def measure(
             except Unsupported as exc:  # a layer the tool counts by a rule attnbench does not replicate
                 lines.append(f"as {conv.name}: not counted: {exc}")
                 continue
-            lines.append(f"as {conv.name} ({conv.tool}{', pools as modules' if pools_as_modules else ''}): {c.ops:,} ops "
-                         f"= {c.ops / 1e9:.4g} G = {c.ops / 2**30:.4g} G(2^30); params {c.params:,} = "
-                         f"{c.params / 1e6:.4g} M = {c.params / 2**20:.4g} M(2^20)")
+            lines.append(
+                f"as {conv.name} ({conv.tool}{', pools as modules' if pools_as_modules else ''}): {c.ops:,} ops "
+                f"= {c.ops / 1e9:.4g} G = {c.ops / 2**30:.4g} G(2^30); params {c.params:,} = "
+                f"{c.params / 1e6:.4g} M = {c.params / 2**20:.4g} M(2^20)"
+            )
     out_console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -281,12 +367,16 @@ def _measure_one(backbone: str, module: str, input_size: int, options: dict):
 
 
 @app.command()
-def check(target: str = typer.Argument(..., help="registered name, pkg.module:Class or path/file.py:Class"),
-          backbone: str = typer.Option("resnet18", "--backbone", "-b", help="backbone to attach it to ('' = the module alone)"),
-          option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
-          channels: int = typer.Option(64, "--channels", help="channels for the module-alone checks"),
-          input_size: int = typer.Option(224, "--input-size", help="input resolution for the backbone checks"),
-          timeout: float = typer.Option(30.0, "--timeout", help="seconds each check step may run (a hung forward fails)")):
+def check(
+    target: str = typer.Argument(..., help="registered name, pkg.module:Class or path/file.py:Class"),
+    backbone: str = typer.Option(
+        "resnet18", "--backbone", "-b", help="backbone to attach it to ('' = the module alone)"
+    ),
+    option: List[str] = typer.Option([], "--option", "-O", help="module option KEY=VALUE (repeatable)"),
+    channels: int = typer.Option(64, "--channels", help="channels for the module-alone checks"),
+    input_size: int = typer.Option(224, "--input-size", help="input resolution for the backbone checks"),
+    timeout: float = typer.Option(30.0, "--timeout", help="seconds each check step may run (a hung forward fails)"),
+):
     """Check a module against the plugin contract, in seconds, before any suite (exit 0: nothing failed,
     1: the module breaks the contract, 2: a bad command-line value)."""
     from .check.checklist import render_check, run_check
@@ -341,8 +431,10 @@ class Format(str, Enum):
     json = "json"
 
 
-FORMAT_HELP = ("what to print: markdown (the table), latex (booktabs tables), csv or json (one row per cell, with "
-               "every Δ and its interval); the same content in each")
+FORMAT_HELP = (
+    "what to print: markdown (the table), latex (booktabs tables), csv or json (one row per cell, with "
+    "every Δ and its interval); the same content in each"
+)
 
 
 def _print_exactly(text: str) -> None:
@@ -352,11 +444,16 @@ def _print_exactly(text: str) -> None:
 
 
 @app.command()
-def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a folder holding one)"),
-           out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the .md/.csv (default: beside the store)"),
-           latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="accuracy stores: overhead store for the "
-                                                       "latency column (default: overhead.jsonl beside the store)"),
-           fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP + "; the files written do not change")):
+def report(
+    results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a folder holding one)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the .md/.csv (default: beside the store)"),
+    latency_from: Optional[Path] = typer.Option(
+        None,
+        "--latency-from",
+        help="accuracy stores: overhead store for the latency column (default: overhead.jsonl beside the store)",
+    ),
+    fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP + "; the files written do not change"),
+):
     """Rebuild the tables from a result store alone."""
     from .api import overhead_records
     from .records.store import check_output_dir
@@ -380,11 +477,14 @@ def report(results: Path = typer.Argument(..., help="a <suite>.jsonl store (or a
 
 
 @app.command()
-def compare(a: Path = typer.Argument(..., help="first result store (the reference)"),
-            b: Path = typer.Argument(..., help="second result store (the candidate)"),
-            fail_above: Optional[float] = typer.Option(None, "--fail-above", help="exit 1 when a cost got worse by more "
-                                                       "than PCT % and beyond its noise band (for CI)"),
-            fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP)):
+def compare(
+    a: Path = typer.Argument(..., help="first result store (the reference)"),
+    b: Path = typer.Argument(..., help="second result store (the candidate)"),
+    fail_above: Optional[float] = typer.Option(
+        None, "--fail-above", help="exit 1 when a cost got worse by more than PCT % and beyond its noise band (for CI)"
+    ),
+    fmt: Format = typer.Option(Format.markdown, "--format", help=FORMAT_HELP),
+):
     """Show the Δ between two runs, cell by cell, with the noise band of every timing.
 
     With --fail-above it is a CI gate: exit 1 on a regression, and also whenever it cannot vouch for the
@@ -403,7 +503,9 @@ def compare(a: Path = typer.Argument(..., help="first result store (the referenc
             _fail(f"{path} holds no records; compare needs a store written by `attnbench run`")
     rows = compare_rows(ra, rb)
     if fmt is Format.markdown:
-        out_console.print(render_compare_rows(rows, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True)
+        out_console.print(
+            render_compare_rows(rows, str(pa), str(pb), fail_above), markup=False, highlight=False, soft_wrap=True
+        )
     else:
         from .report.formats import render_compare_as
 
@@ -470,7 +572,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             signum = interrupts.received[0] if interrupts.received else 2
             code = 128 + signum
             if not _said:
-                err_console.print(f"interrupted by {interrupts.NAMES.get(signum, signum)}", markup=False, highlight=False)
+                err_console.print(
+                    f"interrupted by {interrupts.NAMES.get(signum, signum)}", markup=False, highlight=False
+                )
     sys.exit(code)
 
 

@@ -12,6 +12,7 @@
 ``exit_status`` is the one mapping from an error to the CLI's exit status. Anything else is a bug and keeps
 its traceback.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -45,6 +46,7 @@ def exit_status(exc: AttnBenchError) -> int:
     """The CLI's exit status for an error that reached it: a run's abort says its own; everything else
     (bad input, or a cell outcome of a command that is one cell: ``measure``, ``check``) is 2."""
     return exc.exit_code if isinstance(exc, RunAborted) else 2
+
 
 class UnknownNameError(UsageError, KeyError):
     """A module, backbone, suite, dataset or metric name that does not exist."""

@@ -5,6 +5,7 @@ keeps the ``(N, C, H, W)`` shape. Built-in modules are declared in attnbench's o
 ``pyproject.toml`` under the ``attnbench.modules`` group, exactly like third-party plugins,
 so there is one discovery path. ``register`` adds names in-process (notebooks, tests).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,6 @@ from .errors import UnknownNameError
 
 MODULE_GROUP = "attnbench.modules"
 DATASET_GROUP = "attnbench.datasets"
-
 
 
 class PluginWarning(UserWarning):
@@ -67,9 +67,11 @@ class Registry:
                 if renamed:  # one warning per contested name, naming every package and where each went
                     listed = ", ".join(f"{_dist_name(e)}:{name}" for e in renamed)
                     keeps = f"{_dist_name(winner)} keeps {name!r}; " if winner is not None else ""
-                    self._warn(f"{self.kind} name {name!r} is registered by "
-                               f"{', '.join(sorted({_dist_name(e) for e in eps}))}: {keeps}listed as {listed} "
-                               "(rename the entry point to avoid this)")
+                    self._warn(
+                        f"{self.kind} name {name!r} is registered by "
+                        f"{', '.join(sorted({_dist_name(e) for e in eps}))}: {keeps}listed as {listed} "
+                        "(rename the entry point to avoid this)"
+                    )
                 for ep in eps:
                     public = name if ep is winner else f"{_dist_name(ep)}:{name}"
                     found[public] = ep
@@ -95,8 +97,10 @@ class Registry:
                 raise
             msg = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0][:300]
             self.broken[public] = msg
-            self._warn(f"skipped {self.kind} plugin {public!r} ({ep.value}, package {_dist_name(ep)}): "
-                       f"{msg}; fix or uninstall that package")
+            self._warn(
+                f"skipped {self.kind} plugin {public!r} ({ep.value}, package {_dist_name(ep)}): "
+                f"{msg}; fix or uninstall that package"
+            )
             return None
         self._loaded[public] = factory
         return factory
@@ -134,7 +138,9 @@ class Registry:
             raise UnknownNameError(self.kind, name, [], f"its plugin failed to import: {self.broken[name]}")
         qualified = sorted(n for n in table if n.endswith(f":{name}") and not n.startswith("timm:"))
         if qualified:
-            raise UnknownNameError(self.kind, name, qualified, f"registered by several packages: name one of {', '.join(qualified)}")
+            raise UnknownNameError(
+                self.kind, name, qualified, f"registered by several packages: name one of {', '.join(qualified)}"
+            )
         raise UnknownNameError(self.kind, name, self.names(), f"see `attnbench list {self.kind}s`")
 
     def provider(self, name: str) -> Tuple[str, str]:
@@ -194,4 +200,3 @@ def register(name: str, override: bool = False) -> Callable[[Callable], Callable
         return MODULES.register(name, factory, override=override)
 
     return deco
-

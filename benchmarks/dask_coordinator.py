@@ -18,6 +18,7 @@ measured and "own" (less the time that thread sat runnable in the run queue, fro
 /proc/thread-self/schedstat), which is what the coordinator itself is responsible for.
 ``--max-rss-gb`` stops a run whose coordinator grows past it (reported as such).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,13 @@ def grid(cells: int, root: Path):
     from attnbench.suite.plan import plan
 
     points = max(1, round(cells / (2 * len(BACKBONES) * len(MODULES))))
-    spec = {"name": "scale", "backbones": BACKBONES, "modules": MODULES, "metrics": ["params", "macs"],
-            "input_size": sizes(points)}
+    spec = {
+        "name": "scale",
+        "backbones": BACKBONES,
+        "modules": MODULES,
+        "metrics": ["params", "macs"],
+        "input_size": sizes(points),
+    }
     suite = parse_suite(spec, str(root / "scale.yaml"))
     return suite, len(plan(suite))
 
@@ -75,8 +81,18 @@ def one(cells: int, workers: int, max_rss_gb: float) -> dict:
     root = Path(tempfile.mkdtemp(prefix="attnbench-scale-"))
     suite, n = grid(cells, root)
     base = rss_mb()
-    state = {"stall": 0.0, "gap": 0.0, "last": None, "peak": base, "stop": False, "running": False,
-             "over": False, "done": 0, "stall_own": 0.0, "gap_own": 0.0}
+    state = {
+        "stall": 0.0,
+        "gap": 0.0,
+        "last": None,
+        "peak": base,
+        "stop": False,
+        "running": False,
+        "over": False,
+        "done": 0,
+        "stall_own": 0.0,
+        "gap_own": 0.0,
+    }
 
     def ticker():
         t, q = time.perf_counter(), queued_s()
@@ -89,8 +105,16 @@ def one(cells: int, workers: int, max_rss_gb: float) -> dict:
             state["peak"] = max(state["peak"], rss_mb())
             if state["peak"] > max_rss_gb * 1024 and not state["over"]:
                 state["over"] = True
-                print(json.dumps({"cells": n, "aborted": f"coordinator RSS passed {max_rss_gb} GB after "
-                                  f"{state['done']} cells", "peak_rss_mb": round(state["peak"])}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "cells": n,
+                            "aborted": f"coordinator RSS passed {max_rss_gb} GB after {state['done']} cells",
+                            "peak_rss_mb": round(state["peak"]),
+                        }
+                    ),
+                    flush=True,
+                )
                 os._exit(3)
 
     def update(*_):
@@ -113,12 +137,21 @@ def one(cells: int, workers: int, max_rss_gb: float) -> dict:
     result = run_suite(suite, root / "out", executor=ex, on_done=done)
     wall = time.perf_counter() - t0
     state["stop"] = True
-    return {"cells": n, "ok": result.ok, "failed": result.failed, "unsupported": result.unsupported,
-            "wall_s": round(wall, 1), "rss_before_mb": round(base), "peak_rss_mb": round(max(
-                state["peak"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
-            "growth_mb": round(state["peak"] - base), "stall_s": round(state["stall"], 2),
-            "stall_own_s": round(state["stall_own"], 2), "update_gap_s": round(state["gap"], 2),
-            "update_gap_own_s": round(state["gap_own"], 2), "loadavg": os.getloadavg()[0]}
+    return {
+        "cells": n,
+        "ok": result.ok,
+        "failed": result.failed,
+        "unsupported": result.unsupported,
+        "wall_s": round(wall, 1),
+        "rss_before_mb": round(base),
+        "peak_rss_mb": round(max(state["peak"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
+        "growth_mb": round(state["peak"] - base),
+        "stall_s": round(state["stall"], 2),
+        "stall_own_s": round(state["stall_own"], 2),
+        "update_gap_s": round(state["gap"], 2),
+        "update_gap_own_s": round(state["gap_own"], 2),
+        "loadavg": os.getloadavg()[0],
+    }
 
 
 def main():
@@ -132,8 +165,19 @@ def main():
         print(json.dumps(one(a.cells[0], a.workers, a.max_rss_gb)), flush=True)
         return
     for cells in a.cells or [1000, 5000, 10000]:
-        subprocess.run([sys.executable, __file__, "--one", "--cells", str(cells), "--workers", str(a.workers),
-                        "--max-rss-gb", str(a.max_rss_gb)])
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                "--cells",
+                str(cells),
+                "--workers",
+                str(a.workers),
+                "--max-rss-gb",
+                str(a.max_rss_gb),
+            ]
+        )
 
 
 if __name__ == "__main__":

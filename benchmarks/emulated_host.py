@@ -15,6 +15,7 @@ It does not emulate another microarchitecture's clock, cache sizes or a per-vCPU
 with OpenMP's spinning barriers one stalled thread stalls the other anyway). Numbers under it are "this machine,
 emulated", never the other VM's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,9 +60,14 @@ def emulated_host(steal: bool = True, avx2: bool = True, seed: int = 0) -> Itera
     timed child with ``env`` and call ``join(proc.pid)`` right after Popen; it then runs under the emulated host.
     Everything is undone on exit (every joined process is left running, never stopped)."""
     env = dict(os.environ, **(AVX2_ENV if avx2 else {}))
-    parts = (["AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)"] if avx2 else []) + \
-        (["steal: SIGSTOP/SIGCONT stalls of 2-10 ms at a 3-25% duty cycle drifting every 10 s, a 64 MiB memory "
-          "stream on the freed cores during each"] if steal else [])
+    parts = (["AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)"] if avx2 else []) + (
+        [
+            "steal: SIGSTOP/SIGCONT stalls of 2-10 ms at a 3-25% duty cycle drifting every 10 s, a 64 MiB memory "
+            "stream on the freed cores during each"
+        ]
+        if steal
+        else []
+    )
     injectors: Dict[int, subprocess.Popen] = {}
     joined: List[int] = []
 

@@ -19,6 +19,7 @@ AVX2 kernels, a cgroup CPU quota and a drifting memory-streaming co-tenant; see 
 
 Run it on a machine nobody else is using (it measures the noise of this machine, and makes its own load).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +75,11 @@ def suite_yaml(backbones, modules, nice) -> str:
     import json as _json
 
     lat = {**default_latency(), **({"nice": None} if nice is None else {})}
-    return (f"name: latency-precision\nbackbones: [{', '.join(backbones)}]\nmodules: [{', '.join(modules)}]\n"
-            "module_options:\n  nonlocal: {stages: [3], blocks: 1}\ninput_size: 224\nbatch_size: 1\n"
-            f"metrics: [latency_cpu]\nlatency: {_json.dumps(lat)}\n")
+    return (
+        f"name: latency-precision\nbackbones: [{', '.join(backbones)}]\nmodules: [{', '.join(modules)}]\n"
+        "module_options:\n  nonlocal: {stages: [3], blocks: 1}\ninput_size: 224\nbatch_size: 1\n"
+        f"metrics: [latency_cpu]\nlatency: {_json.dumps(lat)}\n"
+    )
 
 
 def harness_run(backbones, modules, nice="ask", host=None) -> dict:
@@ -87,9 +90,13 @@ def harness_run(backbones, modules, nice="ask", host=None) -> dict:
         suite = Path(tmp) / "s.yaml"
         suite.write_text(suite_yaml(backbones, modules, None if nice is None else -20))
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "attnbench", "run", "--suite", str(suite), "--out", tmp, "-q"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=host["env"] if host else None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "attnbench", "run", "--suite", str(suite), "--out", tmp, "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=host["env"] if host else None,
+        )
         if host:
             host["join"](proc.pid)
         _, err = proc.communicate()
@@ -108,10 +115,18 @@ def harness_run(backbones, modules, nice="ask", host=None) -> dict:
             if m in by:
                 ci = delta_interval(by[m], by["none"])
                 c = by[m].stats.get("contention") or {}
-                out["delta"][f"{b}/{m}"] = {"pct": ci.pct, "low": ci.low, "high": ci.high,
-                                            "contended": bool(c.get("contended") or (by["none"].stats.get("contention") or {}).get("contended")),
-                                            "others_cpu": c.get("others_cpu"), "clean": c.get("clean"), "nice": c.get("nice"),
-                                            "stop": by[m].stats.get("stop")}
+                out["delta"][f"{b}/{m}"] = {
+                    "pct": ci.pct,
+                    "low": ci.low,
+                    "high": ci.high,
+                    "contended": bool(
+                        c.get("contended") or (by["none"].stats.get("contention") or {}).get("contended")
+                    ),
+                    "others_cpu": c.get("others_cpu"),
+                    "clean": c.get("clean"),
+                    "nice": c.get("nice"),
+                    "stop": by[m].stats.get("stop"),
+                }
     return out
 
 
@@ -119,8 +134,13 @@ def timm_run(backbones, modules, host=None) -> dict:
     out = {"delta": {}, "timing_s": 0.0}
     t0 = time.perf_counter()
     for b in backbones:
-        proc = subprocess.Popen([sys.executable, "-c", TIMM_WAY, b, ",".join(modules), "2"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=host["env"] if host else None)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", TIMM_WAY, b, ",".join(modules), "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=host["env"] if host else None,
+        )
         if host:
             host["join"](proc.pid)
         stdout, _ = proc.communicate()
@@ -175,31 +195,51 @@ def render_host(name: str, block: dict, keys, res_settings=None) -> list:
         hws = [" / ".join(f"{halfwidth(r['delta'][k]):.1f}" for r in runs if k in r["delta"]) for k in keys]
         lines.append(f"| {m}: Δ % | " + " | ".join(pts) + " |")
         lines.append(f"| {m}: ± | " + " | ".join(hws) + " |")
-    lines += ["", "### Quiet: coverage, spread between runs and time", "",
-              "| method | coverage (pooled) | " + " | ".join(f"coverage {k}" for k in keys) +
-              " | target met (Δs) | sd of points between runs (mean over Δs) | median half-width | timing s / run | wall s / run |",
-              "|---|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "### Quiet: coverage, spread between runs and time",
+        "",
+        "| method | coverage (pooled) | "
+        + " | ".join(f"coverage {k}" for k in keys)
+        + " | target met (Δs) | sd of points between runs (mean over Δs) | median half-width | timing s / run | wall s / run |",
+        "|---|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|",
+    ]
     for m in methods:
         runs = block["quiet"][m]
         cov = [coverage(runs, k) for k in keys]
         hits, pairs = sum(c[0] for c in cov), sum(c[1] for c in cov)
-        pts_by_key = [[r["delta"][k]["pct"] for r in runs if k in r["delta"] and not math.isnan(r["delta"][k]["pct"])]
-                      for k in keys]
+        pts_by_key = [
+            [r["delta"][k]["pct"] for r in runs if k in r["delta"] and not math.isnan(r["delta"][k]["pct"])]
+            for k in keys
+        ]
         sds = [statistics.stdev(v) for v in pts_by_key if len(v) > 1]  # Δs a run printed as n/a are left out
-        hws = [h for h in (halfwidth(r["delta"][k]) for r in runs for k in keys if k in r["delta"]) if not math.isnan(h)]
+        hws = [
+            h for h in (halfwidth(r["delta"][k]) for r in runs for k in keys if k in r["delta"]) if not math.isnan(h)
+        ]
         # met: the Δ's own 95% half-width (the table's interval) within the target (stats.stop.met of records
         # written before the stop record used batch means held the over-rounds width instead)
         target = (res_settings or {}).get("target") or 1.0
-        met = [not math.isnan(halfwidth(r["delta"][k])) and halfwidth(r["delta"][k]) <= target
-               for r in runs for k in keys if k in r["delta"]]
+        met = [
+            not math.isnan(halfwidth(r["delta"][k])) and halfwidth(r["delta"][k]) <= target
+            for r in runs
+            for k in keys
+            if k in r["delta"]
+        ]
         met_text = f"{sum(1 for x in met if x)}/{len(met)}" if m == "harness" else "—"
-        lines.append(f"| {m} | {100 * hits / max(1, pairs):.0f}% ({hits}/{pairs}) | " +
-                     " | ".join(f"{100 * h / max(1, p):.0f}%" for h, p in cov) +
-                     f" | {met_text} | {statistics.fmean(sds) if sds else float('nan'):.2f} | {statistics.median(hws) if hws else float('nan'):.2f} | "
-                     f"{statistics.fmean(r['timing_s'] for r in runs):.0f} | {statistics.fmean(r['wall_s'] for r in runs):.0f} |")
+        lines.append(
+            f"| {m} | {100 * hits / max(1, pairs):.0f}% ({hits}/{pairs}) | "
+            + " | ".join(f"{100 * h / max(1, p):.0f}%" for h, p in cov)
+            + f" | {met_text} | {statistics.fmean(sds) if sds else float('nan'):.2f} | {statistics.median(hws) if hws else float('nan'):.2f} | "
+            f"{statistics.fmean(r['timing_s'] for r in runs):.0f} | {statistics.fmean(r['wall_s'] for r in runs):.0f} |"
+        )
     if block.get("loaded"):
-        lines += ["", "### Loaded (two busy processes): distance from the quiet mean, and what the run said", "",
-                  "| run | " + " | ".join(keys) + " | wall s (x quiet) |", "|---|" + "---:|" * len(keys) + "---:|"]
+        lines += [
+            "",
+            "### Loaded (two busy processes): distance from the quiet mean, and what the run said",
+            "",
+            "| run | " + " | ".join(keys) + " | wall s (x quiet) |",
+            "|---|" + "---:|" * len(keys) + "---:|",
+        ]
         for run_name, run in block["loaded"].items():
             quiet = block["quiet"]["timm" if run_name.startswith("timm") else "harness"]
             cells = []
@@ -212,22 +252,31 @@ def render_host(name: str, block: dict, keys, res_settings=None) -> list:
                 off = "n/a" if math.isnan(d["pct"]) else f"{d['pct'] - q:+.1f}"
                 cells.append(f"{off} (±{halfwidth(d):.1f})" + (" contended" if d.get("contended") else ""))
             qwall = statistics.fmean(r["wall_s"] for r in quiet) if quiet else float("nan")
-            lines.append(f"| {run_name} | " + " | ".join(cells) + f" | {run['wall_s']:.0f} ({run['wall_s'] / qwall:.1f}x) |")
-        lines += ["", "Cells: loaded point minus the quiet runs' mean, in points (its own half-width); 'contended': the "
-                  "run marked the row and named it in its contention line."]
+            lines.append(
+                f"| {run_name} | " + " | ".join(cells) + f" | {run['wall_s']:.0f} ({run['wall_s'] / qwall:.1f}x) |"
+            )
+        lines += [
+            "",
+            "Cells: loaded point minus the quiet runs' mean, in points (its own half-width); 'contended': the "
+            "run marked the row and named it in its contention line.",
+        ]
     return lines + [""]
 
 
 def render(res: dict, keys) -> str:
-    lines = ["# Latency precision: attnbench vs timm's benchmark.py way", "",
-             f"Machine: {res['machine']}; {res['repeats']} quiet runs of each per host, fresh processes, one after "
-             f"another, nothing else running but what the host emulation starts. The harness runs the main job's own "
-             f"timing settings (suites/overhead.yaml: `latency: {json.dumps(res['settings'])}`). Coverage: share of "
-             "ordered pairs of quiet runs (i, j) where run i's point lies inside run j's 95% interval (about 83% "
-             "expected for correct, equally precise intervals). Target met: the Δs whose group stopped with its 95% "
-             "half-width within the target. Timm way: mean of 50 steps per model, models one after another; its "
-             "interval is Welch's t on the step times (timm prints none). Loaded = two busy processes on the cores, "
-             "started by the benchmark.", ""]
+    lines = [
+        "# Latency precision: attnbench vs timm's benchmark.py way",
+        "",
+        f"Machine: {res['machine']}; {res['repeats']} quiet runs of each per host, fresh processes, one after "
+        f"another, nothing else running but what the host emulation starts. The harness runs the main job's own "
+        f"timing settings (suites/overhead.yaml: `latency: {json.dumps(res['settings'])}`). Coverage: share of "
+        "ordered pairs of quiet runs (i, j) where run i's point lies inside run j's 95% interval (about 83% "
+        "expected for correct, equally precise intervals). Target met: the Δs whose group stopped with its 95% "
+        "half-width within the target. Timm way: mean of 50 steps per model, models one after another; its "
+        "interval is Welch's t on the step times (timm prints none). Loaded = two busy processes on the cores, "
+        "started by the benchmark.",
+        "",
+    ]
     for name, block in res["hosts"].items():
         lines += render_host(name, block, keys, res.get("settings"))
     return "\n".join(lines)
@@ -238,8 +287,11 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--backbones", default="resnet18,resnet50")
     p.add_argument("--modules", default="none,se,cbam,nonlocal")
-    p.add_argument("--hosts", default="idle,emulated", help="idle and/or emulated (a slower, noisier host: "
-                   "benchmarks/emulated_host.py)")
+    p.add_argument(
+        "--hosts",
+        default="idle,emulated",
+        help="idle and/or emulated (a slower, noisier host: benchmarks/emulated_host.py)",
+    )
     p.add_argument("--out", default=str(HERE.parent / "results"))
     p.add_argument("--no-loaded", action="store_true", help="skip the two-busy-processes runs")
     p.add_argument("--no-timm", action="store_true", help="skip timm's benchmark.py way")
@@ -259,17 +311,27 @@ def main():
 
     from attnbench.run.env import cpu_name
 
-    res = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs, euid {os.geteuid()}", "repeats": a.repeats,
-           "settings": default_latency(), "hosts": {}}
+    res = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, euid {os.geteuid()}",
+        "repeats": a.repeats,
+        "settings": default_latency(),
+        "hosts": {},
+    }
     for host in a.hosts.split(","):
-        with (nullcontext(None) if host == "idle" else emulated_host()) as h:
-            block = {"describe": h["describe"] if h else "nothing else running", "quiet": {"harness": [], "timm": []},
-                     "loaded": {}}
+        with nullcontext(None) if host == "idle" else emulated_host() as h:
+            block = {
+                "describe": h["describe"] if h else "nothing else running",
+                "quiet": {"harness": [], "timm": []},
+                "loaded": {},
+            }
             for i in range(a.repeats):
                 block["quiet"]["harness"].append(harness_run(backbones, modules, host=h))
                 if not a.no_timm:
                     block["quiet"]["timm"].append(timm_run(backbones, modules, host=h))
-                print(f"{host} {i + 1}/{a.repeats}: harness {block['quiet']['harness'][-1]['wall_s']:.0f} s", file=sys.stderr)
+                print(
+                    f"{host} {i + 1}/{a.repeats}: harness {block['quiet']['harness'][-1]['wall_s']:.0f} s",
+                    file=sys.stderr,
+                )
             if host == "idle" and not a.no_loaded:
                 with Load():
                     block["loaded"]["harness (nice -20 asked)"] = harness_run(backbones, modules)

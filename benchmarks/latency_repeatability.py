@@ -3,6 +3,7 @@ suite's settings and report the coefficient of variation (std/mean) of the media
 
     python benchmarks/latency_repeatability.py [--backbone resnet18] [--module none] [--repeats 5]
 """
+
 import argparse
 import statistics
 
@@ -29,8 +30,10 @@ def main():
         iqrs.append(m.stats["iqr_ms"])
     mean = statistics.fmean(medians)
     cv = statistics.stdev(medians) / mean if len(medians) > 1 else 0.0
-    print(f"{a.backbone}+{a.module}, {suite.input_size[0]}x{suite.input_size[1]}, batch {suite.batch_size}, "
-          f"threads {settings.threads}, {settings.rounds} rounds x {settings.min_time} s")
+    print(
+        f"{a.backbone}+{a.module}, {suite.input_size[0]}x{suite.input_size[1]}, batch {suite.batch_size}, "
+        f"threads {settings.threads}, {settings.rounds} rounds x {settings.min_time} s"
+    )
     print("medians ms: " + ", ".join(f"{v:.2f}" for v in medians) + f"  (IQRs: {', '.join(f'{v:.2f}' for v in iqrs)})")
     print(f"mean of medians {mean:.2f} ms, CV {100 * cv:.1f}%")
 

@@ -7,6 +7,7 @@ you want to emulate); it measures the machine, not the code.
 
     python benchmarks/latency_trace.py --backbone resnet50 --minutes 12 --out /tmp/trace-r50.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,19 @@ def main():
                 calls.append((round(t0 - t_origin, 6), i, round(t1 - t0, 7), share))
         gc.enable()
     with open(a.out, "w") as f:
-        json.dump({"backbone": a.backbone, "labels": labels, "threads": a.threads, "cpu": cpu_name(),
-                   "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-                   "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "priority": prio,
-                   "calls": calls}, f)
+        json.dump(
+            {
+                "backbone": a.backbone,
+                "labels": labels,
+                "threads": a.threads,
+                "cpu": cpu_name(),
+                "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "priority": prio,
+                "calls": calls,
+            },
+            f,
+        )
     print(f"{len(calls)} calls in {a.minutes} min -> {a.out}")
 
 

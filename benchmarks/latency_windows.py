@@ -8,6 +8,7 @@ one after another are concatenated in time order, so windows also cross process 
 
     python benchmarks/latency_windows.py /tmp/trace-r50-*.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ def cycles(calls, n):
 
 def round_values(cyc, base, var, limit=CLEAN_WAIT):
     """Median over a round's clean pairs of ln(t_var / t_base); None with fewer than MIN_PAIRS."""
-    d = [math.log(c[var][0] / c[base][0]) for _, c in cyc
-         if (c[var][1] is None or c[var][1] <= limit) and (c[base][1] is None or c[base][1] <= limit)]
+    d = [
+        math.log(c[var][0] / c[base][0])
+        for _, c in cyc
+        if (c[var][1] is None or c[var][1] <= limit) and (c[base][1] is None or c[base][1] <= limit)
+    ]
     return statistics.median(d) if len(d) >= MIN_PAIRS else None
 
 
@@ -67,7 +71,7 @@ def batch_interval(values, batches):
     k = len(values) // batches
     if k < 1 or batches < 2:
         return t_interval(values)
-    means = [statistics.fmean(values[b * k:(b + 1) * k]) for b in range(batches)]
+    means = [statistics.fmean(values[b * k : (b + 1) * k]) for b in range(batches)]
     return statistics.fmean(values), t_quantile(0.975, batches - 1) * statistics.stdev(means) / math.sqrt(batches)
 
 
@@ -85,9 +89,13 @@ def hac_interval(values, lag=None):
     return m, t_quantile(0.975, n - 1) * se
 
 
-ESTIMATORS = {"t over rounds": lambda v: t_interval(v), "batch means x4": lambda v: batch_interval(v, 4),
-              "batch means x5": lambda v: batch_interval(v, 5), "batch means x8": lambda v: batch_interval(v, 8),
-              "newey-west": lambda v: hac_interval(v)}
+ESTIMATORS = {
+    "t over rounds": lambda v: t_interval(v),
+    "batch means x4": lambda v: batch_interval(v, 4),
+    "batch means x5": lambda v: batch_interval(v, 5),
+    "batch means x8": lambda v: batch_interval(v, 8),
+    "newey-west": lambda v: hac_interval(v),
+}
 
 
 def run_window(cyc, t_start, labels, round_s, target, budget, min_rounds, estimator):
@@ -155,8 +163,10 @@ def main():
     labels, calls = load(a.traces)
     cyc = cycles(calls, len(labels))
     span = cyc[-1][0] - cyc[0][0]
-    print(f"{len(cyc)} cycles over {span:.0f} s; medians ms: " + ", ".join(
-        f"{lab} {1e3 * statistics.median(c[i][0] for _, c in cyc):.2f}" for i, lab in enumerate(labels)))
+    print(
+        f"{len(cyc)} cycles over {span:.0f} s; medians ms: "
+        + ", ".join(f"{lab} {1e3 * statistics.median(c[i][0] for _, c in cyc):.2f}" for i, lab in enumerate(labels))
+    )
     for round_s, budget, (name, est) in itertools.product(a.round_s, a.budget, ESTIMATORS.items()):
         spacing = a.spacing or budget
         runs, used = [], []
@@ -172,9 +182,12 @@ def main():
         hw = statistics.median((hi - lo) / 2 for r in runs for (p, lo, hi) in r.values())
         sd = statistics.fmean(statistics.stdev([r[k][0] for r in runs if k in r]) for k in keys)
         hits, pairs = sum(c[0] for c in cov), sum(c[1] for c in cov)
-        print(f"round {round_s:.2f}s budget {budget:>4.0f}s {name:>15}: {len(runs):>2} runs, mean {statistics.fmean(used):4.0f} s; "
-              f"coverage {100 * hits / max(1, pairs):3.0f}% (" + ", ".join(f"{k} {100 * h / max(1, p):.0f}%" for k, (h, p) in zip(keys, cov))
-              + f"); median half-width {hw:.2f}; sd between runs {sd:.2f}")
+        print(
+            f"round {round_s:.2f}s budget {budget:>4.0f}s {name:>15}: {len(runs):>2} runs, mean {statistics.fmean(used):4.0f} s; "
+            f"coverage {100 * hits / max(1, pairs):3.0f}% ("
+            + ", ".join(f"{k} {100 * h / max(1, p):.0f}%" for k, (h, p) in zip(keys, cov))
+            + f"); median half-width {hw:.2f}; sd between runs {sd:.2f}"
+        )
 
 
 if __name__ == "__main__":

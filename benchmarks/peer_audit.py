@@ -18,6 +18,7 @@ In a worker the model is built once, counted by attnbench's convention first and
 tools leave buffers and hooks behind). Counting only, no timing: safe on a busy machine, but slow
 (the pairs are built per tool).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,22 @@ import sys
 import time
 
 AUDIT_BACKBONES = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenetv2_100", "efficientnet_b0"]
-AUDIT_MODULES = ["se", "cbam", "nonlocal", "eca", "gc", "sk", "coord", "simam", "triplet", "bam", "srm", "ge_theta",
-                 "ese", "sge"]
+AUDIT_MODULES = [
+    "se",
+    "cbam",
+    "nonlocal",
+    "eca",
+    "gc",
+    "sk",
+    "coord",
+    "simam",
+    "triplet",
+    "bam",
+    "srm",
+    "ge_theta",
+    "ese",
+    "sge",
+]
 
 # convention -> (folder glob under --peers, how to call the tool)
 TOOLS = {
@@ -73,13 +88,24 @@ def run_tool(how: str, model, x):
         from ptflops import get_model_complexity_info
 
         arg = next(iter(inspect.signature(model.forward).parameters))
-        ops, params = get_model_complexity_info(model, tuple(x.shape[-2:]), print_per_layer_stat=False,
-                                                as_strings=False, input_constructor=lambda res: {arg: x})
+        ops, params = get_model_complexity_info(
+            model,
+            tuple(x.shape[-2:]),
+            print_per_layer_stat=False,
+            as_strings=False,
+            input_constructor=lambda res: {arg: x},
+        )
     else:
         from ptflops import get_model_complexity_info
 
-        ops, params = get_model_complexity_info(model, tuple(x.shape[1:]), print_per_layer_stat=False, as_strings=False,
-                                                input_constructor=lambda res: x, backend=how.split("-")[1])
+        ops, params = get_model_complexity_info(
+            model,
+            tuple(x.shape[1:]),
+            print_per_layer_stat=False,
+            as_strings=False,
+            input_constructor=lambda res: x,
+            backend=how.split("-")[1],
+        )
     return float(ops), float(params)
 
 
@@ -117,8 +143,11 @@ def worker(convention: str, how: str, which: str, size: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--peers", default=os.environ.get("ATTNBENCH_PEERS", "/tmp/peers"))
-    p.add_argument("--set", default="audit", help="'audit' (68 pairs), a suite name/path (its backbones x modules) "
-                   "or backbone/module[,backbone/module...]")
+    p.add_argument(
+        "--set",
+        default="audit",
+        help="'audit' (68 pairs), a suite name/path (its backbones x modules) or backbone/module[,backbone/module...]",
+    )
     p.add_argument("--only", action="append", default=[], help="one convention (repeatable)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--json", help="also write every pair's counts here")
@@ -137,19 +166,31 @@ def main() -> int:
             continue
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([folders[0], os.getcwd()]))
         start = time.time()
-        out = subprocess.run([sys.executable, __file__, "--worker", convention, how, "--set", args.set,
-                              "--size", str(args.size)], env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", convention, how, "--set", args.set, "--size", str(args.size)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode != 0:
             print(f"{convention}: the worker failed: {out.stderr.strip().splitlines()[-1:]}")
             failed = True
             continue
         counted = [r for r in rows if "skipped" not in r]
-        exact = [r for r in counted if isinstance(r["ours"], list) and isinstance(r["real"], list)
-                 and r["ours"] == [int(r["real"][0]), int(r["real"][1])] and r["real"][0] == int(r["real"][0])]
+        exact = [
+            r
+            for r in counted
+            if isinstance(r["ours"], list)
+            and isinstance(r["real"], list)
+            and r["ours"] == [int(r["real"][0]), int(r["real"][1])]
+            and r["real"][0] == int(r["real"][0])
+        ]
         refused = [r for r in counted if isinstance(r["ours"], str)]
-        print(f"{convention} vs {os.path.basename(folders[0])}: {len(exact)} of {len(counted)} pairs exact"
-              f"{f', {len(refused)} refused' if refused else ''} ({time.time() - start:.0f} s)")
+        print(
+            f"{convention} vs {os.path.basename(folders[0])}: {len(exact)} of {len(counted)} pairs exact"
+            f"{f', {len(refused)} refused' if refused else ''} ({time.time() - start:.0f} s)"
+        )
         for r in counted:
             if r in exact:
                 continue
@@ -161,8 +202,10 @@ def main() -> int:
                 print(f"  {'/'.join(r['pair'])}: ours {r['ours']}, the tool failed: {r['real']}")
                 continue
             (o, op), (t, tp) = r["ours"], r["real"]
-            print(f"  {'/'.join(r['pair'])}: ops ours {o:,} tool {t:,.0f} ({(o - t) / t:+.2%}); "
-                  f"params ours {op:,} tool {tp:,.0f} ({op - tp:+,.0f})")
+            print(
+                f"  {'/'.join(r['pair'])}: ops ours {o:,} tool {t:,.0f} ({(o - t) / t:+.2%}); "
+                f"params ours {op:,} tool {tp:,.0f} ({op - tp:+,.0f})"
+            )
         report[convention] = rows
     if args.json:
         with open(args.json, "w") as f:

@@ -4,6 +4,7 @@
 
 Speed lives here, not in tests/: nothing is asserted about time.
 """
+
 from importlib.metadata import distribution
 
 import pytest
@@ -16,9 +17,13 @@ from attnbench.measures.flops import count_flops
 def first_party_modules():
     """attnbench's own modules from its entry points, minus the timm: wrappers (as tests/formulas.py;
     benchmarks/ cannot import tests/), so a new module is benchmarked without editing this file."""
-    return sorted(ep.name for ep in distribution("attnbench").entry_points
-                  if ep.group == "attnbench.modules" and ep.value.startswith("attnbench.modules.")
-                  and not ep.value.startswith("attnbench.modules.timm_attn:"))
+    return sorted(
+        ep.name
+        for ep in distribution("attnbench").entry_points
+        if ep.group == "attnbench.modules"
+        and ep.value.startswith("attnbench.modules.")
+        and not ep.value.startswith("attnbench.modules.timm_attn:")
+    )
 
 
 MODULES = first_party_modules()

@@ -5,6 +5,7 @@
 Both calls come from attnbench.measures.runtimes.prepare, so the ONNX Runtime one has been checked against eager
 before it is timed. Speed lives here, not in tests/: nothing is asserted about time.
 """
+
 import pytest
 import timm
 import torch

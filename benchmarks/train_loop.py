@@ -7,6 +7,7 @@ Both loops run the same number of SGD steps on the same in-memory batches, inter
 attnbench/plain (target >= 0.9). attnbench's figure includes its per-epoch test-split scoring
 (kept tiny here) and, on CUDA, its loss check every 25 steps instead of every step.
 """
+
 import argparse
 import statistics
 import time
@@ -20,8 +21,12 @@ from attnbench.train.loop import TrainConfig, prepare, train_model
 
 def make_model(module, in_chans, classes, seed=0):
     torch.manual_seed(seed)
-    return adapt_stem(build("resnet18", module, backbone_kwargs={"num_classes": classes, "in_chans": in_chans}),
-                      kernel_size=3, stride=2, maxpool=False)
+    return adapt_stem(
+        build("resnet18", module, backbone_kwargs={"num_classes": classes, "in_chans": in_chans}),
+        kernel_size=3,
+        stride=2,
+        maxpool=False,
+    )
 
 
 def plain_loop(model, tx, ty, steps, batch, device="cpu"):
@@ -31,7 +36,7 @@ def plain_loop(model, tx, ty, steps, batch, device="cpu"):
     model.train()
     t0 = time.perf_counter()
     for i in range(steps):
-        x, y = tx[i * batch:(i + 1) * batch], ty[i * batch:(i + 1) * batch]
+        x, y = tx[i * batch : (i + 1) * batch], ty[i * batch : (i + 1) * batch]
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
@@ -52,7 +57,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     tx, ty, vx, vy, classes = prepare({"name": a.dataset, "train_subset": a.steps * a.batch})
-    data = (tx, ty, vx[:a.batch], vy[:a.batch], classes)  # tiny eval: we time the training steps
+    data = (tx, ty, vx[: a.batch], vy[: a.batch], classes)  # tiny eval: we time the training steps
     cfg = TrainConfig(epochs=1, batch_size=a.batch, lr=0.05, threads=a.threads, device=a.device)
     plain, ours = [], []
     for r in range(a.repeats):

@@ -16,6 +16,7 @@ the medians over rounds are printed. ``eval img/s`` is the per-epoch test scorin
 Speed is only half of a speed-up: suites/accuracy-speedups.yaml trains the accuracy recipe under each
 setting with 3 seeds and its table gives every top-1 against fp32 with a 95% interval (docs/accuracy.md).
 """
+
 import argparse
 import json
 import statistics
@@ -43,7 +44,9 @@ VARIANTS = {  # name -> TrainConfig overrides (plain: not attnbench's loop at al
 def parse_variant(spec, batch):
     name, _, b = spec.partition("@")
     if name not in VARIANTS:
-        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)} (suffix @BATCH for another batch size)")
+        raise SystemExit(
+            f"unknown variant {name!r}; known: {', '.join(VARIANTS)} (suffix @BATCH for another batch size)"
+        )
     return name, VARIANTS[name], int(b) if b else batch
 
 
@@ -64,7 +67,7 @@ def plain_loop(model, tx, ty, steps, batch, seed):
         perm = torch.randperm(len(tx), generator=gen)
         t0 = time.perf_counter()
         for i in range(steps):
-            idx = perm[i * batch:(i + 1) * batch]
+            idx = perm[i * batch : (i + 1) * batch]
             if i == 1 and not times:
                 first = time.perf_counter() - t0
             loss = loss_fn(model(tx[idx]), ty[idx])
@@ -106,9 +109,17 @@ def main():
                 results[key]["img_s"].append(rate)
                 results[key]["first_step_s"].append(first)
                 continue
-            cfg = TrainConfig(epochs=2, batch_size=batch, lr=0.05, warmup_steps=0, stem=stem, threads=a.threads,
-                              eval_batch_size=1000, **overrides)
-            data = (tx[:n], ty[:n], vx[:a.eval_images], vy[:a.eval_images], classes)
+            cfg = TrainConfig(
+                epochs=2,
+                batch_size=batch,
+                lr=0.05,
+                warmup_steps=0,
+                stem=stem,
+                threads=a.threads,
+                eval_batch_size=1000,
+                **overrides,
+            )
+            data = (tx[:n], ty[:n], vx[: a.eval_images], vy[: a.eval_images], classes)
             stats = train_model(model, data, cfg, seed=r)
             timed = stats["curve"][1]
             results[key]["img_s"].append(n / timed["s"])
@@ -116,10 +127,14 @@ def main():
             results[key]["eval_img_s"].append(a.eval_images / timed["eval_s"])
             print(f"round {r + 1}/{a.rounds} {key:>20}: {n / timed['s']:7.1f} img/s", flush=True)
     plain = statistics.median(results[f"plain@{a.batch}"]["img_s"]) if f"plain@{a.batch}" in results else None
-    print(f"\nresnet18 + {a.module}, stem {stem}, {a.dataset} {tuple(tx.shape[2:])}, {a.threads} threads, "
-          f"{a.steps} steps per epoch, median of {a.rounds} rounds ({torch.__version__}, "
-          f"{torch.backends.cpu.get_cpu_capability()})")
-    print("| variant | batch | train img/s | x plain fp32 | first step s | eval img/s |\n|---|---:|---:|---:|---:|---:|")
+    print(
+        f"\nresnet18 + {a.module}, stem {stem}, {a.dataset} {tuple(tx.shape[2:])}, {a.threads} threads, "
+        f"{a.steps} steps per epoch, median of {a.rounds} rounds ({torch.__version__}, "
+        f"{torch.backends.cpu.get_cpu_capability()})"
+    )
+    print(
+        "| variant | batch | train img/s | x plain fp32 | first step s | eval img/s |\n|---|---:|---:|---:|---:|---:|"
+    )
     for name, _, batch in variants:
         res = results[f"{name}@{batch}"]
         rate = statistics.median(res["img_s"])

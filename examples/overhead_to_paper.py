@@ -6,6 +6,7 @@
 Writes OUT_FOLDER/overhead-latency-vs-macs.png and OUT_FOLDER/overhead-table.tex, and prints the table.
 Nothing here imports torch: a store is read, not measured.
 """
+
 import sys
 from pathlib import Path
 
@@ -25,8 +26,9 @@ df = results.to_pandas()  # one row per cell and metric; Δ vs the backbone's `n
 
 # Filter: the modules (not the baselines), eager CPU latency and MACs, side by side per (backbone, module).
 cells = df[(df.module != "none") & df.metric.isin(["macs", "latency_cpu"]) & (df.runtime == "eager")]
-wide = cells.pivot_table(index=["backbone", "label"], columns="metric",
-                         values=["delta_pct", "delta_pct_low", "delta_pct_high"])
+wide = cells.pivot_table(
+    index=["backbone", "label"], columns="metric", values=["delta_pct", "delta_pct_low", "delta_pct_high"]
+)
 
 fig, ax = plt.subplots(figsize=(5, 3.5))
 for backbone, rows in wide.groupby(level="backbone"):

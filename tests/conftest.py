@@ -16,9 +16,21 @@ def install_package(src: Path, tmp_path_factory) -> Path:
     """A test package pip-installed (offline, no build isolation) into its own site folder."""
     target = tmp_path_factory.mktemp(f"{src.name}_site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(src)],
-        check=True, cwd=tmp_path_factory.mktemp(f"{src.name}_build"),
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+        cwd=tmp_path_factory.mktemp(f"{src.name}_build"),
     )
     return target
 

@@ -4,6 +4,7 @@ and the list of first-party modules read from attnbench's own entry points.
 Each formula counts weights and biases layer by layer; ``//`` is the papers' C/r (floored).
 Other test files import from here instead of restating a formula.
 """
+
 import math
 from importlib.metadata import distribution
 
@@ -12,9 +13,13 @@ def first_party_modules():
     """attnbench's own modules as its installed metadata declares them (pyproject's
     ``attnbench.modules`` group), minus the ``timm:`` wrappers: a new entry point appears here
     without editing any test, and ``FORMULAS`` must then have it."""
-    return sorted(ep.name for ep in distribution("attnbench").entry_points
-                  if ep.group == "attnbench.modules" and ep.value.startswith("attnbench.modules.")
-                  and not ep.value.startswith("attnbench.modules.timm_attn:"))
+    return sorted(
+        ep.name
+        for ep in distribution("attnbench").entry_points
+        if ep.group == "attnbench.modules"
+        and ep.value.startswith("attnbench.modules.")
+        and not ep.value.startswith("attnbench.modules.timm_attn:")
+    )
 
 
 def se_params(c, r=16):
@@ -147,10 +152,21 @@ def sge_params(c, groups=64):
 
 # registry name -> parameter count at C channels with the module's defaults
 FORMULAS = {
-    "se": se_params, "cbam": cbam_params, "nonlocal": nonlocal_params, "eca": eca_params, "eca_mlp": eca_mlp_params,
-    "gc": gc_params, "sk": sk_params, "coord": coord_params, "simam": simam_params,
-    "triplet": lambda c: triplet_params(), "bam": bam_params, "srm": srm_params, "ge_theta": ge_theta_params,
-    "ese": ese_params, "sge": sge_params,
+    "se": se_params,
+    "cbam": cbam_params,
+    "nonlocal": nonlocal_params,
+    "eca": eca_params,
+    "eca_mlp": eca_mlp_params,
+    "gc": gc_params,
+    "sk": sk_params,
+    "coord": coord_params,
+    "simam": simam_params,
+    "triplet": lambda c: triplet_params(),
+    "bam": bam_params,
+    "srm": srm_params,
+    "ge_theta": ge_theta_params,
+    "ese": ese_params,
+    "sge": sge_params,
 }
 
 

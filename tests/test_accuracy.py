@@ -1,4 +1,5 @@
 """Datasets, seeded training and accuracy tables (digits: seconds; Fashion-MNIST when installed)."""
+
 import dataclasses
 import gzip
 import struct
@@ -79,14 +80,44 @@ def test_seeded_digits_training_is_bit_for_bit_reproducible():
 
 def _record(label, seed, curve, position):
     """A stored accuracy record as the runner writes it, with a hand-made curve (no training)."""
-    stats = {"top1": curve[-1], "top5": 99.0, "final_train_loss": 0.5, "train_images_per_s": 100.0, "params": 1e6,
-             "wall_s": 10.0, "train_size": 1000, "curve": [{"epoch": e + 1, "images_seen": 1000 * (e + 1), "test_top1": t,
-                                                         "test_loss": 1.0, "train_loss": 0.5} for e, t in enumerate(curve)]}
-    return Record.from_dict({
-        "key": f"{label}-{seed}", "metric": "accuracy", "status": "ok", "suite": "hand", "backbone": "resnet18",
-        "label": label, "module": label, "position": [0, position], "env": {"torch": "x"},
-        "measurement": {"metric": "accuracy", "value": curve[-1], "unit": "% top-1", "method": "hand", "stats": stats},
-        "config": {"seed": seed, "dataset": {"name": "digits"}, "training": {"epochs": len(curve), "batch_size": 100}}})
+    stats = {
+        "top1": curve[-1],
+        "top5": 99.0,
+        "final_train_loss": 0.5,
+        "train_images_per_s": 100.0,
+        "params": 1e6,
+        "wall_s": 10.0,
+        "train_size": 1000,
+        "curve": [
+            {"epoch": e + 1, "images_seen": 1000 * (e + 1), "test_top1": t, "test_loss": 1.0, "train_loss": 0.5}
+            for e, t in enumerate(curve)
+        ],
+    }
+    return Record.from_dict(
+        {
+            "key": f"{label}-{seed}",
+            "metric": "accuracy",
+            "status": "ok",
+            "suite": "hand",
+            "backbone": "resnet18",
+            "label": label,
+            "module": label,
+            "position": [0, position],
+            "env": {"torch": "x"},
+            "measurement": {
+                "metric": "accuracy",
+                "value": curve[-1],
+                "unit": "% top-1",
+                "method": "hand",
+                "stats": stats,
+            },
+            "config": {
+                "seed": seed,
+                "dataset": {"name": "digits"},
+                "training": {"epochs": len(curve), "batch_size": 100},
+            },
+        }
+    )
 
 
 def test_table_interval_verdict_and_convergence_from_records():
@@ -97,13 +128,22 @@ def test_table_interval_verdict_and_convergence_from_records():
     recs = [_record("none", s, [85 + s, 88 + s], 0) for s in range(3)]
     recs += [_record("se", s, [92 + s, 90 + s], 1) for s in range(3)]  # best at epoch 1 (mean 93), final mean 91
     recs += [_record("cbam", s, [70, 80 + 2 * s], 2) for s in range(3)]
-    recs += [dataclasses.replace(_record("nonlocal", 0, [50], 3), status="skipped", measurement=None)]  # a cuda cell, no CUDA here
+    recs += [
+        dataclasses.replace(_record("nonlocal", 0, [50], 3), status="skipped", measurement=None)
+    ]  # a cuda cell, no CUDA here
     rows = {r["label"]: r for r in accuracy_rows(recs)}
     assert rows["se"]["best_top1"] == 93.0 and rows["se"]["best_epoch"] == 1
     assert rows["none"]["curve"]["test_top1"] == [86.0, 89.0] and rows["none"]["curve"]["images_seen"] == [1000, 2000]
     md = render_accuracy(recs)
     lines = {ln.split(" | ")[1]: ln.split(" | ") for ln in md.splitlines() if ln.startswith("| resnet18")}
-    assert lines["se"][3:9] == ["91.00 ± 1.00", "93.00", "1", "+2.00 [-0.27, +4.27]", "no detectable difference ‡", "3.04"]
+    assert lines["se"][3:9] == [
+        "91.00 ± 1.00",
+        "93.00",
+        "1",
+        "+2.00 [-0.27, +4.27]",
+        "no detectable difference ‡",
+        "3.04",
+    ]
     assert lines["cbam"][6:8] == ["-7.00 [-11.16, -2.84]", "worse ‡"]
     assert lines["none"][6:9] == ["—", "—", "—"]
     assert lines["nonlocal"][2:5] == ["0/1", "skipped", "—"]
@@ -114,27 +154,70 @@ def test_table_interval_verdict_and_convergence_from_records():
 def _trained(label, seed, finals, position, epochs, peak=0.1, **training):
     """A record as train_cell writes it (with its full recipe): top-1 0.2 pp below `finals` one epoch before the
     end, the schedule's LR at 1% of its peak at the last epoch."""
-    recipe = {"epochs": epochs, "batch_size": 100, "optimizer": "sgd", "lr": peak, "momentum": 0.9, "weight_decay": 5e-4,
-              "warmup_steps": 10, "label_smoothing": 0.1, "threads": 2, "amp": "bf16", "channels_last": True,
-              "compile": True, "stem": {"stride": 2}, **training}
-    curve = [{"epoch": e + 1, "images_seen": 1000 * (e + 1), "test_top1": finals - 0.2 * (epochs - 1 - e), "test_loss": 1.0,
-              "train_loss": 0.5, "lr": peak * (0.01 if e == epochs - 1 else 0.5)} for e in range(epochs)]
-    stats = {"top1": finals, "final_train_loss": 0.5, "train_images_per_s": 100.0, "params": 1e6, "wall_s": 10.0,
-             "train_size": 1000, "threads": 2, "curve": curve, "recipe": recipe}
-    return Record.from_dict({
-        "key": f"{label}-{seed}", "metric": "accuracy", "status": "ok", "suite": "hand", "backbone": "resnet18",
-        "label": label, "module": label.split("-")[0], "position": [0, position], "env": {"torch": "x"},
-        "measurement": {"metric": "accuracy", "value": finals, "unit": "% top-1", "method": "hand", "stats": stats},
-        "config": {"seed": seed, "dataset": {"name": "digits"}, "training": {"epochs": epochs}}})
+    recipe = {
+        "epochs": epochs,
+        "batch_size": 100,
+        "optimizer": "sgd",
+        "lr": peak,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "warmup_steps": 10,
+        "label_smoothing": 0.1,
+        "threads": 2,
+        "amp": "bf16",
+        "channels_last": True,
+        "compile": True,
+        "stem": {"stride": 2},
+        **training,
+    }
+    curve = [
+        {
+            "epoch": e + 1,
+            "images_seen": 1000 * (e + 1),
+            "test_top1": finals - 0.2 * (epochs - 1 - e),
+            "test_loss": 1.0,
+            "train_loss": 0.5,
+            "lr": peak * (0.01 if e == epochs - 1 else 0.5),
+        }
+        for e in range(epochs)
+    ]
+    stats = {
+        "top1": finals,
+        "final_train_loss": 0.5,
+        "train_images_per_s": 100.0,
+        "params": 1e6,
+        "wall_s": 10.0,
+        "train_size": 1000,
+        "threads": 2,
+        "curve": curve,
+        "recipe": recipe,
+    }
+    return Record.from_dict(
+        {
+            "key": f"{label}-{seed}",
+            "metric": "accuracy",
+            "status": "ok",
+            "suite": "hand",
+            "backbone": "resnet18",
+            "label": label,
+            "module": label.split("-")[0],
+            "position": [0, position],
+            "env": {"torch": "x"},
+            "measurement": {"metric": "accuracy", "value": finals, "unit": "% top-1", "method": "hand", "stats": stats},
+            "config": {"seed": seed, "dataset": {"name": "digits"}, "training": {"epochs": epochs}},
+        }
+    )
 
 
 def test_settings_line_names_the_whole_recipe_and_rows_trained_otherwise():
     recs = [_trained("none", s, 88.0 + 0.2 * s, 0, epochs=2) for s in range(3)]
     recs += [_trained("none-fp32", s, 88.1 + 0.2 * s, 1, epochs=2, amp=None, compile=False) for s in range(3)]
     md = render_accuracy(recs)
-    assert ("Recipe: batch 100; SGD lr 0.1, Nesterov momentum 0.9, weight decay 0.0005; 10 warm-up steps then cosine to 0 "
-            "(per step); label smoothing 0.1; stem {'stride': 2}; cpu, 2 threads, bf16 autocast, channels_last, "
-            "torch.compile (inductor).") in md
+    assert (
+        "Recipe: batch 100; SGD lr 0.1, Nesterov momentum 0.9, weight decay 0.0005; 10 warm-up steps then cosine to 0 "
+        "(per step); label smoothing 0.1; stem {'stride': 2}; cpu, 2 threads, bf16 autocast, channels_last, "
+        "torch.compile (inductor)."
+    ) in md
     assert "Rows trained otherwise: none-fp32: amp None, compile False." in md
     # the first `none` row is the baseline: none-fp32 is compared with it (88.3 - 88.2 = +0.10)
     rows = {r["label"]: r for r in accuracy_rows(recs)}
@@ -157,15 +240,20 @@ def test_a_longer_run_of_the_baseline_checks_the_plateau():
     recs += [_trained("se", s, 87.0 + 0.2 * s, 1, epochs=2) for s in range(3)]
     longer = [_trained("none-2x", s, 88.3 + 0.2 * s, 2, epochs=4) for s in range(3)]
     md = render_accuracy(recs + longer)
-    assert ("resnet18: baseline's last epoch +0.20 pp (<= 0.5 pp), and trained 2x as many epochs (`none-2x`) it scores "
-            "+0.30 pp [-0.15, +0.75]: at its plateau (<= 0.5 pp).") in md
+    assert (
+        "resnet18: baseline's last epoch +0.20 pp (<= 0.5 pp), and trained 2x as many epochs (`none-2x`) it scores "
+        "+0.30 pp [-0.15, +0.75]: at its plateau (<= 0.5 pp)."
+    ) in md
     assert "Rows trained otherwise: none-2x: epochs 4." in md and "not converged" not in md.split("- Δtop-1")[0]
     se = next(ln for ln in md.splitlines() if ln.startswith("| resnet18 | se |")).split(" | ")
     assert se[6:8] == ["-1.00 [-1.45, -0.55]", "worse"]  # against `none` (mean 88.2), not `none-2x`
     # the longer run still gains 0.9 pp: not converged, and every verdict carries ‡
     longer = [_trained("none-2x", s, 88.9 + 0.2 * s, 2, epochs=4) for s in range(3)]
     md = render_accuracy(recs + longer)
-    assert "**not converged: Δ describes this budget** (the baseline trained 2x as many epochs, `none-2x`, scores +0.90 pp" in md
+    assert (
+        "**not converged: Δ describes this budget** (the baseline trained 2x as many epochs, `none-2x`, scores +0.90 pp"
+        in md
+    )
     se = next(ln for ln in md.splitlines() if ln.startswith("| resnet18 | se |")).split(" | ")
     assert se[7] == "worse ‡"
     # a longer run under other settings (here another LR) is no plateau check
@@ -174,15 +262,26 @@ def test_a_longer_run_of_the_baseline_checks_the_plateau():
 
 
 def test_diverging_cell_fails_with_nan_and_others_land(tmp_path):
-    suite = parse_suite({
-        "name": "diverge", "kind": "accuracy", "backbones": ["resnet18"],
-        "modules": ["none", {"name": "se-hot", "module": "se", "training": {"lr": 1.0e12, "optimizer": "sgd"}}],
-        "dataset": {"name": "digits", "train_subset": 300}, "training": TINY, "seeds": [0, 1],
-    }, "diverge.yaml")
+    suite = parse_suite(
+        {
+            "name": "diverge",
+            "kind": "accuracy",
+            "backbones": ["resnet18"],
+            "modules": ["none", {"name": "se-hot", "module": "se", "training": {"lr": 1.0e12, "optimizer": "sgd"}}],
+            "dataset": {"name": "digits", "train_subset": 300},
+            "training": TINY,
+            "seeds": [0, 1],
+        },
+        "diverge.yaml",
+    )
     result = run_suite(suite, tmp_path)
     status = {(r.label, r.seed): r for r in result.records}
     assert {k: r.status for k, r in status.items()} == {
-        ("none", 0): "ok", ("none", 1): "ok", ("se-hot", 0): "failed", ("se-hot", 1): "failed"}
+        ("none", 0): "ok",
+        ("none", 1): "ok",
+        ("se-hot", 0): "failed",
+        ("se-hot", 1): "failed",
+    }
     err = status[("se-hot", 0)].error
     assert err["type"] == "NonFiniteLoss" and "lower training.lr" in err["message"]
     md = (tmp_path / "diverge.md").read_text()
@@ -223,8 +322,13 @@ def test_accuracy_suites_validate():
     # candidates auto chooses between (fp32 and bf16 + channels_last), everything else identical
     pinned = ("amp", "channels_last")
     assert s.training["amp"] == s.training["channels_last"] == "auto"
-    assert {k: v for k, v in speedups.training.items() if k not in pinned} == {k: v for k, v in s.training.items() if k not in pinned}
-    assert speedups.dataset == s.dataset and (speedups.training["amp"], speedups.training["channels_last"]) == ("bf16", True)
+    assert {k: v for k, v in speedups.training.items() if k not in pinned} == {
+        k: v for k, v in s.training.items() if k not in pinned
+    }
+    assert speedups.dataset == s.dataset and (speedups.training["amp"], speedups.training["channels_last"]) == (
+        "bf16",
+        True,
+    )
     full, gpu = load_suite("accuracy-full"), load_suite("accuracy-gpu")
     assert full.training["amp"] == full.training["channels_last"] == "auto"
     assert full.dataset == {"name": "fashion_mnist"} and len(full.seeds) >= 3 and full.training["epochs"] >= 20
@@ -232,8 +336,16 @@ def test_accuracy_suites_validate():
     for suite in (s, speedups, full, gpu, load_suite("accuracy-smoke"), load_suite("accuracy-full-epoch")):
         assert validate_training(suite.training, suite.dataset) == [], suite.name
     with pytest.raises(AttnBenchError, match="field 'training.epoch': unknown setting"):
-        parse_suite({"kind": "accuracy", "backbones": ["resnet18"], "modules": ["se"], "dataset": "digits",
-                     "training": {"epoch": 1}}, "x.yaml")
+        parse_suite(
+            {
+                "kind": "accuracy",
+                "backbones": ["resnet18"],
+                "modules": ["se"],
+                "dataset": "digits",
+                "training": {"epoch": 1},
+            },
+            "x.yaml",
+        )
     with pytest.raises(AttnBenchError, match="field 'dataset.name': unknown dataset 'digit'; did you mean 'digits'"):
         parse_suite({"kind": "accuracy", "backbones": ["resnet18"], "modules": ["se"], "dataset": "digit"}, "x.yaml")
 

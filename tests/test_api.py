@@ -1,4 +1,5 @@
 """attnbench from Python: load stores into Results (pandas, LaTeX, HTML, notebooks), `--format`, and run()."""
+
 import json
 import math
 import os
@@ -32,9 +33,19 @@ HOSTILE = "a_b%c&d#e$f\\g{h}i|j\nk ü 中 [x] --~^<>\"'`"
 def rec(label, metric, value=None, status="ok", position=(0, 0), stats=None, backbone="resnet18", **kw):
     module = "none" if label == "none" else "se"
     m = None if value is None else Measurement(metric, value, "x", "test", {}, stats or {})
-    return Record(key=f"{backbone}-{label}-{metric}", suite="t", backbone=backbone, label=label, module=module,
-                  metric=metric, position=position, config={"input_size": [64, 64], "batch_size": 1}, status=status,
-                  measurement=m, **{"env": {"torch": "2.x", "threads": 2}, **kw})
+    return Record(
+        key=f"{backbone}-{label}-{metric}",
+        suite="t",
+        backbone=backbone,
+        label=label,
+        module=module,
+        metric=metric,
+        position=position,
+        config={"input_size": [64, 64], "batch_size": 1},
+        status=status,
+        measurement=m,
+        **{"env": {"torch": "2.x", "threads": 2}, **kw},
+    )
 
 
 def test_committed_stores_exist():
@@ -56,8 +67,13 @@ def test_to_pandas_values_are_the_records_exactly(store):
     assert len(df) == len(records) and df["key"].is_unique
     for row in df.itertuples(index=False):
         r = records[row.key]
-        assert (row.backbone, row.label, row.module, row.metric, row.status) == (r.backbone, r.label, r.module, r.metric,
-                                                                              r.status)
+        assert (row.backbone, row.label, row.module, row.metric, row.status) == (
+            r.backbone,
+            r.label,
+            r.module,
+            r.metric,
+            r.status,
+        )
         if r.value is None:
             assert math.isnan(row.value)
         else:
@@ -111,14 +127,42 @@ def test_accuracy_rows_carry_the_welch_delta_of_their_row():
 
 
 def test_schema_1_stores_are_read(tmp_path):
-    old = {"key": "k", "suite": "s", "backbone": "resnet50", "label": "se", "module": "se", "metric": "flops",
-           "options": {}, "position": [0, 1], "config": {"metric": "flops"}, "status": "ok",
-           "measurement": {"metric": "flops", "value": 4141013168, "unit": "FLOPs (multiply-adds)", "method": "fvcore",
-                           "settings": {}, "stats": {"fvcore": 4114027520}},
-           "error": None, "note": "", "attachment": None, "env": {"torch": "1.13"}, "host": "h", "pid": 1, "started": 0,
-           "ended": 1}
-    base = {**old, "key": "b", "label": "none", "module": "none", "position": [0, 0],
-            "measurement": {**old["measurement"], "value": 4111514624}}
+    old = {
+        "key": "k",
+        "suite": "s",
+        "backbone": "resnet50",
+        "label": "se",
+        "module": "se",
+        "metric": "flops",
+        "options": {},
+        "position": [0, 1],
+        "config": {"metric": "flops"},
+        "status": "ok",
+        "measurement": {
+            "metric": "flops",
+            "value": 4141013168,
+            "unit": "FLOPs (multiply-adds)",
+            "method": "fvcore",
+            "settings": {},
+            "stats": {"fvcore": 4114027520},
+        },
+        "error": None,
+        "note": "",
+        "attachment": None,
+        "env": {"torch": "1.13"},
+        "host": "h",
+        "pid": 1,
+        "started": 0,
+        "ended": 1,
+    }
+    base = {
+        **old,
+        "key": "b",
+        "label": "none",
+        "module": "none",
+        "position": [0, 0],
+        "measurement": {**old["measurement"], "value": 4111514624},
+    }
     path = tmp_path / "old.jsonl"
     path.write_text(json.dumps(base) + "\n" + json.dumps(old) + "\n")
     df = attnbench.load(path).to_pandas()
@@ -139,8 +183,9 @@ def test_a_folder_loads_every_store_and_errors_name_the_path(tmp_path):
 def test_where_selects_and_keeps_the_baselines():
     res = attnbench.load(RESULTS / "overhead.jsonl")
     sel = res.where(backbone="resnet50", module=["se", "cbam"], metric=["params", "latency_cpu"])
-    assert {(r.label, r.metric) for r in sel.records} == {(m, k) for m in ("none", "se", "cbam")
-                                                          for k in ("params", "latency_cpu")}
+    assert {(r.label, r.metric) for r in sel.records} == {
+        (m, k) for m in ("none", "se", "cbam") for k in ("params", "latency_cpu")
+    }
     assert {r.backbone for r in sel.records} == {"resnet50"}
     table = sel.table()
     assert "| resnet50 | se | block x16 | 28.088 | +2,530,992 | +9.90% | 39.07 (1.32) | +3.87% [+3.3, +4.4] |" in table
@@ -154,15 +199,18 @@ def test_where_selects_and_keeps_the_baselines():
 
 
 def test_load_and_tables_never_import_torch():
-    code = ("import sys, attnbench; r = attnbench.load('results'); r.table(); r.to_pandas(); r.to_latex(); "
-            "r._repr_html_(); r.table('json'); r.where(backbone='resnet50').table(); "
-            "print(sorted(m for m in ('torch', 'timm', 'fvcore') if m in sys.modules))")
+    code = (
+        "import sys, attnbench; r = attnbench.load('results'); r.table(); r.to_pandas(); r.to_latex(); "
+        "r._repr_html_(); r.table('json'); r.where(backbone='resnet50').table(); "
+        "print(sorted(m for m in ('torch', 'timm', 'fvcore') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
 # ---- LaTeX ---------------------------------------------------------------------------------------
+
 
 def test_tex_escapes_every_special_character():
     assert tex("_%&#$") == r"\_\%\&\#\$"
@@ -184,7 +232,9 @@ def test_markdown_rows_read_back_exactly():
 def _marked_records():
     return [
         rec("none", "macs", 2e9, stats={"conv_linear_matmul": 1.5e9}),
-        rec("odd", "macs", 2.1e9, position=(0, 1), stats={"conv_linear_matmul": 1.5e9, "unhandled": {"aten::cumsum": 2}}),
+        rec(
+            "odd", "macs", 2.1e9, position=(0, 1), stats={"conv_linear_matmul": 1.5e9, "unhandled": {"aten::cumsum": 2}}
+        ),
         rec("none", "latency_cpu", 3.0, stats={"iqr_ms": 0.1, "images_per_s": 333.3}),
         rec("odd", "latency_cpu", 3.5, position=(0, 1), stats={"iqr_ms": 0.5, "images_per_s": 285.7, "unstable": True}),
     ]
@@ -197,7 +247,7 @@ def test_latex_is_booktabs_with_aligned_numbers_and_marks_as_footnotes():
     assert r"\begin{tabular}{@{}l l l r@{}l r@{}l r@{}l r@{}l r@{}l r@{}l@{}}" in latex  # numbers split at the point
     assert r"2 & .100$^{\ddagger}$" in latex and r"3 & .50 (0.50)$^{\dagger}$" in latex
     assert r"+5 & .00\%" in latex and r"+16 & .67\%" in latex  # Δ% of MACs and latency vs `none`
-    notes = latex[latex.index(r"\begin{minipage}"):]
+    notes = latex[latex.index(r"\begin{minipage}") :]
     assert r"$^{\ddagger}$ operators with no counting rule, so not in these MACs: aten::cumsum" in notes
     assert r"$^{\dagger}$ IQR above 10\% of the median" in notes
     df = Results([_Part("marks", None, tuple(records), tuple(records))]).to_pandas()
@@ -211,7 +261,9 @@ def test_every_mark_becomes_a_superscript_symbol():
     assert superscript("§✗°2¶†‡") == r"$^{\S\times\circ 2\P\dagger\ddagger}$"
     assert _cell("se§✗°2", False, True) == (r"se$^{\S\times\circ 2}$", ["§", "✗", "°2"])
     assert _cell("not supported¶", True, False) == (r"\multicolumn{2}{c}{not supported$^{\P}$}", ["¶"])
-    assert _cell("+1.25% [-0.3, +2.0] (unpaired)¶", True, False)[0] == r"+1 & .25\% {[}$-$0.3, +2.0{]} (unpaired)$^{\P}$"
+    assert (
+        _cell("+1.25% [-0.3, +2.0] (unpaired)¶", True, False)[0] == r"+1 & .25\% {[}$-$0.3, +2.0{]} (unpaired)$^{\P}$"
+    )
     assert _cell("-1,234 (+56)", True, False)[0] == r"$-$1,234 &  (+56)"  # an integer, then its rest
 
 
@@ -219,8 +271,14 @@ def _hostile_records():
     return [
         rec("none", "params", 1_000_000, backbone=HOSTILE),
         rec(HOSTILE, "params", 1_250_000, position=(0, 1), backbone=HOSTILE),
-        rec("bad", "params", status="failed", position=(0, 2), backbone=HOSTILE,
-            error={"type": "ValueError", "message": HOSTILE}),
+        rec(
+            "bad",
+            "params",
+            status="failed",
+            position=(0, 2),
+            backbone=HOSTILE,
+            error={"type": "ValueError", "message": HOSTILE},
+        ),
     ]
 
 
@@ -237,11 +295,18 @@ def test_hostile_labels_are_escaped_everywhere():
 
 def _pdflatex(tmp_path, fragment, name="t"):
     (tmp_path / f"{name}-table.tex").write_text(fragment)
-    (tmp_path / f"{name}.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n"
-                                          "\\usepackage[paperwidth=60cm,paperheight=80cm,margin=1cm]{geometry}\n"
-                                          f"\\begin{{document}}\n\\input{{{name}-table.tex}}\n\\end{{document}}\n")
-    out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", f"{name}.tex"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    (tmp_path / f"{name}.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n"
+        "\\usepackage[paperwidth=60cm,paperheight=80cm,margin=1cm]{geometry}\n"
+        f"\\begin{{document}}\n\\input{{{name}-table.tex}}\n\\end{{document}}\n"
+    )
+    out = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", f"{name}.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = (tmp_path / f"{name}.log").read_text(errors="replace")
     assert out.returncode == 0, log[-3000:]
     assert "Missing character" not in log and "Undefined control sequence" not in log
@@ -266,6 +331,7 @@ def test_latex_compiles_with_pdflatex(tmp_path):
 
 # ---- --format ------------------------------------------------------------------------------------
 
+
 def test_report_and_compare_print_every_format(tmp_path, capsys):
     from test_cli import cli
 
@@ -275,8 +341,9 @@ def test_report_and_compare_print_every_format(tmp_path, capsys):
     res = attnbench.load(RESULTS / "overhead.jsonl")
     outs = {}
     for fmt in ("latex", "csv", "json"):
-        code, outs[fmt], err = cli(["report", str(RESULTS / "overhead.jsonl"), "--out", str(tmp_path), "--format", fmt],
-                                   capsys)
+        code, outs[fmt], err = cli(
+            ["report", str(RESULTS / "overhead.jsonl"), "--out", str(tmp_path), "--format", fmt], capsys
+        )
         assert code == 0, err
     assert outs["latex"] == res.to_latex()
     frame = res.to_pandas()
@@ -361,8 +428,19 @@ def test_sigterm_stops_a_run_with_what_it_stored(tmp_path, monkeypatch):
 
 def test_the_example_runs(tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "overhead_to_paper.py"), str(RESULTS / "overhead.jsonl"),
-                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "overhead_to_paper.py"),
+            str(RESULTS / "overhead.jsonl"),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "overhead-latency-vs-macs.png").stat().st_size > 10_000
     tex_table = (tmp_path / "overhead-table.tex").read_text()

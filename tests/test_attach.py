@@ -1,4 +1,5 @@
 """Attachment to timm backbones: exact counts against timm's own models and the papers."""
+
 import pytest
 import timm
 import torch

@@ -1,5 +1,6 @@
 """`attnbench check`: a clean module passes, each broken fixture fails its one check and only that one;
 errors inside an attached module name the module, the site and the plugin's line; hidden state is flagged."""
+
 import inspect
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def test_clean_residual_transform_passes_and_is_named_so():
     assert report.get("kind").detail.startswith("transform with its own residual")
 
 
-@pytest.mark.parametrize("name", ["se", "nonlocal", "simam", "sge", "srm", "bam", "sk", "timm:sk", "timm:halo",
-                                  "timm:bat", "timm:ge"])
+@pytest.mark.parametrize(
+    "name", ["se", "nonlocal", "simam", "sge", "srm", "bam", "sk", "timm:sk", "timm:halo", "timm:bat", "timm:ge"]
+)
 def test_builtin_modules_pass(name):
     """Our own modules pass our own check: those that cannot run everywhere declare it (min_spatial,
     min_train_batch, Unsupported for a site) and the check skips those cases with the reason."""
@@ -52,10 +54,14 @@ def test_builtin_modules_pass(name):
     assert not report.failed and report.exit_code == 0, render_check(report)
 
 
-@pytest.mark.parametrize("name, skipped", [
-    ("simam", "1x1 (declares min_spatial 2 (the official code divides by H*W - 1: NaN at 1x1): 1x1 is below it)"),
-    ("srm", "1x1 (declares min_spatial 2"), ("timm:bat", "15x9 (unsupported: timm's bat needs feature maps divisible by block_size 7; this site is 15x9"),
-])
+@pytest.mark.parametrize(
+    "name, skipped",
+    [
+        ("simam", "1x1 (declares min_spatial 2 (the official code divides by H*W - 1: NaN at 1x1): 1x1 is below it)"),
+        ("srm", "1x1 (declares min_spatial 2"),
+        ("timm:bat", "15x9 (unsupported: timm's bat needs feature maps divisible by block_size 7; this site is 15x9"),
+    ],
+)
 def test_declared_limits_are_skipped_with_the_reason(name, skipped):
     assert f"; skipped {skipped}" in run_check(name, "", {}).get("shape").detail
 
@@ -65,13 +71,26 @@ def test_nonlocal_is_a_residual_that_is_identity_at_init():
     assert "own residual" in kind and "equals its input at init" in kind
 
 
-@pytest.mark.parametrize("cls, check", [
-    ("WrongFirstParameter", "binding"), ("ChangesShape", "shape"), ("ListOfConvs", "state"),
-    ("TensorAttribute", "state"), ("WritesInput", "input"), ("NaNAtOnePixel", "finite"),
-    ("UnusedParameter", "gradients"), ("BatchNorm1dGate", "train batch 1"), ("NoiseInEval", "deterministic"),
-    ("FourierFilter", "macs"), ("MaskOnCpu", "device"), ("MixesBatch", "batch"), ("BatchMeanGate", "batch"),
-    ("ReturnsTuple", "shape"), ("BadLimit", "limits"),
-])
+@pytest.mark.parametrize(
+    "cls, check",
+    [
+        ("WrongFirstParameter", "binding"),
+        ("ChangesShape", "shape"),
+        ("ListOfConvs", "state"),
+        ("TensorAttribute", "state"),
+        ("WritesInput", "input"),
+        ("NaNAtOnePixel", "finite"),
+        ("UnusedParameter", "gradients"),
+        ("BatchNorm1dGate", "train batch 1"),
+        ("NoiseInEval", "deterministic"),
+        ("FourierFilter", "macs"),
+        ("MaskOnCpu", "device"),
+        ("MixesBatch", "batch"),
+        ("BatchMeanGate", "batch"),
+        ("ReturnsTuple", "shape"),
+        ("BadLimit", "limits"),
+    ],
+)
 def test_each_defect_fails_its_one_check(cls, check):
     report = run_check(f"{BROKEN}:{cls}", "", {})
     assert [r.name for r in report.failed] == [check], render_check(report)
@@ -86,7 +105,10 @@ def test_failure_details_name_the_culprit():
     grads = run_check(f"{BROKEN}:UnusedParameter", "", {}).get("gradients")
     assert grads.detail == "no gradient reaches temperature"
     line = inspect.getsourcelines(_broken("BatchNorm1dGate").forward)[1] + 1
-    assert f"(at check_modules/broken.py:{line})" in run_check(f"{BROKEN}:BatchNorm1dGate", "", {}).get("train batch 1").detail
+    assert (
+        f"(at check_modules/broken.py:{line})"
+        in run_check(f"{BROKEN}:BatchNorm1dGate", "", {}).get("train batch 1").detail
+    )
 
 
 def test_binding_flags_parameters_that_are_not_channel_counts():
@@ -123,8 +145,9 @@ def test_on_backbone_clean_gate_costs_by_hand():
     # params per block C^2/2 + 5C/4: C^2/2 over 8 blocks = 64^2 + 128^2 + 256^2 + 512^2 = 348,160,
     # 5C/4 over 8 blocks = 2 * 960 * 5/4 = 2,400: 350,560.
     # MACs per block 2*C*H*W + C^2/2 + 5C/4: 34,896 + 24,736 + 41,280 + 135,808 = 236,720, x2 = 473,440.
-    assert report.get("on resnet18").detail == ("block x8: +350,560 parameters, +473,440 MACs in the attached "
-                                                "modules at 64x64")
+    assert report.get("on resnet18").detail == (
+        "block x8: +350,560 parameters, +473,440 MACs in the attached modules at 64x64"
+    )
     assert "check:CleanGate" not in MODULES.names()  # the temporary registration is gone
 
 
@@ -134,7 +157,8 @@ def test_on_backbone_names_the_site_and_plugin_line():
     line = inspect.getsourcelines(_broken("FixedWidth").forward)[1] + 1
     assert report.failed[0].detail == (
         f"attention module 'check:FixedWidth' at layer2.0 (128 channels, input (1, 128, 8, 8)), check_modules/broken.py:"
-        f"{line}: RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x128 and 64x64)")
+        f"{line}: RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x128 and 64x64)"
+    )
 
 
 class _Timeout(nn.Module):
@@ -178,6 +202,7 @@ def test_render_lists_fix_and_exit():
 
 # ---- issue 21 / issue 20 item 5: what check now catches, and what it blames on the command line ----------
 
+
 def test_batch_dependence_is_caught_and_the_plugin_warning_shown_once():
     report = run_check(f"{BROKEN}:MixesBatch", "", {})
     batch = report.get("batch")
@@ -210,13 +235,18 @@ def test_hung_forward_ends_as_one_failure_within_its_timeout():
     assert statuses(report)["on resnet18"] == SKIP and statuses(report)["gradients"] == SKIP
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"channels": -8}, r"--channels must be an integer from 1 to 65,536, got -8"),
-    ({"channels": 0}, r"--channels must be"), ({"input_size": 0}, r"--input-size must be an integer from 1"),
-    ({"timeout": 0}, r"--timeout must be a positive number"), ({"backbone": "resnet181"}, r"unknown backbone 'resnet181'"),
-    ({"options": {"reducton": 8}}, r"does not accept options \['reducton'\]"),
-    ({"options": {"placement": "slot"}}, r"placement='slot' is not one of block, "),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"channels": -8}, r"--channels must be an integer from 1 to 65,536, got -8"),
+        ({"channels": 0}, r"--channels must be"),
+        ({"input_size": 0}, r"--input-size must be an integer from 1"),
+        ({"timeout": 0}, r"--timeout must be a positive number"),
+        ({"backbone": "resnet181"}, r"unknown backbone 'resnet181'"),
+        ({"options": {"reducton": 8}}, r"does not accept options \['reducton'\]"),
+        ({"options": {"placement": "slot"}}, r"placement='slot' is not one of block, "),
+    ],
+)
 def test_command_line_values_are_the_callers_error(kwargs, match):
     kwargs = {"backbone": "", "options": {}, **kwargs}
     with pytest.raises(AttnBenchError, match=match):
@@ -227,20 +257,35 @@ def test_cli_blames_the_command_line_with_exit_2_and_one_line():
     import subprocess
     import sys
 
-    bad = subprocess.run([sys.executable, "-m", "attnbench.cli", "check", "se", "--channels", "-8", "--timeout", "5"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "check", "se", "--channels", "-8", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip() == "error: --channels must be an integer from 1 to 65,536, got -8"
 
 
-@pytest.mark.parametrize("cls, advice", [
-    ("NoChannelParam", "NoChannelParam(kernel_size=3) takes no channel count: register an adapter that drops it, "
-                       "`lambda channels, **kw: NoChannelParam(**kw)`"),
-    ("NeedsOutWidth", "register an adapter: `lambda channels, **kw: NeedsOutWidth(channels, oup=channels, **kw)`"),
-    ("KeywordOnly", "register an adapter: `lambda channels, **kw: KeywordOnly(dim=channels, block_size=<block_size>, "
-                    "**kw)` (fill in the <placeholders>)"),
-    ("WrongFirstParameter", "register an adapter: `lambda channels, **kw: WrongFirstParameter(channels=channels, **kw)`"),
-])
+@pytest.mark.parametrize(
+    "cls, advice",
+    [
+        (
+            "NoChannelParam",
+            "NoChannelParam(kernel_size=3) takes no channel count: register an adapter that drops it, "
+            "`lambda channels, **kw: NoChannelParam(**kw)`",
+        ),
+        ("NeedsOutWidth", "register an adapter: `lambda channels, **kw: NeedsOutWidth(channels, oup=channels, **kw)`"),
+        (
+            "KeywordOnly",
+            "register an adapter: `lambda channels, **kw: KeywordOnly(dim=channels, block_size=<block_size>, "
+            "**kw)` (fill in the <placeholders>)",
+        ),
+        (
+            "WrongFirstParameter",
+            "register an adapter: `lambda channels, **kw: WrongFirstParameter(channels=channels, **kw)`",
+        ),
+    ],
+)
 def test_adapter_advice_fits_the_signature(cls, advice):
     binding = run_check(f"{BROKEN}:{cls}", "", {}).get("binding")
     assert binding.status == FAIL and binding.advice == advice
@@ -266,14 +311,21 @@ def test_data_movement_is_free_and_unknown_operators_are_not_called_too_low_for_
 def test_declared_limits_pass_and_a_malformed_one_fails():
     report = run_check(f"{CLEAN}:DeclaresLimits", "", {})
     assert report.exit_code == 0, render_check(report)
-    assert report.get("train batch 1").status == SKIP and "train mode runs at batch 2" in report.get("train batch 1").detail
-    assert report.get("shape").detail.endswith("skipped 1x1 (declares min_spatial 2 (unbiased std over H*W; BatchNorm "
-                                               "over pooled features): 1x1 is below it)")
-    assert run_check(f"{BROKEN}:BadLimit", "", {}).get("limits").detail == \
-        "malformed declaration: min_spatial must be a positive int, got 0"
+    assert (
+        report.get("train batch 1").status == SKIP
+        and "train mode runs at batch 2" in report.get("train batch 1").detail
+    )
+    assert report.get("shape").detail.endswith(
+        "skipped 1x1 (declares min_spatial 2 (unbiased std over H*W; BatchNorm over pooled features): 1x1 is below it)"
+    )
+    assert (
+        run_check(f"{BROKEN}:BadLimit", "", {}).get("limits").detail
+        == "malformed declaration: min_spatial must be a positive int, got 0"
+    )
 
 
 # ---- the same verdicts in suites: rows, marks, load errors -------------------------------------
+
 
 @pytest.fixture
 def registered():
@@ -295,8 +347,17 @@ def _run(tmp_path, modules, metrics, input_size=32, batch_size=1):
     from attnbench.run.runner import run_suite
     from attnbench.suite.parse import parse_suite
 
-    suite = parse_suite({"name": "chk", "backbones": ["resnet18"], "modules": ["none", *modules],
-                         "input_size": input_size, "batch_size": batch_size, "metrics": metrics}, "chk.yaml")
+    suite = parse_suite(
+        {
+            "name": "chk",
+            "backbones": ["resnet18"],
+            "modules": ["none", *modules],
+            "input_size": input_size,
+            "batch_size": batch_size,
+            "metrics": metrics,
+        },
+        "chk.yaml",
+    )
     result = run_suite(suite, tmp_path)
     return {(r.label, r.metric): r for r in result.records}, (tmp_path / "chk.md").read_text(), result
 
@@ -306,7 +367,11 @@ def test_params_only_suite_has_no_row_for_a_module_that_cannot_run(registered, t
     records, md, result = _run(tmp_path, ["chk-fixed"], ["params"])
     assert records[("none", "params")].status == "ok"
     failed = records[("chk-fixed", "params")]
-    assert failed.status == "failed" and failed.error["type"] == "ModuleFailed" and "layer2.0 (128 channels" in failed.error["message"]
+    assert (
+        failed.status == "failed"
+        and failed.error["type"] == "ModuleFailed"
+        and "layer2.0 (128 channels" in failed.error["message"]
+    )
     assert result.exit_code == 1 and "| resnet18 | chk-fixed | " in md and "failed (ModuleFailed)" in md
 
 
@@ -321,8 +386,10 @@ def test_rows_of_a_module_that_fails_check_carry_the_mark(registered, tmp_path):
     # hidden state is recorded with train_memory too, where it is counted as saved activations
     assert records[("chk-list", "train_memory")].stats["hidden_numel"] == 1_396_480
     assert "| resnet18 | chk-list§✗ |" in md
-    assert "state parameters() cannot see: 1,396,480 elements (convs[0], convs[1]); 'saved for backward' counts them " \
-           "as activations." in md
+    assert (
+        "state parameters() cannot see: 1,396,480 elements (convs[0], convs[1]); 'saved for backward' counts them "
+        "as activations." in md
+    )
 
 
 def test_suite_respects_declared_limits(registered, tmp_path):
@@ -331,9 +398,14 @@ def test_suite_respects_declared_limits(registered, tmp_path):
     spatial = records[("chk-limits", "params")]  # resnet18 at 32 px: layer4 sees 1x1
     assert spatial.status == "unsupported" and spatial.note.startswith(
         "module 'chk-limits' declares min_spatial 2 (unbiased std over H*W; BatchNorm over pooled features): 1x1 is "
-        "below it at layer4.0.se (input 32x32)")
+        "below it at layer4.0.se (input 32x32)"
+    )
     batch = records[("chk-limits", "train_memory")]
-    assert batch.status == "unsupported" and "declares min_train_batch 2" in batch.note and "batch 1 is below it" in batch.note
+    assert (
+        batch.status == "unsupported"
+        and "declares min_train_batch 2" in batch.note
+        and "batch 1 is below it" in batch.note
+    )
     assert result.exit_code == 0 and "✗" not in md  # a documented limit is not a defect
 
 
@@ -346,8 +418,10 @@ def test_suite_reports_every_unusable_module_at_once_with_its_index(registered):
     with pytest.raises(SuiteError) as err:
         parse_suite({"backbones": ["resnet18"], "modules": ["none", "se", "chk-out", "chk-kw", "sse"]}, "s.yaml")
     text = str(err.value)
-    assert text.startswith("s.yaml: field 'modules': 3 module entries cannot be used: modules[2]: module 'chk-out' "
-                           "cannot be called as factory(channels, **options): missing a required argument: 'oup'; "
-                           "register an adapter: `lambda channels, **kw: NeedsOutWidth(channels, oup=channels, **kw)`; "
-                           "modules[3]: module 'chk-kw' cannot be called")
+    assert text.startswith(
+        "s.yaml: field 'modules': 3 module entries cannot be used: modules[2]: module 'chk-out' "
+        "cannot be called as factory(channels, **options): missing a required argument: 'oup'; "
+        "register an adapter: `lambda channels, **kw: NeedsOutWidth(channels, oup=channels, **kw)`; "
+        "modules[3]: module 'chk-kw' cannot be called"
+    )
     assert "; modules[4]: unknown module 'sse'" in text and "\n" not in text

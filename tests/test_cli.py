@@ -1,4 +1,5 @@
 """The command line: runs, tables, exit codes, one-line errors."""
+
 import json
 import os
 import subprocess
@@ -66,18 +67,24 @@ def test_run_writes_table_records_and_csv(tmp_path, capsys):
 
 def _cuda():
     import torch
+
     return torch.cuda.is_available()
 
 
 def run_cli_subprocess(*args, cwd=None):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "attnbench.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 def test_unknown_module_exits_2_with_one_line(tmp_path):
     p = run_cli_subprocess("measure", "resnet18", "sse")
     assert p.returncode == 2
-    assert p.stderr.strip() == "error: unknown module 'sse'; did you mean 'se', 'sge', 'ese'? (see `attnbench list modules`)"
+    assert (
+        p.stderr.strip()
+        == "error: unknown module 'sse'; did you mean 'se', 'sge', 'ese'? (see `attnbench list modules`)"
+    )
 
 
 def test_unknown_backbone_and_suite_exit_2(tmp_path):
@@ -86,7 +93,9 @@ def test_unknown_backbone_and_suite_exit_2(tmp_path):
     p = run_cli_subprocess("run", "--suite", str(bad), "--out", str(tmp_path))
     assert p.returncode == 2 and "Traceback" not in p.stderr
     line = p.stderr.strip()
-    assert "\n" not in line and line.startswith(f"error: {bad}: field 'backbones[0]': unknown backbone 'resnet5'; did you mean")
+    assert "\n" not in line and line.startswith(
+        f"error: {bad}: field 'backbones[0]': unknown backbone 'resnet5'; did you mean"
+    )
     assert "'resnet50'" in line
 
 
@@ -109,12 +118,23 @@ def test_compare_two_runs(tmp_path, capsys):
     from attnbench.run.runner import run_suite
     from attnbench.suite.parse import parse_suite
 
-    spec = {"name": "cmp", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["params"]}
+    spec = {
+        "name": "cmp",
+        "backbones": ["resnet18"],
+        "modules": ["none", "se"],
+        "input_size": 32,
+        "metrics": ["params"],
+    }
     run_suite(parse_suite(spec, "a.yaml"), tmp_path / "a")
-    run_suite(parse_suite(dict(spec, modules=["none", {"name": "se", "module": "se", "reduction": 4}]), "b.yaml"), tmp_path / "b")
+    run_suite(
+        parse_suite(dict(spec, modules=["none", {"name": "se", "module": "se", "reduction": 4}]), "b.yaml"),
+        tmp_path / "b",
+    )
     code, out, _ = cli(["compare", str(tmp_path / "a" / "cmp.jsonl"), str(tmp_path / "b" / "cmp.jsonl")], capsys)
     assert code == 0
-    assert "| resnet18 | none | params | M parameters | 11.690 | 11.690 | +0.00% |" in out  # the unit of the numbers shown
+    assert (
+        "| resnet18 | none | params | M parameters | 11.690 | 11.690 | +0.00% |" in out
+    )  # the unit of the numbers shown
     # SE at r=4 instead of 16: 2*C*C/4 + C/4 + C per block, against 2*C*C/16 + C/16 + C
     se16 = sum(se_params(c, 16) for c in (64, 64, 128, 128, 256, 256, 512, 512))
     se4 = sum(se_params(c, 4) for c in (64, 64, 128, 128, 256, 256, 512, 512))
@@ -143,25 +163,39 @@ def test_out_of_memory_gets_a_fix():
     from attnbench.run.execute import error_info
 
     info = error_info(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert info == {"type": "OutOfMemory",
-                    "message": "CUDA out of memory. Tried to allocate 2.00 GiB; lower batch_size or input_size"}
+    assert info == {
+        "type": "OutOfMemory",
+        "message": "CUDA out of memory. Tried to allocate 2.00 GiB; lower batch_size or input_size",
+    }
 
 
 def test_subset_run_then_full_resume_keeps_table_order(tmp_path, capsys):
     suite = tmp_path / "sub.yaml"
-    suite.write_text("name: sub\nbackbones: [resnet18, resnet34]\nmodules: [none, se, cbam]\ninput_size: 32\nmetrics: [params]\n")
+    suite.write_text(
+        "name: sub\nbackbones: [resnet18, resnet34]\nmodules: [none, se, cbam]\ninput_size: 32\nmetrics: [params]\n"
+    )
     out = tmp_path / "res"
     code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "-b", "resnet34", "-m", "se"], capsys)
     assert code == 0 and "1 ok" in err
     code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "--resume"], capsys)
     assert code == 0 and "5 ok" in err and "1 reused" in err
     rows = [ln.split(" | ")[:2] for ln in (out / "sub.md").read_text().splitlines() if ln.startswith("| resnet")]
-    assert rows == [["| resnet18", "none"], ["| resnet18", "se"], ["| resnet18", "cbam"],
-                    ["| resnet34", "none"], ["| resnet34", "se"], ["| resnet34", "cbam"]]
+    assert rows == [
+        ["| resnet18", "none"],
+        ["| resnet18", "se"],
+        ["| resnet18", "cbam"],
+        ["| resnet34", "none"],
+        ["| resnet34", "se"],
+        ["| resnet34", "cbam"],
+    ]
     # A subset resumed into the store keeps the other backbones' rows in the table (issue #33).
-    code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "--resume", "-b", "resnet18", "-M", "params"], capsys)
+    code, _, err = cli(
+        ["run", "--suite", str(suite), "--out", str(out), "-q", "--resume", "-b", "resnet18", "-M", "params"], capsys
+    )
     assert code == 0 and "0 ok" in err and "3 reused" in err
-    assert [ln.split(" | ")[:2] for ln in (out / "sub.md").read_text().splitlines() if ln.startswith("| resnet")] == rows
+    assert [
+        ln.split(" | ")[:2] for ln in (out / "sub.md").read_text().splitlines() if ln.startswith("| resnet")
+    ] == rows
     code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "-m", "eca"], capsys)
     assert code == 2 and "unknown module 'eca'" in err and "this suite has none, se, cbam" in err
     code, _, err = cli(["run", "--suite", str(suite), "--out", str(out), "-q", "-M", "latency_cpu"], capsys)

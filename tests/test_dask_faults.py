@@ -10,6 +10,7 @@ workers' share of the node and its key says so; a worker killed mid-training is 
 in another folder, from the last epoch shipped to the coordinator; two runs on one scheduler never run a
 count on a node while the other times there, and leave nothing behind on the scheduler.
 """
+
 import hashlib
 import json
 import os
@@ -36,8 +37,14 @@ from attnbench.suite.plan import plan  # noqa: E402
 pytestmark = pytest.mark.slow
 
 TIMING = {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2}
-SUITE = {"name": "faults", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32,
-         "metrics": ["params", "macs", "latency_cpu"], "latency": TIMING}
+SUITE = {
+    "name": "faults",
+    "backbones": ["resnet18"],
+    "modules": ["none", "se"],
+    "input_size": 32,
+    "metrics": ["params", "macs", "latency_cpu"],
+    "latency": TIMING,
+}
 # The scheduler expires stale leases every second (the README's advice for external schedulers).
 SCHEDULER_ENV = {"DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_VALIDATION_INTERVAL": "1s"}
 
@@ -47,8 +54,15 @@ class Cluster:
 
     def __init__(self, tmp_path):
         self.tmp, self.procs, self.file = tmp_path, [], tmp_path / "scheduler.json"
-        self.scheduler = self._start("distributed.cli.dask_scheduler", "--port", "0", "--no-dashboard",
-                                     "--scheduler-file", str(self.file), env=SCHEDULER_ENV)
+        self.scheduler = self._start(
+            "distributed.cli.dask_scheduler",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(self.file),
+            env=SCHEDULER_ENV,
+        )
         deadline = time.monotonic() + 60
         while not self.file.exists() or not self.file.read_text().strip():
             assert time.monotonic() < deadline and self.scheduler.poll() is None, "scheduler did not start"
@@ -59,8 +73,9 @@ class Cluster:
     def _start(self, module, *args, env=None, cwd=None):
         log = open(self.tmp / f"{module.rsplit('.', 1)[-1]}-{len(self.procs)}.log", "w")
         env = {k: v for k, v in {**os.environ, **(env or {})}.items() if not k.endswith("_NUM_THREADS")}
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, cwd=cwd or self.tmp)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd or self.tmp
+        )
         self.procs.append(proc)
         return proc
 
@@ -71,8 +86,17 @@ class Cluster:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             extra += ["--local-directory", str(folder / "local")]
-        return self._start("distributed.cli.dask_worker", "--scheduler-file", str(self.file), "--nthreads", "1",
-                           "--no-nanny", "--no-dashboard", *extra, cwd=folder)
+        return self._start(
+            "distributed.cli.dask_worker",
+            "--scheduler-file",
+            str(self.file),
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+            *extra,
+            cwd=folder,
+        )
 
     def wait_for_workers(self, n):
         from distributed import Client
@@ -130,8 +154,10 @@ def test_no_worker_can_take_the_tasks_they_fail_with_the_fix_and_the_run_ends(cl
     assert {(r.metric, r.status) for r in records} == {("params", "ok"), ("macs", "ok"), ("latency_cpu", "failed")}
     err = next(r.error for r in records if r.status == "failed")
     assert err["type"] == "NoWorker"
-    assert err["message"] == ("no live Dask worker has the resource latency_slot=1 for 3 s; "
-                              "start one worker per node with --resources latency_slot=1, or use --slot lock")
+    assert err["message"] == (
+        "no live Dask worker has the resource latency_slot=1 for 3 s; "
+        "start one worker per node with --resources latency_slot=1, or use --slot lock"
+    )
     # 4 count tasks, then the 3 s limit: the run ends soon after the last count, not never
     assert len(arrived) == 5 and arrived[-1] - arrived[-2] < 3 + 4, arrived
 
@@ -144,23 +170,29 @@ def test_no_worker_can_take_the_tasks_they_fail_with_the_fix_and_the_run_ends(cl
             worker.wait()
             killed.append(time.monotonic())
 
-    records = _drain(dask_executor(scheduler=cluster.address, local_directory=tmp_path / "s", no_worker_limit=3),
-                     tasks, on_records=kill_after_first)
+    records = _drain(
+        dask_executor(scheduler=cluster.address, local_directory=tmp_path / "s", no_worker_limit=3),
+        tasks,
+        on_records=kill_after_first,
+    )
     took = time.monotonic() - killed[0]
     _once_each(records, tasks)
     assert len(records) == 6 and records[0].status == "ok"
     gone = [r for r in records if r.status == "failed"]
     assert len(gone) >= 2 and {r.error["message"] for r in gone} == {
-        "no live Dask worker for 3 s (all workers gone); start workers (dask worker ADDRESS) and rerun with --resume"}
+        "no live Dask worker for 3 s (all workers gone); start workers (dask worker ADDRESS) and rerun with --resume"
+    }
     assert took < 3 + 6, took
 
     # no worker at all when the run starts (batch jobs still queued): it waits the stated time, then one line, nothing run
     t0 = time.monotonic()
     with pytest.raises(AttnBenchError) as err:
         _drain(dask_executor(scheduler=cluster.address, local_directory=tmp_path / "s", worker_wait=2), tasks)
-    assert str(err.value) == (f"no Dask worker joined the scheduler at {cluster.address} within 2 s; start workers "
-                              "(dask worker ADDRESS, or check your batch jobs with squeue) or give --worker-wait more "
-                              "seconds; nothing ran")
+    assert str(err.value) == (
+        f"no Dask worker joined the scheduler at {cluster.address} within 2 s; start workers "
+        "(dask worker ADDRESS, or check your batch jobs with squeue) or give --worker-wait more "
+        "seconds; nothing ran"
+    )
     assert time.monotonic() - t0 < 2 + 5
 
 
@@ -204,13 +236,15 @@ def test_worker_killed_mid_timing_reruns_elsewhere_and_says_so(cluster, tmp_path
             deadline = time.monotonic() + 60
             name = timing_lock_name()
 
-            def holders(dask_scheduler):  # read the scheduler's lease table; registering a Lock here would set its lease
+            def holders(
+                dask_scheduler,
+            ):  # read the scheduler's lease table; registering a Lock here would set its lease
                 return len(dask_scheduler.extensions["semaphores"].leases.get(name, {}))
 
             while not c.run_on_scheduler(holders):
                 assert time.monotonic() < deadline, "the timing never took its node's lock"
                 time.sleep(0.1)
-            (addr, keys), = [(w, ks) for w, ks in c.processing().items() if ks]
+            ((addr, keys),) = [(w, ks) for w, ks in c.processing().items() if ks]
             pid = c.run(os.getpid, workers=[addr])[addr]
         os.kill(pid, signal.SIGKILL)
         pids["killed"], pids["at"] = pid, time.monotonic()
@@ -232,14 +266,15 @@ def test_worker_killed_mid_timing_reruns_elsewhere_and_says_so(cluster, tmp_path
         assert r.executor["slot_wait_s"] < 9, r.executor
 
 
-
 COUNTS = ("params", "macs", "macs_train", "activations", "train_memory")
 
 
 def _key_from_record(r):
     """Cell.key's formula on what the record itself says (config, env): thread count only where it matters."""
     env = {**fingerprint(r.env, threads=r.metric not in COUNTS), "module_package": r.env.get("module_package", "")}
-    return hashlib.sha256(json.dumps({"cell": r.config, "env": env}, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps({"cell": r.config, "env": env}, sort_keys=True, default=str).encode()).hexdigest()[
+        :20
+    ]
 
 
 def _leftovers(address):
@@ -248,8 +283,15 @@ def _leftovers(address):
 
     def look(dask_scheduler):
         ext = dask_scheduler.extensions
-        return (len(dask_scheduler.tasks), dict(ext["variables"].variables),
-                sorted(n for n in ext["semaphores"].max_leases if not str(n).startswith(("attnbench-timing-", "attnbench-busy-"))))
+        return (
+            len(dask_scheduler.tasks),
+            dict(ext["variables"].variables),
+            sorted(
+                n
+                for n in ext["semaphores"].max_leases
+                if not str(n).startswith(("attnbench-timing-", "attnbench-busy-"))
+            ),
+        )
 
     with Client(address, timeout=30) as c:
         return c.run_on_scheduler(look)
@@ -262,21 +304,38 @@ def test_no_nanny_workers_pin_threads_and_keys_match_records(cluster, tmp_path):
     cluster.worker("train_slot=1")
     cluster.wait_for_workers(2)
     share = max(1, usable_cpus() // 2)
-    costs = parse_suite(dict(SUITE, backbones=["test_resnet"], metrics=["params", "latency_cpu"],
-                             latency={k: v for k, v in TIMING.items() if k != "threads"}), str(tmp_path / "c.yaml"))
-    acc = parse_suite({"name": "acc", "kind": "accuracy", "backbones": ["resnet18"], "modules": ["none"],
-                       "dataset": {"name": "digits", "train_subset": 40, "test_subset": 40},
-                       "training": {"epochs": 1, "batch_size": 20, "optimizer": "sgd", "lr": 0.05}, "seeds": [0]},
-                      str(tmp_path / "a.yaml"))
+    costs = parse_suite(
+        dict(
+            SUITE,
+            backbones=["test_resnet"],
+            metrics=["params", "latency_cpu"],
+            latency={k: v for k, v in TIMING.items() if k != "threads"},
+        ),
+        str(tmp_path / "c.yaml"),
+    )
+    acc = parse_suite(
+        {
+            "name": "acc",
+            "kind": "accuracy",
+            "backbones": ["resnet18"],
+            "modules": ["none"],
+            "dataset": {"name": "digits", "train_subset": 40, "test_subset": 40},
+            "training": {"epochs": 1, "batch_size": 20, "optimizer": "sgd", "lr": 0.05},
+            "seeds": [0],
+        },
+        str(tmp_path / "a.yaml"),
+    )
     records = []
     for suite, out in ((costs, "c"), (acc, "a")):
-        result = run_suite(suite, tmp_path / out, executor=dask_executor(scheduler=cluster.address,
-                                                                         local_directory=tmp_path / "s"))
+        result = run_suite(
+            suite, tmp_path / out, executor=dask_executor(scheduler=cluster.address, local_directory=tmp_path / "s")
+        )
         assert result.failed == 0, [r.error for r in result.records if r.error]
         records += result.records
     assert len(records) == 5
     assert {(r.metric, r.env["threads"], r.executor["node_share"]) for r in records} == {
-        (m, share, share) for m in ("params", "latency_cpu", "accuracy")}
+        (m, share, share) for m in ("params", "latency_cpu", "accuracy")
+    }
     assert {r.measurement.settings["threads"] for r in records if r.metric == "latency_cpu"} == {share}
     assert [r.stats["threads"] for r in records if r.metric == "accuracy"] == [share]
     assert [_key_from_record(r) for r in records] == [r.key for r in records]
@@ -293,16 +352,39 @@ def test_two_runs_on_one_scheduler_keep_counts_off_a_node_while_the_other_times(
     cluster.worker()
     cluster.worker()
     cluster.wait_for_workers(2)
-    timed = parse_suite(dict(SUITE, backbones=["test_resnet", "test_efficientnet"], metrics=["latency_cpu"],
-                             latency=dict(TIMING, rounds=5, min_time=0.1)), str(tmp_path / "a.yaml"))
-    counted = parse_suite({"name": "b", "backbones": ["test_resnet"], "modules": ["none", "se"],
-                           "input_size": [[h, 32] for h in range(32, 38)], "metrics": ["params", "macs"]},
-                          str(tmp_path / "b.yaml"))
+    timed = parse_suite(
+        dict(
+            SUITE,
+            backbones=["test_resnet", "test_efficientnet"],
+            metrics=["latency_cpu"],
+            latency=dict(TIMING, rounds=5, min_time=0.1),
+        ),
+        str(tmp_path / "a.yaml"),
+    )
+    counted = parse_suite(
+        {
+            "name": "b",
+            "backbones": ["test_resnet"],
+            "modules": ["none", "se"],
+            "input_size": [[h, 32] for h in range(32, 38)],
+            "metrics": ["params", "macs"],
+        },
+        str(tmp_path / "b.yaml"),
+    )
     results = {}
-    a = threading.Thread(target=lambda: results.setdefault("a", run_suite(
-        timed, tmp_path / "a", executor=dask_executor(scheduler=cluster.address, local_directory=tmp_path / "sa"))))
+    a = threading.Thread(
+        target=lambda: results.setdefault(
+            "a",
+            run_suite(
+                timed,
+                tmp_path / "a",
+                executor=dask_executor(scheduler=cluster.address, local_directory=tmp_path / "sa"),
+            ),
+        )
+    )
     a.start()
     with Client(cluster.address, timeout=30) as c:
+
         def holders(dask_scheduler):
             return len(dask_scheduler.extensions["semaphores"].leases.get(timing_lock_name(), {}))
 
@@ -310,13 +392,16 @@ def test_two_runs_on_one_scheduler_keep_counts_off_a_node_while_the_other_times(
         while not c.run_on_scheduler(holders):
             assert time.monotonic() < deadline and a.is_alive(), "run A never took the node's timing lock"
             time.sleep(0.05)
-    results["b"] = run_suite(counted, tmp_path / "b", executor=dask_executor(scheduler=cluster.address,
-                                                                             local_directory=tmp_path / "sb"))
+    results["b"] = run_suite(
+        counted, tmp_path / "b", executor=dask_executor(scheduler=cluster.address, local_directory=tmp_path / "sb")
+    )
     a.join(timeout=180)
     ra, rb = results["a"], results["b"]
     assert ra.ok == 5 and rb.ok == 24 and ra.failed == rb.failed == 0  # test_efficientnet has a `native` row
-    spans = [(min(r.started for r in g), max(r.ended for r in g))
-             for g in ([r for r in ra.records if r.backbone == b] for b in ("test_resnet", "test_efficientnet"))]
+    spans = [
+        (min(r.started for r in g), max(r.ended for r in g))
+        for g in ([r for r in ra.records if r.backbone == b] for b in ("test_resnet", "test_efficientnet"))
+    ]
     for r in rb.records:
         for t0, t1 in spans:
             assert r.ended <= t0 or r.started >= t1, f"{r.backbone}/{r.label}/{r.metric} ran during a timing of run A"
@@ -336,9 +421,15 @@ def test_killed_worker_training_resumes_from_the_shipped_epoch_without_a_shared_
     cluster.wait_for_workers(2)
     (tmp_path / "coord").mkdir()
     monkeypatch.chdir(tmp_path / "coord")
-    spec = {"name": "acc", "kind": "accuracy", "backbones": ["resnet18"], "modules": ["none"],
-            "dataset": {"name": "digits", "train_subset": 100, "test_subset": 40},
-            "training": {"epochs": 4, "batch_size": 20, "optimizer": "sgd", "lr": 0.05, "threads": 1}, "seeds": [3]}
+    spec = {
+        "name": "acc",
+        "kind": "accuracy",
+        "backbones": ["resnet18"],
+        "modules": ["none"],
+        "dataset": {"name": "digits", "train_subset": 100, "test_subset": 40},
+        "training": {"epochs": 4, "batch_size": 20, "optimizer": "sgd", "lr": 0.05, "threads": 1},
+        "seeds": [3],
+    }
     suite = parse_suite(spec, "acc.yaml")
     (key,) = cell_keys(plan(suite))
     ckpt = Path("out/checkpoints") / f"{key}.pt"
@@ -360,7 +451,9 @@ def test_killed_worker_training_resumes_from_the_shipped_epoch_without_a_shared_
 
     killer = threading.Thread(target=kill_trainer)
     killer.start()
-    result = run_suite(suite, "out", executor=dask_executor(scheduler=cluster.address, local_directory="scratch", chunk_s=0))
+    result = run_suite(
+        suite, "out", executor=dask_executor(scheduler=cluster.address, local_directory="scratch", chunk_s=0)
+    )
     killer.join()
     (r,) = result.records
     whole = train_cell("resnet18", "none", {}, spec["dataset"], spec["training"], 3).stats

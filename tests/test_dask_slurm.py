@@ -5,6 +5,7 @@ no traceback.
 `attnbench run --scheduler ADDR` is started before any job has a worker (jobs queue) and waits for one; with
 nothing joining it gives up after --worker-wait seconds with one line and nothing run.
 """
+
 import json
 import subprocess
 import sys
@@ -29,16 +30,28 @@ latency: {threads: 1, warmup: 1, rounds: 2, min_time: 0.02, min_iters: 2}
 
 
 def _attnbench(args, cwd, **kw):
-    return subprocess.Popen([sys.executable, "-m", "attnbench", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "attnbench", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.fixture
 def jobqueue(tmp_path):
     """dask-jobqueue's LocalCluster with the README's worker arguments; no job submitted yet."""
     jq = pytest.importorskip("dask_jobqueue.local")
-    cluster = jq.LocalCluster(cores=1, processes=1, memory="2GB", worker_extra_args=jobqueue_worker_args(),
-                              local_directory=str(tmp_path / "jobs"), scheduler_options={"dashboard_address": ":0"})
+    cluster = jq.LocalCluster(
+        cores=1,
+        processes=1,
+        memory="2GB",
+        worker_extra_args=jobqueue_worker_args(),
+        local_directory=str(tmp_path / "jobs"),
+        scheduler_options={"dashboard_address": ":0"},
+    )
     try:
         yield cluster
     finally:
@@ -52,14 +65,31 @@ def _records(path):
 def test_waiting_for_queued_workers_gives_up_after_the_stated_timeout(jobqueue, tmp_path):
     (tmp_path / "slurm.yaml").write_text(SUITE)
     t0 = time.monotonic()
-    proc = _attnbench(["run", "-s", "slurm.yaml", "-o", "out", "--executor", "dask", "--scheduler",
-                       jobqueue.scheduler_address, "--worker-wait", "3", "-q"], tmp_path)
+    proc = _attnbench(
+        [
+            "run",
+            "-s",
+            "slurm.yaml",
+            "-o",
+            "out",
+            "--executor",
+            "dask",
+            "--scheduler",
+            jobqueue.scheduler_address,
+            "--worker-wait",
+            "3",
+            "-q",
+        ],
+        tmp_path,
+    )
     out, err = proc.communicate(timeout=120)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert proc.returncode == 2, err
-    assert lines == [f"error: no Dask worker joined the scheduler at {jobqueue.scheduler_address} within 3 s; start workers "
-                     "(dask worker ADDRESS, or check your batch jobs with squeue) or give --worker-wait more seconds; "
-                     "nothing ran"], err
+    assert lines == [
+        f"error: no Dask worker joined the scheduler at {jobqueue.scheduler_address} within 3 s; start workers "
+        "(dask worker ADDRESS, or check your batch jobs with squeue) or give --worker-wait more seconds; "
+        "nothing ran"
+    ], err
     assert not (tmp_path / "out" / "slurm.jsonl").exists() and time.monotonic() - t0 < 60
 
 
@@ -70,8 +100,25 @@ def test_slurm_recipe_runs_end_to_end_on_jobqueue_workers(jobqueue, tmp_path):
 
     assert "--resources latency_slot=1,train_slot=1" in jobqueue.job_script()
     (tmp_path / "slurm.yaml").write_text(SUITE)
-    proc = _attnbench(["run", "-s", "slurm.yaml", "-o", "out", "--executor", "dask", "--scheduler",
-                       jobqueue.scheduler_address, "--slot", "resource", "--worker-wait", "120", "-q"], tmp_path)
+    proc = _attnbench(
+        [
+            "run",
+            "-s",
+            "slurm.yaml",
+            "-o",
+            "out",
+            "--executor",
+            "dask",
+            "--scheduler",
+            jobqueue.scheduler_address,
+            "--slot",
+            "resource",
+            "--worker-wait",
+            "120",
+            "-q",
+        ],
+        tmp_path,
+    )
     time.sleep(2)  # the run is connected and waiting: now the batch job starts
     jobqueue.scale(jobs=1)
     with Client(jobqueue.scheduler_address, timeout=30) as client:
@@ -84,7 +131,9 @@ def test_slurm_recipe_runs_end_to_end_on_jobqueue_workers(jobqueue, tmp_path):
     records = _records(tmp_path / "out" / "slurm.jsonl")
     assert [r["status"] for r in records] == ["ok"] * 4
     timings = [r for r in records if r["metric"] == "latency_cpu"]
-    assert {r["executor"]["slot"] for r in timings} == {SLOT_RESOURCE} and {r["executor"]["kind"] for r in records} == {"dask"}
+    assert {r["executor"]["slot"] for r in timings} == {SLOT_RESOURCE} and {r["executor"]["kind"] for r in records} == {
+        "dask"
+    }
     assert out == ""  # -q: no table on stdout
 
 

@@ -6,6 +6,7 @@ place and reported, compared and resumed there. None of it may depend on the fol
 produced in. The main job runs its counting cells (``-M params -M macs``): the same store, suite and identity
 code paths as the timed run, in a minute.
 """
+
 import json
 import os
 import shutil
@@ -24,16 +25,23 @@ def _tracked_files():
     """The repository as a clone of it would hold it: git's tracked files and the new ones git does not ignore,
     or (no git) the tree without build outputs."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        ).stdout
         files = [f for f in out.decode().split("\0") if f]
         if files:
             return files
     except (OSError, subprocess.CalledProcessError):
         pass
     skip = {".git", ".venv", "__pycache__", "history", "checkpoints", ".pytest_cache", ".benchmarks"}
-    return [str(p.relative_to(REPO)) for p in REPO.rglob("*")
-            if p.is_file() and not skip & set(p.relative_to(REPO).parts) and ".egg-info" not in str(p)]
+    return [
+        str(p.relative_to(REPO))
+        for p in REPO.rglob("*")
+        if p.is_file() and not skip & set(p.relative_to(REPO).parts) and ".egg-info" not in str(p)
+    ]
 
 
 def clone(dest: Path) -> Path:
@@ -48,8 +56,9 @@ def clone(dest: Path) -> Path:
 def attnbench(cwd: Path, *args):
     """``attnbench ARGS`` run from ``cwd`` with that copy's own code (not the installed checkout's)."""
     env = {**os.environ, "PYTHONPATH": str(cwd), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "attnbench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "attnbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def records(path: Path):

@@ -1,4 +1,5 @@
 """MAC counts worked out by hand (1 multiply-add = 1; rules in attnbench/measures/macs_rules.py)."""
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,9 @@ def test_se_resnet50_delta_includes_elementwise_work():
     x = torch.randn(1, 3, 224, 224)
     base, se = count_flops(build("resnet50"), x), count_flops(build("resnet50", "se"), x)
     delta = se.conv_linear_matmul - base.conv_linear_matmul
-    assert delta == sum(3 * [2 * 256 * 16] + 4 * [2 * 512 * 32] + 6 * [2 * 1024 * 64] + 3 * [2 * 2048 * 128]) == 2_514_944
+    assert (
+        delta == sum(3 * [2 * 256 * 16] + 4 * [2 * 512 * 32] + 6 * [2 * 1024 * 64] + 3 * [2 * 2048 * 128]) == 2_514_944
+    )
     # 16 SE blocks at their stage resolutions: 56, 28, 14, 7
     stages = [(3, 256, 56), (4, 512, 28), (6, 1024, 14), (3, 2048, 7)]
     by_hand = sum(n * se_block_macs(c, 16, s, s) for n, c, s in stages)
@@ -123,10 +126,20 @@ def test_every_operator_is_counted_or_listed():
     n, rows = 64, 8  # elements of x and of every (1, 2, 4, 8) intermediate; rows = 1 * 2 * 4
     assert fc.by_operator == {
         "scaled_dot_product_attention": 2 * (4 * 4 * 8 + 4 * 4 * 8) + 2 * 4 * 4,  # per head QK^T, AV + softmax
-        "eq": n, "gt": n, "masked_fill": n, "where": n, "square": n, "erf": n, "add": n, "cumsum": n,
-        "logsumexp": n, "var_mean": 2 * n,  # two statistics per input element
-        "lerp": rows, "addcmul": rows,  # on the (1, 2, 4) statistics
-        "sort": n * 3, "topk": n * 1,  # n x ceil(log2 8) along the sorted dim; n x max(1, ceil(log2 k=2))
+        "eq": n,
+        "gt": n,
+        "masked_fill": n,
+        "where": n,
+        "square": n,
+        "erf": n,
+        "add": n,
+        "cumsum": n,
+        "logsumexp": n,
+        "var_mean": 2 * n,  # two statistics per input element
+        "lerp": rows,
+        "addcmul": rows,  # on the (1, 2, 4) statistics
+        "sort": n * 3,
+        "topk": n * 1,  # n x ceil(log2 8) along the sorted dim; n x max(1, ceil(log2 k=2))
     }
     assert fc.conv_linear_matmul == 512 and fc.total == fc.dispatch_total == 1520
     assert rule_of("index") == rule_of("gather") == "free"  # indexing moves data: free by the stated rule

@@ -2,6 +2,7 @@
 store is read, so a damaged line is read or refused (counted, skipped) -- never a crash in a table. Each stats,
 config, settings, env, attachment and executor entry of the committed stores is set to each wrong type (deleted,
 null, text, list, mapping, negative, NaN, bool) and every output is rendered from the result."""
+
 import json
 import math
 import warnings
@@ -20,10 +21,28 @@ from attnbench.suite.parse import parse_suite
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DELETE = object()
-BAD = {"deleted": DELETE, "null": None, "text": "x", "list": [1], "mapping": {"a": 1}, "negative": -3,
-       "nan": float("nan"), "bool": True}
-BULK = ("by_op", "by_operator", "bytes_by_operator", "bytes_sites", "by_dtype", "runtime_info", "options",
-        "backbone_options", "unhandled", "plugins")  # free-form tables of names: their entries are never read alone
+BAD = {
+    "deleted": DELETE,
+    "null": None,
+    "text": "x",
+    "list": [1],
+    "mapping": {"a": 1},
+    "negative": -3,
+    "nan": float("nan"),
+    "bool": True,
+}
+BULK = (
+    "by_op",
+    "by_operator",
+    "bytes_by_operator",
+    "bytes_sites",
+    "by_dtype",
+    "runtime_info",
+    "options",
+    "backbone_options",
+    "unhandled",
+    "plugins",
+)  # free-form tables of names: their entries are never read alone
 
 
 def entry_paths(record):
@@ -74,7 +93,7 @@ def mutated_stores(lines):
     rounds = []  # each: row -> (path, the row's lines holding it)
     for n, (path, where) in enumerate(holders.items()):
         order = list(where)
-        order = order[n % len(order):] + order[:n % len(order)]  # rows taken in turn
+        order = order[n % len(order) :] + order[: n % len(order)]  # rows taken in turn
         row, free = next(((row, rnd) for row in order for rnd in rounds if row not in rnd), (order[0], None))
         if free is None:
             free = {}
@@ -122,14 +141,23 @@ def test_every_wrongly_typed_entry_is_read_or_refused_never_a_crash(tmp_path, st
             try:
                 render_everything(p, tmp_path / "out")
             except Exception as exc:  # name the damaged entries: the test's own message says what to type-check
-                raise AssertionError(f"round {i}: {type(exc).__name__}: {exc}; damaged {bad}: "
-                                     f"{[path for _, path in batch if path]}") from exc
+                raise AssertionError(
+                    f"round {i}: {type(exc).__name__}: {exc}; damaged {bad}: {[path for _, path in batch if path]}"
+                ) from exc
     assert damaged >= len({p for r in lines for p in entry_paths(r)})  # every entry damaged at least once
 
 
 def test_a_hand_edited_store_resumes_refusing_what_it_cannot_read(tmp_path):
-    suite = parse_suite({"name": "he", "backbones": ["resnet18"], "modules": ["none", "se", "eca"], "input_size": 32,
-                         "metrics": ["params", "macs"]}, "he.yaml")
+    suite = parse_suite(
+        {
+            "name": "he",
+            "backbones": ["resnet18"],
+            "modules": ["none", "se", "eca"],
+            "input_size": 32,
+            "metrics": ["params", "macs"],
+        },
+        "he.yaml",
+    )
     first = run_suite(suite, tmp_path)
     assert first.ok == 6
     store = tmp_path / "he.jsonl"
@@ -146,8 +174,10 @@ def test_a_hand_edited_store_resumes_refusing_what_it_cannot_read(tmp_path):
 
 
 def test_a_valid_last_line_without_its_newline_is_kept(tmp_path):
-    suite = parse_suite({"name": "nl", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32,
-                         "metrics": ["params"]}, "nl.yaml")
+    suite = parse_suite(
+        {"name": "nl", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["params"]},
+        "nl.yaml",
+    )
     run_suite(suite, tmp_path)
     store = tmp_path / "nl.jsonl"
     store.write_bytes(store.read_bytes().rstrip(b"\n"))  # an editor that strips the final newline

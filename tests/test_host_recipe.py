@@ -1,5 +1,6 @@
 """`amp: auto` / `channels_last: auto`: the training recipe is chosen on the host from a measurement, resolved before
 cells get their keys, shared by every module of a backbone, and recorded with its reason."""
+
 import pytest
 
 from attnbench.suite.parse import parse_suite
@@ -8,12 +9,25 @@ from attnbench.train.loop import validate_training
 from attnbench.train.recipe import MARGIN, candidates, choose, resolve_cells
 
 DIGITS = {"name": "digits", "train_subset": 64, "test_subset": 40}
-TRAINING = {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "auto",
-            "channels_last": "auto", "stem": {"kernel_size": 3, "stride": 1, "maxpool": False}}
+TRAINING = {
+    "epochs": 1,
+    "batch_size": 32,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "threads": 1,
+    "amp": "auto",
+    "channels_last": "auto",
+    "stem": {"kernel_size": 3, "stride": 1, "maxpool": False},
+}
 
 
 def test_auto_expands_plainest_first_and_fixed_values_stay():
-    assert candidates({"amp": "auto", "channels_last": "auto"}) == [(None, False), (None, True), ("bf16", False), ("bf16", True)]
+    assert candidates({"amp": "auto", "channels_last": "auto"}) == [
+        (None, False),
+        (None, True),
+        ("bf16", False),
+        ("bf16", True),
+    ]
     assert candidates({"amp": "auto", "channels_last": True}) == [(None, True), ("bf16", True)]
     assert candidates({"amp": "bf16", "channels_last": "auto"}) == [("bf16", False), ("bf16", True)]
 
@@ -37,9 +51,18 @@ def test_auto_is_a_valid_setting_and_other_words_are_not():
 
 
 def _suite():
-    return parse_suite({"name": "acc", "kind": "accuracy", "backbones": ["resnet18"],
-                        "modules": ["none", "se", {"name": "none-2ep", "module": "none", "training": {"epochs": 2}}],
-                        "dataset": DIGITS, "training": TRAINING, "seeds": [0, 1]}, "acc.yaml")
+    return parse_suite(
+        {
+            "name": "acc",
+            "kind": "accuracy",
+            "backbones": ["resnet18"],
+            "modules": ["none", "se", {"name": "none-2ep", "module": "none", "training": {"epochs": 2}}],
+            "dataset": DIGITS,
+            "training": TRAINING,
+            "seeds": [0, 1],
+        },
+        "acc.yaml",
+    )
 
 
 def test_one_probe_per_backbone_and_recipe_shared_by_every_module_seed_and_budget():
@@ -68,14 +91,27 @@ def test_an_auto_run_records_what_it_chose_and_why(tmp_path):
     from attnbench.run.runner import run_suite
 
     notices = []
-    suite = parse_suite({"name": "acc", "kind": "accuracy", "backbones": ["resnet18"], "modules": ["none"],
-                         "dataset": DIGITS, "training": TRAINING, "seeds": [0]}, "acc.yaml")
+    suite = parse_suite(
+        {
+            "name": "acc",
+            "kind": "accuracy",
+            "backbones": ["resnet18"],
+            "modules": ["none"],
+            "dataset": DIGITS,
+            "training": TRAINING,
+            "seeds": [0],
+        },
+        "acc.yaml",
+    )
     result = run_suite(suite, tmp_path, on_notice=notices.append)
     (r,) = result.records
     assert r.ok, r.error
     choice = r.stats["recipe_choice"]
     assert set(choice["step_ms"]) == {"fp32", "fp32 + channels_last", "bf16", "bf16 + channels_last"}
-    assert (r.config["training"]["amp"], r.config["training"]["channels_last"]) == (choice["amp"], choice["channels_last"])
+    assert (r.config["training"]["amp"], r.config["training"]["channels_last"]) == (
+        choice["amp"],
+        choice["channels_last"],
+    )
     assert r.stats["recipe"]["amp"] == choice["amp"]  # what trained is what the key says
     assert choice["asked"] == {"amp": "auto", "channels_last": "auto"} and isinstance(choice["native_bf16"], bool)
     assert any(n.startswith("training recipe: ") and "chosen by auto" in n for n in notices)

@@ -1,5 +1,6 @@
 """No import circles among attnbench's modules -- function-level (lazy) imports included, since a lazy import
 is how a circle usually hides."""
+
 import ast
 from pathlib import Path
 
@@ -86,18 +87,32 @@ def test_no_import_circles():
 # records only, so it sits just above them and never needs torch. Two leaves of higher packages are rank 0
 # on purpose: the suite's data model (Point, Cell) and the latency settings, read by every layer.
 RANKS = {
-    "attnbench.errors": 0, "attnbench.core": 0, "attnbench.suite.model": 0, "attnbench.measures.timing.settings": 0,
+    "attnbench.errors": 0,
+    "attnbench.core": 0,
+    "attnbench.suite.model": 0,
+    "attnbench.measures.timing.settings": 0,
     "attnbench.records": 1,
-    "attnbench.report": 2, "attnbench.registry": 2, "attnbench.guard": 2,
+    "attnbench.report": 2,
+    "attnbench.registry": 2,
+    "attnbench.guard": 2,
     "attnbench.modules": 3,
     "attnbench.attach": 4,
-    "attnbench.measures": 5, "attnbench.train": 5,
-    "attnbench.check": 6, "attnbench.suite": 6,
+    "attnbench.measures": 5,
+    "attnbench.train": 5,
+    "attnbench.check": 6,
+    "attnbench.suite": 6,
     "attnbench.run": 7,
     "attnbench": 8,  # the package's lazy exports, api, cli, validate
 }
-TORCH_FREE = ("attnbench.errors", "attnbench.core", "attnbench.suite.model", "attnbench.measures.timing.settings",
-              "attnbench.records", "attnbench.report", "attnbench.registry")
+TORCH_FREE = (
+    "attnbench.errors",
+    "attnbench.core",
+    "attnbench.suite.model",
+    "attnbench.measures.timing.settings",
+    "attnbench.records",
+    "attnbench.report",
+    "attnbench.registry",
+)
 
 
 def rank(module: str) -> int:
@@ -105,13 +120,18 @@ def rank(module: str) -> int:
 
 
 def layer_violations(graph):
-    return [f"{a} (rank {rank(a)}) imports {b} (rank {rank(b)})" for a in sorted(graph) for b in sorted(graph[a])
-            if rank(b) > rank(a)]
+    return [
+        f"{a} (rank {rank(a)}) imports {b} (rank {rank(b)})"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if rank(b) > rank(a)
+    ]
 
 
 def test_the_layer_rule_catches_an_upward_import():
     assert layer_violations({"attnbench.report.tables": {"attnbench.run.runner"}}) == [
-        "attnbench.report.tables (rank 2) imports attnbench.run.runner (rank 7)"]
+        "attnbench.report.tables (rank 2) imports attnbench.run.runner (rank 7)"
+    ]
     assert layer_violations({"attnbench.run.runner": {"attnbench.report.tables"}}) == []
 
 
@@ -127,8 +147,13 @@ def test_the_torch_free_layers_import_no_torch_anywhere():
         if not any(name == p or name.startswith(p + ".") for p in TORCH_FREE):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             offenders += [f"{name}: {m}" for m in mods if m.split(".")[0] in ("torch", "timm", "fvcore", "torchvision")]
     assert offenders == []
 
@@ -151,12 +176,25 @@ def test_report_and_its_command_load_no_torch(tmp_path):
 
     store = tmp_path / "overhead.jsonl"
     shutil.copy(PACKAGE.parent / "results" / "overhead.jsonl", store)
-    probe = ("import atexit, sys; atexit.register(lambda: print('torch loaded' if 'torch' in sys.modules else "
-             "'no torch', flush=True)); ")
+    probe = (
+        "import atexit, sys; atexit.register(lambda: print('torch loaded' if 'torch' in sys.modules else "
+        "'no torch', flush=True)); "
+    )
     p = subprocess.run([sys.executable, "-c", probe + "import attnbench.report"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "no torch", p.stderr
-    p = subprocess.run([sys.executable, "-c", probe + "from attnbench.cli import main; main(sys.argv[1:])", "report",
-                        str(store), "--out", str(tmp_path / "tables")], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe + "from attnbench.cli import main; main(sys.argv[1:])",
+            "report",
+            str(store),
+            "--out",
+            str(tmp_path / "tables"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "no torch"
     assert (tmp_path / "tables" / "overhead.md").exists()

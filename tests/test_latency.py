@@ -1,5 +1,6 @@
 """Timing code paths: what runs, in which order, under which settings (values are never asserted:
 speed belongs in benchmarks); GPU tests skip without CUDA."""
+
 import pytest
 import torch
 from torch import nn
@@ -36,8 +37,14 @@ class Probe(nn.Module):
         self.seen = []
 
     def forward(self, x):
-        self.seen.append((x.dtype, x.is_contiguous(memory_format=torch.channels_last),
-                          torch.is_inference_mode_enabled(), self.training))
+        self.seen.append(
+            (
+                x.dtype,
+                x.is_contiguous(memory_format=torch.channels_last),
+                torch.is_inference_mode_enabled(),
+                self.training,
+            )
+        )
         return x
 
 
@@ -60,7 +67,7 @@ def test_rounds_rotate_the_order():
     out = measure_latency(models, LatencySettings(**ONE_CALL, rounds=4))
     warmup, timed = log[:3], log[3:]
     assert warmup == ["a", "b", "c"]
-    assert [timed[i:i + 3] for i in range(0, 12, 3)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+    assert [timed[i : i + 3] for i in range(0, 12, 3)] == [list("abc"), list("bca"), list("cab"), list("abc")]
     assert {k: m.stats["runs"] for k, m in out.items()} == {"a": 4, "b": 4, "c": 4}
 
 
@@ -77,8 +84,9 @@ def test_failing_models_are_dropped_the_others_finish():
 
     log, failed = [], {}
     models = {"a": Logged("a", log), "b": Boom(), "c": LateBoom("c", log), "d": Logged("d", log)}
-    out = measure_latency(models, LatencySettings(**ONE_CALL, rounds=3),
-                          on_error=lambda label, exc: failed.setdefault(label, str(exc)))
+    out = measure_latency(
+        models, LatencySettings(**ONE_CALL, rounds=3), on_error=lambda label, exc: failed.setdefault(label, str(exc))
+    )
     assert failed == {"b": "boom", "c": "late boom"} and set(out) == {"a", "d"}
     # warm-up a c d; round 1 (cycle 0): a c d; round 2, cycle 1 (rotated: c d a): c fails first, the broken cycle
     # is dropped for everyone and the round goes on over [a, d] (cycle 2: a d); round 3 (cycle 3: d a)
@@ -138,8 +146,16 @@ def test_gpu_paths_refuse_cleanly_without_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp,channels_last,train", [(None, False, False), ("bf16", True, False), ("fp16", True, True)])
 def test_gpu_latency_memory_and_train_step(amp, channels_last, train):
-    s = LatencySettings(input_size=(224, 224), batch_size=8, warmup=3, rounds=3, min_time=0.05,
-                        amp=amp, channels_last=channels_last, train=train)
+    s = LatencySettings(
+        input_size=(224, 224),
+        batch_size=8,
+        warmup=3,
+        rounds=3,
+        min_time=0.05,
+        amp=amp,
+        channels_last=channels_last,
+        train=train,
+    )
     models = {"none": build("resnet50"), "se": build("resnet50", "se")}
     out = measure_latency(models, s, device="cuda")
     assert set(out) == {"none", "se"}

@@ -2,6 +2,7 @@
 pairing labels, the stop rule (target met / time spent / contended), contention read from the machine's
 counters, the priority request, direct attribution per site, and NaN after warm-up. Values of real
 timings are never asserted (speed belongs in benchmarks); fake steps and fixed samples are."""
+
 import math
 import os
 import subprocess
@@ -49,7 +50,9 @@ def test_alternating_delta_worked_by_hand():
     # Added ms, same pairs: medians of differences 1.5 and 1.0 ms
     d = alternating_difference(v, b, vw, bw)
     mean_ms, hi, n = d.mean, d.high, d.rounds
-    assert (mean_ms, n) == (pytest.approx(1.25), 2) and hi - mean_ms == pytest.approx(T_975_DF1 * 0.5 / math.sqrt(2) / math.sqrt(2))
+    assert (mean_ms, n) == (pytest.approx(1.25), 2) and hi - mean_ms == pytest.approx(
+        T_975_DF1 * 0.5 / math.sqrt(2) / math.sqrt(2)
+    )
 
 
 def test_a_round_needs_enough_undisturbed_pairs():
@@ -64,18 +67,46 @@ def test_a_round_needs_enough_undisturbed_pairs():
 def _timing(label, rounds, group, waits=None, contended=False, pid=1, started=0.0):
     flat = sorted(t for r in rounds for t in r)
     med = flat[len(flat) // 2]
-    stats = {"median_ms": med, "iqr_ms": 0.1, "images_per_s": 1e3 / med, "rounds_ms": rounds, "schedule": "alternating",
-             "group": group, "baseline": "none", "contention": {"contended": contended, "others_cpu": 0.5 if contended else 0.0,
-                                                                "clean": 0.0 if contended else 1.0, "nice": 0,
-                                                                "nice_granted": False},
-             "stop": {"reason": "contended" if contended else "rounds", "target": None, "rounds": len(rounds)}}
+    stats = {
+        "median_ms": med,
+        "iqr_ms": 0.1,
+        "images_per_s": 1e3 / med,
+        "rounds_ms": rounds,
+        "schedule": "alternating",
+        "group": group,
+        "baseline": "none",
+        "contention": {
+            "contended": contended,
+            "others_cpu": 0.5 if contended else 0.0,
+            "clean": 0.0 if contended else 1.0,
+            "nice": 0,
+            "nice_granted": False,
+        },
+        "stop": {"reason": "contended" if contended else "rounds", "target": None, "rounds": len(rounds)},
+    }
     if waits is not None:
         stats["rounds_wait"] = waits
-    return Record(key=f"{label}-{group}", suite="t", backbone="resnet18", label=label, module=label, metric="latency_cpu",
-                  position=(0, 0 if label == "none" else 1), config={"input_size": [224, 224], "batch_size": 1}, status="ok",
-                  measurement=Measurement("latency_cpu", med, "ms", "test", {"rounds": len(rounds), "min_time": 0.1, "warmup": 1,
-                                                                             "schedule": "alternating", "nice": -20}, stats),
-                  pid=pid, started=started)
+    return Record(
+        key=f"{label}-{group}",
+        suite="t",
+        backbone="resnet18",
+        label=label,
+        module=label,
+        metric="latency_cpu",
+        position=(0, 0 if label == "none" else 1),
+        config={"input_size": [224, 224], "batch_size": 1},
+        status="ok",
+        measurement=Measurement(
+            "latency_cpu",
+            med,
+            "ms",
+            "test",
+            {"rounds": len(rounds), "min_time": 0.1, "warmup": 1, "schedule": "alternating", "nice": -20},
+            stats,
+        ),
+        pid=pid,
+        started=started,
+    )
 
 
 def test_pairing_is_claimed_only_within_one_group():
@@ -87,7 +118,9 @@ def test_pairing_is_claimed_only_within_one_group():
     md = render_markdown([base, other])
     row = next(ln for ln in md.splitlines() if ln.startswith("| resnet18 | se"))
     assert "(unpaired)" in row and "+10.00%" in row
-    assert "(unpaired)" not in next(ln for ln in render_markdown([base, same]).splitlines() if ln.startswith("| resnet18 | se"))
+    assert "(unpaired)" not in next(
+        ln for ln in render_markdown([base, same]).splitlines() if ln.startswith("| resnet18 | se")
+    )
 
 
 def test_contended_group_is_marked_and_named_in_one_line():
@@ -102,10 +135,12 @@ def test_contended_group_is_marked_and_named_in_one_line():
 
 
 def test_machine_state_from_counters_by_hand():
-    a = contention.MachineSample(t=0.0, cpu_total=1000, cpu_busy=300, cpu_steal=10, own_ticks=200, psi_cpu_us=0,
-                                 nivcsw=5, loadavg=1.0)
-    b = contention.MachineSample(t=2.0, cpu_total=1400, cpu_busy=650, cpu_steal=14, own_ticks=390, psi_cpu_us=500_000,
-                                 nivcsw=25, loadavg=3.5)
+    a = contention.MachineSample(
+        t=0.0, cpu_total=1000, cpu_busy=300, cpu_steal=10, own_ticks=200, psi_cpu_us=0, nivcsw=5, loadavg=1.0
+    )
+    b = contention.MachineSample(
+        t=2.0, cpu_total=1400, cpu_busy=650, cpu_steal=14, own_ticks=390, psi_cpu_us=500_000, nivcsw=25, loadavg=3.5
+    )
     m = contention.machine_state(a, b)
     # others: (350 busy - 190 ours) / 400 = 0.4; steal 4 / 400; PSI 0.5 s of waiting in 2 s; 20 switches in 2 s
     assert m["others_cpu"] == pytest.approx(0.4) and m["steal"] == pytest.approx(0.01)
@@ -127,21 +162,23 @@ def test_thread_wait_counts_time_spent_runnable_but_not_running():
 def test_priority_request_is_recorded_and_undone():
     """In a child process: niceness inside the block is the request where it was granted, else unchanged;
     afterwards every thread is back where it was."""
-    code = ("import os, torch; torch.set_num_threads(2); torch.ones(1000, 1000) @ torch.ones(1000, 1000)\n"
-            "from attnbench.measures.contention import raised_priority\n"
-            "tids = lambda: [int(t) for t in os.listdir('/proc/self/task')]\n"
-            "before = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
-            "with raised_priority(-5) as p:\n"
-            "    inside = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
-            "after = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
-            "assert after == before, (before, after)\n"
-            "assert p['granted'] == all(v == -5 for v in inside.values()), (p, inside)\n"
-            "assert p['granted'] or inside == before\n"
-            "with raised_priority(None) as q: assert q['granted'] is False\n"
-            "with raised_priority(5) as lower:  # lowering is always permitted, and applied (issue #33)\n"
-            "    low = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
-            "assert lower['granted'] and lower['obtained'] == 5 and set(low.values()) == {5}, (lower, low)\n"
-            "print('ok', p['granted'])")
+    code = (
+        "import os, torch; torch.set_num_threads(2); torch.ones(1000, 1000) @ torch.ones(1000, 1000)\n"
+        "from attnbench.measures.contention import raised_priority\n"
+        "tids = lambda: [int(t) for t in os.listdir('/proc/self/task')]\n"
+        "before = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
+        "with raised_priority(-5) as p:\n"
+        "    inside = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
+        "after = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
+        "assert after == before, (before, after)\n"
+        "assert p['granted'] == all(v == -5 for v in inside.values()), (p, inside)\n"
+        "assert p['granted'] or inside == before\n"
+        "with raised_priority(None) as q: assert q['granted'] is False\n"
+        "with raised_priority(5) as lower:  # lowering is always permitted, and applied (issue #33)\n"
+        "    low = {t: os.getpriority(os.PRIO_PROCESS, t) for t in tids()}\n"
+        "assert lower['granted'] and lower['obtained'] == 5 and set(low.values()) == {5}, (lower, low)\n"
+        "print('ok', p['granted'])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
 
@@ -183,8 +220,11 @@ def test_contended_timing_stops_early_and_says_so(monkeypatch):
 
     monkeypatch.setattr(contention.ThreadWait, "read", always_waiting)
     monkeypatch.setattr(contention.ThreadWait, "refresh", lambda self: setattr(self, "paths", ["x"]))
-    out = measure_latency({"none": Sleeper(1), "se": Sleeper(2)},
-                          LatencySettings(**FAKE, rounds=10, target=1.0, max_time=60), baseline="none")
+    out = measure_latency(
+        {"none": Sleeper(1), "se": Sleeper(2)},
+        LatencySettings(**FAKE, rounds=10, target=1.0, max_time=60),
+        baseline="none",
+    )
     stop, c = out["se"].stats["stop"], out["se"].stats["contention"]
     assert stop["reason"] == "contended" and stop["rounds"] == 3 and c["contended"] and c["clean"] == 0.0
 
@@ -200,8 +240,11 @@ def test_nan_after_warm_up_fails_the_model():
             return x.sum().reshape(1) * (float("nan") if self.calls > 4 else 1.0)
 
     failed = {}
-    out = measure_latency({"ok": Sleeper(0), "late": LateNaN()}, LatencySettings(**FAKE, rounds=3),
-                          on_error=lambda label, exc: failed.setdefault(label, exc))
+    out = measure_latency(
+        {"ok": Sleeper(0), "late": LateNaN()},
+        LatencySettings(**FAKE, rounds=3),
+        on_error=lambda label, exc: failed.setdefault(label, exc),
+    )
     assert set(out) == {"ok"} and type(failed["late"]).__name__ == "NonFiniteOutput"
     assert "while timing" in str(failed["late"])
 
@@ -211,18 +254,33 @@ def test_sites_are_captured_with_the_shapes_they_see():
     sites = capture_sites(model, torch.randn(1, 3, 64, 64))
     shapes = [(slot.stage, tuple(x.shape)) for slot, x in sites]
     # ResNet-18 at 64x64: stem /4 -> 16x16; stages 1-4 at 64/128/256/512 channels, 16/8/4/2 px, two blocks each
-    assert shapes == [(1, (1, 64, 16, 16))] * 2 + [(2, (1, 128, 8, 8))] * 2 + [(3, (1, 256, 4, 4))] * 2 + [(4, (1, 512, 2, 2))] * 2
+    assert (
+        shapes
+        == [(1, (1, 64, 16, 16))] * 2
+        + [(2, (1, 128, 8, 8))] * 2
+        + [(3, (1, 256, 4, 4))] * 2
+        + [(4, (1, 512, 2, 2))] * 2
+    )
 
 
 def test_direct_attribution_per_stage_sums_to_the_total():
-    models = {"se": build("resnet18", "se", input_size=32), "nonlocal": build("resnet18", "nonlocal", input_size=32, stages=[3])}
-    out = measure_sites(models, LatencySettings(input_size=(32, 32), warmup=1, rounds=3, min_time=0.01, min_iters=2,
-                                                threads=1, nice=None))
+    models = {
+        "se": build("resnet18", "se", input_size=32),
+        "nonlocal": build("resnet18", "nonlocal", input_size=32, stages=[3]),
+    }
+    out = measure_sites(
+        models,
+        LatencySettings(input_size=(32, 32), warmup=1, rounds=3, min_time=0.01, min_iters=2, threads=1, nice=None),
+    )
     se, nl = out["se"], out["nonlocal"]
-    assert se.metric == "attention_cpu" and len(se.stats["sites"]) == 8 and set(se.stats["stages"]) == {"1", "2", "3", "4"}
+    assert (
+        se.metric == "attention_cpu" and len(se.stats["sites"]) == 8 and set(se.stats["stages"]) == {"1", "2", "3", "4"}
+    )
     assert [s["stage"] for s in nl.stats["sites"]] == [3] and set(nl.stats["stages"]) == {"3"}
     assert se.value == pytest.approx(sum(v["ms"] for v in se.stats["stages"].values()), rel=1e-9)
-    assert se.value > 0 and len(se.stats["rounds_total_ms"]) == 3 and se.stats["low_ms"] <= se.value <= se.stats["high_ms"]
+    assert (
+        se.value > 0 and len(se.stats["rounds_total_ms"]) == 3 and se.stats["low_ms"] <= se.value <= se.stats["high_ms"]
+    )
     assert se.stats["group"] == nl.stats["group"]  # all sites of all variants interleaved in one group
 
 
@@ -231,8 +289,10 @@ def test_train_step_at_batch_one_is_unsupported_with_a_fix(tmp_path):
     from attnbench.suite.load import load_suite
 
     suite = tmp_path / "b1.yaml"
-    suite.write_text("name: b1\nbackbones: [resnet18]\nmodules: [none]\ninput_size: 32\nbatch_size: 1\n"
-                     "metrics: [train_step_cpu]\nlatency: {threads: 1, warmup: 1, rounds: 1, min_time: 0.01, nice: null}\n")
+    suite.write_text(
+        "name: b1\nbackbones: [resnet18]\nmodules: [none]\ninput_size: 32\nbatch_size: 1\n"
+        "metrics: [train_step_cpu]\nlatency: {threads: 1, warmup: 1, rounds: 1, min_time: 0.01, nice: null}\n"
+    )
     result = run_suite(load_suite(str(suite)), tmp_path / "out")
     (rec,) = result.records
     assert rec.status == "unsupported" and "batch_size >= 2" in rec.note and result.exit_code == 0

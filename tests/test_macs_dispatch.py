@@ -1,5 +1,6 @@
 """The dispatch-level counter: agreement with the traced counter on every registry entry, and
 training-step MACs worked out by hand."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,6 +1,7 @@
 """Measured models carry real activations: no attention site sees a constant input, a module that computes something
 else under export or compile fails the runtime's equivalence check wherever it sits, and training keeps the
 training init (timm's zero_init_last)."""
+
 import pytest
 import torch
 from torch import nn
@@ -20,7 +21,9 @@ def test_the_rule_turns_exactly_the_zero_weights_non_zero():
     untouched = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("1.weight", "2."))}
     sge = attnbench.get_module("sge")(64)  # SGE's per-group scale starts at 0 (the official init)
     assert measurement_init(model) == ["1.weight", "2.weight"] and measurement_init(sge) == ["weight"]
-    assert torch.equal(model[1].weight, torch.full((3,), MEASUREMENT_SCALE)) and torch.all(sge.weight == MEASUREMENT_SCALE)
+    assert torch.equal(model[1].weight, torch.full((3,), MEASUREMENT_SCALE)) and torch.all(
+        sge.weight == MEASUREMENT_SCALE
+    )
     assert model[2].weight.abs().min() > 0 and model[2].bias.abs().min() > 0  # PyTorch's default conv init
     assert all(torch.equal(model.state_dict()[k], v) for k, v in untouched.items())
 
@@ -29,8 +32,11 @@ def test_timms_zero_init_last_is_what_the_rule_finds():
     m = build("resnet50", "se")
     a = m.attnbench_attachment
     assert (a.init, a.reinitialised) == ("measurement", 16)  # bn3 of every bottleneck
-    assert all(torch.equal(b.bn3.weight.detach(), torch.full_like(b.bn3.weight, MEASUREMENT_SCALE))
-               for layer in (m.layer1, m.layer4) for b in layer)
+    assert all(
+        torch.equal(b.bn3.weight.detach(), torch.full_like(b.bn3.weight, MEASUREMENT_SCALE))
+        for layer in (m.layer1, m.layer4)
+        for b in layer
+    )
     trained = build("resnet50", "se", init="train")
     assert trained.attnbench_attachment.as_dict()["init"] == "train" and not trained.layer1[0].bn3.weight.any()
     assert build("resnet50", "gc").attnbench_attachment.reinitialised == 16 + 13  # and GCNet's zero last conv x13
@@ -74,11 +80,23 @@ def constant_sites(backbone, placement, init="measurement"):
     return bad
 
 
-@pytest.mark.parametrize("backbone,placement", [
-    ("resnet50", "block"), ("resnet50", "after_conv"), ("resnet50", "conv"), ("resnet50", "stage"),
-    ("resnet18", "block"), ("resnet18", "output"), ("resnext50_32x4d", "block"), ("mobilenetv2_100", "block"),
-    ("mobilenetv2_100", "output"), ("mobilenetv2_100", "after_conv"), ("regnety_002", "block"), ("convnext_nano", "stage"),
-])
+@pytest.mark.parametrize(
+    "backbone,placement",
+    [
+        ("resnet50", "block"),
+        ("resnet50", "after_conv"),
+        ("resnet50", "conv"),
+        ("resnet50", "stage"),
+        ("resnet18", "block"),
+        ("resnet18", "output"),
+        ("resnext50_32x4d", "block"),
+        ("mobilenetv2_100", "block"),
+        ("mobilenetv2_100", "output"),
+        ("mobilenetv2_100", "after_conv"),
+        ("regnety_002", "block"),
+        ("convnext_nano", "stage"),
+    ],
+)
 def test_every_attention_site_sees_a_non_constant_input(backbone, placement):
     assert constant_sites(backbone, placement) == []
 
@@ -94,8 +112,16 @@ def test_records_say_measurement_and_training_builds_with_the_training_init(monk
     from attnbench.suite.plan import plan
     from attnbench.train import loop as train
 
-    cell = next(c for c in plan(parse_suite({"name": "t", "backbones": ["resnet18"], "modules": ["se"], "input_size": 32,
-                                             "metrics": ["params"]}, "t.yaml")) if c.variant.module == "se")
+    cell = next(
+        c
+        for c in plan(
+            parse_suite(
+                {"name": "t", "backbones": ["resnet18"], "modules": ["se"], "input_size": 32, "metrics": ["params"]},
+                "t.yaml",
+            )
+        )
+        if c.variant.module == "se"
+    )
     assert build_cell_model(cell).attnbench_attachment.as_dict()["init"] == "measurement"
 
     seen = {}
@@ -109,8 +135,14 @@ def test_records_say_measurement_and_training_builds_with_the_training_init(monk
 
     monkeypatch.setattr(train, "build", spy)
     with pytest.raises(Stop):
-        train.train_cell("resnet18", "se", {}, {"name": "digits", "train_subset": 60, "test_subset": 50},
-                         {"epochs": 1, "batch_size": 16, "threads": 1}, seed=0)
+        train.train_cell(
+            "resnet18",
+            "se",
+            {},
+            {"name": "digits", "train_subset": 60, "test_subset": 50},
+            {"epochs": 1, "batch_size": 16, "threads": 1},
+            seed=0,
+        )
     assert seen["init"] == "train"
 
 

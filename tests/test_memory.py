@@ -1,4 +1,5 @@
 """Activation elements and autograd-saved bytes, each worked out by hand from the operators that run."""
+
 import torch
 from torch import nn
 
@@ -45,6 +46,7 @@ class Reshape(nn.Module):
 
 
 # ---- activations (eval forward, elements per image) ----
+
 
 def test_activations_of_conv_and_relu_by_hand():
     m = measure_activations(conv_relu(), image())
@@ -94,6 +96,7 @@ def test_conv_linear_matmul_part_agrees_with_fvcore_on_resnet18():
 
 
 # ---- autograd-saved bytes (train forward, bytes per image) ----
+
 
 def test_saved_bytes_of_conv_and_relu_by_hand():
     m = measure_saved_memory(conv_relu(), image())

@@ -1,5 +1,6 @@
 """One module at a time: exact parameter counts at non-default settings, forward passes computed by
 hand, the shared building blocks of attnbench/modules/common.py. Every-module checks: test_zoo_modules.py."""
+
 import pytest
 import torch
 from formulas import cbam_params, eca_kernel, nonlocal_params, se_params, triplet_params

@@ -7,6 +7,7 @@ on attnbench-built models of three families (timm's fused BatchNormAct2d in Mobi
 GCNet, SiLU and bmm in EfficientNet + Non-Local), and must print exactly what the convention counts.
 benchmarks/peer_audit.py runs the full audit (68 pairs, or the zoo).
 """
+
 import glob
 import json
 import os
@@ -62,12 +63,18 @@ def test_convention_prints_what_the_tool_prints(convention):
     if folder is None:
         pytest.skip(f"{convention}: the real tool is not installed under {PEERS} ({pattern})")
     code = f"PAIRS = {PAIRS!r}\nSIZE = {SIZE}\nHOW = {how!r}\n" + WORKER
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([folder, str(ROOT / "benchmarks"), str(ROOT / "tests"), str(ROOT)]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([folder, str(ROOT / "benchmarks"), str(ROOT / "tests"), str(ROOT)])
+    )
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-2000:]
     real = json.loads(run.stdout.strip().splitlines()[-1])
-    models = {"small": (t.small(), t.X), "fused": (t.fused(), torch.randn(1, 3, 4, 4)),
-              "products": (t.Products(), torch.randn(1, 2, 3, 3)), "gate": (t.Gate(), torch.randn(1, 4, 3, 3))}
+    models = {
+        "small": (t.small(), t.X),
+        "fused": (t.fused(), torch.randn(1, 3, 4, 4)),
+        "products": (t.Products(), torch.randn(1, 2, 3, 3)),
+        "gate": (t.Gate(), torch.randn(1, 4, 3, 3)),
+    }
     for b, m in PAIRS:
         models[f"{b}/{m}"] = (build(b, m, input_size=SIZE), torch.randn(1, 3, SIZE, SIZE))
     ours = {}

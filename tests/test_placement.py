@@ -1,4 +1,5 @@
 """conv placement (SKNet's layout), stages for block modules, context keywords, bare/native baselines."""
+
 import re
 
 import pytest
@@ -35,7 +36,11 @@ def test_sknet50_is_timms_skresnext50_weight_for_weight():
         k = re.sub(r"conv2\.attn\.branches\.(\d)\.0\.", r"conv2.paths.\1.conv.", k)
         k = re.sub(r"conv2\.attn\.branches\.(\d)\.1\.", r"conv2.paths.\1.bn.", k)
         k = k.replace("conv2.attn.fuse.0.", "conv2.attn.fc_reduce.").replace("conv2.attn.fuse.1.", "conv2.attn.bn.")
-        k = re.sub(r"^(layer\d\.\d+)\.(conv|bn)([13])\.", lambda m: f"{m[1]}.conv{m[3]}.{'conv' if m[2] == 'conv' else 'bn'}.", k)
+        k = re.sub(
+            r"^(layer\d\.\d+)\.(conv|bn)([13])\.",
+            lambda m: f"{m[1]}.conv{m[3]}.{'conv' if m[2] == 'conv' else 'bn'}.",
+            k,
+        )
         if ".conv2.attn.select." in k:
             selects.setdefault(k.split(".conv2.")[0], []).append(v)
         else:
@@ -76,8 +81,10 @@ def test_sk_in_basic_blocks_takes_width_and_stride():
     assert a.sites[:3] == ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1"]
     conv = m.layer2[0].conv1.attn.branches[0][0]
     assert (conv.in_channels, conv.out_channels, conv.stride, conv.groups) == (64, 128, (2, 2), 1)
-    assert attention_parameters(m) == sum(sk_resnet_params(c, c_in) for c, c_in in
-                                          [(64, 64)] * 2 + [(128, 64), (128, 128), (256, 128), (256, 256), (512, 256), (512, 512)])
+    assert attention_parameters(m) == sum(
+        sk_resnet_params(c, c_in)
+        for c, c_in in [(64, 64)] * 2 + [(128, 64), (128, 128), (256, 128), (256, 256), (512, 256), (512, 512)]
+    )
     with torch.no_grad():
         assert m(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
@@ -122,8 +129,12 @@ def test_context_keywords_reach_a_factory_that_names_them():
     try:
         PositionGate.seen.clear()
         m = build("resnet18", "test_pos", input_size=(160, 128), stages=[2, 3])
-        assert PositionGate.seen == [(2, 0, (20, 16), 128, 1), (2, 1, (20, 16), 128, 1),
-                                     (3, 0, (10, 8), 256, 1), (3, 1, (10, 8), 256, 1)]
+        assert PositionGate.seen == [
+            (2, 0, (20, 16), 128, 1),
+            (2, 1, (20, 16), 128, 1),
+            (3, 0, (10, 8), 256, 1),
+            (3, 1, (10, 8), 256, 1),
+        ]
         assert attention_parameters(m) == 2 * 128 * 20 * 16 + 2 * 256 * 10 * 8
         assert describe(m.attnbench_attachment.as_dict()) == "block, stages 2,3 x4"
         with pytest.raises(AttnBenchError, match=r"options \['stage'\] of module 'test_pos' are filled by attnbench"):
@@ -133,12 +144,17 @@ def test_context_keywords_reach_a_factory_that_names_them():
 
 
 def test_conv_placement_refuses_what_cannot_fit():
-    with pytest.raises(ModuleDoesNotFit, match=r"cannot replace layer2.0.conv1 \(64->128 channels, stride 2\): "
-                                               r"its factory takes no 'out_channels'"):
+    with pytest.raises(
+        ModuleDoesNotFit,
+        match=r"cannot replace layer2.0.conv1 \(64->128 channels, stride 2\): "
+        r"its factory takes no 'out_channels'",
+    ):
         build("resnet18", "se", placement="conv")
     # a family with no such conv is a stated limit (unsupported, counted apart), not a crash
-    with pytest.raises(Unsupported, match="placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks, "
-                                          "and 'convnext_nano' has none"):
+    with pytest.raises(
+        Unsupported,
+        match="placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks, and 'convnext_nano' has none",
+    ):
         build("convnext_nano", "sk")
 
 
@@ -160,8 +176,10 @@ def _timm_native_params(backbone):
     return count_params(model), sum(count_params(m) for m in model.modules() if isinstance(m, SqueezeExcite))
 
 
-@pytest.mark.parametrize("backbone,total,native,sites", [
-    ("efficientnet_b0", 5_288_548, 636_540, 16), ("mobilenetv3_large_100", 5_483_032, 1_512_280, 8)])
+@pytest.mark.parametrize(
+    "backbone,total,native,sites",
+    [("efficientnet_b0", 5_288_548, 636_540, 16), ("mobilenetv3_large_100", 5_483_032, 1_512_280, 8)],
+)
 def test_none_is_bare_native_is_timms(backbone, total, native, sites):
     assert _timm_native_params(backbone) == (total, native)
     bare, built = build(backbone), build(backbone, "native")
@@ -191,14 +209,20 @@ def test_seresnet50_bare_is_resnet50():
         build("seresnet50", "cbam", keep_native=True)
 
 
-@pytest.mark.parametrize("record,text", [
-    (None, "—"),
-    ({"placement": "none", "sites": 0}, "—"),
-    ({"placement": "conv", "sites": 3, "stages": [4], "native": None}, "conv, stage 4 x3"),
-    ({"placement": "stage", "sites": 1, "stages": [3], "native": "SE", "native_kept": 16}, "stage 3, native SE kept"),
-    ({"placement": "stage", "sites": 4, "stages": [2, 3]}, "stages 2,3 x4"),
-    ({"placement": "block", "sites": 15, "stages": None, "replaced": 8}, "block x15 (native attention x8 removed)"),
-])
+@pytest.mark.parametrize(
+    "record,text",
+    [
+        (None, "—"),
+        ({"placement": "none", "sites": 0}, "—"),
+        ({"placement": "conv", "sites": 3, "stages": [4], "native": None}, "conv, stage 4 x3"),
+        (
+            {"placement": "stage", "sites": 1, "stages": [3], "native": "SE", "native_kept": 16},
+            "stage 3, native SE kept",
+        ),
+        ({"placement": "stage", "sites": 4, "stages": [2, 3]}, "stages 2,3 x4"),
+        ({"placement": "block", "sites": 15, "stages": None, "replaced": 8}, "block x15 (native attention x8 removed)"),
+    ],
+)
 def test_describe(record, text):
     assert describe(record) == text
 
@@ -224,7 +248,9 @@ def test_simam_goes_after_the_spatial_conv_as_its_official_code():
     by_hand = sum(8 * w * s * s + 3 * w for w, s in zip(WIDTHS50, sides))
     assert count_flops(m, torch.randn(1, 3, 224, 224)).attention == by_hand == 11_050_048
     r18 = build("resnet18", "simam")
-    assert r18.attnbench_attachment.sites[0] == "layer1.0.conv2.attn"  # BasicBlock: its second 3x3, as the official code
+    assert (
+        r18.attnbench_attachment.sites[0] == "layer1.0.conv2.attn"
+    )  # BasicBlock: its second 3x3, as the official code
     mb = build("mobilenetv2_100", "simam")
     assert mb.attnbench_attachment.sites[:2] == ["blocks.0.0.conv_dw.attn", "blocks.1.0.conv_dw.attn"]
 
@@ -253,7 +279,9 @@ def test_eca_and_triplet_follow_the_projection_in_mobilenetv2():
         assert a.placement == "output" and len(a.sites) == 17 == len(out)
         assert a.sites[:2] == ["blocks.0.0.bn2.attn", "blocks.1.0.bn3.attn"]
         assert _site_channels(m) == out == [16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320]
-    assert count_params(build("mobilenetv2_100", "triplet")) == total + 17 * triplet_params() == 3_509_972  # README: 3.51 M
+    assert (
+        count_params(build("mobilenetv2_100", "triplet")) == total + 17 * triplet_params() == 3_509_972
+    )  # README: 3.51 M
     # ResNets: the end of the residual branch, as before (ECA-Net's eca_resnet.py, Triplet's MODELS/resnet.py)
     assert build("resnet50", "eca").attnbench_attachment.sites[0] == "layer1.0.se"
     # an explicit placement still goes where it is asked: the SE slot on the expanded channels
@@ -284,7 +312,9 @@ def test_ge_theta_default_is_the_released_global_extent():
     with torch.no_grad():
         assert m.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     widths = [c for n, c, _ in RESNET50_STAGES for _ in range(n)]
-    assert count_params(build("resnet50", "ge_theta", extent=8)) == RESNET50 + sum(ge_theta_params(c, extent=8) for c in widths)
+    assert count_params(build("resnet50", "ge_theta", extent=8)) == RESNET50 + sum(
+        ge_theta_params(c, extent=8) for c in widths
+    )
     with pytest.raises(ValueError, match="needs the site's feat_size"):
         get_module("ge_theta")(64)
 
@@ -308,7 +338,10 @@ def test_block_kinds_and_placement_per_kind():
     assert block_kinds(timm.create_model("mobilenetv2_100")) == ["depthwise_separable", "inverted_residual"]
     spec = {"inverted_residual": "output", "depthwise_separable": None, "default": "block"}
     assert resolve_placement(spec, ["basic"], "m") == ("block", ())
-    assert resolve_placement(spec, ["depthwise_separable", "inverted_residual"], "m") == ("output", ("depthwise_separable",))
+    assert resolve_placement(spec, ["depthwise_separable", "inverted_residual"], "m") == (
+        "output",
+        ("depthwise_separable",),
+    )
     assert resolve_placement("conv", ["basic"], "m") == ("conv", ())
     with pytest.raises(ModuleDoesNotFit, match="asks for placements"):
         resolve_placement({"basic": "block", "bottleneck": "conv"}, ["basic", "bottleneck"], "m")

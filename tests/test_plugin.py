@@ -1,4 +1,5 @@
 """A third-party plugin package, pip-installed from tests/plugin_pkg, next to a broken one."""
+
 import os
 import subprocess
 import sys
@@ -25,8 +26,10 @@ def test_plugin_is_discovered_and_broken_one_warns_when_used(with_plugin):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
-            with pytest.raises(UnknownNameError, match="its plugin failed to import: ImportError: attnbench_demo.broken "
-                                                       "is broken on purpose"):
+            with pytest.raises(
+                UnknownNameError,
+                match="its plugin failed to import: ImportError: attnbench_demo.broken is broken on purpose",
+            ):
                 attnbench.get_module("demo_broken")
     warned = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
     assert len(warned) == 1 and "demo_broken" in warned[0] and "attnbench-demo-plugin" in warned[0]
@@ -39,11 +42,17 @@ def test_plugin_builds_into_resnet18(with_plugin):
 
 
 def test_plugin_in_a_suite_and_a_crashing_forward_fails_alone(with_plugin, tmp_path):
-    suite = parse_suite({
-        "name": "plug", "backbones": ["resnet18"], "modules": ["none", "demo_gate", "demo_explode", "se"],
-        "input_size": 32, "metrics": ["params", "macs", "latency_cpu"],
-        "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
-    }, "plug.yaml")
+    suite = parse_suite(
+        {
+            "name": "plug",
+            "backbones": ["resnet18"],
+            "modules": ["none", "demo_gate", "demo_explode", "se"],
+            "input_size": 32,
+            "metrics": ["params", "macs", "latency_cpu"],
+            "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
+        },
+        "plug.yaml",
+    )
     result = run_suite(suite, tmp_path)
     status = {(r.label, r.metric): r.status for r in result.records}
     assert len(status) == 12
@@ -55,34 +64,45 @@ def test_plugin_in_a_suite_and_a_crashing_forward_fails_alone(with_plugin, tmp_p
     md = (tmp_path / "plug.md").read_text()
     assert "| resnet18 | demo_gate | block x8 | 11.691 | +1,920 |" in md
     # the note names the module, its site, the plugin's own file:line and the original error
-    assert "- failed resnet18/demo_explode/macs: ModuleFailed: attention module 'demo_explode' at layer1.0 (64 channels, " \
-           "input (1, 64, 8, 8)), attnbench_demo/gate.py:19: RuntimeError: demo_explode: forward raised on purpose" in md
+    assert (
+        "- failed resnet18/demo_explode/macs: ModuleFailed: attention module 'demo_explode' at layer1.0 (64 channels, "
+        "input (1, 64, 8, 8)), attnbench_demo/gate.py:19: RuntimeError: demo_explode: forward raised on purpose" in md
+    )
 
 
 def test_cli_lists_plugin_names_without_importing_and_details_import(plugin_site):
     env = dict(os.environ, PYTHONPATH=str(plugin_site))
-    p = subprocess.run([sys.executable, "-m", "attnbench.cli", "list", "modules"], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "list", "modules"], capture_output=True, text=True, env=env
+    )
     assert p.returncode == 0 and "warning" not in p.stderr  # nothing imported, so nothing to warn about
     assert {"demo_gate", "demo_broken", "se"} <= set(p.stdout.split())
-    d = subprocess.run([sys.executable, "-m", "attnbench.cli", "list", "modules", "--details"], capture_output=True,
-                       text=True, env=env)
+    d = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "list", "modules", "--details"], capture_output=True, text=True, env=env
+    )
     assert d.returncode == 0 and d.stderr.count("skipped module plugin 'demo_broken'") == 1
     lines = {line.split()[0]: line for line in d.stdout.splitlines()}
-    assert lines["demo_gate"] == "demo_gate  attnbench-demo-plugin 0.1.0  attnbench_demo.gate:DemoGate  DemoGate(channels)"
-    assert lines["demo_broken"].endswith("attnbench_demo.broken:Broken  failed to import: ImportError: "
-                                         "attnbench_demo.broken is broken on purpose")
+    assert (
+        lines["demo_gate"] == "demo_gate  attnbench-demo-plugin 0.1.0  attnbench_demo.gate:DemoGate  DemoGate(channels)"
+    )
+    assert lines["demo_broken"].endswith(
+        "attnbench_demo.broken:Broken  failed to import: ImportError: attnbench_demo.broken is broken on purpose"
+    )
 
 
 def test_a_plugin_package_is_imported_only_when_used(plugin_site):
     """Listing names, planning a suite of other modules and reading providers import no plugin package."""
-    code = ("import sys, attnbench\n"
-            "from attnbench.registry import MODULES\n"
-            "names = attnbench.list_modules(); MODULES.provider('demo_gate'); MODULES.plugin_packages()\n"
-            "print('demo_gate' in names, 'attnbench_demo' in sys.modules)\n"
-            "attnbench.get_module('demo_gate')\n"
-            "print('attnbench_demo.gate' in sys.modules, 'attnbench_demo.broken' in sys.modules)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(plugin_site)))
+    code = (
+        "import sys, attnbench\n"
+        "from attnbench.registry import MODULES\n"
+        "names = attnbench.list_modules(); MODULES.provider('demo_gate'); MODULES.plugin_packages()\n"
+        "print('demo_gate' in names, 'attnbench_demo' in sys.modules)\n"
+        "attnbench.get_module('demo_gate')\n"
+        "print('attnbench_demo.gate' in sys.modules, 'attnbench_demo.broken' in sys.modules)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(plugin_site))
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "False", "True", "False"]
 
@@ -98,7 +118,10 @@ def test_cli_adds_a_plugin_to_a_suite_run(plugin_site, tmp_path):
     md = (tmp_path / "res" / "tiny.md").read_text()
     assert "| resnet18 | demo_gate | block x8 | 11.691 | +1,920 |" in md  # one weight per channel: 2*(64+128+256+512)
     again = subprocess.run(run + ["--add-module", "se"], capture_output=True, text=True, env=env)
-    assert again.returncode == 2 and again.stderr.strip() == ("error: --add-module se: suite 'tiny' already lists it; "
-                                                              "drop --add-module (--module se runs it alone)")
+    assert again.returncode == 2 and again.stderr.strip() == (
+        "error: --add-module se: suite 'tiny' already lists it; drop --add-module (--module se runs it alone)"
+    )
     missing = subprocess.run(run + ["-m", "demo_gate"], capture_output=True, text=True, env=env)
-    assert missing.returncode == 2 and "a registered module it lacks joins with --add-module demo_gate" in missing.stderr
+    assert (
+        missing.returncode == 2 and "a registered module it lacks joins with --add-module demo_gate" in missing.stderr
+    )

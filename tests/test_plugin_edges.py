@@ -2,6 +2,7 @@
 smallest local fixture (tests/check_modules/edges.py): every row right or marked, advice that fits the failure,
 no false alarm on sound state, messages at the plugin's own line, records the store reads back, plugins in a
 suite from the command line, and plugin packages imported only when used."""
+
 import inspect
 import json
 import os
@@ -67,24 +68,35 @@ def _run(tmp_path, modules, metrics, input_size=64, batch_size=1):
     from attnbench.run.runner import run_suite
     from attnbench.suite.parse import parse_suite
 
-    suite = parse_suite({"name": "edge", "backbones": ["resnet18"], "modules": ["none", *modules],
-                         "input_size": input_size, "batch_size": batch_size, "metrics": metrics,
-                         "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2}},
-                        "edge.yaml")
+    suite = parse_suite(
+        {
+            "name": "edge",
+            "backbones": ["resnet18"],
+            "modules": ["none", *modules],
+            "input_size": input_size,
+            "batch_size": batch_size,
+            "metrics": metrics,
+            "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
+        },
+        "edge.yaml",
+    )
     result = run_suite(suite, tmp_path)
     return {(r.label, r.metric): r for r in result.records}, (tmp_path / "edge.md").read_text(), result
 
 
 # ---- 1. an output a block cannot add into: caught alone, in the network and in a params-only suite ---------
 
+
 def test_expanded_output_fails_one_check_that_names_its_forward():
     report = run_check(f"{EDGES}:ExpandedGate", "resnet18", {}, input_size=64)
     assert [r.name for r in report.failed] == ["output"], render_check(report)
     out = report.get("output")
     # g is (2, 64) contiguous: g[:, :, None, None].expand_as(x) has strides (64, 1, 0, 0)
-    assert out.detail == (f"returns an expand()-style view whose elements share memory (strides (64, 1, 0, 0) at 14x14), "
-                          f"from check_modules/edges.py:{_line('ExpandedGate', 0)}: a block's in-place `x += shortcut` "
-                          "cannot write into it, so it cannot run inside a ResNet")
+    assert out.detail == (
+        f"returns an expand()-style view whose elements share memory (strides (64, 1, 0, 0) at 14x14), "
+        f"from check_modules/edges.py:{_line('ExpandedGate', 0)}: a block's in-place `x += shortcut` "
+        "cannot write into it, so it cannot run inside a ResNet"
+    )
     assert out.advice == ALIASED_ADVICE
     assert report.get("on resnet18").status == SKIP and "shares memory" in report.get("on resnet18").detail
 
@@ -99,7 +111,8 @@ def test_expanded_output_has_no_confident_row_in_a_params_only_suite(registered,
     assert failed.error["message"].startswith(
         f"attention module 'edge-expand' at layer1.0 (64 channels, input (1, 64, 16, 16)), check_modules/edges.py:"
         f"{_line('ExpandedGate', 0)}: returned an expand()-style view whose elements share memory (strides "
-        "(64, 1, 0, 0)); return a tensor with its own memory")
+        "(64, 1, 0, 0)); return a tensor with its own memory"
+    )
     assert result.exit_code == 1 and "failed (ModuleFailed)" in md
 
 
@@ -109,9 +122,11 @@ def test_an_error_raised_in_the_backbone_names_module_site_and_plugin_line(regis
     records, md, _ = _run(tmp_path, ["edge-int"], ["macs"])
     error = records[("edge-int", "macs")].error
     assert error["type"] == "RuntimeError"
-    assert re.match(r"in layer1\.0 at timm/models/resnet\.py:\d+, after attention module 'edge-int' at layer1\.0 "
-                    rf"\(64 channels; forward at check_modules/edges\.py:{_line('IntegerOutput', 0)}\): result type",
-                    error["message"]), error["message"]
+    assert re.match(
+        r"in layer1\.0 at timm/models/resnet\.py:\d+, after attention module 'edge-int' at layer1\.0 "
+        rf"\(64 channels; forward at check_modules/edges\.py:{_line('IntegerOutput', 0)}\): result type",
+        error["message"],
+    ), error["message"]
     report = run_check(f"{EDGES}:IntegerOutput", "resnet18", {}, input_size=64)
     network = report.get("on resnet18")
     assert network.status == FAIL and network.detail.startswith("in layer1.0 at timm/models/resnet.py:")
@@ -126,17 +141,27 @@ def test_suite_verdict_runs_the_module_in_its_network(registered):
     from attnbench.suite.plan import plan
 
     registered("edge-fixed", "FixedWidth", BROKEN)
-    suite = parse_suite({"name": "v", "backbones": ["resnet18"], "modules": ["none", "edge-fixed", "se"],
-                         "input_size": 32, "metrics": ["params"]}, "v.yaml")
+    suite = parse_suite(
+        {
+            "name": "v",
+            "backbones": ["resnet18"],
+            "modules": ["none", "edge-fixed", "se"],
+            "input_size": 32,
+            "metrics": ["params"],
+        },
+        "v.yaml",
+    )
     verdicts = suite_verdicts(plan(suite))
     assert set(verdicts) == {"edge-fixed"}  # se passes alone and in the network; 'none' is never checked
     assert verdicts["edge-fixed"] == (
         "in resnet18 at 32x32: attention module 'edge-fixed' at layer2.0 (128 channels, input (1, 128, 4, 4)), "
         f"check_modules/broken.py:{_line('FixedWidth', 1, BROKEN)}: RuntimeError: mat1 and mat2 shapes cannot be "
-        "multiplied (1x128 and 64x64)")
+        "multiplied (1x128 and 64x64)"
+    )
 
 
 # ---- 2. advice that fits the failure ----------------------------------------------------------------
+
 
 def test_own_block_size_gets_size_advice_alone_and_at_a_site():
     shape = run_check(f"{EDGES}:EvenMaps", "", {}).get("shape")
@@ -151,7 +176,8 @@ def test_own_block_size_gets_size_advice_alone_and_at_a_site():
 def test_hard_coded_width_gets_width_advice_alone_and_at_a_site():
     shape = run_check(f"{EDGES}:HardCodedWidth", "", {}).get("shape")
     assert shape.status == FAIL and shape.advice.startswith(
-        "it runs at its default width 512 but not at 64 channels: derive every width from `channels`")
+        "it runs at its default width 512 but not at 64 channels: derive every width from `channels`"
+    )
     assert "min_spatial" not in shape.advice
     network = run_check(f"{BROKEN}:FixedWidth", "resnet18", {}, input_size=64).get("on resnet18")
     assert network.advice.startswith("it runs alone at 64 channels but not at the site's 128: derive every width")
@@ -159,19 +185,31 @@ def test_hard_coded_width_gets_width_advice_alone_and_at_a_site():
 
 def test_an_aliased_output_at_a_site_gets_the_aliasing_advice():
     make = _Maker(_cls("ExpandedGate"), 64, {})
-    assert site_advice(make, ModuleFailed(f"... returned an expand()-style view ...; {ALIASED_ADVICE}", 64,
-                                          (1, 64, 16, 16)), 30) == ALIASED_ADVICE
+    assert (
+        site_advice(
+            make, ModuleFailed(f"... returned an expand()-style view ...; {ALIASED_ADVICE}", 64, (1, 64, 16, 16)), 30
+        )
+        == ALIASED_ADVICE
+    )
 
 
 def test_monai_style_signature_gets_an_adapter_that_works(registered):
-    for name, channel_like in (("spatial_dims", False), ("dims", True), ("kernel_size", False), ("num_heads", False),
-                               ("in_channels", True), ("ndim", False), ("dim", True)):
+    for name, channel_like in (
+        ("spatial_dims", False),
+        ("dims", True),
+        ("kernel_size", False),
+        ("num_heads", False),
+        ("in_channels", True),
+        ("ndim", False),
+        ("dim", True),
+    ):
         param = inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         assert looks_like_channels(param) == channel_like, name
     binding = check_binding(_cls("SpatialDimsFirst"), 64, {})
     assert binding.status == FAIL and binding.fatal
-    assert binding.advice == ("register an adapter: `lambda channels, **kw: SpatialDimsFirst(spatial_dims=2, "
-                              "in_channels=channels, **kw)`")
+    assert binding.advice == (
+        "register an adapter: `lambda channels, **kw: SpatialDimsFirst(spatial_dims=2, in_channels=channels, **kw)`"
+    )
     adapter = eval(binding.advice.split("`")[1], {"SpatialDimsFirst": _cls("SpatialDimsFirst")})
     attnbench.register("edge-monai", override=True)(adapter)
     try:
@@ -183,20 +221,25 @@ def test_monai_style_signature_gets_an_adapter_that_works(registered):
 def test_a_missing_option_is_fixed_with_the_option_not_an_adapter(registered):
     binding = run_check(f"{EDGES}:NeedsReduction", "", {}).get("binding")
     assert binding.status == FAIL and binding.fatal
-    assert binding.advice == ("NeedsReduction needs 'reduction' with no default: give it as options (`-O "
-                              "reduction=<reduction>`; in a suite, the module's options), or register an adapter that "
-                              "fills it")
+    assert binding.advice == (
+        "NeedsReduction needs 'reduction' with no default: give it as options (`-O "
+        "reduction=<reduction>`; in a suite, the module's options), or register an adapter that "
+        "fills it"
+    )
     assert run_check(f"{EDGES}:NeedsReduction", "", {"reduction": 4}).exit_code == 0
     from attnbench.suite.parse import parse_suite
 
     registered("edge-red", "NeedsReduction")
-    with pytest.raises(SuiteError, match=re.escape("(`-O reduction=<reduction>`; in a suite `{module: edge-red, "
-                                                   "reduction: <reduction>}`)")):
+    with pytest.raises(
+        SuiteError,
+        match=re.escape("(`-O reduction=<reduction>`; in a suite `{module: edge-red, reduction: <reduction>}`)"),
+    ):
         parse_suite({"backbones": ["resnet18"], "modules": ["none", "edge-red"]}, "s.yaml")
     parse_suite({"backbones": ["resnet18"], "modules": ["none", {"module": "edge-red", "reduction": 4}]}, "s.yaml")
 
 
 # ---- 3. sound state is not an alarm ----------------------------------------------------------------
+
 
 def test_an_empty_placeholder_tensor_is_not_hidden_state():
     module = _cls("PlaceholderState")(64)
@@ -209,6 +252,7 @@ def test_an_empty_placeholder_tensor_is_not_hidden_state():
 
 # ---- 4. a plugin's own BatchNorm1d is not the 1x1-map limit --------------------------------------------
 
+
 def test_batchnorm_limit_only_where_batch_one_reaches_a_one_by_one_map():
     def bn(size):
         return ValueError(f"Expected more than 1 value per channel when training, got input size torch.Size({size})")
@@ -216,10 +260,13 @@ def test_batchnorm_limit_only_where_batch_one_reaches_a_one_by_one_map():
     assert isinstance(as_unsupported(bn([1, 512, 1, 1]), 1, (32, 32)), attnbench.errors.Unsupported)
     assert str(as_unsupported(bn([1, 512, 1, 1]), 1, (32, 32))).startswith(
         "BatchNorm cannot train on one value per channel (batch 1 at 32x32 reaches a 1x1 map: BatchNorm input "
-        "[1, 512, 1, 1])")
+        "[1, 512, 1, 1])"
+    )
     pooled = bn([1, 64])  # BatchNorm1d over pooled (N, C) features: the module's own
     assert as_unsupported(pooled, 1, (64, 64)) is pooled
-    wrapped = ModuleFailed(f"attention module 'x' at layer1.0 (64 channels, input (1, 64, 16, 16)), gate.py:9: {pooled}")
+    wrapped = ModuleFailed(
+        f"attention module 'x' at layer1.0 (64 channels, input (1, 64, 16, 16)), gate.py:9: {pooled}"
+    )
     assert as_unsupported(wrapped, 1, (64, 64)) is wrapped
 
 
@@ -238,6 +285,7 @@ def test_a_plugins_batchnorm1d_fails_its_training_cells_with_its_own_line(regist
 
 # ---- 5. the harness never writes a record it refuses to read -----------------------------------------
 
+
 def test_activations_of_a_model_fvcore_cannot_trace_are_stored_and_read_back(registered, tmp_path):
     registered("edge-list", "ListOfConvs", BROKEN)  # convs in a plain list: fvcore's TorchScript trace refuses them
     records, md, result = _run(tmp_path, ["edge-list"], ["activations"], input_size=32)
@@ -253,11 +301,22 @@ def test_activations_of_a_model_fvcore_cannot_trace_are_stored_and_read_back(reg
 def test_a_record_the_reader_would_refuse_is_stored_as_a_failure_that_says_why(tmp_path):
     from attnbench.records.measurement import Measurement
 
-    base = Record(key="k", suite="s", backbone="resnet18", label="x", module="x", metric="params", position=(0, 1),
-                  config={}, status="ok", measurement=Measurement("params", 1.0, "params", "count"))
+    base = Record(
+        key="k",
+        suite="s",
+        backbone="resnet18",
+        label="x",
+        module="x",
+        metric="params",
+        position=(0, 1),
+        config={},
+        status="ok",
+        measurement=Measurement("params", 1.0, "params", "count"),
+    )
     assert readable(base) is base
-    wrong = Record(**{**base.__dict__, "measurement": Measurement("params", 1.0, "params", "count",
-                                                                  stats={"median_ms": "fast"})})
+    wrong = Record(
+        **{**base.__dict__, "measurement": Measurement("params", 1.0, "params", "count", stats={"median_ms": "fast"})}
+    )
     with pytest.raises(ForeignRecord) as why:  # what the store's reader says of that line
         Record.from_dict(json.loads(record_line(wrong)))
     bad = readable(wrong)
@@ -269,6 +328,7 @@ def test_a_record_the_reader_would_refuse_is_stored_as_a_failure_that_says_why(t
 
 
 # ---- 6. messages at the plugin's own line; check lists only the checked module's warnings ----------------
+
 
 def test_an_error_inside_a_library_names_the_plugin_line_that_called_it(registered):
     line = _line("UsesLibrary", 1)  # the fakelib.rearrange(...) call
@@ -283,33 +343,49 @@ def test_an_error_inside_a_library_names_the_plugin_line_that_called_it(register
 
 def test_check_lists_warnings_of_the_checked_package_only(hostile_site):
     env = dict(os.environ, PYTHONPATH=str(hostile_site))
-    clean = subprocess.run([sys.executable, "-m", "attnbench.cli", "check", f"{HERE / 'clean.py'}:CleanGate", "-b", ""],
-                           capture_output=True, text=True, env=env)
+    clean = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "check", f"{HERE / 'clean.py'}:CleanGate", "-b", ""],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert " warning " not in clean.stdout and "NOISY" not in clean.stdout
-    own = subprocess.run([sys.executable, "-m", "attnbench.cli", "check", "noisy", "-b", ""], capture_output=True,
-                         text=True, env=env)
-    assert "info  warning        FutureWarning: NOISY PLUGIN WARNING on import (at attnbench_hostile/noisy.py:8)" in own.stdout
+    own = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "check", "noisy", "-b", ""], capture_output=True, text=True, env=env
+    )
+    assert (
+        "info  warning        FutureWarning: NOISY PLUGIN WARNING on import (at attnbench_hostile/noisy.py:8)"
+        in own.stdout
+    )
 
 
 # ---- 7. a plugin in a table from the command line; one warning per name collision ----------------------
+
 
 def test_two_plugins_with_one_name_warn_once(plugin_site, tmp_path_factory, monkeypatch):
     twin = install_package(Path(__file__).parent / "twin_pkg", tmp_path_factory)
     monkeypatch.syspath_prepend(str(twin))
     with plugins_from(plugin_site, monkeypatch) as caught:
         warned = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
-        assert warned == ["attnbench: module name 'demo_gate' is registered by attnbench-demo-plugin, attnbench-twin-plugin: "
-                          "listed as attnbench-demo-plugin:demo_gate, attnbench-twin-plugin:demo_gate (rename the entry "
-                          "point to avoid this)"]
+        assert warned == [
+            "attnbench: module name 'demo_gate' is registered by attnbench-demo-plugin, attnbench-twin-plugin: "
+            "listed as attnbench-demo-plugin:demo_gate, attnbench-twin-plugin:demo_gate (rename the entry "
+            "point to avoid this)"
+        ]
         names = MODULES.names()
-        assert "demo_gate" not in names and {"attnbench-demo-plugin:demo_gate", "attnbench-twin-plugin:demo_gate"} <= set(names)
+        assert "demo_gate" not in names and {
+            "attnbench-demo-plugin:demo_gate",
+            "attnbench-twin-plugin:demo_gate",
+        } <= set(names)
         with pytest.raises(attnbench.errors.UnknownNameError, match="registered by several packages"):
             MODULES.get("demo_gate")
         twin_gate = MODULES.get("attnbench-twin-plugin:demo_gate")
         assert sum(p.numel() for p in twin_gate(64).parameters()) == 2 * 64  # the twin's two weights per channel
     env = dict(os.environ, PYTHONPATH=f"{plugin_site}:{twin}")
-    p = subprocess.run([sys.executable, "-m", "attnbench.cli", "list", "modules"], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "list", "modules"], capture_output=True, text=True, env=env
+    )
     assert p.returncode == 0 and p.stderr.count("is registered by") == 1
 
 

@@ -2,6 +2,7 @@
 module changes process-wide state fails with one line naming the change, the state is put back and later
 rows are unaffected; KeyboardInterrupt / GeneratorExit / BaseException / sys.exit(0) raised by a module fail
 its cell, while a real Ctrl-C still stops the run."""
+
 import gc
 import io
 import os
@@ -40,6 +41,7 @@ def default_sigint():
 
 # --- every setting a module can change is seen and put back --------------------------------------
 
+
 def _hook():
     nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
 
@@ -64,8 +66,10 @@ CHANGES = {  # what a careless module does -> the setting that must be named
     "anomaly": (lambda: torch.autograd.set_detect_anomaly(True), "anomaly detection"),
     "deterministic": (lambda: torch.use_deterministic_algorithms(True), "deterministic algorithms"),
     "matmul": (lambda: torch.set_float32_matmul_precision("medium"), "float32 matmul precision"),
-    "cudnn": (lambda: setattr(torch.backends.cudnn, "benchmark", not torch.backends.cudnn.benchmark),
-              "torch.backends.cudnn.benchmark"),
+    "cudnn": (
+        lambda: setattr(torch.backends.cudnn, "benchmark", not torch.backends.cudnn.benchmark),
+        "torch.backends.cudnn.benchmark",
+    ),
     "autocast": (lambda: torch.set_autocast_enabled("cpu", True), "autocast on cpu"),
     "forward hook": (_hook, "global module hooks"),
     "pre hook": (_pre_hook, "global module hooks"),
@@ -125,8 +129,11 @@ def test_a_closed_stdout_is_reopened_on_its_descriptor(tmp_path):
 
 def test_unchanged_raises_naming_the_change_and_the_module():
     threads = torch.get_num_threads()
-    with pytest.raises(StateChanged, match=r"module 'x' changed process-wide state: torch default dtype torch.float32 "
-                                           r"-> torch.float64; put back"):
+    with pytest.raises(
+        StateChanged,
+        match=r"module 'x' changed process-wide state: torch default dtype torch.float32 "
+        r"-> torch.float64; put back",
+    ):
         with unchanged("module 'x'"):
             torch.set_default_dtype(torch.float64)
     assert torch.get_default_dtype() == torch.float32 and torch.get_num_threads() == threads
@@ -139,6 +146,7 @@ def test_every_setting_is_readable_here():
 
 
 # --- cells: the culprit fails alone, later rows are as if it never ran -----------------------------
+
 
 class _Gate(nn.Module):
     def __init__(self, channels):
@@ -157,6 +165,7 @@ def _gate(name, action):
 def _raise(exc):
     def act():
         raise exc
+
     return act
 
 
@@ -185,27 +194,43 @@ def rogues():
 def test_cells_that_change_state_or_escape_fail_alone_and_later_rows_are_unaffected(tmp_path, rogues):
     torch.set_num_threads(2)
     cwd, handler = os.getcwd(), signal.getsignal(signal.SIGINT)
-    suite = parse_suite({"name": "rogue", "backbones": ["resnet18"], "modules": ["none", *ROGUES, "se"],
-                         "input_size": 32, "metrics": ["macs"]}, "rogue.yaml")
+    suite = parse_suite(
+        {
+            "name": "rogue",
+            "backbones": ["resnet18"],
+            "modules": ["none", *ROGUES, "se"],
+            "input_size": 32,
+            "metrics": ["macs"],
+        },
+        "rogue.yaml",
+    )
     result = run_suite(suite, tmp_path)
     got = {r.label: r for r in result.records}
     assert not result.interrupted and result.exit_code == 1
-    for label, change in (("threads_gate", "torch threads 2 -> 1"), ("dtype_gate", "torch default dtype torch.float32 -> "
-                                                                                  "torch.float64"),
-                          ("hook_gate", "global module hooks none -> "), ("chdir_gate", "working folder "),
-                          ("sigign_gate", "signal handlers: SIGINT ")):
+    for label, change in (
+        ("threads_gate", "torch threads 2 -> 1"),
+        ("dtype_gate", "torch default dtype torch.float32 -> torch.float64"),
+        ("hook_gate", "global module hooks none -> "),
+        ("chdir_gate", "working folder "),
+        ("sigign_gate", "signal handlers: SIGINT "),
+    ):
         r = got[label]
         assert (r.status, r.error["type"]) == ("failed", "StateChanged"), (label, r.error)
         assert r.error["message"].startswith(f"module {label!r} changed process-wide state: {change}"), r.error
         assert r.env["threads"] == 2  # the count the cell started with, not the one the module left
-    for label, what in (("kbi_gate", "KeyboardInterrupt raised by the code (no Ctrl-C or SIGTERM reached the process)"),
-                        ("genexit_gate", "GeneratorExit"), ("base_gate", "BaseException: rogue base"),
-                        ("exit0_gate", "SystemExit (exit status 0)")):
+    for label, what in (
+        ("kbi_gate", "KeyboardInterrupt raised by the code (no Ctrl-C or SIGTERM reached the process)"),
+        ("genexit_gate", "GeneratorExit"),
+        ("base_gate", "BaseException: rogue base"),
+        ("exit0_gate", "SystemExit (exit status 0)"),
+    ):
         assert (got[label].status, got[label].error["type"]) == ("failed", "ModuleFailed"), (label, got[label].error)
         assert got[label].error["message"].endswith(what), got[label].error
     # rows after the culprits are measured as if they never ran: the same numbers as a run without them
-    clean = parse_suite({"name": "clean", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32,
-                         "metrics": ["macs"]}, "clean.yaml")
+    clean = parse_suite(
+        {"name": "clean", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["macs"]},
+        "clean.yaml",
+    )
     alone = {r.label: r for r in run_suite(clean, tmp_path / "clean").records}
     assert got["se"].ok and got["none"].ok and got["se"].env["threads"] == 2
     assert (got["se"].value, got["none"].value) == (alone["se"].value, alone["none"].value)
@@ -215,9 +240,17 @@ def test_cells_that_change_state_or_escape_fail_alone_and_later_rows_are_unaffec
 
 
 def test_a_timing_groups_culprit_fails_at_warm_up_and_the_others_keep_their_threads(tmp_path, rogues):
-    suite = parse_suite({"name": "rt", "backbones": ["resnet18"], "modules": ["none", "dtype_gate", "se"],
-                         "input_size": 32, "metrics": ["latency_cpu"],
-                         "latency": {"threads": 2, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 3}}, "rt.yaml")
+    suite = parse_suite(
+        {
+            "name": "rt",
+            "backbones": ["resnet18"],
+            "modules": ["none", "dtype_gate", "se"],
+            "input_size": 32,
+            "metrics": ["latency_cpu"],
+            "latency": {"threads": 2, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 3},
+        },
+        "rt.yaml",
+    )
     got = {r.label: r for r in run_suite(suite, tmp_path).records}
     assert got["dtype_gate"].error["type"] == "StateChanged", got["dtype_gate"].error
     assert "variant" not in got["dtype_gate"].error["message"]  # the label is the module: named once
@@ -235,8 +268,16 @@ def test_a_real_signal_still_stops_the_run(tmp_path):
 
     attnbench.register("signals_itself", override=True)(SignalsItself)
     try:
-        suite = parse_suite({"name": "sig", "backbones": ["resnet18"], "modules": ["none", "signals_itself"],
-                             "input_size": 32, "metrics": ["macs"]}, "sig.yaml")
+        suite = parse_suite(
+            {
+                "name": "sig",
+                "backbones": ["resnet18"],
+                "modules": ["none", "signals_itself"],
+                "input_size": 32,
+                "metrics": ["macs"],
+            },
+            "sig.yaml",
+        )
         cells = [c for c in plan(suite) if c.variant.label == "signals_itself"]
         (task,) = make_tasks(cells, cell_keys(cells))
         with pytest.raises(KeyboardInterrupt):  # out of the cell's boundary: not a failed record
@@ -262,9 +303,13 @@ def test_is_signal_tells_a_delivered_signal_from_a_raised_one():
 
 def test_deadline_turns_an_escape_into_its_units_failure():
     with interrupts.watching():
-        for exc, text in ((KeyboardInterrupt(), "KeyboardInterrupt raised by the code (no Ctrl-C or SIGTERM reached "
-                          "the process)"), (SystemExit(0), "SystemExit (exit status 0)"), (GeneratorExit(), "GeneratorExit"),
-                          (SystemExit("bye"), "SystemExit: bye"), (BaseException("odd"), "BaseException: odd")):
+        for exc, text in (
+            (KeyboardInterrupt(), "KeyboardInterrupt raised by the code (no Ctrl-C or SIGTERM reached the process)"),
+            (SystemExit(0), "SystemExit (exit status 0)"),
+            (GeneratorExit(), "GeneratorExit"),
+            (SystemExit("bye"), "SystemExit: bye"),
+            (BaseException("odd"), "BaseException: odd"),
+        ):
             with pytest.raises(Escaped) as info:
                 with deadline(5, "step x"):
                     raise exc
@@ -273,13 +318,23 @@ def test_deadline_turns_an_escape_into_its_units_failure():
 
 # --- `attnbench check`: a module that changes state fails `process`, the process is as before -------
 
-@pytest.mark.parametrize("name,change", [("threads_gate", "torch threads"), ("hook_gate", "global module hooks"),
-                                         ("chdir_gate", "working folder"), ("sigign_gate", "signal handlers")])
+
+@pytest.mark.parametrize(
+    "name,change",
+    [
+        ("threads_gate", "torch threads"),
+        ("hook_gate", "global module hooks"),
+        ("chdir_gate", "working folder"),
+        ("sigign_gate", "signal handlers"),
+    ],
+)
 def test_check_fails_a_module_that_changes_state_and_leaves_the_process_as_it_was(name, change, rogues):
     before = snapshot()
     report = run_check(name, "")
     (process,) = [r for r in report.results if r.name == "process"]
-    assert process.status == "FAIL" and process.detail.startswith(f"changes process-wide state for every later run: {change}")
+    assert process.status == "FAIL" and process.detail.startswith(
+        f"changes process-wide state for every later run: {change}"
+    )
     assert "(in shape at 14x14)" in process.detail and report.exit_code == 1
     assert [r.name for r in report.failed] == ["process"]  # each step ran in the state the check found
     now = snapshot()
@@ -343,8 +398,11 @@ def test_a_plugin_import_that_changes_state_is_refused(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     MODULES.reload()
     try:
-        with pytest.warns(UserWarning, match=r"importing stateful_plugin:Gate changed process-wide state: torch "
-                                             r"threads 2 -> 1"):
+        with pytest.warns(
+            UserWarning,
+            match=r"importing stateful_plugin:Gate changed process-wide state: torch "
+            r"threads 2 -> 1",
+        ):
             with pytest.raises(attnbench.errors.AttnBenchError, match="failed to import: StateChanged"):
                 MODULES.get("stateful")
         assert torch.get_num_threads() == 2

@@ -1,5 +1,6 @@
 """attnbench/registry.py: where names come from, in-process registration, unknown names.
 (Plugin collisions and broken plugins: tests/test_robustness.py.)"""
+
 import re
 from importlib.metadata import distribution, version
 
@@ -66,8 +67,9 @@ def test_unknown_name_is_one_line_with_close_names():
     with pytest.raises(UnknownNameError) as exc:
         MODULES.get("cbma")
     # difflib's closest first: 'cbam', then up to two more
-    assert re.fullmatch(r"unknown module 'cbma'; did you mean 'cbam'(, '[^']+'){0,2}\? \(see `attnbench list modules`\)",
-                        str(exc.value)), str(exc.value)
+    assert re.fullmatch(
+        r"unknown module 'cbma'; did you mean 'cbam'(, '[^']+'){0,2}\? \(see `attnbench list modules`\)", str(exc.value)
+    ), str(exc.value)
     assert isinstance(exc.value, AttnBenchError) and isinstance(exc.value, KeyError)
     with pytest.raises(UnknownNameError, match=r"^unknown dataset 'zzz' \(see `attnbench list datasets`\)$"):
         DATASETS.get("zzz")  # nothing close: no guess

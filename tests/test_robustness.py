@@ -1,5 +1,6 @@
 """Every bad input and every fault ends in one clear line (issue: CLI, plugins, suites, output
 folder, runaway cells): the installed command is run in a subprocess for usage errors."""
+
 import errno
 import json
 import os
@@ -42,14 +43,18 @@ def one_line_error(p):
 
 # --- 1. CLI usage ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,first_line", [
-    (["list", "foo"], "error: Invalid value for 'what'"),
-    (["run", "--bogus"], "error: No such option: --bogus"),
-    (["run", "--suite"], "error: Option '--suite' requires an argument."),
-    (["measure"], "error: Missing argument 'backbone'."),
-    (["bogus"], "error: No such command 'bogus'."),
-    (["measure", "resnet18", "--input-size", "x"], "error: Invalid value for '--input-size'"),
-])
+
+@pytest.mark.parametrize(
+    "args,first_line",
+    [
+        (["list", "foo"], "error: Invalid value for 'what'"),
+        (["run", "--bogus"], "error: No such option: --bogus"),
+        (["run", "--suite"], "error: Option '--suite' requires an argument."),
+        (["measure"], "error: Missing argument 'backbone'."),
+        (["bogus"], "error: No such command 'bogus'."),
+        (["measure", "resnet18", "--input-size", "x"], "error: Invalid value for '--input-size'"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line_and_usage(args, first_line):
     p = script(*args)
     assert one_line_error(p).startswith(first_line)
@@ -71,6 +76,7 @@ def test_version_and_python_dash_m():
 
 # --- 2. plugins --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def hostile(hostile_site, monkeypatch):
     with plugins_from(hostile_site, monkeypatch) as caught:
@@ -85,7 +91,9 @@ def test_plugin_cannot_take_a_builtin_name(hostile):
     # The built-in keeps its numbers: SE on ResNet-18 = sum over 8 blocks of 2C^2/16 + C/16 + C.
     assert attnbench.attention_parameters(attnbench.build("resnet18", "se")) == 89_080
     # The plugin is still usable under its qualified name: one scale per channel, 8 blocks.
-    assert attnbench.attention_parameters(attnbench.build("resnet18", "attnbench-hostile-plugin:se")) == 2 * (64 + 128 + 256 + 512)
+    assert attnbench.attention_parameters(attnbench.build("resnet18", "attnbench-hostile-plugin:se")) == 2 * (
+        64 + 128 + 256 + 512
+    )
 
 
 def test_plugin_exit_on_import_is_contained(hostile):
@@ -128,20 +136,24 @@ def test_the_plugin_package_is_part_of_a_cells_key(hostile):
 
 # --- 3. validation at load time ----------------------------------------------------------
 
+
 def _suite(tmp_path, text, name="s.yaml"):
     p = tmp_path / name
     p.write_text(text) if isinstance(text, str) else p.write_bytes(text)
     return str(p)
 
 
-@pytest.mark.parametrize("extra,field,problem", [
-    ("latency: {threads: -1}\n", "latency.threads", "integer >= 1"),
-    ("latency: {threads: 0}\n", "latency.threads", "integer >= 1"),
-    ("latency: {min_time: .nan}\n", "latency.min_time", "finite number"),
-    ("module_options: {se: {reducton: 8}}\n", "module_options.se", "does not accept options ['reducton']"),
-    ("batch_size: 100000\ninput_size: 4096\n", "batch_size", "available"),
-    ("timeout: -3\n", "timeout", "finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "extra,field,problem",
+    [
+        ("latency: {threads: -1}\n", "latency.threads", "integer >= 1"),
+        ("latency: {threads: 0}\n", "latency.threads", "integer >= 1"),
+        ("latency: {min_time: .nan}\n", "latency.min_time", "finite number"),
+        ("module_options: {se: {reducton: 8}}\n", "module_options.se", "does not accept options ['reducton']"),
+        ("batch_size: 100000\ninput_size: 4096\n", "batch_size", "available"),
+        ("timeout: -3\n", "timeout", "finite number > 0"),
+    ],
+)
 def test_mistakes_are_found_at_load_time(tmp_path, extra, field, problem):
     path = _suite(tmp_path, "backbones: [resnet18]\nmodules: [none, se]\n" + extra)
     with pytest.raises(SuiteError) as info:
@@ -152,9 +164,13 @@ def test_mistakes_are_found_at_load_time(tmp_path, extra, field, problem):
 def test_alias_bomb_is_refused_fast_and_messages_stay_bounded(tmp_path):
     # nine levels of nine aliases each: 9**9 (387 million) nodes once expanded, a few hundred bytes on disk
     levels = "  l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+        f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+    )
     t0 = time.perf_counter()
-    for where in ("description:\n" + levels, "modules:\n- none\n- name: x\n  module: se\n  junk:\n" + levels.replace("  l", "    l")):
+    for where in (
+        "description:\n" + levels,
+        "modules:\n- none\n- name: x\n  module: se\n  junk:\n" + levels.replace("  l", "    l"),
+    ):
         path = _suite(tmp_path, "backbones: [resnet18]\n" + where)
         with pytest.raises(SuiteError, match="expands to more than"):
             load_suite(path)
@@ -175,6 +191,7 @@ def test_binary_and_oversized_suite_files(tmp_path):
 
 # --- 4. the per-cell guard ---------------------------------------------------------------
 
+
 class Hang(nn.Module):
     def __init__(self, channels):
         super().__init__()
@@ -189,8 +206,10 @@ class CpuOom(nn.Module):
         super().__init__()
 
     def forward(self, x):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"
+        )
 
 
 class StdGate(nn.Module):
@@ -216,24 +235,34 @@ def faulty_modules():
 
 @pytest.mark.slow
 def test_hung_oom_and_nan_cells_fail_alone(tmp_path, faulty_modules):
-    suite = parse_suite({
-        "name": "guard", "backbones": ["resnet18"], "modules": ["none", "hang_test", "cpu_oom_test", "std_gate_test", "srm"],
-        "input_size": 32, "metrics": ["macs", "latency_cpu"], "timeout": 10,
-        "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
-    }, "guard.yaml")
+    suite = parse_suite(
+        {
+            "name": "guard",
+            "backbones": ["resnet18"],
+            "modules": ["none", "hang_test", "cpu_oom_test", "std_gate_test", "srm"],
+            "input_size": 32,
+            "metrics": ["macs", "latency_cpu"],
+            "timeout": 10,
+            "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
+        },
+        "guard.yaml",
+    )
     t0 = time.perf_counter()
     result = run_suite(suite, tmp_path)
     assert time.perf_counter() - t0 < 60
     errors = {(r.label, r.metric): (r.error or {}).get("type") for r in result.records}
     assert errors[("hang_test", "macs")] == "Timeout" and errors[("hang_test", "latency_cpu")] == "Timeout"
-    assert errors[("cpu_oom_test", "macs")] == "OutOfMemory" and errors[("cpu_oom_test", "latency_cpu")] == "OutOfMemory"
+    assert (
+        errors[("cpu_oom_test", "macs")] == "OutOfMemory" and errors[("cpu_oom_test", "latency_cpu")] == "OutOfMemory"
+    )
     # an unbiased std of a 1x1 map (resnet18's res5 at 32x32) is NaN: never an ok number
     assert errors[("std_gate_test", "macs")] == "NonFiniteOutput"
     assert errors[("std_gate_test", "latency_cpu")] == "NonFiniteOutput"
     # SRM declares that limit (min_spatial 2): the cell is unsupported, with the reason, before any forward
     srm = [r for r in result.records if r.label == "srm"]
-    assert srm and all(r.status == "unsupported" and "spatial" in (r.note or "") for r in srm), \
-        [(r.status, r.note) for r in srm]
+    assert srm and all(r.status == "unsupported" and "spatial" in (r.note or "") for r in srm), [
+        (r.status, r.note) for r in srm
+    ]
     assert errors[("none", "macs")] is None and errors[("none", "latency_cpu")] is None
     assert result.exit_code == 1
 
@@ -245,6 +274,7 @@ def test_cpu_allocation_failure_is_out_of_memory():
 
 
 # --- 5. the output folder ----------------------------------------------------------------
+
 
 def test_out_that_is_a_file_exits_2(tmp_path):
     f = tmp_path / "afile"
@@ -297,6 +327,7 @@ def test_disk_full_mid_run_stops_cleanly_and_resume_recovers(tmp_path, monkeypat
 
 # --- 6. reading stores -------------------------------------------------------------------
 
+
 def test_foreign_and_binary_lines_are_skipped_with_one_counted_warning(tmp_path):
     run_suite(parse_suite(TINY, "tiny.yaml"), tmp_path)
     store = tmp_path / "tiny.jsonl"
@@ -316,6 +347,7 @@ def test_foreign_and_binary_lines_are_skipped_with_one_counted_warning(tmp_path)
 
 
 # --- 8. a second Ctrl-C while the table is written ----------------------------------------
+
 
 def test_interrupt_while_writing_the_table_leaves_it_whole(tmp_path, monkeypatch):
     import attnbench.report as report

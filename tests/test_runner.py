@@ -1,4 +1,5 @@
 """The runner: how cells become tasks, what a failure is stored as, how a run ends."""
+
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,14 @@ from attnbench.run.tasks import make_tasks
 from attnbench.suite.parse import parse_suite
 from attnbench.suite.plan import plan
 
-SUITE = {"name": "r", "backbones": ["resnet18", "resnet34"], "modules": ["none", "se"], "input_size": 32,
-         "metrics": ["params", "macs", "latency_cpu"],
-         "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2}}
+SUITE = {
+    "name": "r",
+    "backbones": ["resnet18", "resnet34"],
+    "modules": ["none", "se"],
+    "input_size": 32,
+    "metrics": ["params", "macs", "latency_cpu"],
+    "latency": {"threads": 1, "warmup": 1, "rounds": 2, "min_time": 0.01, "min_iters": 2},
+}
 
 
 def test_counts_are_single_tasks_and_timings_one_group_per_backbone():
@@ -23,19 +29,33 @@ def test_counts_are_single_tasks_and_timings_one_group_per_backbone():
     tasks = make_tasks(cells, [f"k{i}" for i in range(len(cells))], checkpoint_dir=Path("ck"))
     shapes = [(t.cells[0].backbone, t.cells[0].metric, len(t.cells), t.grouped, t.exclusive) for t in tasks]
     assert shapes == [
-        ("resnet18", "params", 1, False, False), ("resnet18", "params", 1, False, False),
-        ("resnet18", "macs", 1, False, False), ("resnet18", "macs", 1, False, False),
+        ("resnet18", "params", 1, False, False),
+        ("resnet18", "params", 1, False, False),
+        ("resnet18", "macs", 1, False, False),
+        ("resnet18", "macs", 1, False, False),
         ("resnet18", "latency_cpu", 2, True, True),
-        ("resnet34", "params", 1, False, False), ("resnet34", "params", 1, False, False),
-        ("resnet34", "macs", 1, False, False), ("resnet34", "macs", 1, False, False),
+        ("resnet34", "params", 1, False, False),
+        ("resnet34", "params", 1, False, False),
+        ("resnet34", "macs", 1, False, False),
+        ("resnet34", "macs", 1, False, False),
         ("resnet34", "latency_cpu", 2, True, True),
     ]
     assert all(t.train_kwargs() == {} for t in tasks)  # only training cells checkpoint
 
 
 def test_training_tasks_checkpoint_under_the_cell_key():
-    suite = parse_suite({"name": "a", "kind": "accuracy", "backbones": ["resnet18"], "modules": ["none"],
-                         "dataset": "digits", "training": {"epochs": 1}, "seeds": [0, 1]}, "a.yaml")
+    suite = parse_suite(
+        {
+            "name": "a",
+            "kind": "accuracy",
+            "backbones": ["resnet18"],
+            "modules": ["none"],
+            "dataset": "digits",
+            "training": {"epochs": 1},
+            "seeds": [0, 1],
+        },
+        "a.yaml",
+    )
     cells = plan(suite)
     tasks = make_tasks(cells, ["ka", "kb"], checkpoint_dir=Path("OUT/checkpoints"))
     assert [t.training for t in tasks] == [True, True]
@@ -56,8 +76,16 @@ def known_limit():
 
 
 def test_unsupported_is_counted_apart_and_does_not_fail_the_run(tmp_path, known_limit):
-    suite = parse_suite({**SUITE, "name": "u", "backbones": ["resnet18"], "modules": ["none", "known_limit_test"], "metrics": ["params"]},
-                        "u.yaml")
+    suite = parse_suite(
+        {
+            **SUITE,
+            "name": "u",
+            "backbones": ["resnet18"],
+            "modules": ["none", "known_limit_test"],
+            "metrics": ["params"],
+        },
+        "u.yaml",
+    )
     result = run_suite(suite, tmp_path)
     assert (result.ok, result.failed, result.unsupported, result.exit_code) == (1, 0, 1, 0)
     rec = next(r for r in result.records if r.label == "known_limit_test")

@@ -2,6 +2,7 @@
 
 Tiny models at threads 1: these check behaviour (close outputs, honest failures), not speed.
 """
+
 import json
 import sys
 
@@ -36,8 +37,14 @@ def needs(runtime):
 
 def tiny_net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
 
 
 def tiny_input():
@@ -150,9 +157,14 @@ def test_model_that_cannot_be_exported_fails_on_one_line_naming_the_op(runtime):
     assert isinstance(caught.value, ModuleDoesNotFit)
 
 
-@pytest.mark.parametrize("runtime, package, extra", [("onnxruntime", "onnxruntime", "onnx"),
-                                                     ("onnxruntime", "onnxscript", "onnx"),
-                                                     ("openvino", "openvino", "openvino")])
+@pytest.mark.parametrize(
+    "runtime, package, extra",
+    [
+        ("onnxruntime", "onnxruntime", "onnx"),
+        ("onnxruntime", "onnxscript", "onnx"),
+        ("openvino", "openvino", "openvino"),
+    ],
+)
 def test_missing_package_names_its_install_command(monkeypatch, runtime, package, extra):
     monkeypatch.setitem(sys.modules, package, None)  # import now raises ModuleNotFoundError
     hint = f"{package} is not installed; pip install 'attnbench[{extra}]'"
@@ -194,7 +206,9 @@ def test_module_imports_without_the_optional_packages():
     """Importing attnbench.measures.runtimes must not import onnx, onnxruntime or openvino."""
     import subprocess
 
-    code = ("import sys; import attnbench.measures.runtimes; "
-            "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript', 'openvino') if m in sys.modules))")
+    code = (
+        "import sys; import attnbench.measures.runtimes; "
+        "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript', 'openvino') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 """Welch's interval, verdict, MDD and convergence on examples worked out by hand."""
+
 import math
 
 import pytest

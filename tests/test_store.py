@@ -1,4 +1,5 @@
 """The result store: resume, kill -9, Ctrl-C, tables rebuilt from records alone."""
+
 import json
 import os
 import signal
@@ -14,8 +15,11 @@ from attnbench.run.runner import run_suite
 from attnbench.suite.parse import parse_suite
 
 SUITE = {
-    "name": "store", "backbones": ["resnet18"], "modules": ["none", "se", "cbam", "nonlocal"],
-    "input_size": 32, "metrics": ["params", "flops"],
+    "name": "store",
+    "backbones": ["resnet18"],
+    "modules": ["none", "se", "cbam", "nonlocal"],
+    "input_size": 32,
+    "metrics": ["params", "flops"],
 }
 
 
@@ -47,9 +51,20 @@ def test_ctrl_c_keeps_finished_cells(tmp_path):
 
 def record(key, status="ok"):
     """The smallest record of the shape the store accepts."""
-    return Record.from_dict({"key": key, "suite": "x", "backbone": "resnet18", "label": "se", "module": "se",
-                             "metric": "params", "position": [0, 1], "config": {}, "status": status,
-                             "measurement": {"metric": "params", "value": 1, "unit": "parameters", "method": "test"}})
+    return Record.from_dict(
+        {
+            "key": key,
+            "suite": "x",
+            "backbone": "resnet18",
+            "label": "se",
+            "module": "se",
+            "metric": "params",
+            "position": [0, 1],
+            "config": {},
+            "status": status,
+            "measurement": {"metric": "params", "value": 1, "unit": "parameters", "method": "test"},
+        }
+    )
 
 
 def test_torn_last_line_is_cut_before_appending(tmp_path):
@@ -69,7 +84,8 @@ def test_sigkill_mid_run_then_resume_stores_every_cell_once(tmp_path):
     suite = tmp_path / "killme.yaml"
     suite.write_text(
         "name: killme\nbackbones: [resnet18, resnet34]\nmodules: [none, se, cbam, nonlocal]\ninput_size: 64\n"
-        "metrics: [params, flops, latency_cpu]\nlatency: {threads: 1, warmup: 1, rounds: 3, min_time: 0.05}\n")
+        "metrics: [params, flops, latency_cpu]\nlatency: {threads: 1, warmup: 1, rounds: 3, min_time: 0.05}\n"
+    )
     out = tmp_path / "res"
     store = out / "killme.jsonl"
     cmd = [sys.executable, "-m", "attnbench.cli", "run", "--suite", str(suite), "--out", str(out), "--quiet"]

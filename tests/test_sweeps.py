@@ -1,4 +1,5 @@
 """Sweeps: input_size / batch_size / runtime as suite axes; each point is its own cell with its own key."""
+
 import pytest
 
 from attnbench.run.tasks import make_tasks
@@ -11,7 +12,12 @@ ENV = {"torch": "x"}
 
 
 def suite(**fields):
-    data = {"name": "sw", "backbones": ["resnet18"], "modules": ["none", "se"], "metrics": ["params", "macs", "latency_cpu"]}
+    data = {
+        "name": "sw",
+        "backbones": ["resnet18"],
+        "modules": ["none", "se"],
+        "metrics": ["params", "macs", "latency_cpu"],
+    }
     data.update(fields)
     return parse_suite(data, "sw.yaml")
 
@@ -22,10 +28,17 @@ def test_a_list_is_a_grid_of_points():
     assert s.base == Point((32, 32), 1)
     cells = plan(s)
     # params and MACs per image depend on the input size only; timings on every axis
-    by_metric = {m: [(c.input_size, c.batch_size, c.runtime) for c in cells if c.metric == m and c.variant.label == "se"]
-                 for m in ("params", "macs", "latency_cpu")}
+    by_metric = {
+        m: [(c.input_size, c.batch_size, c.runtime) for c in cells if c.metric == m and c.variant.label == "se"]
+        for m in ("params", "macs", "latency_cpu")
+    }
     assert by_metric["params"] == by_metric["macs"] == [((32, 32), 1, "eager"), ((48, 64), 1, "eager")]
-    assert by_metric["latency_cpu"] == [((32, 32), 1, "eager"), ((32, 32), 4, "eager"), ((48, 64), 1, "eager"), ((48, 64), 4, "eager")]
+    assert by_metric["latency_cpu"] == [
+        ((32, 32), 1, "eager"),
+        ((32, 32), 4, "eager"),
+        ((48, 64), 1, "eager"),
+        ((48, 64), 4, "eager"),
+    ]
     assert len(cells) == 2 * (2 + 2 + 4)
     keys = [c.key(ENV) for c in cells]
     assert len(set(keys)) == len(keys)
@@ -34,10 +47,18 @@ def test_a_list_is_a_grid_of_points():
 
 
 def test_sweeps_are_a_union_of_one_axis_grids():
-    s = suite(input_size=224, sweeps=[{"input_size": [112, 224, 448]}, {"batch_size": [1, 8]},
-                                      {"runtime": ["compile", "onnxruntime"]}])
-    assert [p.label for p in s.all_points()] == ["112x112 b1 eager", "224x224 b1 eager", "448x448 b1 eager",
-                                                 "224x224 b8 eager", "224x224 b1 compile", "224x224 b1 onnxruntime"]
+    s = suite(
+        input_size=224,
+        sweeps=[{"input_size": [112, 224, 448]}, {"batch_size": [1, 8]}, {"runtime": ["compile", "onnxruntime"]}],
+    )
+    assert [p.label for p in s.all_points()] == [
+        "112x112 b1 eager",
+        "224x224 b1 eager",
+        "448x448 b1 eager",
+        "224x224 b8 eager",
+        "224x224 b1 compile",
+        "224x224 b1 onnxruntime",
+    ]
     cells = plan(s)
     assert sum(c.metric == "latency_cpu" for c in cells) == 2 * 6
     assert sum(c.metric == "macs" for c in cells) == 2 * 3  # runtime and batch do not change MACs per image
@@ -71,14 +92,34 @@ def test_accuracy_suites_refuse_sweeps(tmp_path):
     from attnbench.errors import SuiteError
 
     with pytest.raises(SuiteError, match="sweeps and runtimes are for overhead suites"):
-        parse_suite({"kind": "accuracy", "backbones": ["resnet18"], "modules": ["none"], "dataset": "digits",
-                     "input_size": [8, 16]}, "a.yaml")
+        parse_suite(
+            {
+                "kind": "accuracy",
+                "backbones": ["resnet18"],
+                "modules": ["none"],
+                "dataset": "digits",
+                "input_size": [8, 16],
+            },
+            "a.yaml",
+        )
 
 
 def test_regimes_suite_is_the_issue_grid():
     s = load_suite("regimes")
-    assert s.backbones == ["resnet50"] and [v.label for v in s.variants if not v.auto] == ["none", "se", "cbam", "eca", "nonlocal"]
+    assert s.backbones == ["resnet50"] and [v.label for v in s.variants if not v.auto] == [
+        "none",
+        "se",
+        "cbam",
+        "eca",
+        "nonlocal",
+    ]
     labels = [p.label for p in s.all_points()]
-    for want in ("112x112 b1 eager", "224x224 b1 eager", "448x448 b1 eager", "224x224 b8 eager",
-                 "224x224 b1 compile", "224x224 b1 onnxruntime"):
+    for want in (
+        "112x112 b1 eager",
+        "224x224 b1 eager",
+        "448x448 b1 eager",
+        "224x224 b8 eager",
+        "224x224 b1 compile",
+        "224x224 b1 onnxruntime",
+    ):
         assert want in labels

@@ -5,6 +5,7 @@ its tensor arguments once (weights included, read again by every call) and write
 stays cached between operators; views move nothing; in-place operators write once. float32: 4 bytes/element.
 Every expected count below is written from the layers' shapes, operator by operator, not from the counter.
 """
+
 import pytest
 import torch
 from timm.models.resnet import BasicBlock
@@ -29,40 +30,51 @@ def linear_elements(n, i, o):
 
 def se_elements(c, r, hw, n=1):
     h = c // r
-    return ((n * c * hw + n * c)                   # mean over H, W: reads the map, writes C
-            + linear_elements(n, c, h)            # fc1
-            + 2 * n * h                           # ReLU in place: reads and writes its C/r once
-            + linear_elements(n, h, c)            # fc2
-            + 2 * n * c                           # sigmoid
-            + (n * c * hw + n * c + n * c * hw))  # x * s: the map, the (N, C, 1, 1) gate (broadcast, stored once), the output
+    return (
+        (n * c * hw + n * c)  # mean over H, W: reads the map, writes C
+        + linear_elements(n, c, h)  # fc1
+        + 2 * n * h  # ReLU in place: reads and writes its C/r once
+        + linear_elements(n, h, c)  # fc2
+        + 2 * n * c  # sigmoid
+        + (n * c * hw + n * c + n * c * hw)
+    )  # x * s: the map, the (N, C, 1, 1) gate (broadcast, stored once), the output
 
 
 def cbam_elements(c, r, hw, k):
     h = c // r
     mlp = linear_elements(1, c, h) + 2 * h + linear_elements(1, h, c)
-    channel = ((c * hw + c) + mlp            # mean + MLP
-               + (c * hw + c) + mlp          # amax + the same MLP (its weights read again)
-               + 3 * c + 2 * c               # add, sigmoid
-               + (2 * c * hw + c))           # x * gate
-    spatial = ((c * hw + hw) * 2             # amax and mean over channels (keepdim): read the map, write H x W each
-               + 4 * hw                      # cat: reads both, writes 2 x H x W
-               + (2 * hw + 2 * k * k + hw)   # conv 2->1, k x k, no bias
-               + (hw + 4 + hw)               # eval BatchNorm(1): input, weight, bias, running mean, running var; output
-               + 2 * hw                      # sigmoid
-               + (2 * c * hw + hw))          # x * gate
+    channel = (
+        (c * hw + c)
+        + mlp  # mean + MLP
+        + (c * hw + c)
+        + mlp  # amax + the same MLP (its weights read again)
+        + 3 * c
+        + 2 * c  # add, sigmoid
+        + (2 * c * hw + c)
+    )  # x * gate
+    spatial = (
+        (c * hw + hw) * 2  # amax and mean over channels (keepdim): read the map, write H x W each
+        + 4 * hw  # cat: reads both, writes 2 x H x W
+        + (2 * hw + 2 * k * k + hw)  # conv 2->1, k x k, no bias
+        + (hw + 4 + hw)  # eval BatchNorm(1): input, weight, bias, running mean, running var; output
+        + 2 * hw  # sigmoid
+        + (2 * c * hw + hw)
+    )  # x * gate
     return channel + spatial
 
 
 def nonlocal_elements(c, hw):
     i = c // 2
     conv_in = c * hw + i * c + i + i * hw  # theta / phi / g: read x, weight, bias; write C' x HW
-    return (3 * conv_in
-            + (2 * i * hw + hw * hw)              # bmm(theta^T, phi): the transposes and flattens are views
-            + 2 * hw * hw                          # softmax
-            + (hw * hw + hw * i + hw * i)          # bmm(affinity, g^T)
-            + (i * hw + c * i + c + c * hw)        # W: 1x1 conv C'->C (the transpose + reshape before it are views)
-            + (c * hw + 4 * c + c * hw)            # BatchNorm
-            + 3 * c * hw)                          # residual add (out of place)
+    return (
+        3 * conv_in
+        + (2 * i * hw + hw * hw)  # bmm(theta^T, phi): the transposes and flattens are views
+        + 2 * hw * hw  # softmax
+        + (hw * hw + hw * i + hw * i)  # bmm(affinity, g^T)
+        + (i * hw + c * i + c + c * hw)  # W: 1x1 conv C'->C (the transpose + reshape before it are views)
+        + (c * hw + 4 * c + c * hw)  # BatchNorm
+        + 3 * c * hw
+    )  # residual add (out of place)
 
 
 def basic_block_elements(c, hw):
@@ -86,8 +98,13 @@ def test_operator_calls_of_an_se_block_by_hand():
     # unsqueeze views; mul: 10 calls, of which the two t and two unsqueeze move nothing
     mc = count_forward_macs(SqueezeExcite(32, reduction=4), torch.randn(1, 32, 5, 5))
     assert (mc.operators, mc.operators_no_traffic) == (10, 4)
-    assert mc.bytes_by_operator == {"mean": F32 * (800 + 32), "addmm": F32 * (linear_elements(1, 32, 8) + linear_elements(1, 8, 32)),
-                                    "relu_": F32 * 16, "sigmoid": F32 * 64, "mul": F32 * (800 + 32 + 800)}
+    assert mc.bytes_by_operator == {
+        "mean": F32 * (800 + 32),
+        "addmm": F32 * (linear_elements(1, 32, 8) + linear_elements(1, 8, 32)),
+        "relu_": F32 * 16,
+        "sigmoid": F32 * 64,
+        "mul": F32 * (800 + 32 + 800),
+    }
 
 
 def test_lone_cbam_block_by_hand():

@@ -1,4 +1,5 @@
 """Per-epoch curves, checkpoint/resume bit-for-bit, 0-step refusal, training validation, CUDA skips."""
+
 import math
 
 import pytest
@@ -20,6 +21,7 @@ def _kill_after(k):
     def hook(point):
         if point["epoch"] == k:
             raise Killed(k)
+
     return hook
 
 
@@ -74,25 +76,30 @@ def test_training_keys_come_from_the_config():
     assert TRAINING_KEYS == tuple(TrainConfig.__dataclass_fields__)
 
 
-@pytest.mark.parametrize("training, field, text", [
-    ({"optimizer": "adam"}, "optimizer", "'sgd' or 'adamw'"),
-    ({"lr": 0}, "lr", "> 0"),
-    ({"lr": float("nan")}, "lr", "> 0"),
-    ({"weight_decay": -1e-4}, "weight_decay", ">= 0"),
-    ({"momentum": 1.0}, "momentum", "[0, 1)"),
-    ({"device": "gpu"}, "device", "'cpu', 'cuda' or 'cuda:N'"),
-    ({"amp": "fp8"}, "amp", "'bf16', 'fp16' or 'auto'"),
-    ({"amp": "fp16"}, "amp", "use bf16 on the CPU"),
-    ({"batch_size": 1400}, "batch_size", "exceeds the 1347 training images of digits"),
-    ({"epochs": 0}, "epochs", "positive integer"),
-])
+@pytest.mark.parametrize(
+    "training, field, text",
+    [
+        ({"optimizer": "adam"}, "optimizer", "'sgd' or 'adamw'"),
+        ({"lr": 0}, "lr", "> 0"),
+        ({"lr": float("nan")}, "lr", "> 0"),
+        ({"weight_decay": -1e-4}, "weight_decay", ">= 0"),
+        ({"momentum": 1.0}, "momentum", "[0, 1)"),
+        ({"device": "gpu"}, "device", "'cpu', 'cuda' or 'cuda:N'"),
+        ({"amp": "fp8"}, "amp", "'bf16', 'fp16' or 'auto'"),
+        ({"amp": "fp16"}, "amp", "use bf16 on the CPU"),
+        ({"batch_size": 1400}, "batch_size", "exceeds the 1347 training images of digits"),
+        ({"epochs": 0}, "epochs", "positive integer"),
+    ],
+)
 def test_validate_training_names_the_field(training, field, text):
     problems = validate_training(training, {"name": "digits"})
     assert [f for f, _ in problems] == [field] and text in problems[0][1]
 
 
 def test_validate_training_accepts_gpu_settings():
-    assert validate_training({"device": "cuda:1", "amp": "fp16", "channels_last": True}, {"name": "fashion_mnist"}) == []
+    assert (
+        validate_training({"device": "cuda:1", "amp": "fp16", "channels_last": True}, {"name": "fashion_mnist"}) == []
+    )
 
 
 def test_train_size_without_loading():

@@ -1,5 +1,6 @@
 """Δlatency intervals: the paired-rounds method on a worked example, tables that show it, compare's noise
 band and --fail-above."""
+
 import math
 
 import pytest
@@ -25,8 +26,12 @@ def test_paired_interval_worked_by_hand():
     ci = paired_ratio_interval(variant, base)
     assert ci.n == 3
     assert ci.pct == pytest.approx(13.0735, abs=1e-3) and ci.pct == pytest.approx(100 * (math.exp(mean) - 1))
-    assert ci.low == pytest.approx(6.511, abs=1e-3) and ci.low == pytest.approx(100 * (math.exp(mean - half) - 1), rel=1e-5)
-    assert ci.high == pytest.approx(20.040, abs=1e-3) and ci.high == pytest.approx(100 * (math.exp(mean + half) - 1), rel=1e-5)
+    assert ci.low == pytest.approx(6.511, abs=1e-3) and ci.low == pytest.approx(
+        100 * (math.exp(mean - half) - 1), rel=1e-5
+    )
+    assert ci.high == pytest.approx(20.040, abs=1e-3) and ci.high == pytest.approx(
+        100 * (math.exp(mean + half) - 1), rel=1e-5
+    )
     assert ci.excludes_zero()
 
 
@@ -42,10 +47,25 @@ def test_one_round_gives_no_interval_and_pairing_matters():
 def timing(label, rounds, position, suite="t", size=224):
     flat = sorted(t for r in rounds for t in r)
     med = flat[len(flat) // 2]
-    return Record(key=f"{label}-{size}-{suite}", suite=suite, backbone="resnet50", label=label, module=label, metric="latency_cpu",
-                  position=(0, position), config={"input_size": [size, size], "batch_size": 1}, status="ok",
-                  measurement=Measurement("latency_cpu", med, "ms", "test", {"rounds": len(rounds), "min_time": 0.1, "warmup": 1},
-                                          {"median_ms": med, "iqr_ms": 0.1, "images_per_s": 1e3 / med, "rounds_ms": rounds}))
+    return Record(
+        key=f"{label}-{size}-{suite}",
+        suite=suite,
+        backbone="resnet50",
+        label=label,
+        module=label,
+        metric="latency_cpu",
+        position=(0, position),
+        config={"input_size": [size, size], "batch_size": 1},
+        status="ok",
+        measurement=Measurement(
+            "latency_cpu",
+            med,
+            "ms",
+            "test",
+            {"rounds": len(rounds), "min_time": 0.1, "warmup": 1},
+            {"median_ms": med, "iqr_ms": 0.1, "images_per_s": 1e3 / med, "rounds_ms": rounds},
+        ),
+    )
 
 
 def test_table_shows_delta_with_interval():
@@ -56,8 +76,12 @@ def test_table_shows_delta_with_interval():
 
 
 def test_a_sweep_gets_a_pivot_and_a_table_per_point():
-    recs = [timing("none", [[10.0], [10.5], [10.0]], 0), timing("se", [[11.0], [12.0], [11.5]], 1),
-            timing("none", [[40.0], [40.0], [40.0]], 0, size=448), timing("se", [[42.0], [42.0], [42.0]], 1, size=448)]
+    recs = [
+        timing("none", [[10.0], [10.5], [10.0]], 0),
+        timing("se", [[11.0], [12.0], [11.5]], 1),
+        timing("none", [[40.0], [40.0], [40.0]], 0, size=448),
+        timing("se", [[42.0], [42.0], [42.0]], 1, size=448),
+    ]
     md = render_markdown(recs)
     assert "## 224x224 b1 eager" in md and "## 448x448 b1 eager" in md
     pivot = md.split("## Across the sweep")[1].split("## 224x224")[0]
@@ -78,7 +102,11 @@ def test_compare_noise_band_and_fail_above(tmp_path):
     a = [timing("none", [[10.0, 10.1], [10.2, 10.1], [10.0, 9.9], [10.1, 10.0]], 0)]
     slower = [timing("none", [[12.0, 12.1], [12.2, 12.1], [12.0, 11.9], [12.1, 12.0]], 0)]  # +20%, tight
     noisy = [timing("none", [[9.0, 9.0], [16.0, 16.0], [9.5, 9.5], [15.0, 15.0]], 0)]  # +20% but noise
-    pa, pb, pc = write_store(tmp_path / "a.jsonl", a), write_store(tmp_path / "b.jsonl", slower), write_store(tmp_path / "c.jsonl", noisy)
+    pa, pb, pc = (
+        write_store(tmp_path / "a.jsonl", a),
+        write_store(tmp_path / "b.jsonl", slower),
+        write_store(tmp_path / "c.jsonl", noisy),
+    )
     (row,) = compare_rows(a, slower)
     assert row.delta.pct == pytest.approx(20.0, abs=0.2) and row.delta.low > 15 and row.regression_above(5)
     (loose,) = compare_rows(a, noisy)

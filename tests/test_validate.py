@@ -1,5 +1,6 @@
 """Published figures, each in its source's own convention: a match, or a difference whose cause is computed on the
 model counted -- never a constant -- or a source shown, by a count, to contradict itself."""
+
 import pytest
 from torch import nn
 
@@ -13,16 +14,33 @@ EXTRA = 10_000
 
 
 def test_the_status_of_a_figure_follows_from_numbers():
-    rows = validate([
-        Claim("a", "s", 4.12, 1e9, 2, lambda: 4.124e9),  # rounds to the printed digits
-        Claim("b", "s", 4.13, 1e9, 2, lambda: 4.12e9, "cause", lambda: 4.1251e9),  # the cause, computed, matches
-        Claim("c", "s", 4.13, 1e9, 2, lambda: 4.12e9, "cause", lambda: 4.1249e9),  # it does not: a mismatch
-        Claim("d", "s", 4.13, 1e9, 2, lambda: 4.12e9, "said, not computed"),  # a cause without a number is not one
-        Claim("e", "s", 1.0, 2 ** 20, 2, lambda: 2 ** 20 * 1.005, "", None, "x", lambda: True),
-        Claim("f", "s", 57.41, 2 ** 20, 2, lambda: 60_193_042, "twice rounded", lambda: round(60_193_042 / 2 ** 20, 3) * 2 ** 20),
-    ])
-    assert [r["status"] for r in rows] == ["match", "explained difference", "MISMATCH", "MISMATCH",
-                                           "match", "explained difference"]
+    rows = validate(
+        [
+            Claim("a", "s", 4.12, 1e9, 2, lambda: 4.124e9),  # rounds to the printed digits
+            Claim("b", "s", 4.13, 1e9, 2, lambda: 4.12e9, "cause", lambda: 4.1251e9),  # the cause, computed, matches
+            Claim("c", "s", 4.13, 1e9, 2, lambda: 4.12e9, "cause", lambda: 4.1249e9),  # it does not: a mismatch
+            Claim("d", "s", 4.13, 1e9, 2, lambda: 4.12e9, "said, not computed"),  # a cause without a number is not one
+            Claim("e", "s", 1.0, 2**20, 2, lambda: 2**20 * 1.005, "", None, "x", lambda: True),
+            Claim(
+                "f",
+                "s",
+                57.41,
+                2**20,
+                2,
+                lambda: 60_193_042,
+                "twice rounded",
+                lambda: round(60_193_042 / 2**20, 3) * 2**20,
+            ),
+        ]
+    )
+    assert [r["status"] for r in rows] == [
+        "match",
+        "explained difference",
+        "MISMATCH",
+        "MISMATCH",
+        "match",
+        "explained difference",
+    ]
     assert summary(rows) == "6 published figures: 2 match, 2 explained difference, 2 MISMATCH"
 
 

@@ -2,6 +2,7 @@
 load time with one line naming the field; transformer, MLP and HRNet backbones say why a module cannot go
 on them; a sweep with no Δ draws (or skips) its plot; a Δ shown as "not supported" says why; compare's units
 match its numbers; a non-UTF-8 locale degrades the output instead of a traceback."""
+
 import json
 import os
 import re
@@ -25,11 +26,18 @@ from attnbench.suite.parse import parse_suite
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 BASE = {"name": "v", "backbones": ["resnet18"], "modules": ["none", "se"], "input_size": 32, "metrics": ["params"]}
-ACCURACY = {"name": "a", "kind": "accuracy", "backbones": ["resnet18"], "modules": ["none", "se"], "dataset": "cifar10",
-            "training": {"epochs": 1}}
+ACCURACY = {
+    "name": "a",
+    "kind": "accuracy",
+    "backbones": ["resnet18"],
+    "modules": ["none", "se"],
+    "dataset": "cifar10",
+    "training": {"epochs": 1},
+}
 
 
 # --- validation: every wrong value is refused when the suite is read ------------------------------
+
 
 @pytest.mark.parametrize("field", ["latency", "module_options", "backbone_options"])
 @pytest.mark.parametrize("value", [0, [], "", False, 3, ["a"], "x"])
@@ -49,11 +57,18 @@ def test_null_mappings_are_empty():
     assert (s.latency, s.backbone_options) == ({}, {})
 
 
-@pytest.mark.parametrize("text,field,lines", [
-    ("name: v\nbackbones: [resnet18]\nmodules: [none, se]\nmodules: [none, eca]\n", "modules", (3, 4)),
-    ("name: v\nbackbones: [resnet18]\nmodules: [none, se]\nlatency: {threads: 1, threads: 2}\n", "threads", (4, 4)),
-    ("name: v\nbackbones: [resnet18]\nmodules:\n  - {module: se, reduction: 8, reduction: 4}\n", "reduction", (4, 4)),
-])
+@pytest.mark.parametrize(
+    "text,field,lines",
+    [
+        ("name: v\nbackbones: [resnet18]\nmodules: [none, se]\nmodules: [none, eca]\n", "modules", (3, 4)),
+        ("name: v\nbackbones: [resnet18]\nmodules: [none, se]\nlatency: {threads: 1, threads: 2}\n", "threads", (4, 4)),
+        (
+            "name: v\nbackbones: [resnet18]\nmodules:\n  - {module: se, reduction: 8, reduction: 4}\n",
+            "reduction",
+            (4, 4),
+        ),
+    ],
+)
 def test_duplicate_yaml_keys_are_refused(tmp_path, text, field, lines):
     p = tmp_path / "dup.yaml"
     p.write_text(text)
@@ -62,14 +77,21 @@ def test_duplicate_yaml_keys_are_refused(tmp_path, text, field, lines):
     assert read_yaml("a: 1\n'1': 2\n1: 3\n", "x") == {"a": 1, "1": 2, 1: 3}  # a string key and an int key differ
 
 
-@pytest.mark.parametrize("options,problem", [
-    ({"stages": []}, "stages must be a rule"), ({"stages": [0]}, "stage 0 is not a 1-based stage number"),
-    ({"stages": [2, 2]}, "names a stage twice"), ({"stages": "sideways"}, "stages 'sideways' is not one of"),
-    ({"stages": [True]}, "stage True is not"), ({"stages": [9]}, "stage 9 does not exist"),
-    ({"placement": "sideways"}, "placement='sideways' is not one of"),
-    ({"placement": 3}, "placement=3 is not one of"), ({"placement": ""}, "placement='' is not one of"),
-    ({"placement": {"basic": "sideways"}}, "is not one of"),
-])
+@pytest.mark.parametrize(
+    "options,problem",
+    [
+        ({"stages": []}, "stages must be a rule"),
+        ({"stages": [0]}, "stage 0 is not a 1-based stage number"),
+        ({"stages": [2, 2]}, "names a stage twice"),
+        ({"stages": "sideways"}, "stages 'sideways' is not one of"),
+        ({"stages": [True]}, "stage True is not"),
+        ({"stages": [9]}, "stage 9 does not exist"),
+        ({"placement": "sideways"}, "placement='sideways' is not one of"),
+        ({"placement": 3}, "placement=3 is not one of"),
+        ({"placement": ""}, "placement='' is not one of"),
+        ({"placement": {"basic": "sideways"}}, "is not one of"),
+    ],
+)
 def test_attachment_options_are_checked_at_load_time(options, problem):
     with pytest.raises(SuiteError, match=r"field 'modules\[1\]': .*" + problem.replace("[", r"\[")):
         parse_suite({**BASE, "modules": ["none", {"module": "nonlocal", **options}]}, "v.yaml")
@@ -81,7 +103,10 @@ def test_attachment_options_are_checked_at_load_time(options, problem):
 def test_a_module_cannot_take_a_baselines_label(label):
     with pytest.raises(SuiteError, match=rf"the label '{label}' is reserved for the"):
         parse_suite({**BASE, "modules": [{"name": label, "module": "se"}, "eca"]}, "v.yaml")
-    assert [v.label for v in parse_suite({**BASE, "modules": ["baseline", "se"]}, "v.yaml").variants] == ["baseline", "se"]
+    assert [v.label for v in parse_suite({**BASE, "modules": ["baseline", "se"]}, "v.yaml").variants] == [
+        "baseline",
+        "se",
+    ]
 
 
 def test_a_long_suite_name_is_one_line(tmp_path):
@@ -99,20 +124,33 @@ def test_description_must_be_text():
 
 # --- families: transformers, MLPs and HRNet say why, in one line -----------------------------------
 
+
 @pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "mixer_s16_224"])
 def test_a_fixed_size_backbone_at_another_size_is_refused_at_load_time(backbone):
-    with pytest.raises(SuiteError, match=rf"field 'input_size': backbone '{backbone}' takes only 224x224 inputs as timm "
-                                         r"builds it .* not 32x32; use input_size 224x224, or backbone_options img_size"):
+    with pytest.raises(
+        SuiteError,
+        match=rf"field 'input_size': backbone '{backbone}' takes only 224x224 inputs as timm "
+        r"builds it .* not 32x32; use input_size 224x224, or backbone_options img_size",
+    ):
         parse_suite({**BASE, "backbones": ["resnet18", backbone]}, "v.yaml")
     parse_suite({**BASE, "backbones": [backbone], "input_size": 224}, "v.yaml")
 
 
-@pytest.mark.parametrize("backbone,why", [
-    ("vit_tiny_patch16_224", r"VisionTransformer feeds blocks\.\d+\.attn a 3-D tensor \(1, 197, 192\) \(tokens\?\)"),
-    ("mixer_s16_224", r"MlpMixer feeds blocks\.\d+\.attn a 3-D tensor \(1, 196, 512\)"),
-    ("swin_tiny_patch4_window7_224", r"SwinTransformer feeds layers\.\d\.attn channels-last maps \(1, \d+, \d+, \d+\)"),
-    ("hrnet_w18_small", r"HighResolutionNet's feature_info names 'stem', which is not one of its modules"),
-])
+@pytest.mark.parametrize(
+    "backbone,why",
+    [
+        (
+            "vit_tiny_patch16_224",
+            r"VisionTransformer feeds blocks\.\d+\.attn a 3-D tensor \(1, 197, 192\) \(tokens\?\)",
+        ),
+        ("mixer_s16_224", r"MlpMixer feeds blocks\.\d+\.attn a 3-D tensor \(1, 196, 512\)"),
+        (
+            "swin_tiny_patch4_window7_224",
+            r"SwinTransformer feeds layers\.\d\.attn channels-last maps \(1, \d+, \d+, \d+\)",
+        ),
+        ("hrnet_w18_small", r"HighResolutionNet's feature_info names 'stem', which is not one of its modules"),
+    ],
+)
 def test_modules_on_non_convolutional_backbones_are_unsupported_with_the_reason(backbone, why):
     for module in ("se", "nonlocal"):
         with pytest.raises(Unsupported, match=why):
@@ -121,6 +159,7 @@ def test_modules_on_non_convolutional_backbones_are_unsupported_with_the_reason(
 
 
 # --- busy machines: no Δ to draw, Δ not supported ----------------------------------------------------
+
 
 def _lines(name):
     return [json.loads(ln) for ln in (RESULTS / f"{name}.jsonl").read_text().splitlines() if ln.strip()]
@@ -160,8 +199,10 @@ def test_a_delta_that_cannot_be_computed_says_why(tmp_path):
                 stats["rounds_wait"] = [x[:2] for x in stats["rounds_wait"]]
     md = render_markdown(_store(tmp_path, "short", lines), "short")
     assert "| not supported |" in md
-    assert (f"- Δ not supported: resnet18 latency_cpu: se, cbam, nonlocal: every round timed at most 2 call pair(s), "
-            f"fewer than the {MIN_PAIRS} a round needs for a paired Δ; raise latency.min_iters to {MIN_PAIRS}") in md
+    assert (
+        f"- Δ not supported: resnet18 latency_cpu: se, cbam, nonlocal: every round timed at most 2 call pair(s), "
+        f"fewer than the {MIN_PAIRS} a round needs for a paired Δ; raise latency.min_iters to {MIN_PAIRS}"
+    ) in md
     assert "Δ not supported" not in render_markdown(Store(RESULTS / "overhead.jsonl").latest(), "overhead")
 
 
@@ -183,6 +224,7 @@ def test_backbone_options_are_in_the_settings_line(tmp_path):
 
 
 # --- compare: units of the numbers shown, why a band is missing, seeds -----------------------------------
+
 
 def test_compare_shows_units_as_its_numbers_are_scaled_and_says_why_a_band_is_missing():
     recs = Store(RESULTS / "overhead.jsonl").latest()
@@ -213,18 +255,26 @@ def test_compare_shows_the_seed_of_each_accuracy_row():
 
 # --- locales: output degrades, files stay UTF-8 ----------------------------------------------------
 
-LOCALES = [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
-           {"LC_ALL": "POSIX"}, {"PYTHONIOENCODING": "latin-1"}]
+LOCALES = [
+    {"PYTHONIOENCODING": "ascii"},
+    {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+    {"LC_ALL": "POSIX"},
+    {"PYTHONIOENCODING": "latin-1"},
+]
 
 
 @pytest.mark.parametrize("env", LOCALES, ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()))
 def test_a_non_utf8_locale_degrades_output_and_keeps_files_utf8(tmp_path, env):
     env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LC_ALL", "LC_CTYPE")} | env
-    for args in (["report", str(RESULTS / "overhead.jsonl"), "-o", str(tmp_path)],
-                 ["report", str(RESULTS / "overhead.jsonl"), "-o", str(tmp_path), "--format", "latex"],
-                 ["compare", str(RESULTS / "overhead.jsonl"), str(RESULTS / "overhead.jsonl")],
-                 ["run", "-s", "nonexistent-Δ"]):
-        p = subprocess.run([str(SCRIPT), *args], capture_output=True, env={**env, "PYTHONWARNINGS": "ignore"}, timeout=120)
+    for args in (
+        ["report", str(RESULTS / "overhead.jsonl"), "-o", str(tmp_path)],
+        ["report", str(RESULTS / "overhead.jsonl"), "-o", str(tmp_path), "--format", "latex"],
+        ["compare", str(RESULTS / "overhead.jsonl"), str(RESULTS / "overhead.jsonl")],
+        ["run", "-s", "nonexistent-Δ"],
+    ):
+        p = subprocess.run(
+            [str(SCRIPT), *args], capture_output=True, env={**env, "PYTHONWARNINGS": "ignore"}, timeout=120
+        )
         p.stdout, p.stderr = (b.decode("latin-1") for b in (p.stdout, p.stderr))  # whatever the locale wrote
         assert "Traceback" not in p.stdout + p.stderr and "UnicodeEncodeError" not in p.stderr, (args, p.stderr)
         assert p.returncode == (2 if args[0] == "run" else 0), (args, p.stderr)
@@ -237,6 +287,7 @@ def test_ascii_output_uses_look_alikes():
 
 
 # --- training limits: batch 1 at a 1x1 map is unsupported, and only that --------------------------------
+
 
 def test_batchnorm_at_one_value_per_channel_is_unsupported_only_at_a_real_1x1_map():
     from attnbench.attach.backbone import ModuleFailed
@@ -269,8 +320,16 @@ def test_batch_1_at_a_1x1_map_is_unsupported_and_a_modules_pooled_batchnorm_is_i
     try:
         got = {}
         for size in (32, 64):
-            suite = parse_suite({**BASE, "name": f"bn{size}", "modules": ["none", "se_with_bn"], "input_size": size,
-                                 "metrics": ["macs_train", "train_memory"]}, "bn.yaml")
+            suite = parse_suite(
+                {
+                    **BASE,
+                    "name": f"bn{size}",
+                    "modules": ["none", "se_with_bn"],
+                    "input_size": size,
+                    "metrics": ["macs_train", "train_memory"],
+                },
+                "bn.yaml",
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 got.update({(size, r.label, r.metric): r for r in run_suite(suite, tmp_path / str(size)).records})
@@ -278,8 +337,10 @@ def test_batch_1_at_a_1x1_map_is_unsupported_and_a_modules_pooled_batchnorm_is_i
         MODULES.unregister("se_with_bn")
     for metric in ("macs_train", "train_memory"):
         r = got[(32, "none", metric)]  # resnet18's last map at 32x32 is 1x1: BatchNorm cannot train at batch 1 there
-        assert r.status == "unsupported" and r.note.startswith("BatchNorm cannot train on one value per channel (batch 1 "
-                                                               "at 32x32 reaches a 1x1 map: BatchNorm input [1, 512, 1, 1])")
+        assert r.status == "unsupported" and r.note.startswith(
+            "BatchNorm cannot train on one value per channel (batch 1 "
+            "at 32x32 reaches a 1x1 map: BatchNorm input [1, 512, 1, 1])"
+        )
         assert got[(64, "none", metric)].ok
         own = got[(64, "se_with_bn", metric)]  # its own pooled BatchNorm at layer1 (16x16): its failure, with its line
         assert (own.status, own.error["type"]) == ("failed", "ModuleFailed")

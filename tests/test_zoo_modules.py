@@ -1,5 +1,6 @@
 """Every first-party module: exact parameter count from its paper's formula, shape, gradients;
 every registry entry (timm's included) built into resnet18 and run, failures listed with reasons."""
+
 import pytest
 import torch
 from formulas import FORMULAS, SITE_CONTEXT, first_party_modules
@@ -86,10 +87,16 @@ def test_every_registry_entry_in_resnet18():
         assert reason in unsupported[name], (name, unsupported[name])
 
 
-@pytest.mark.parametrize("backbone,placement,sites", [  # ECA-Net's MobileNetV2 layout in inverted residuals: output
-    ("mobilenetv3_large_100", "output", 15), ("efficientnet_b0", "output", 16), ("regnety_002", "block", 13),
-    ("gernet_s", "block", 14), ("convnext_nano", "stage", 4),
-])
+@pytest.mark.parametrize(
+    "backbone,placement,sites",
+    [  # ECA-Net's MobileNetV2 layout in inverted residuals: output
+        ("mobilenetv3_large_100", "output", 15),
+        ("efficientnet_b0", "output", 16),
+        ("regnety_002", "block", 13),
+        ("gernet_s", "block", 14),
+        ("convnext_nano", "stage", 4),
+    ],
+)
 def test_attachment_beyond_resnet(backbone, placement, sites):
     m = build(backbone, "eca")
     a = m.attnbench_attachment

@@ -43,6 +43,7 @@ where the conv changes width or resolution.
 Every attached module is wrapped in an :class:`AttentionSlot`, which checks the output shape and
 marks the site so parameter and FLOP counts can be split into backbone and attention parts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -119,9 +120,17 @@ class Attachment:
         return self.native_removed
 
     def as_dict(self) -> dict:
-        return {"module": self.module, "placement": self.placement, "sites": len(self.sites), "stages": self.stages,
-                "native": self.native, "native_removed": self.native_removed, "native_kept": self.native_kept,
-                "init": self.init, "reinitialised": self.reinitialised}
+        return {
+            "module": self.module,
+            "placement": self.placement,
+            "sites": len(self.sites),
+            "stages": self.stages,
+            "native": self.native,
+            "native_removed": self.native_removed,
+            "native_kept": self.native_kept,
+            "init": self.init,
+            "reinitialised": self.reinitialised,
+        }
 
 
 class ModuleFailed(ModuleDoesNotFit):
@@ -133,15 +142,22 @@ class ModuleFailed(ModuleDoesNotFit):
         self.channels, self.input_shape = channels, tuple(input_shape)
 
 
-
 class AttentionSlot(nn.Module):
     """One attached module; fails clearly if its output is not the shape its site needs, and names
     the module, the site and the plugin's own file:line when the module raises."""
 
     attnbench_slot = True  # how placement.py recognises one without importing this module
 
-    def __init__(self, module: nn.Module, name: str, channels: int, out_channels: Optional[int] = None, stride: int = 1,
-                 site: str = "", stage: int = 0):
+    def __init__(
+        self,
+        module: nn.Module,
+        name: str,
+        channels: int,
+        out_channels: Optional[int] = None,
+        stride: int = 1,
+        site: str = "",
+        stage: int = 0,
+    ):
         super().__init__()
         self.attn = module
         self.module_name = name
@@ -164,18 +180,26 @@ class AttentionSlot(nn.Module):
         want = (n, self.out_channels, -(-h // self.stride), -(-w // self.stride))
         if not isinstance(y, torch.Tensor) or tuple(y.shape) != want:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            need = ("an attention module must keep the (N, C, H, W) shape" if want == tuple(x.shape)
-                    else f"in place of a conv it must return {want}")
+            need = (
+                "an attention module must keep the (N, C, H, W) shape"
+                if want == tuple(x.shape)
+                else f"in place of a conv it must return {want}"
+            )
             line = forward_line(self.attn)
-            raise ModuleDoesNotFit(f"attention module {self.module_name!r}{self._where()}"
-                                   f"{' (forward at ' + line + ')' if line else ''} returned {got} for input "
-                                   f"{tuple(x.shape)}; {need}")
+            raise ModuleDoesNotFit(
+                f"attention module {self.module_name!r}{self._where()}"
+                f"{' (forward at ' + line + ')' if line else ''} returned {got} for input "
+                f"{tuple(x.shape)}; {need}"
+            )
         if 0 in y.stride() and shares_memory(y):  # a stride test per call; the stride-0 case is rare
             line = forward_line(self.attn)
-            raise ModuleFailed(f"attention module {self.module_name!r}{self._where()} ({self.channels} channels, input "
-                               f"{tuple(x.shape)}){', ' + line if line else ''}: returned an expand()-style view whose "
-                               f"elements share memory (strides {tuple(y.stride())}); {ALIASED_ADVICE}",
-                               self.channels, tuple(x.shape))
+            raise ModuleFailed(
+                f"attention module {self.module_name!r}{self._where()} ({self.channels} channels, input "
+                f"{tuple(x.shape)}){', ' + line if line else ''}: returned an expand()-style view whose "
+                f"elements share memory (strides {tuple(y.stride())}); {ALIASED_ADVICE}",
+                self.channels,
+                tuple(x.shape),
+            )
         return y
 
     def _where(self) -> str:
@@ -189,8 +213,10 @@ class AttentionSlot(nn.Module):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         line = plugin_frame(exc, class_folder(self.attn) + current_roots())
         what = first_line(exc) if isinstance(exc, Exception) else escape_text(exc)
-        return (f"attention module {self.module_name!r}{self._where()} ({self.channels} channels, input {shape})"
-                f"{', ' + line if line else ''}: {what}")
+        return (
+            f"attention module {self.module_name!r}{self._where()} ({self.channels} channels, input {shape})"
+            f"{', ' + line if line else ''}: {what}"
+        )
 
 
 def failure_site(model: Optional[nn.Module], exc: BaseException) -> str:
@@ -215,8 +241,10 @@ def failure_site(model: Optional[nn.Module], exc: BaseException) -> str:
         slot, code = slots[0], tb.tb_frame.f_code
         line = forward_line(slot.attn)
         where = paths[id(owner)] or type(owner).__name__
-        return (f"in {where} at {'/'.join(Path(code.co_filename).parts[-3:])}:{tb.tb_lineno}, after attention module "
-                f"{slot.module_name!r}{slot._where()} ({slot.channels} channels{'; forward at ' + line if line else ''})")
+        return (
+            f"in {where} at {'/'.join(Path(code.co_filename).parts[-3:])}:{tb.tb_lineno}, after attention module "
+            f"{slot.module_name!r}{slot._where()} ({slot.channels} channels{'; forward at ' + line if line else ''})"
+        )
     return ""
 
 
@@ -235,8 +263,9 @@ def backbone_family(backbone: str) -> str:
     return timm.models.model_entrypoint(backbone).__module__.rsplit(".", 1)[-1]
 
 
-def fixed_size_problem(backbone: str, input_size: Union[int, Sequence[int]], backbone_kwargs: Optional[Dict] = None
-                       ) -> Optional[str]:
+def fixed_size_problem(
+    backbone: str, input_size: Union[int, Sequence[int]], backbone_kwargs: Optional[Dict] = None
+) -> Optional[str]:
     """Why ``backbone`` cannot take ``input_size`` as timm builds it, or None. ViT, DeiT, Mixer, Swin, MaxViT ...
     are built for one input size (timm's ``pretrained_cfg.fixed_input_size``: position embeddings, token-mixing
     MLPs, windows), unless ``img_size`` (or ``dynamic_img_size``) in ``backbone_kwargs`` says otherwise."""
@@ -251,9 +280,11 @@ def fixed_size_problem(backbone: str, input_size: Union[int, Sequence[int]], bac
     got = _size(input_size)
     if tuple(got) == want:
         return None
-    return (f"backbone {backbone!r} takes only {want[0]}x{want[1]} inputs as timm builds it (a fixed input size: "
-            f"position embeddings, token mixing or windows made for it), not {got[0]}x{got[1]}; use input_size "
-            f"{want[0]}x{want[1]}, or backbone_options img_size: [{got[0]}, {got[1]}]")
+    return (
+        f"backbone {backbone!r} takes only {want[0]}x{want[1]} inputs as timm builds it (a fixed input size: "
+        f"position embeddings, token mixing or windows made for it), not {got[0]}x{got[1]}; use input_size "
+        f"{want[0]}x{want[1]}, or backbone_options img_size: [{got[0]}, {got[1]}]"
+    )
 
 
 def split_options(options: Dict) -> tuple[Dict, Dict]:
@@ -271,8 +302,10 @@ def check_module_options(name: str, factory: Callable, options: Dict) -> None:
     if problem and problem[1] == "options":
         raise UsageError(f"module {name!r} does not accept options {sorted(options)}: {problem[0]}; fix its options")
     if problem:  # it cannot be called with a channel count alone: only an adapter fixes that
-        raise UsageError(f"module {name!r} cannot be called as factory(channels, **options): {problem[0]}; "
-                             f"{binding_advice(factory, declared_context(factory), name)}")
+        raise UsageError(
+            f"module {name!r} cannot be called as factory(channels, **options): {problem[0]}; "
+            f"{binding_advice(factory, declared_context(factory), name)}"
+        )
     problem = signature_problem(factory, options)  # reduction: -4 would build a 1-channel gate without a word
     if problem:
         raise UsageError(f"module {name!r}: {problem}; fix its options")
@@ -289,8 +322,11 @@ def check_attach_options(options: Dict) -> None:
     placement = options.get("placement")
     if problem is None and "placement" in options:
         kinds = placement.values() if isinstance(placement, dict) else [placement]
-        if not isinstance(placement, (str, dict)) or not placement or any(p is not None and p not in PLACEMENTS
-                                                                          for p in kinds):
+        if (
+            not isinstance(placement, (str, dict))
+            or not placement
+            or any(p is not None and p not in PLACEMENTS for p in kinds)
+        ):
             problem = f"option placement={placement!r} is not one of {', '.join(PLACEMENTS)}"[:200]
     if problem is None and "stages" in options:
         problem = stages_problem(options["stages"])
@@ -310,8 +346,10 @@ def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared
             raise
         what = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else escape_text(exc)
         line = plugin_frame(exc, package_roots(factory) + class_folder(factory) + current_roots())
-        raise ModuleDoesNotFit(f"attention module {name!r} failed to build at {site.path} ({site.channels} channels)"
-                               f"{', ' + line if line else ''}: {what}") from exc
+        raise ModuleDoesNotFit(
+            f"attention module {name!r} failed to build at {site.path} ({site.channels} channels)"
+            f"{', ' + line if line else ''}: {what}"
+        ) from exc
     if not isinstance(module, nn.Module):
         raise ModuleDoesNotFit(f"attention module {name!r} returned {type(module).__name__}, not a torch.nn.Module")
     like = next(site.owner.parameters(), None)  # the backbone's device and dtype
@@ -323,8 +361,10 @@ def _make_slot(name: str, factory: Callable, options: Dict, site: Site, declared
 def _check_conv_fit(name: str, site: Site, declared: Sequence[str]) -> None:
     for key, value, same in (("out_channels", site.out_channels, site.channels), ("stride", site.stride, 1)):
         if value != same and key not in declared:
-            raise ModuleDoesNotFit(f"module {name!r} cannot replace {site.path} ({site.channels}->{site.out_channels} "
-                                   f"channels, stride {site.stride}): its factory takes no {key!r}; use placement: block")
+            raise ModuleDoesNotFit(
+                f"module {name!r} cannot replace {site.path} ({site.channels}->{site.out_channels} "
+                f"channels, stride {site.stride}): its factory takes no {key!r}; use placement: block"
+            )
 
 
 def _check_limits(name: str, factory: Callable, sites: Sequence[Site], input_size: Tuple[int, int]) -> None:
@@ -336,8 +376,9 @@ def _check_limits(name: str, factory: Callable, sites: Sequence[Site], input_siz
     for site in sites:
         why = limits.spatial(site.feat_size)
         if why:
-            raise Unsupported(f"module {name!r} {why} at {site.path} (input {input_size[0]}x{input_size[1]}); "
-                              "use a larger input_size")
+            raise Unsupported(
+                f"module {name!r} {why} at {site.path} (input {input_size[0]}x{input_size[1]}); use a larger input_size"
+            )
 
 
 def _size(input_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -355,13 +396,23 @@ def _per_block_sites(model: nn.Module, backbone: str, family: str, placement: st
     if placement == "after_conv" or (placement == "output" and family != "resnet"):
         return after_sites(model, placement, backbone)
     if family not in BLOCK_SLOTS:  # block, or output in a family whose block slot is not at the branch's end
-        raise ModuleDoesNotFit(f"per-block placement is supported for {', '.join(sorted(BLOCK_SLOTS))} backbones, "
-                               f"not {backbone!r} ({family}); use placement: stage")
+        raise ModuleDoesNotFit(
+            f"per-block placement is supported for {', '.join(sorted(BLOCK_SLOTS))} backbones, "
+            f"not {backbone!r} ({family}); use placement: stage"
+        )
     return block_sites(model, BLOCK_SLOTS[family][:1])  # a ResNet's block slot is the branch's output already
 
 
-def _sites(model: nn.Module, backbone: str, family: str, placement: str, attach: Dict, factory: Callable,
-           own: bool, skip: Sequence[str] = ()):
+def _sites(
+    model: nn.Module,
+    backbone: str,
+    family: str,
+    placement: str,
+    attach: Dict,
+    factory: Callable,
+    own: bool,
+    skip: Sequence[str] = (),
+):
     """(sites, recorded stages) for a placement; stage placement inserts its placeholders here, ``output``
     and ``after_conv`` their wrappers (unwrapped again where no module goes). ``own``: the factory's own
     placement (its ``default_stages`` apply); ``skip``: block kinds its official code leaves without one."""
@@ -389,8 +440,15 @@ def _initialised(model: nn.Module, attachment: Attachment, init: str) -> nn.Modu
     return model
 
 
-def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Optional[Dict] = None,
-          input_size: Union[int, Sequence[int]] = 224, init: str = MEASUREMENT, **options) -> nn.Module:
+def build(
+    backbone: str,
+    attention: Optional[str] = None,
+    *,
+    backbone_kwargs: Optional[Dict] = None,
+    input_size: Union[int, Sequence[int]] = 224,
+    init: str = MEASUREMENT,
+    **options,
+) -> nn.Module:
     """A timm model with ``attention`` attached: ``None``/``"none"`` is the bare backbone, ``"native"``
     timm's model as built (see the module docstring).
 
@@ -416,8 +474,9 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
         if options:
             raise UsageError(f"options {sorted(options)} given without an attention module; drop them or name a module")
         if attention == NATIVE:
-            return _initialised(model, Attachment(NATIVE, NATIVE, [s.path for s in native], None, label, 0, len(native)),
-                                init)
+            return _initialised(
+                model, Attachment(NATIVE, NATIVE, [s.path for s in native], None, label, 0, len(native)), init
+            )
         _empty(native)
         return _initialised(model, Attachment("none", "none", [], None, label, len(native)), init)
 
@@ -437,11 +496,14 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
         raise UsageError(f"options {clash} of module {attention!r} are filled by attnbench from each site; drop them")
     keep = bool(attach.get("keep_native", False))
     if keep and native and (placement == "block" or (placement == "output" and family == "resnet")):
-        raise UsageError(f"keep_native applies to conv, stage, after_conv and (outside ResNets) output placements; "
-                             f"a {placement} module {attention!r} takes the native attention's slot; drop keep_native")
+        raise UsageError(
+            f"keep_native applies to conv, stage, after_conv and (outside ResNets) output placements; "
+            f"a {placement} module {attention!r} takes the native attention's slot; drop keep_native"
+        )
     own = placement == own_placement
-    no_blocks = (placement in ("block", "output") and family not in BLOCK_SLOTS) or \
-        (placement in ("output", "after_conv") and not kinds)
+    no_blocks = (placement in ("block", "output") and family not in BLOCK_SLOTS) or (
+        placement in ("output", "after_conv") and not kinds
+    )
     if no_blocks and "placement" not in attach:
         placement, own = "stage", False  # no per-block site in this family: after every stage output instead
         attach.setdefault("stages", "all")
@@ -462,8 +524,11 @@ def build(backbone: str, attention: Optional[str] = None, *, backbone_kwargs: Op
         if placement == "conv" and getattr(factory, "includes_norm_act", False):
             drop_norm_act(site)
     removed = 0 if keep else len(native)
-    return _initialised(model, Attachment(attention, placement, [s.path for s in sites], stages, label, removed,
-                                          len(native) - removed), init)
+    return _initialised(
+        model,
+        Attachment(attention, placement, [s.path for s in sites], stages, label, removed, len(native) - removed),
+        init,
+    )
 
 
 @lru_cache(maxsize=None)
@@ -474,8 +539,12 @@ def _native_summary(backbone: str) -> Optional[Tuple]:
     modules = [getattr(s.owner, s.attr) for s in native_sites(model, backbone_family(backbone))]
     if not modules:
         return None
-    return ("+".join(dict.fromkeys(type(m).__name__ for m in modules)), native_label(modules), len(modules),
-            sum(p.numel() for m in modules for p in m.parameters()))
+    return (
+        "+".join(dict.fromkeys(type(m).__name__ for m in modules)),
+        native_label(modules),
+        len(modules),
+        sum(p.numel() for m in modules for p in m.parameters()),
+    )
 
 
 def native_attention(backbone: str) -> Optional[dict]:
@@ -485,7 +554,6 @@ def native_attention(backbone: str) -> Optional[dict]:
     ``placement.BLOCK_SLOTS``); the planner adds a ``native`` row only where this is not None."""
     summary = _native_summary(backbone)
     return None if summary is None else dict(zip(("type", "label", "sites", "params"), summary))
-
 
 
 def attention_parameters(model: nn.Module) -> int:
@@ -500,7 +568,9 @@ def adapt_stem(model: nn.Module, kernel_size: int = 3, stride: int = 1, maxpool:
     """
     conv = getattr(model, "conv1", None)
     if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
-        raise ModuleDoesNotFit(f"small-input stem needs a timm ResNet (conv1 + maxpool), not {type(model).__name__}; drop training.stem")
+        raise ModuleDoesNotFit(
+            f"small-input stem needs a timm ResNet (conv1 + maxpool), not {type(model).__name__}; drop training.stem"
+        )
     model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size, stride, kernel_size // 2, bias=False)
     if not maxpool:
         model.maxpool = nn.Identity()

@@ -21,6 +21,7 @@ family) and ``default_stages`` (a list of 1-based stages or a rule such as "last
 it can train at) and ``limits_note`` (why). ``attnbench check``, the runner and the tables respect them:
 a cell outside a declared limit is ``unsupported`` with the reason, never a failure or a NaN row.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,8 +116,10 @@ def declared_limits(factory: Callable) -> Limits:
 # ---- binding: can factory(channels, **options) be called, and the adapter that fits if not ----------
 
 # Words a channel-count parameter is named with (split at '_' and digits): channels, in_chs, dim, C, planes, ...
-CHANNEL_WORDS = frozenset("c ch chs chan chans channel channels chn nc inc inp planes inplanes dim dims d "
-                          "features feature feats feat nf width filters".split())
+CHANNEL_WORDS = frozenset(
+    "c ch chs chan chans channel channels chn nc inc inp planes inplanes dim dims d "
+    "features feature feats feat nf width filters".split()
+)
 OUT_WORDS = frozenset("out oup outp output outs".split())  # out_channels, oup, out_planes: the same width here
 # Words that make a name with a channel word something else: MONAI's ``spatial_dims`` (2 for images) and
 # ``kernel_size``-like parameters are not channel counts, although "dims" alone is one.
@@ -133,8 +136,13 @@ def looks_like_channels(param: inspect.Parameter) -> bool:
     """A parameter named like a channel count and not typed or defaulted as a flag/float/string."""
     typed = param.annotation in (bool, float, str, "bool", "float", "str")
     tokens = _tokens(param.name)
-    return bool(tokens & CHANNEL_WORDS) and not tokens & NOT_CHANNEL_WORDS and param.name not in DIMENSIONALITY \
-        and not typed and not isinstance(param.default, (bool, float, str))
+    return (
+        bool(tokens & CHANNEL_WORDS)
+        and not tokens & NOT_CHANNEL_WORDS
+        and param.name not in DIMENSIONALITY
+        and not typed
+        and not isinstance(param.default, (bool, float, str))
+    )
 
 
 def factory_name(factory: Callable) -> str:
@@ -175,13 +183,21 @@ def missing_options(factory: Callable, context: Sequence[str] = ()) -> List[str]
         params = list(inspect.signature(factory).parameters.values())
     except (TypeError, ValueError):
         return []
-    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD) \
-            or not looks_like_channels(params[0]):
+    if (
+        not params
+        or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+        or not looks_like_channels(params[0])
+    ):
         return []
-    missing = [p for p in params[1:] if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-               and p.name not in context]
-    if not missing or any(p.kind == p.POSITIONAL_ONLY or _tokens(p.name) & (CHANNEL_WORDS | OUT_WORDS)
-                          or p.name in DIMENSIONALITY for p in missing):
+    missing = [
+        p
+        for p in params[1:]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in context
+    ]
+    if not missing or any(
+        p.kind == p.POSITIONAL_ONLY or _tokens(p.name) & (CHANNEL_WORDS | OUT_WORDS) or p.name in DIMENSIONALITY
+        for p in missing
+    ):
         return []
     return [p.name for p in missing]
 
@@ -195,9 +211,11 @@ def binding_advice(factory: Callable, context: Sequence[str] = (), module: str =
     flags = " ".join(f"-O {n}=<{n}>" for n in names)
     entry = ", ".join(f"{n}: <{n}>" for n in names)
     suite = f"; in a suite `{{module: {module}, {entry}}}`" if module else "; in a suite, the module's options"
-    return (f"{factory_name(factory)} needs {', '.join(repr(n) for n in names)} with no default: give "
-            f"{'them' if len(names) > 1 else 'it'} as options (`{flags}`{suite}), or register an adapter that fills "
-            f"{'them' if len(names) > 1 else 'it'}")
+    return (
+        f"{factory_name(factory)} needs {', '.join(repr(n) for n in names)} with no default: give "
+        f"{'them' if len(names) > 1 else 'it'} as options (`{flags}`{suite}), or register an adapter that fills "
+        f"{'them' if len(names) > 1 else 'it'}"
+    )
 
 
 def binding_problem(factory: Callable, options: Dict, context: Sequence[str] = ()) -> Optional[Tuple[str, str]]:
@@ -274,12 +292,13 @@ def hidden_numel(found: Sequence[Tuple[str, object]]) -> int:
     """Elements held by hidden tensors and by the parameters and buffers of hidden modules."""
     tensors: Dict[int, torch.Tensor] = {}
     for _, obj in found:
-        for t in ([obj] if isinstance(obj, torch.Tensor) else [*obj.parameters(), *obj.buffers()]):
+        for t in [obj] if isinstance(obj, torch.Tensor) else [*obj.parameters(), *obj.buffers()]:
             tensors[id(t)] = t
     return sum(t.numel() for t in tensors.values())
 
 
 # ---- where a plugin failed -------------------------------------------------------------------
+
 
 def _library_roots() -> Tuple[str, ...]:
     """torch, attnbench, the standard library and fvcore (the harness's own counter): never module code."""
@@ -317,9 +336,13 @@ def package_roots(*objs) -> Tuple[str, ...]:
             continue
         module = sys.modules.get(top)
         try:
-            places = (list(getattr(module, "__path__", None) or [getattr(module, "__file__", None)]) if module is not None
-                      else (lambda spec: [] if spec is None else list(spec.submodule_search_locations or [spec.origin]))(
-                          importlib.util.find_spec(top)))
+            places = (
+                list(getattr(module, "__path__", None) or [getattr(module, "__file__", None)])
+                if module is not None
+                else (lambda spec: [] if spec is None else list(spec.submodule_search_locations or [spec.origin]))(
+                    importlib.util.find_spec(top)
+                )
+            )
         except (ImportError, ValueError, AttributeError):
             continue
         for place in places:
@@ -361,8 +384,12 @@ def plugin_code(roots: Sequence[str]) -> Iterator[None]:
         _ROOTS.reset(token)
 
 
-def module_frame(frames: Sequence[traceback.FrameSummary], builtins: bool = True, called_by_harness: bool = False,
-                 roots: Optional[Sequence[str]] = None) -> Optional[str]:
+def module_frame(
+    frames: Sequence[traceback.FrameSummary],
+    builtins: bool = True,
+    called_by_harness: bool = False,
+    roots: Optional[Sequence[str]] = None,
+) -> Optional[str]:
     """``file.py:LINE`` of the innermost frame that is module code. With ``roots`` (default: those
     :func:`plugin_code` set) that is the innermost frame inside them -- the plugin's own package, never a
     library it calls or the backbone around it -- or None. Without roots: outside torch, the standard library
@@ -403,14 +430,18 @@ def forward_line(module: object) -> Optional[str]:
         return None
 
 
-ALIASED_ADVICE = ("return a tensor with its own memory (`x * g`, not `g.expand_as(x)`; or `.contiguous()`): "
-                  "a block writes into its module's output in place (`x += shortcut`)")
+ALIASED_ADVICE = (
+    "return a tensor with its own memory (`x * g`, not `g.expand_as(x)`; or `.contiguous()`): "
+    "a block writes into its module's output in place (`x += shortcut`)"
+)
 
 
 def shares_memory(t: object) -> bool:
     """Whether elements of a tensor share memory with each other (``expand``/``expand_as`` views: a stride of 0
     over a dimension longer than 1): an in-place write into it, as a block's ``x += shortcut``, cannot work."""
-    return isinstance(t, torch.Tensor) and 0 in t.stride() and any(n > 1 and st == 0 for n, st in zip(t.shape, t.stride()))
+    return (
+        isinstance(t, torch.Tensor) and 0 in t.stride() and any(n > 1 and st == 0 for n, st in zip(t.shape, t.stride()))
+    )
 
 
 def first_line(exc: BaseException) -> str:

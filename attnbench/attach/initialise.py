@@ -15,6 +15,7 @@ The rule: an all-zero ``weight`` (a direct parameter of a layer) becomes
 - PyTorch's own default init (the layer's ``reset_parameters()``) in a conv or linear layer.
 Nothing else changes: parameter counts and MACs are the same under either init.
 """
+
 from __future__ import annotations
 
 from typing import List

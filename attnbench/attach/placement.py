@@ -5,6 +5,7 @@ spatial convolution (``conv``) or a stage output (``stage``). One dry run at the
 size records every site's input shape, so a factory can be given the context it declares
 (:data:`CONTEXT_KEYS`) -- e.g. timm's ``BottleneckAttn`` needs the feature size it will see.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,16 +29,27 @@ BLOCK_SLOTS = {
     "byobnet": ("attn_last", "attn"),  # attn_last: after the last conv + norm, before the add
 }
 # Short names for the native attention layers timm's families ship.
-NATIVE_LABELS = {"SqueezeExcite": "SE", "SEModule": "SE", "EffectiveSEModule": "eSE", "EcaModule": "ECA",
-                 "CecaModule": "ECA", "CbamModule": "CBAM", "LightCbamModule": "CBAM", "GlobalContext": "GC"}
+NATIVE_LABELS = {
+    "SqueezeExcite": "SE",
+    "SEModule": "SE",
+    "EffectiveSEModule": "eSE",
+    "EcaModule": "ECA",
+    "CecaModule": "ECA",
+    "CbamModule": "CBAM",
+    "LightCbamModule": "CBAM",
+    "GlobalContext": "GC",
+}
 
 # Block kinds known by class. A module's official code may put it in a different place per kind (ECA-Net:
 # at the end of a ResNet's residual branch, after a MobileNetV2 block's projection), so a factory's
 # ``placement`` may be a dict {kind: placement or None (no module in such blocks), "default": ...}.
 # A Bottleneck whose 3x3 conv is grouped is a "resnext".
-BLOCK_KINDS = {("timm.models.resnet", "BasicBlock"): "basic", ("timm.models.resnet", "Bottleneck"): "bottleneck",
-               ("timm.models._efficientnet_blocks", "InvertedResidual"): "inverted_residual",
-               ("timm.models._efficientnet_blocks", "DepthwiseSeparableConv"): "depthwise_separable"}
+BLOCK_KINDS = {
+    ("timm.models.resnet", "BasicBlock"): "basic",
+    ("timm.models.resnet", "Bottleneck"): "bottleneck",
+    ("timm.models._efficientnet_blocks", "InvertedResidual"): "inverted_residual",
+    ("timm.models._efficientnet_blocks", "DepthwiseSeparableConv"): "depthwise_separable",
+}
 
 # Layers a module goes right after, per block class (the layer is wrapped as Sequential(layer, module)):
 # ``output``: the last norm of an inverted residual's branch, after the projection conv (ECA-Net's and
@@ -46,13 +58,17 @@ BLOCK_KINDS = {("timm.models.resnet", "BasicBlock"): "basic", ("timm.models.resn
 # a BasicBlock's second 3x3, a Bottleneck's 3x3, an inverted residual's depthwise conv).
 AFTER_LAYERS = {
     "output": {"InvertedResidual": "bn3", "DepthwiseSeparableConv": "bn2"},
-    "after_conv": {"BasicBlock": "conv2", "Bottleneck": "conv2", "InvertedResidual": "conv_dw",
-                   "DepthwiseSeparableConv": "conv_dw"},
+    "after_conv": {
+        "BasicBlock": "conv2",
+        "Bottleneck": "conv2",
+        "InvertedResidual": "conv_dw",
+        "DepthwiseSeparableConv": "conv_dw",
+    },
 }
 
 
 def block_kind(module: nn.Module) -> str:
-    """"basic", "bottleneck", "resnext", "inverted_residual", "depthwise_separable", or "" (not a known block)."""
+    """ "basic", "bottleneck", "resnext", "inverted_residual", "depthwise_separable", or "" (not a known block)."""
     kind = BLOCK_KINDS.get((type(module).__module__, type(module).__name__), "")
     conv = getattr(module, "conv2", None)
     return "resnext" if kind == "bottleneck" and isinstance(conv, nn.Conv2d) and conv.groups > 1 else kind
@@ -72,8 +88,10 @@ def resolve_placement(spec, kinds: Sequence[str], name: str) -> Tuple[str, Tuple
     chosen = {k: spec.get(k, default) for k in kinds}
     used = sorted(set(p for p in chosen.values() if p is not None)) or [default or "block"]
     if len(used) > 1:
-        raise ModuleDoesNotFit(f"module {name!r} asks for placements {used} in different blocks of this backbone "
-                               "(one per model); set placement explicitly")
+        raise ModuleDoesNotFit(
+            f"module {name!r} asks for placements {used} in different blocks of this backbone "
+            "(one per model); set placement explicitly"
+        )
     return used[0], tuple(k for k, p in chosen.items() if p is None)
 
 
@@ -96,9 +114,15 @@ class Site:
     expect_channels: int = 0  # a stage's channels as its feature_info says (a layout check); 0: unknown
 
     def context(self) -> Dict:
-        return {"feat_size": self.feat_size, "stride": self.stride, "stage": self.stage,
-                "block_index": self.block_index, "out_channels": self.out_channels, "conv_groups": self.conv_groups,
-                "block_kind": self.kind}
+        return {
+            "feat_size": self.feat_size,
+            "stride": self.stride,
+            "stage": self.stage,
+            "block_index": self.block_index,
+            "out_channels": self.out_channels,
+            "conv_groups": self.conv_groups,
+            "block_kind": self.kind,
+        }
 
     def restore(self) -> None:
         """Put back the layer a wrapper (``output``/``after_conv`` placement) took the place of."""
@@ -126,9 +150,11 @@ def stage_entries(model: nn.Module) -> List[dict]:
     names = {name for name, _ in model.named_modules()}
     missing = next((e.get("module") for e in entries if e.get("module") not in names), None)
     if missing is not None:  # HRNet: its feature_info names the modules of its features_only variant ('stem', 'stage1')
-        raise Unsupported(f"{type(model).__name__}'s feature_info names {missing!r}, which is not one of its modules, so "
-                          "attnbench cannot find its stages to attach after (nor a block slot in this family); pick a "
-                          "backbone of another family (resnet, efficientnet, regnet, convnext, ...)")
+        raise Unsupported(
+            f"{type(model).__name__}'s feature_info names {missing!r}, which is not one of its modules, so "
+            "attnbench cannot find its stages to attach after (nor a block slot in this family); pick a "
+            "backbone of another family (resnet, efficientnet, regnet, convnext, ...)"
+        )
     while entries:
         sub = model.get_submodule(entries[0]["module"])
         if "stem" in entries[0]["module"] or not list(sub.children()):
@@ -147,8 +173,10 @@ def stages_problem(stages) -> Optional[str]:
     if isinstance(stages, str):
         return None if stages in STAGE_RULES else f"stages {stages!r} is not one of {', '.join(STAGE_RULES)}"
     if not isinstance(stages, list) or not stages:
-        return (f"stages must be a rule ({', '.join(STAGE_RULES)}) or a non-empty list of 1-based stage numbers, "
-                f"got {stages!r}"[:200])
+        return (
+            f"stages must be a rule ({', '.join(STAGE_RULES)}) or a non-empty list of 1-based stage numbers, "
+            f"got {stages!r}"[:200]
+        )
     bad = next((s for s in stages if not isinstance(s, int) or isinstance(s, bool) or s < 1), None)
     if bad is not None:
         return f"stage {bad!r} is not a 1-based stage number (1 = the first stage)"
@@ -161,12 +189,18 @@ def stages_for(rule: str, n: int) -> List[int]:
     """A stage rule for a backbone with ``n`` stages: "penultimate" (Non-Local's res4; the default
     stage placement), "all_but_last" (BAM), "all_but_first" (GCNet's c3-c5 on a ResNet), "all" (every
     stage: the block/conv default), "last" (BoTNet/HaloNet-style self-attention)."""
-    rules = {"all_but_last": list(range(1, max(2, n))), "all_but_first": list(range(min(2, n), n + 1)),
-             "all": list(range(1, n + 1)),
-             "penultimate": [max(1, n - 1)], "last": [n]}
+    rules = {
+        "all_but_last": list(range(1, max(2, n))),
+        "all_but_first": list(range(min(2, n), n + 1)),
+        "all": list(range(1, n + 1)),
+        "penultimate": [max(1, n - 1)],
+        "last": [n],
+    }
     if rule not in rules:  # (STAGE_RULES names these, for validation before a backbone is known)
-        raise ModuleDoesNotFit(f"stages {rule!r} is neither a list of stage numbers nor one of "
-                               f"{', '.join(repr(r) for r in rules)}; fix 'stages'")
+        raise ModuleDoesNotFit(
+            f"stages {rule!r} is neither a list of stage numbers nor one of "
+            f"{', '.join(repr(r) for r in rules)}; fix 'stages'"
+        )
     return rules[rule]
 
 
@@ -209,6 +243,7 @@ def probe_inputs(model: nn.Module, sites: List[Site], input_size: Sequence[int],
     def record(path):
         def hook(module, args):
             shapes.setdefault(path, tuple(args[0].shape[1:]))  # returns None: the input is left alone
+
         return hook
 
     emptied, hooks = [], []
@@ -234,9 +269,11 @@ def probe_inputs(model: nn.Module, sites: List[Site], input_size: Sequence[int],
             shape = shapes[site.path]
             problem = layout_problem(shape, site.expect_channels)
             if problem:
-                raise Unsupported(f"{type(model).__name__} feeds {site.path} {problem}, not an (N, C, H, W) feature "
-                                  "map: attention modules attach to convolutional feature maps; pick a convolutional "
-                                  "backbone (resnet, efficientnet, regnet, convnext, ...)")
+                raise Unsupported(
+                    f"{type(model).__name__} feeds {site.path} {problem}, not an (N, C, H, W) feature "
+                    "map: attention modules attach to convolutional feature maps; pick a convolutional "
+                    "backbone (resnet, efficientnet, regnet, convnext, ...)"
+                )
             c, h, w = shape
             site.channels, site.feat_size = c, (h, w)
             site.out_channels = site.out_channels or c
@@ -286,8 +323,10 @@ def after_sites(model: nn.Module, placement: str, backbone: str) -> List[Site]:
             sites.append(Site(wrapper, "attn", f"{path}.attn", kind=kind, unwrap=(m, attr, layer)))
     if not sites:
         where = ", ".join(f"{cls}.{attr}" for cls, attr in table.items())
-        raise Unsupported(f"placement {placement!r} goes after {where} of timm's ResNet and EfficientNet/MobileNet "
-                          f"blocks, and {backbone!r} has none; use placement: block or stage")
+        raise Unsupported(
+            f"placement {placement!r} goes after {where} of timm's ResNet and EfficientNet/MobileNet "
+            f"blocks, and {backbone!r} has none; use placement: block or stage"
+        )
     return sites
 
 
@@ -319,11 +358,22 @@ def conv_sites(model: nn.Module, backbone: str) -> List[Site]:
         names = CONV_SITES.get(type(m).__name__) if type(m).__module__.startswith("timm.models.resnet") else None
         conv = getattr(m, names[0], None) if names else None
         if isinstance(conv, nn.Conv2d):
-            sites.append(Site(m, names[0], f"{name}.{names[0]}", out_channels=conv.out_channels, stride=conv.stride[0],
-                              conv_groups=conv.groups, kind=block_kind(m)))
+            sites.append(
+                Site(
+                    m,
+                    names[0],
+                    f"{name}.{names[0]}",
+                    out_channels=conv.out_channels,
+                    stride=conv.stride[0],
+                    conv_groups=conv.groups,
+                    kind=block_kind(m),
+                )
+            )
     if not sites:
-        raise Unsupported(f"placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks, and {backbone!r} "
-                          "has none (attnbench does not replace other families' convs); use placement: block or stage")
+        raise Unsupported(
+            f"placement 'conv' replaces the 3x3 conv of timm's ResNet/ResNeXt blocks, and {backbone!r} "
+            "has none (attnbench does not replace other families' convs); use placement: block or stage"
+        )
     return sites
 
 

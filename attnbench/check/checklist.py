@@ -1,4 +1,5 @@
 """``attnbench check``: does a module keep the contract, and what will it cost? A plugin author's checklist."""
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,6 @@ SIZES = REFERENCES[:1] + OTHER_SIZES
 MAX_CHANNELS, MAX_INPUT_SIZE = 65536, 4096  # beyond these the check's own tensors exhaust a workstation
 
 
-
-
 BATCH_RTOL = 1e-4  # sample 0's output may move this much (of its largest magnitude) with the rest of the batch
 
 
@@ -120,8 +119,10 @@ def _import_path(target: str):
     except BaseException as exc:  # sys.exit() or a KeyboardInterrupt no signal raised, on import too
         if not contained(exc):
             raise
-        raise UsageError(f"cannot load {target!r}: {first_line(exc)}; give a registered name (`attnbench list "
-                             "modules`), package.module:Class or path/to/file.py:Class") from None
+        raise UsageError(
+            f"cannot load {target!r}: {first_line(exc)}; give a registered name (`attnbench list "
+            "modules`), package.module:Class or path/to/file.py:Class"
+        ) from None
 
 
 def target_roots(target: str) -> Tuple[str, ...]:
@@ -155,7 +156,11 @@ def _usage(channels, input_size, timeout, backbone: str, options: Dict) -> None:
     for flag, value, top in (("--channels", channels, MAX_CHANNELS), ("--input-size", input_size, MAX_INPUT_SIZE)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise UsageError(f"{flag} must be an integer from 1 to {top:,}, got {value!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (math.isfinite(timeout) and timeout > 0):
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (math.isfinite(timeout) and timeout > 0)
+    ):
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout!r}")
     if backbone:
         from ..attach.backbone import backbone_family
@@ -180,11 +185,17 @@ def check_binding(factory: Callable, channels: int, options: Dict, name: str = "
         raise UsageError(f"options {clash} are context keywords attnbench fills per site; drop them from -O")
     problem = binding_problem(factory, options, declared)
     if problem and problem[1] == "options":
-        raise UsageError(f"{factory_name(factory)}{sig} does not accept options {sorted(options)}: {problem[0]}; "
-                             "fix -O")
+        raise UsageError(
+            f"{factory_name(factory)}{sig} does not accept options {sorted(options)}: {problem[0]}; fix -O"
+        )
     if problem:
-        return CheckResult("binding", FAIL, f"{factory_name(factory)}{sig} cannot be called as factory(channels, "
-                           f"**options): {problem[0]}", binding_advice(factory, declared, name), fatal=True)
+        return CheckResult(
+            "binding",
+            FAIL,
+            f"{factory_name(factory)}{sig} cannot be called as factory(channels, **options): {problem[0]}",
+            binding_advice(factory, declared, name),
+            fatal=True,
+        )
     bound = sig.bind(channels, **options, **{k: None for k in declared})
     first = next(iter(sig.parameters.values()), None)
     if first is not None and first.kind == inspect.Parameter.VAR_POSITIONAL:
@@ -194,17 +205,25 @@ def check_binding(factory: Callable, channels: int, options: Dict, name: str = "
     text += f"; context filled per site: {', '.join(declared)}" if declared else ""
     if not looks_like_channels(first):
         default = "" if first.default is inspect.Parameter.empty else f" (default {first.default!r})"
-        return CheckResult("binding", FAIL, f"the channel count {channels} binds to the first parameter "
-                           f"{first.name!r}{default}, which does not look like a channel count; bound: {text}",
-                           adapter_advice(factory))
+        return CheckResult(
+            "binding",
+            FAIL,
+            f"the channel count {channels} binds to the first parameter "
+            f"{first.name!r}{default}, which does not look like a channel count; bound: {text}",
+            adapter_advice(factory),
+        )
     return CheckResult("binding", PASS, text)
 
 
 def _placement_info(factory: Callable) -> CheckResult:
     placement = getattr(factory, "placement", None)
     stages = getattr(factory, "default_stages", None)
-    return CheckResult("placement", INFO, f"placement {placement or 'block (default)'}, default_stages "
-                       f"{stages if stages is not None else 'none (every stage; stage placement: the penultimate)'}")
+    return CheckResult(
+        "placement",
+        INFO,
+        f"placement {placement or 'block (default)'}, default_stages "
+        f"{stages if stages is not None else 'none (every stage; stage placement: the penultimate)'}",
+    )
 
 
 class _Maker:
@@ -219,8 +238,14 @@ class _Maker:
 
     def __call__(self, size: Optional[Tuple[int, int]] = None) -> nn.Module:
         size = tuple(size or self.reference)
-        context = {"feat_size": size, "stride": 1, "stage": 3, "block_index": 0, "out_channels": self.channels,
-                   "conv_groups": 1}  # a block-slot site; context keys added later get None
+        context = {
+            "feat_size": size,
+            "stride": 1,
+            "stage": 3,
+            "block_index": 0,
+            "out_channels": self.channels,
+            "conv_groups": 1,
+        }  # a block-slot site; context keys added later get None
         torch.manual_seed(0)
         module = self.factory(self.channels, **self.options, **{k: context.get(k) for k in self.declared})
         if not isinstance(module, nn.Module):
@@ -253,8 +278,12 @@ class _Steps:
 
     def timed_out(self, name: str, scale: float = 1.0) -> CheckResult:
         self.stopped = f"{name!r} ran past the {self.timeout * scale:g} s timeout"
-        return CheckResult(name, FAIL, f"ran past its timeout of {self.timeout * scale:g} s: a hung or very slow forward",
-                           TIMEOUT_ADVICE)
+        return CheckResult(
+            name,
+            FAIL,
+            f"ran past its timeout of {self.timeout * scale:g} s: a hung or very slow forward",
+            TIMEOUT_ADVICE,
+        )
 
 
 TIMEOUT_ADVICE = "forward must finish: no unbounded loop or wait (for a module slow by design: raise --timeout)"
@@ -320,13 +349,17 @@ def _describe_output(out) -> str:
     return type(out).__name__
 
 
-SIZE_ADVICE = ("take every H and W the backbone gives (derive block/window/patch sizes from the input, pad, or pool "
-               "inside a gate branch), or raise attnbench.errors.Unsupported at build for a `feat_size` it cannot take "
-               "(name `feat_size` in the factory), or declare `min_spatial` for sizes below its limit")
+SIZE_ADVICE = (
+    "take every H and W the backbone gives (derive block/window/patch sizes from the input, pad, or pool "
+    "inside a gate branch), or raise attnbench.errors.Unsupported at build for a `feat_size` it cannot take "
+    "(name `feat_size` in the factory), or declare `min_spatial` for sizes below its limit"
+)
 
 
-WIDTH_ADVICE = ("derive every width from `channels` (and `out_channels`/`stride`/`feat_size` where the factory names "
-                "them): a width or feature size is hard-coded")
+WIDTH_ADVICE = (
+    "derive every width from `channels` (and `out_channels`/`stride`/`feat_size` where the factory names "
+    "them): a width or feature size is hard-coded"
+)
 
 
 PROBE_SIZES = ((14, 14), (16, 16), (12, 12), (28, 28), (8, 8), (7, 7))
@@ -358,24 +391,36 @@ def fit_advice(make: "_Maker", failed: Sequence[Tuple[int, int]], timeout: float
     from ``channels`` (it runs only at its own default width: DANet's 512); '' when neither tells."""
     works = [z for z in PROBE_SIZES if z not in failed and _runs(make, make.channels, z, timeout)]
     if works:
-        return (f"it runs at {_size(works[0])} but not at {', '.join(_size(z) for z in failed)} ({make.channels} "
-                f"channels): {SIZE_ADVICE}")
+        return (
+            f"it runs at {_size(works[0])} but not at {', '.join(_size(z) for z in failed)} ({make.channels} "
+            f"channels): {SIZE_ADVICE}"
+        )
     width = _default_width(make.factory)
-    if width is not None and width != make.channels and any(_runs(make, width, z, timeout) for z in (*failed[:1], (7, 7))):
+    if (
+        width is not None
+        and width != make.channels
+        and any(_runs(make, width, z, timeout) for z in (*failed[:1], (7, 7)))
+    ):
         return f"it runs at its default width {width} but not at {make.channels} channels: {WIDTH_ADVICE}"
     return ""
 
 
-def check_shape(runs: List[_Run], channels: int, make: Optional["_Maker"] = None, timeout: float = CHECK_TIMEOUT_S
-                ) -> CheckResult:
+def check_shape(
+    runs: List[_Run], channels: int, make: Optional["_Maker"] = None, timeout: float = CHECK_TIMEOUT_S
+) -> CheckResult:
     bad, ran, outside = [], [], {}
     for r in runs:
         want = (2, channels, *r.size)
         if r.outside:
             outside.setdefault(r.outside, []).append(_size(r.size))
         elif isinstance(r.error, CellTimeout):
-            return CheckResult("shape", FAIL, f"{_size(r.size)}: the forward ran past the timeout ({r.error}): a hung or "
-                               "very slow forward; the other checks are not run", TIMEOUT_ADVICE)
+            return CheckResult(
+                "shape",
+                FAIL,
+                f"{_size(r.size)}: the forward ran past the timeout ({r.error}): a hung or "
+                "very slow forward; the other checks are not run",
+                TIMEOUT_ADVICE,
+            )
         elif r.error is not None:
             bad.append(f"{_size(r.size)}: raises {describe_failure(r.error)}")
         elif not isinstance(r.output, torch.Tensor) or tuple(r.output.shape) != want:
@@ -387,10 +432,14 @@ def check_shape(runs: List[_Run], channels: int, make: Optional["_Maker"] = None
         several = any(isinstance(r.output, (tuple, list, dict)) for r in runs)
         raised = [r.size for r in runs if r.error is not None and not isinstance(r.error, CellTimeout)]
         fitted = fit_advice(make, raised, timeout) if make is not None and raised and not several else ""
-        advice = ("return one tensor, the input's (N, C, H, W) shape: forward returns several values (attention maps "
-                  "too?); return only the features, or wrap it: `forward(self, x): return self.inner(x)[0]`" if several else
-                  fitted or "return a tensor of the input's (N, C, H, W) shape at every size (1x1 and odd sizes "
-                  "included; keep pooling/strides inside a gate branch), or declare `min_spatial` for sizes it cannot take")
+        advice = (
+            "return one tensor, the input's (N, C, H, W) shape: forward returns several values (attention maps "
+            "too?); return only the features, or wrap it: `forward(self, x): return self.inner(x)[0]`"
+            if several
+            else fitted
+            or "return a tensor of the input's (N, C, H, W) shape at every size (1x1 and odd sizes "
+            "included; keep pooling/strides inside a gate branch), or declare `min_spatial` for sizes it cannot take"
+        )
         return CheckResult("shape", FAIL, "; ".join(bad) + skipped, advice)
     return CheckResult("shape", PASS, f"(N, C, H, W) kept at {', '.join(ran)} (batch 2){skipped}")
 
@@ -398,9 +447,13 @@ def check_shape(runs: List[_Run], channels: int, make: Optional["_Maker"] = None
 def check_inplace(runs: List[_Run]) -> CheckResult:
     written = [_size(r.size) for r in runs if r.wrote_input]
     if written:
-        return CheckResult("input", FAIL, f"forward writes into its input (at {', '.join(written)}): the backbone's "
-                           "tensor changes under it, which breaks the training step",
-                           "compute out of place: `x * g`, not `x.mul_(g)` / `x *= g` / `nn.ReLU(inplace=True)` on x")
+        return CheckResult(
+            "input",
+            FAIL,
+            f"forward writes into its input (at {', '.join(written)}): the backbone's "
+            "tensor changes under it, which breaks the training step",
+            "compute out of place: `x * g`, not `x.mul_(g)` / `x *= g` / `nn.ReLU(inplace=True)` on x",
+        )
     return CheckResult("input", PASS, "input left unchanged")
 
 
@@ -410,22 +463,37 @@ def check_output(runs: List[_Run], make: "_Maker") -> CheckResult:
     shared = [r for r in runs if shares_memory(r.output)]
     if shared:
         line = forward_line(make())
-        return CheckResult("output", FAIL, f"returns an expand()-style view whose elements share memory (strides "
-                           f"{tuple(shared[0].output.stride())} at {_size(shared[0].size)})"
-                           + (f", from {line}" if line else "") + ": a block's in-place `x += shortcut` cannot write into "
-                           "it, so it cannot run inside a ResNet", ALIASED_ADVICE)
+        return CheckResult(
+            "output",
+            FAIL,
+            f"returns an expand()-style view whose elements share memory (strides "
+            f"{tuple(shared[0].output.stride())} at {_size(shared[0].size)})"
+            + (f", from {line}" if line else "")
+            + ": a block's in-place `x += shortcut` cannot write into "
+            "it, so it cannot run inside a ResNet",
+            ALIASED_ADVICE,
+        )
     if not any(isinstance(r.output, torch.Tensor) for r in runs):
         return CheckResult("output", SKIP, "no tensor output to look at (see shape)")
     return CheckResult("output", PASS, "output owns its memory (a block may add into it in place)")
 
 
 def check_finite(runs: List[_Run]) -> CheckResult:
-    bad = [_size(r.size) for r in runs if isinstance(r.output, torch.Tensor)
-           and r.output.is_floating_point() and not bool(torch.isfinite(r.output).all())]
+    bad = [
+        _size(r.size)
+        for r in runs
+        if isinstance(r.output, torch.Tensor)
+        and r.output.is_floating_point()
+        and not bool(torch.isfinite(r.output).all())
+    ]
     if bad:
-        return CheckResult("finite", FAIL, f"NaN/inf in the output at {', '.join(bad)}",
-                           "guard small inputs: unbiased std/var of one element is NaN (use unbiased=False, "
-                           "add eps before sqrt/division), or declare `min_spatial` when the official code does the same")
+        return CheckResult(
+            "finite",
+            FAIL,
+            f"NaN/inf in the output at {', '.join(bad)}",
+            "guard small inputs: unbiased std/var of one element is NaN (use unbiased=False, "
+            "add eps before sqrt/division), or declare `min_spatial` when the official code does the same",
+        )
     return CheckResult("finite", PASS, "finite output at every size run")
 
 
@@ -434,9 +502,12 @@ def check_state(module: nn.Module) -> CheckResult:
     if not found:
         return CheckResult("state", PASS, "every tensor and submodule is registered (parameters/buffers/children)")
     names = ", ".join(f"{p} ({type(o).__name__})" for p, o in found[:6]) + (" ..." if len(found) > 6 else "")
-    return CheckResult("state", FAIL, f"not seen by parameters()/buffers()/.to()/state_dict(): {names}; "
-                       f"{hidden_numel(found):,} elements", "keep submodules in nn.ModuleList/nn.ModuleDict, tensors "
-                       "as buffers (self.register_buffer) or nn.Parameter")
+    return CheckResult(
+        "state",
+        FAIL,
+        f"not seen by parameters()/buffers()/.to()/state_dict(): {names}; {hidden_numel(found):,} elements",
+        "keep submodules in nn.ModuleList/nn.ModuleDict, tensors as buffers (self.register_buffer) or nn.Parameter",
+    )
 
 
 def _train_batch(limits: Limits) -> int:
@@ -453,9 +524,12 @@ def check_gradients(make: _Maker, limits: Limits) -> CheckResult:
     (out * weights).sum().backward()
     missing = [n for n, p in trainable if p.grad is None]
     if missing:
-        return CheckResult("gradients", FAIL, f"no gradient reaches {', '.join(missing[:6])}"
-                           + (" ..." if len(missing) > 6 else ""), "use every parameter in forward without "
-                           "detach()/no_grad, or freeze it (requires_grad=False) / drop it")
+        return CheckResult(
+            "gradients",
+            FAIL,
+            f"no gradient reaches {', '.join(missing[:6])}" + (" ..." if len(missing) > 6 else ""),
+            "use every parameter in forward without detach()/no_grad, or freeze it (requires_grad=False) / drop it",
+        )
     zero = [n for n, p in trainable if not bool(p.grad.any())]
     note = f"; zero at init for {', '.join(zero[:4])} (a zero-initialised layer?)" if zero else ""
     return CheckResult("gradients", PASS, f"all {len(trainable)} parameter tensors get a gradient{note}")
@@ -468,10 +542,14 @@ def check_train_batch1(make: _Maker, limits: Limits) -> CheckResult:
         with torch.no_grad():
             module(make.input(batch=batch))
     except Exception as exc:
-        return CheckResult("train batch 1", FAIL, (f"at its declared min_train_batch {batch}: " if outside else "")
-                           + describe_failure(exc), "train-mode metrics run at the suite's batch (1 by default): "
-                           "normalise pooled (N, C) features with LayerNorm/GroupNorm, not BatchNorm1d -- or declare "
-                           "`min_train_batch = 2` when the official code does the same")
+        return CheckResult(
+            "train batch 1",
+            FAIL,
+            (f"at its declared min_train_batch {batch}: " if outside else "") + describe_failure(exc),
+            "train-mode metrics run at the suite's batch (1 by default): "
+            "normalise pooled (N, C) features with LayerNorm/GroupNorm, not BatchNorm1d -- or declare "
+            "`min_train_batch = 2` when the official code does the same",
+        )
     if outside:
         return CheckResult("train batch 1", SKIP, f"{outside}; train mode runs at batch {batch}")
     return CheckResult("train batch 1", PASS, "train mode runs at batch 1")
@@ -482,9 +560,13 @@ def check_deterministic(make: _Maker) -> CheckResult:
     with torch.no_grad():
         a, b = module(x.clone()), module(x.clone())
     if not torch.equal(a, b):
-        return CheckResult("deterministic", FAIL, f"two eval forwards of one input differ (max |Δ| "
-                           f"{float((a - b).abs().max()):.3g})", "no randomness in eval: dropout via nn.Dropout or "
-                           "F.dropout(..., training=self.training), no torch.rand in forward")
+        return CheckResult(
+            "deterministic",
+            FAIL,
+            f"two eval forwards of one input differ (max |Δ| {float((a - b).abs().max()):.3g})",
+            "no randomness in eval: dropout via nn.Dropout or "
+            "F.dropout(..., training=self.training), no torch.rand in forward",
+        )
     return CheckResult("deterministic", PASS, "eval output repeats exactly")
 
 
@@ -497,20 +579,32 @@ def check_batch(make: _Maker) -> CheckResult:
     with torch.no_grad():
         ab, ac, alone = module(torch.cat([a, b])), module(torch.cat([a, c])), module(a)
     scale = float(ab[0].abs().max()) or 1.0
-    moved = {"when the other sample changes": float((ab[0] - ac[0]).abs().max()),
-             "at batch 1": float((ab[0] - alone[0]).abs().max())}
-    bad = [f"{k} (max |Δ| {v:.3g}, {v / scale:.1%} of its largest value)" for k, v in moved.items() if v > BATCH_RTOL * scale]
+    moved = {
+        "when the other sample changes": float((ab[0] - ac[0]).abs().max()),
+        "at batch 1": float((ab[0] - alone[0]).abs().max()),
+    }
+    bad = [
+        f"{k} (max |Δ| {v:.3g}, {v / scale:.1%} of its largest value)"
+        for k, v in moved.items()
+        if v > BATCH_RTOL * scale
+    ]
     if bad:
-        return CheckResult("batch", FAIL, "one sample's output depends on the rest of the batch: it moves "
-                           + " and ".join(bad), "normalise within a sample: give softmax/mean/norm an explicit dim "
-                           "other than 0 (F.softmax(x) without dim picks dim 0 for 0-, 1- and 3-D tensors)")
+        return CheckResult(
+            "batch",
+            FAIL,
+            "one sample's output depends on the rest of the batch: it moves " + " and ".join(bad),
+            "normalise within a sample: give softmax/mean/norm an explicit dim "
+            "other than 0 (F.softmax(x) without dim picks dim 0 for 0-, 1- and 3-D tensors)",
+        )
     return CheckResult("batch", PASS, "each sample's output is independent of the rest of the batch")
 
 
 def _unhandled_text(unhandled: Dict[str, int]) -> str:
     ops = sorted({op.replace("::", ".").split(".")[-1] for op in unhandled})
-    return (f"operators with no counting rule: {', '.join(ops)} ({unhandled}); the counters list them rather than "
-            "guess, so the MACs may be too low (unless they only move or create data)")
+    return (
+        f"operators with no counting rule: {', '.join(ops)} ({unhandled}); the counters list them rather than "
+        "guess, so the MACs may be too low (unless they only move or create data)"
+    )
 
 
 def check_flops(make: _Maker, state_failed: bool) -> Tuple[CheckResult, CheckResult]:
@@ -523,16 +617,34 @@ def check_flops(make: _Maker, state_failed: bool) -> Tuple[CheckResult, CheckRes
         fc = count_flops(module, x)
     except Exception as exc:
         if state_failed:
-            return (CheckResult("macs", SKIP, f"the trace fails because of the unregistered state above ({first_line(exc)})"),
-                    CheckResult("cost", INFO, f"{params:,} registered parameters"))
-        return (CheckResult("macs", FAIL, f"the MAC counters cannot trace it: {describe_failure(exc)}",
-                            "return a single tensor; no data-dependent Python control flow on tensor values"),
-                CheckResult("cost", INFO, f"{params:,} parameters"))
+            return (
+                CheckResult(
+                    "macs", SKIP, f"the trace fails because of the unregistered state above ({first_line(exc)})"
+                ),
+                CheckResult("cost", INFO, f"{params:,} registered parameters"),
+            )
+        return (
+            CheckResult(
+                "macs",
+                FAIL,
+                f"the MAC counters cannot trace it: {describe_failure(exc)}",
+                "return a single tensor; no data-dependent Python control flow on tensor values",
+            ),
+            CheckResult("cost", INFO, f"{params:,} parameters"),
+        )
     shape = "x".join(map(str, x.shape))
     cost = CheckResult("cost", INFO, f"{params:,} parameters, {fc.total:,} MACs at {shape}")
     if fc.unhandled:
-        return (CheckResult("macs", FAIL, _unhandled_text(fc.unhandled), "ask for a rule in "
-                            "attnbench/measures/macs_rules.py (say what the operator computes), or use counted operators"), cost)
+        return (
+            CheckResult(
+                "macs",
+                FAIL,
+                _unhandled_text(fc.unhandled),
+                "ask for a rule in "
+                "attnbench/measures/macs_rules.py (say what the operator computes), or use counted operators",
+            ),
+            cost,
+        )
     agree = "both counters agree" if fc.counters_agree else f"counters differ: {fc.counter_difference}"
     return CheckResult("macs", PASS, f"traced by both counters, no unhandled operator; {agree}"), cost
 
@@ -548,18 +660,37 @@ def check_device(make: _Maker, state_failed: bool) -> List[CheckResult]:
         with torch.no_grad():
             out = module(make.input().to("meta"))
         moved = isinstance(out, torch.Tensor) and out.device.type == "meta"
-        results.append(CheckResult("device", PASS if moved else FAIL, ".to(device) moves everything: runs on the meta "
-                                   "device" if moved else f"output on {getattr(out, 'device', '?')} for a meta input",
-                                   "" if moved else "create tensors with device=x.device (or *_like(x))"))
+        results.append(
+            CheckResult(
+                "device",
+                PASS if moved else FAIL,
+                ".to(device) moves everything: runs on the meta device"
+                if moved
+                else f"output on {getattr(out, 'device', '?')} for a meta input",
+                "" if moved else "create tensors with device=x.device (or *_like(x))",
+            )
+        )
     except CellTimeout:
         raise
     except Exception as exc:
         if "device" not in str(exc):
-            results.append(CheckResult("device", INFO, f"cannot run on the meta device ({first_line(exc)}); "
-                                       "run `attnbench check` on a CUDA machine for this check"))
+            results.append(
+                CheckResult(
+                    "device",
+                    INFO,
+                    f"cannot run on the meta device ({first_line(exc)}); "
+                    "run `attnbench check` on a CUDA machine for this check",
+                )
+            )
         else:
-            results.append(CheckResult("device", FAIL, f"forward mixes devices after .to(): {describe_failure(exc)}",
-                                       "create tensors in forward with device=x.device, dtype=x.dtype (or *_like(x))"))
+            results.append(
+                CheckResult(
+                    "device",
+                    FAIL,
+                    f"forward mixes devices after .to(): {describe_failure(exc)}",
+                    "create tensors in forward with device=x.device, dtype=x.dtype (or *_like(x))",
+                )
+            )
     if not torch.cuda.is_available():
         results.append(CheckResult("cuda", INFO, "CUDA part skipped: no CUDA device here"))
     elif results[0].status == PASS:
@@ -570,8 +701,10 @@ def check_device(make: _Maker, state_failed: bool) -> List[CheckResult]:
     return results
 
 
-_VIEWS = frozenset("view _unsafe_view reshape expand permute transpose t contiguous clone alias squeeze unsqueeze "
-                   "flatten unflatten _reshape_alias as_strided slice select detach".split())
+_VIEWS = frozenset(
+    "view _unsafe_view reshape expand permute transpose t contiguous clone alias squeeze unsqueeze "
+    "flatten unflatten _reshape_alias as_strided slice select detach".split()
+)
 
 
 class _Lineage(TorchDispatchMode):
@@ -615,11 +748,16 @@ def check_kind(make: _Maker) -> CheckResult:
         y = module(x)
     kind = lineage.kind.get(id(y))
     identity = isinstance(y, torch.Tensor) and y.shape == x.shape and torch.equal(y, before)
-    text = {"gate": "gate: output = input x g", "residual": "transform with its own residual: output = input + f(input)",
-            "input": "identity: returns its input"}.get(kind, "transform: output is not input x g")
+    text = {
+        "gate": "gate: output = input x g",
+        "residual": "transform with its own residual: output = input + f(input)",
+        "input": "identity: returns its input",
+    }.get(kind, "transform: output is not input x g")
     if identity and kind != "input":
-        text += {"gate": "; equals its input at init (its gate is exactly 1 there)",
-                 "residual": "; equals its input at init (a zero-initialised branch)"}.get(kind, "; equals its input at init")
+        text += {
+            "gate": "; equals its input at init (its gate is exactly 1 there)",
+            "residual": "; equals its input at init (a zero-initialised branch)",
+        }.get(kind, "; equals its input at init")
     note = "; in a block slot that is a second shortcut, inside the block's" if kind == "residual" else ""
     return CheckResult("kind", INFO, f"{text}{note} (heuristic, from the operators run)")
 
@@ -654,8 +792,10 @@ class _Warnings:
         self.seen[key] = self.seen.get(key, 0) + 1
 
     def results(self) -> List[CheckResult]:
-        return [CheckResult("warning", INFO, f"{cat}: {text} (at {where}{f'; {n} times' if n > 1 else ''})")
-                for (cat, text, where), n in self.seen.items()]
+        return [
+            CheckResult("warning", INFO, f"{cat}: {text} (at {where}{f'; {n} times' if n > 1 else ''})")
+            for (cat, text, where), n in self.seen.items()
+        ]
 
 
 def _source(module: nn.Module) -> str:
@@ -696,8 +836,20 @@ def _build(make: _Maker, limits: Limits, steps: _Steps):
 
 def _module_checks(make: _Maker, limits: Limits, steps: _Steps, report: CheckReport) -> bool:
     """The module-alone checks; True when it keeps the shape at the reference size (the backbone check may go on)."""
-    names = ("state", "shape", "input", "output", "finite", "gradients", "train batch 1", "deterministic", "batch",
-             "macs", "device", "kind")
+    names = (
+        "state",
+        "shape",
+        "input",
+        "output",
+        "finite",
+        "gradients",
+        "train batch 1",
+        "deterministic",
+        "batch",
+        "macs",
+        "device",
+        "kind",
+    )
     module, build = _build(make, limits, steps)
     report.results.append(build)
     if module is None:
@@ -713,17 +865,26 @@ def _alone(module: nn.Module, make: "_Maker", limits: Limits, steps: "_Steps", r
     state = check_state(module)
     report.results.append(state)
     runs = _eval_runs(make, limits, steps)
-    report.results += [check_shape(runs, make.channels, make, steps.timeout), check_inplace(runs),
-                       check_output(runs, make), check_finite(runs)]
+    report.results += [
+        check_shape(runs, make.channels, make, steps.timeout),
+        check_inplace(runs),
+        check_output(runs, make),
+        check_finite(runs),
+    ]
     ref = runs[0].output
     if not isinstance(ref, torch.Tensor) or ref.dim() == 0 or ref.shape[0] != 2:
-        why = ("not run: " + steps.stopped if steps.stopped else
-               "needs a module that returns a batch of tensors at the reference size (see shape)")
+        why = (
+            "not run: " + steps.stopped
+            if steps.stopped
+            else "needs a module that returns a batch of tensors at the reference size (see shape)"
+        )
         report.results += [CheckResult(n, SKIP, why) for n in names[5:]]
         return False
     hidden = state.status == FAIL
-    report.results += [steps.run("gradients", lambda: check_gradients(make, limits)),
-                       steps.run("train batch 1", lambda: check_train_batch1(make, limits))]
+    report.results += [
+        steps.run("gradients", lambda: check_gradients(make, limits)),
+        steps.run("train batch 1", lambda: check_train_batch1(make, limits)),
+    ]
     determinism = steps.run("deterministic", lambda: check_deterministic(make))
     report.results.append(determinism)
     if determinism.status == PASS:
@@ -738,8 +899,14 @@ def _alone(module: nn.Module, make: "_Maker", limits: Limits, steps: "_Steps", r
     return tuple(ref.shape) == tuple(make.input(batch=2).shape)
 
 
-def check_backbone(name: str, backbone: str, options: Dict, input_size: int, hidden: bool,
-                   failure: Optional[List[BaseException]] = None) -> CheckResult:
+def check_backbone(
+    name: str,
+    backbone: str,
+    options: Dict,
+    input_size: int,
+    hidden: bool,
+    failure: Optional[List[BaseException]] = None,
+) -> CheckResult:
     """Attached to ``backbone``: builds, runs, and both counters trace it there. An error the network raises
     outside the module (on what the module returned) names the block, the module's site and its forward line;
     the error is also appended to ``failure`` (for the advice)."""
@@ -766,15 +933,29 @@ def check_backbone(name: str, backbone: str, options: Dict, input_size: int, hid
         fc = count_flops(model, x)
     except Exception as exc:
         if hidden:
-            return CheckResult(f"on {backbone}", SKIP, f"{where}: runs; MACs not counted because of the unregistered "
-                               f"state above ({first_line(exc)})")
+            return CheckResult(
+                f"on {backbone}",
+                SKIP,
+                f"{where}: runs; MACs not counted because of the unregistered state above ({first_line(exc)})",
+            )
         raise
-    return CheckResult(f"on {backbone}", PASS, f"{where}: +{attention_parameters(model):,} parameters, "
-                       f"+{fc.attention:,} MACs in the attached modules at {input_size}x{input_size}")
+    return CheckResult(
+        f"on {backbone}",
+        PASS,
+        f"{where}: +{attention_parameters(model):,} parameters, "
+        f"+{fc.attention:,} MACs in the attached modules at {input_size}x{input_size}",
+    )
 
 
-def run_check(target: str, backbone: str = "resnet18", options: Optional[Dict] = None, *, channels: int = 64,
-              input_size: int = 224, timeout: float = CHECK_TIMEOUT_S) -> CheckReport:
+def run_check(
+    target: str,
+    backbone: str = "resnet18",
+    options: Optional[Dict] = None,
+    *,
+    channels: int = 64,
+    input_size: int = 224,
+    timeout: float = CHECK_TIMEOUT_S,
+) -> CheckReport:
     """Check ``target`` (a registered name, ``package.module:Class`` or ``path/file.py:Class``) against the
     plugin contract; ``backbone=""`` checks the module alone; ``timeout`` bounds each step (seconds).
     Raises AttnBenchError for what the caller must fix: a target that cannot be loaded, channels or an input
@@ -806,13 +987,25 @@ class _StateLog:
 
     def results(self) -> List[CheckResult]:
         if not self.seen:
-            return [CheckResult("process", PASS, "leaves process-wide state alone (threads, dtype, grad mode, hooks, "
-                                "working folder, signals, streams ...)")]
+            return [
+                CheckResult(
+                    "process",
+                    PASS,
+                    "leaves process-wide state alone (threads, dtype, grad mode, hooks, "
+                    "working folder, signals, streams ...)",
+                )
+            ]
         text = "; ".join(f"{change} (in {where})" for change, where in self.seen.values())
-        return [CheckResult("process", FAIL, f"changes process-wide state for every later run: {text}; put back "
-                            "after each step", "leave global settings alone: scope them inside forward (`with "
-                            "torch.no_grad():`), never torch.set_num_threads / set_default_dtype / os.chdir / "
-                            "signal.signal / sys.stdout.close() / global hooks in a module")]
+        return [
+            CheckResult(
+                "process",
+                FAIL,
+                f"changes process-wide state for every later run: {text}; put back after each step",
+                "leave global settings alone: scope them inside forward (`with "
+                "torch.no_grad():`), never torch.set_num_threads / set_default_dtype / os.chdir / "
+                "signal.signal / sys.stdout.close() / global hooks in a module",
+            )
+        ]
 
 
 _STATE: ContextVar[Optional[_StateLog]] = ContextVar("attnbench_check_state", default=None)
@@ -829,7 +1022,9 @@ def _settled(where: str) -> Iterator[None]:
             log.settle(where)
 
 
-def _run_check(target: str, backbone: str, options: Dict, channels: int, input_size: int, timeout: float) -> CheckReport:
+def _run_check(
+    target: str, backbone: str, options: Dict, channels: int, input_size: int, timeout: float
+) -> CheckReport:
 
     _usage(channels, input_size, timeout, backbone, options)
     factory, registered = load_factory(target)
@@ -837,8 +1032,16 @@ def _run_check(target: str, backbone: str, options: Dict, channels: int, input_s
         return _checks(target, factory, registered, backbone, options, channels, input_size, timeout)
 
 
-def _checks(target: str, factory: Callable, registered: bool, backbone: str, options: Dict, channels: int,
-            input_size: int, timeout: float) -> CheckReport:
+def _checks(
+    target: str,
+    factory: Callable,
+    registered: bool,
+    backbone: str,
+    options: Dict,
+    channels: int,
+    input_size: int,
+    timeout: float,
+) -> CheckReport:
     from ..attach.backbone import split_options
     from ..registry import MODULES
 
@@ -851,13 +1054,29 @@ def _checks(target: str, factory: Callable, registered: bool, backbone: str, opt
     try:
         limits = declared_limits(factory)
         if limits != Limits(note=limits.note):
-            report.results.append(CheckResult("limits", INFO, ", ".join(
-                f"{k} {getattr(limits, k)}" for k in ("min_spatial", "min_train_batch") if getattr(limits, k) > 1)
-                + (f" ({limits.note})" if limits.note else "") + ": declared; sizes and batches below are skipped"))
+            report.results.append(
+                CheckResult(
+                    "limits",
+                    INFO,
+                    ", ".join(
+                        f"{k} {getattr(limits, k)}"
+                        for k in ("min_spatial", "min_train_batch")
+                        if getattr(limits, k) > 1
+                    )
+                    + (f" ({limits.note})" if limits.note else "")
+                    + ": declared; sizes and batches below are skipped",
+                )
+            )
     except ValueError as exc:
         limits = Limits()
-        report.results.append(CheckResult("limits", FAIL, f"malformed declaration: {exc}",
-                                          "declare min_spatial / min_train_batch as positive ints, or drop them"))
+        report.results.append(
+            CheckResult(
+                "limits",
+                FAIL,
+                f"malformed declaration: {exc}",
+                "declare min_spatial / min_train_batch as positive ints, or drop them",
+            )
+        )
     steps = _Steps(float(timeout))
     make = _Maker(factory, channels, module_options)
     runs_alone = _module_checks(make, limits, steps, report)
@@ -866,9 +1085,17 @@ def _checks(target: str, factory: Callable, registered: bool, backbone: str, opt
     output = report.get("output")
     if not runs_alone or (output is not None and output.status == FAIL):
         unsupported = report.get("build") is not None and report.get("build").status == SKIP
-        report.results.append(CheckResult(f"on {backbone}", SKIP, "not attached: unsupported (see build)" if unsupported
-                                          else "not attached: its output shares memory, which no ResNet block can add "
-                                          "into (see output)" if runs_alone else "not attached: the module fails alone (above)"))
+        report.results.append(
+            CheckResult(
+                f"on {backbone}",
+                SKIP,
+                "not attached: unsupported (see build)"
+                if unsupported
+                else "not attached: its output shares memory, which no ResNet block can add into (see output)"
+                if runs_alone
+                else "not attached: the module fails alone (above)",
+            )
+        )
         return report
     name = target if registered else f"check:{getattr(factory, '__name__', target)}"
     if not registered:
@@ -877,8 +1104,11 @@ def _checks(target: str, factory: Callable, registered: bool, backbone: str, opt
         hidden = report.get("state").status == FAIL
         failure: List[BaseException] = []
         with plugin_code(make.roots):
-            result = steps.run(f"on {backbone}", lambda: check_backbone(name, backbone, options, input_size, hidden,
-                                                                        failure), scale=BACKBONE_SCALE)
+            result = steps.run(
+                f"on {backbone}",
+                lambda: check_backbone(name, backbone, options, input_size, hidden, failure),
+                scale=BACKBONE_SCALE,
+            )
         if result.status == FAIL and not steps.stopped:
             result.advice = site_advice(make, failure[0] if failure else None, steps.timeout)
         report.results.append(result)
@@ -903,8 +1133,10 @@ def site_advice(make: "_Maker", exc: Optional[BaseException], timeout: float) ->
             return f"it runs alone at {make.channels} channels but not at the site's {channels}: {WIDTH_ADVICE}"
         if not size_ok:
             return f"it runs alone at {_size(make.reference)} but not at the site's {_size(size)}: {SIZE_ADVICE}"
-        return ("it runs alone with the site's channels and size, but not inside the backbone: see the site and the "
-                "plugin line named above")
+        return (
+            "it runs alone with the site's channels and size, but not inside the backbone: see the site and the "
+            "plugin line named above"
+        )
     if isinstance(exc, ModuleDoesNotFit) and "failed to build" in str(exc):
         return f"it builds at {make.channels} channels but not at the site named: {WIDTH_ADVICE}"
     return "see the site and the plugin line named above"
@@ -912,13 +1144,18 @@ def site_advice(make: "_Maker", exc: Optional[BaseException], timeout: float) ->
 
 def render_check(report: CheckReport) -> str:
     """The checklist: one line per check, one line of advice under each failure, a summary line."""
-    lines = [f"attnbench check {report.target}" + (f" on {report.backbone}" if report.backbone else "")
-             + f" (channels {report.channels})"]
+    lines = [
+        f"attnbench check {report.target}"
+        + (f" on {report.backbone}" if report.backbone else "")
+        + f" (channels {report.channels})"
+    ]
     for r in report.results:
         lines.append(f"  {r.status:<5} {r.name:<14} {r.detail}")
         if r.status == FAIL and r.advice:
             lines.append(f"  {'':<5} {'':<14} fix: {r.advice}")
     counts = {s: sum(r.status == s for r in report.results) for s in (PASS, FAIL, SKIP, INFO)}
-    lines.append(f"{counts[FAIL]} failed, {counts[PASS]} passed, {counts[SKIP]} skipped, {counts[INFO]} info"
-                 f" -> exit {report.exit_code}")
+    lines.append(
+        f"{counts[FAIL]} failed, {counts[PASS]} passed, {counts[SKIP]} skipped, {counts[INFO]} info"
+        f" -> exit {report.exit_code}"
+    )
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Verdicts for suite rows: the short result of ``attnbench check`` (and of the module in its network) that a
 run stores beside a plugin's records; the only part of the checklist the runner needs."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def check_verdict(module: str, options: Optional[Dict] = None, timeout: float = 
     if key not in _VERDICTS:
         try:
             report = run_check(module, "", options or {}, timeout=timeout)
-            text = "; ".join(f"{r.name}: {r.detail if len(r.detail) <= 160 else r.detail[:157] + '...'}"
-                             for r in report.failed)
+            text = "; ".join(
+                f"{r.name}: {r.detail if len(r.detail) <= 160 else r.detail[:157] + '...'}" for r in report.failed
+            )
         except AttnBenchError:
             text = ""  # options the factory does not take: the suite refuses them before this
         _VERDICTS[key] = (factory, text)  # the factory is kept so its id is not reused
@@ -68,18 +70,29 @@ def network_verdict(cell) -> str:
     except AttnBenchError:
         return ""
     size = tuple(cell.input_size)
-    key = json.dumps([variant.module, id(factory), variant.options, cell.backbone, cell.backbone_options, size,
-                      cell.in_chans], sort_keys=True, default=str)
+    key = json.dumps(
+        [variant.module, id(factory), variant.options, cell.backbone, cell.backbone_options, size, cell.in_chans],
+        sort_keys=True,
+        default=str,
+    )
     if key not in _NETWORK:
         model, text = None, ""
         try:
             limit = min(CHECK_TIMEOUT_S * BACKBONE_SCALE, getattr(cell, "timeout", None) or math.inf)
-            with unchanged(f"module {variant.module!r}"), warnings.catch_warnings(), \
-                    deadline(limit, "the in-network check"):
+            with (
+                unchanged(f"module {variant.module!r}"),
+                warnings.catch_warnings(),
+                deadline(limit, "the in-network check"),
+            ):
                 warnings.simplefilter("ignore")
                 torch.manual_seed(0)
-                model = build(cell.backbone, variant.module, backbone_kwargs=cell.backbone_options, input_size=size,
-                              **variant.options).eval()
+                model = build(
+                    cell.backbone,
+                    variant.module,
+                    backbone_kwargs=cell.backbone_options,
+                    input_size=size,
+                    **variant.options,
+                ).eval()
                 with torch.no_grad():
                     model(torch.randn(1, cell.in_chans, *size))
         except (Unsupported, CellTimeout):
@@ -87,8 +100,9 @@ def network_verdict(cell) -> str:
         except (Exception, SystemExit) as exc:
             if not _is_usage(exc):
                 site = failure_site(model, exc)
-                text = f"in {cell.backbone} at {_size(size)}: " + (f"{site}: {first_line(exc)}" if site else
-                                                                   describe_failure(exc))
+                text = f"in {cell.backbone} at {_size(size)}: " + (
+                    f"{site}: {first_line(exc)}" if site else describe_failure(exc)
+                )
         _NETWORK[key] = (factory, text if len(text) <= 300 else text[:297] + "...")
     return _NETWORK[key][1]
 

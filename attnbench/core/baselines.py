@@ -1,5 +1,6 @@
 """The names that mean "no attention module added" -- one place, torch-free, for every layer that must tell a
 baseline row from a module row (suite, attach, report)."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """Files that are never torn: write-then-rename, one helper for tables, checkpoints and shipped checkpoints."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """How much memory this host has, and whether an input of a given size fits: read from /proc/meminfo."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -21,6 +22,8 @@ def input_problem(batch: int, size, in_chans: int = 3) -> Optional[str]:
     need = batch * in_chans * size[0] * size[1] * 4
     avail = available_memory()
     if avail is not None and need > avail:
-        return (f"batch {batch} at {size[0]}x{size[1]} needs {need / 2**30:.1f} GiB for the input alone, more than the "
-                f"{avail / 2**30:.1f} GiB available")
+        return (
+            f"batch {batch} at {size[0]}x{size[1]} needs {need / 2**30:.1f} GiB for the input alone, more than the "
+            f"{avail / 2**30:.1f} GiB available"
+        )
     return None

@@ -4,6 +4,7 @@ A field a suite may set is declared with ``suite_field(default, rule)``; ``suite
 suite validation the keys and checks, so a key list never has to be repeated beside the dataclass.
 A rule is ``(check, problem)``: ``check(value) -> bool`` and the text shown when it fails.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +58,7 @@ def short(value: Any, limit: int = 80) -> str:
     r = reprlib.Repr()
     r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 40, 40
     text = r.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def signature_problem(fn: Callable, options: Dict[str, Any]) -> Optional[str]:

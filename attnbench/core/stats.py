@@ -10,6 +10,7 @@ Methods (stated under every accuracy table):
 - convergence: the baseline's mean test top-1 rose by more than CONVERGED_PP in its last epoch
   -> "not converged: Δ describes this budget".
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,7 @@ def welch_df(va: float, na: int, vb: float, nb: int) -> float:
     qa, qb = va / na, vb / nb
     if qa + qb == 0:
         return float(na + nb - 2)
-    return (qa + qb) ** 2 / (qa ** 2 / (na - 1) + qb ** 2 / (nb - 1))
+    return (qa + qb) ** 2 / (qa**2 / (na - 1) + qb**2 / (nb - 1))
 
 
 def minimal_detectable(se: float, df: float, level: float = LEVEL, power: float = POWER) -> float:
@@ -143,11 +144,13 @@ def _pct(log_ratio: float) -> float:
     return 100.0 * math.expm1(log_ratio)
 
 
-def clean_calls(times: Sequence[float], waits: Optional[Sequence[Optional[float]]], limit: float = CLEAN_WAIT) -> List[bool]:
+def clean_calls(
+    times: Sequence[float], waits: Optional[Sequence[Optional[float]]], limit: float = CLEAN_WAIT
+) -> List[bool]:
     """Which calls of a round were undisturbed: all of them where no wait was measured."""
     if not waits:
         return [True] * len(times)
-    return [w is None or w <= limit for w in list(waits)[:len(times)]] + [True] * max(0, len(times) - len(waits))
+    return [w is None or w <= limit for w in list(waits)[: len(times)]] + [True] * max(0, len(times) - len(waits))
 
 
 def _t_interval(values: Sequence[float], level: float) -> Tuple[float, Optional[float]]:
@@ -158,7 +161,9 @@ def _t_interval(values: Sequence[float], level: float) -> Tuple[float, Optional[
     return mean, t_quantile(1 - (1 - level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def batch_interval(values: Sequence[float], batches: int = 1, level: float = LEVEL) -> Tuple[float, Optional[float], int]:
+def batch_interval(
+    values: Sequence[float], batches: int = 1, level: float = LEVEL
+) -> Tuple[float, Optional[float], int]:
     """(mean, half-width, batches used) of a 95% interval for the mean of a series of rounds in time order.
 
     ``batches`` <= 1: a t interval over the rounds, each taken as independent (records from before batching).
@@ -174,13 +179,14 @@ def batch_interval(values: Sequence[float], batches: int = 1, level: float = LEV
         mean, half = _t_interval(values, level)
         return mean, half, 0
     size = n // b
-    means = [statistics.fmean(values[i * size:(i + 1) * size if i < b - 1 else n]) for i in range(b)]
+    means = [statistics.fmean(values[i * size : (i + 1) * size if i < b - 1 else n]) for i in range(b)]
     mean = statistics.fmean(values)
     return mean, t_quantile(1 - (1 - level) / 2, b - 1) * statistics.stdev(means) / math.sqrt(b), b
 
 
-def mean_interval(values: Sequence[float], level: float = LEVEL,
-                  batches: int = 1) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+def mean_interval(
+    values: Sequence[float], level: float = LEVEL, batches: int = 1
+) -> Tuple[Optional[float], Optional[float], Optional[float]]:
     """(mean, low, high) of an interval over ``values`` (rounds in time order; ``batches``: see batch_interval):
     (None, None, None) without values, no bounds with one."""
     if not values:
@@ -189,8 +195,14 @@ def mean_interval(values: Sequence[float], level: float = LEVEL,
     return (mean, None, None) if half is None else (mean, mean - half, mean + half)
 
 
-def paired_round_values(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
-                        diff=lambda a, b: math.log(a) - math.log(b)) -> Tuple[List[float], int, int]:
+def paired_round_values(
+    v_rounds,
+    b_rounds,
+    v_waits=None,
+    b_waits=None,
+    limit: float = CLEAN_WAIT,
+    diff=lambda a, b: math.log(a) - math.log(b),
+) -> Tuple[List[float], int, int]:
     """Per round, the median of ``diff`` over its clean, index-paired calls (rounds with fewer than
     MIN_PAIRS clean pairs are left out); also (pairs seen, clean pairs used)."""
     values, seen, used = [], 0, 0
@@ -206,18 +218,25 @@ def paired_round_values(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: f
     return values, seen, used
 
 
-def alternating_delta(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
-                      level: float = LEVEL, batches: int = 1) -> Optional[RatioInterval]:
+def alternating_delta(
+    v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT, level: float = LEVEL, batches: int = 1
+) -> Optional[RatioInterval]:
     """Δ% of variant vs baseline timed in one interleaved group (see the comment above; ``batches``: the interval
     over batch means of consecutive rounds, see batch_interval)."""
     values, seen, used = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit)
     clean = used / seen if seen else None
     if not values:
-        return None if not seen else RatioInterval(float("nan"), None, None, 0, "no round with enough undisturbed pairs",
-                                                   True, clean)
+        return (
+            None
+            if not seen
+            else RatioInterval(float("nan"), None, None, 0, "no round with enough undisturbed pairs", True, clean)
+        )
     mean, half, b = batch_interval(values, batches, level)
-    method = (f"paired, interleaved call by call: t over {b} batch means of {len(values)} rounds' median log ratios" if b
-              else f"paired, interleaved call by call: t over {len(values)} rounds of per-round median log ratios")
+    method = (
+        f"paired, interleaved call by call: t over {b} batch means of {len(values)} rounds' median log ratios"
+        if b
+        else f"paired, interleaved call by call: t over {len(values)} rounds of per-round median log ratios"
+    )
     if half is None:
         return RatioInterval(_pct(mean), None, None, 1, method + " (1 round: no interval)", True, clean)
     return RatioInterval(_pct(mean), _pct(mean - half), _pct(mean + half), len(values), method, True, clean)
@@ -233,8 +252,9 @@ class Difference(NamedTuple):
     paired: bool = True
 
 
-def alternating_difference(v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT,
-                           level: float = LEVEL, batches: int = 1) -> Optional[Difference]:
+def alternating_difference(
+    v_rounds, b_rounds, v_waits=None, b_waits=None, limit: float = CLEAN_WAIT, level: float = LEVEL, batches: int = 1
+) -> Optional[Difference]:
     """Added time (variant - baseline, in the samples' unit) with its interval over rounds (or their batch means)."""
     values, _, _ = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit, diff=lambda a, b: a - b)
     if not values:
@@ -243,8 +263,9 @@ def alternating_difference(v_rounds, b_rounds, v_waits=None, b_waits=None, limit
     return Difference(mean, low, high, len(values))
 
 
-def paired_ratio_interval(variant_rounds: Sequence[Sequence[float]], base_rounds: Sequence[Sequence[float]],
-                          level: float = LEVEL) -> Optional[RatioInterval]:
+def paired_ratio_interval(
+    variant_rounds: Sequence[Sequence[float]], base_rounds: Sequence[Sequence[float]], level: float = LEVEL
+) -> Optional[RatioInterval]:
     """Records from the block schedule: Δ% from rounds paired by index, per round the ratio of the two medians."""
     mv, mb = round_medians(variant_rounds), round_medians(base_rounds)
     n = min(len(mv), len(mb))
@@ -254,8 +275,9 @@ def paired_ratio_interval(variant_rounds: Sequence[Sequence[float]], base_rounds
     mean, half = _t_interval(d, level)
     if half is None:
         return RatioInterval(_pct(mean), None, None, n, "paired rounds (1 round: no interval)")
-    return RatioInterval(_pct(mean), _pct(mean - half), _pct(mean + half), n,
-                         f"paired t on per-round log ratios of medians, {n} rounds")
+    return RatioInterval(
+        _pct(mean), _pct(mean - half), _pct(mean + half), n, f"paired t on per-round log ratios of medians, {n} rounds"
+    )
 
 
 def clean_round_medians(rounds, waits=None, limit: float = CLEAN_WAIT) -> List[float]:
@@ -269,8 +291,13 @@ def clean_round_medians(rounds, waits=None, limit: float = CLEAN_WAIT) -> List[f
     return out
 
 
-def unpaired_ratio_interval(b_rounds: Sequence[Sequence[float]], a_rounds: Sequence[Sequence[float]],
-                            level: float = LEVEL, b_waits=None, a_waits=None) -> Optional[RatioInterval]:
+def unpaired_ratio_interval(
+    b_rounds: Sequence[Sequence[float]],
+    a_rounds: Sequence[Sequence[float]],
+    level: float = LEVEL,
+    b_waits=None,
+    a_waits=None,
+) -> Optional[RatioInterval]:
     """Δ% of B vs A (B/A - 1) timed apart (two runs, or two processes): Welch's t on each side's per-round
     log medians of undisturbed calls. Not paired, so drift between the two shows up as a wider band."""
     lb = [math.log(v) for v in clean_round_medians(b_rounds, b_waits)]
@@ -279,13 +306,27 @@ def unpaired_ratio_interval(b_rounds: Sequence[Sequence[float]], a_rounds: Seque
         return None
     c = welch(lb, la, level)
     if c.low is None:
-        return RatioInterval(_pct(c.diff), None, None, min(len(lb), len(la)),
-                             "unpaired: Welch on per-round log medians (< 2 rounds: no interval)", False)
-    return RatioInterval(_pct(c.diff), _pct(c.low), _pct(c.high), min(len(lb), len(la)),
-                         "unpaired: Welch t on per-round log medians", False)
+        return RatioInterval(
+            _pct(c.diff),
+            None,
+            None,
+            min(len(lb), len(la)),
+            "unpaired: Welch on per-round log medians (< 2 rounds: no interval)",
+            False,
+        )
+    return RatioInterval(
+        _pct(c.diff),
+        _pct(c.low),
+        _pct(c.high),
+        min(len(lb), len(la)),
+        "unpaired: Welch t on per-round log medians",
+        False,
+    )
 
 
-def own_precision(rounds, waits=None, limit: float = CLEAN_WAIT, level: float = LEVEL, batches: int = 1) -> Optional[float]:
+def own_precision(
+    rounds, waits=None, limit: float = CLEAN_WAIT, level: float = LEVEL, batches: int = 1
+) -> Optional[float]:
     """Half-width in points of one variant's own per-round log medians (the stop rule without a baseline)."""
     logs = [math.log(v) for v in clean_round_medians(rounds, waits, limit)]
     mean, half, _ = batch_interval(logs, batches, level) if logs else (0.0, None, 0)

@@ -7,6 +7,7 @@ printing one raised ``UnicodeEncodeError`` after the work was done. :func:`degra
 else without one -> ``?``); files attnbench writes are UTF-8 whatever the locale (``encoding="utf-8"`` everywhere),
 so a table file is the same bytes under every locale.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -16,10 +17,44 @@ import unicodedata
 
 ERRORS = "attnbench-ascii"  # the codec error handler registered here
 LOOK_ALIKES = {
-    "Δ": "d", "δ": "d", "±": "+/-", "¶": "#", "‡": "++", "†": "+", "§": "S", "·": ".", "²": "^2", "⁴": "^4",
-    "—": "--", "–": "-", "−": "-", "×": "x", "≥": ">=", "≤": "<=", "≈": "~", "→": "->", "←": "<-", "…": "...",
-    "“": '"', "”": '"', "‘": "'", "’": "'", "✗": "x", "✓": "v", "°": " deg", "µ": "u", "μ": "u", "√": "sqrt",
-    "ρ": "rho", "σ": "sigma", "α": "alpha", "β": "beta", "γ": "gamma", "λ": "lambda", "π": "pi", "Σ": "Sum",
+    "Δ": "d",
+    "δ": "d",
+    "±": "+/-",
+    "¶": "#",
+    "‡": "++",
+    "†": "+",
+    "§": "S",
+    "·": ".",
+    "²": "^2",
+    "⁴": "^4",
+    "—": "--",
+    "–": "-",
+    "−": "-",
+    "×": "x",
+    "≥": ">=",
+    "≤": "<=",
+    "≈": "~",
+    "→": "->",
+    "←": "<-",
+    "…": "...",
+    "“": '"',
+    "”": '"',
+    "‘": "'",
+    "’": "'",
+    "✗": "x",
+    "✓": "v",
+    "°": " deg",
+    "µ": "u",
+    "μ": "u",
+    "√": "sqrt",
+    "ρ": "rho",
+    "σ": "sigma",
+    "α": "alpha",
+    "β": "beta",
+    "γ": "gamma",
+    "λ": "lambda",
+    "π": "pi",
+    "Σ": "Sum",
     "Ω": "Ohm",
 }
 
@@ -34,7 +69,7 @@ def _look_alike(ch: str) -> str:
 def _handler(exc: UnicodeError):
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
-    return "".join(_look_alike(ch) for ch in exc.object[exc.start:exc.end]), exc.end
+    return "".join(_look_alike(ch) for ch in exc.object[exc.start : exc.end]), exc.end
 
 
 codecs.register_error(ERRORS, _handler)

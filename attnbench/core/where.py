@@ -1,6 +1,7 @@
 """Where a module sits, in words: the ``where`` column of every table, read from the attachment a record
 stores (``attach.Attachment.as_dict()``). A pure function of that dict, apart from ``attach`` so that the
 report layer reads it without importing torch."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

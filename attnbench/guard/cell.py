@@ -7,6 +7,7 @@ threads) there is no timer: it is a no-op there, and docs/latency.md says so. Ev
 boundary for what a plugin raises to end a program (``sys.exit()``, ``KeyboardInterrupt`` with no signal
 behind it, ``GeneratorExit``): it becomes :class:`Escaped`, that unit's failure (``contained``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,16 +60,23 @@ def escaped(exc: BaseException, where: str) -> Exception:
 @contextlib.contextmanager
 def deadline(seconds: Optional[float], what: str = "cell") -> Iterator[None]:
     """Raise CellTimeout in this block after ``seconds`` (main thread only; nested deadlines keep the outer one)."""
-    usable = (seconds and math.isfinite(seconds) and seconds > 0 and hasattr(signal, "setitimer")
-              and threading.current_thread() is threading.main_thread()
-              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    usable = (
+        seconds
+        and math.isfinite(seconds)
+        and seconds > 0
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    )
     if not usable:
         with _contained(what):
             yield
         return
 
     def expire(signum, frame):
-        raise CellTimeout(f"{what} ran past its timeout of {seconds:g} s; raise the suite's 'timeout' or fix the module that hangs")
+        raise CellTimeout(
+            f"{what} ran past its timeout of {seconds:g} s; raise the suite's 'timeout' or fix the module that hangs"
+        )
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, float(seconds))
@@ -105,8 +113,10 @@ def require_finite(output, what: str) -> None:
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
-            raise NonFiniteOutput(f"{what} produced {bad} in its output; the module is numerically unstable at this "
-                                  "input size (try a larger input_size), so no number of it is stored as ok")
+            raise NonFiniteOutput(
+                f"{what} produced {bad} in its output; the module is numerically unstable at this "
+                "input size (try a larger input_size), so no number of it is stored as ok"
+            )
 
 
 BATCHNORM_ONE_VALUE = "Expected more than 1 value per channel when training"
@@ -133,15 +143,17 @@ def as_unsupported(exc: BaseException, batch_size: int, input_size) -> BaseExcep
 
     h, w = (tuple(input_size) + tuple(input_size))[:2] if not isinstance(input_size, int) else (input_size, input_size)
     seen = f": BatchNorm input {list(size)}" if size is not None else ""
-    return Unsupported(f"BatchNorm cannot train on one value per channel (batch {batch_size} at {h}x{w} reaches a 1x1 "
-                       f"map{seen}); use batch_size >= 2 or a larger input_size")
+    return Unsupported(
+        f"BatchNorm cannot train on one value per channel (batch {batch_size} at {h}x{w} reaches a 1x1 "
+        f"map{seen}); use batch_size >= 2 or a larger input_size"
+    )
 
 
 def _bn_input_size(text: str) -> Optional[Tuple[int, ...]]:
     """The input size torch's BatchNorm message names (``torch.Size([1, 64, 1, 1])``), or None."""
     import re
 
-    found = re.search(r"torch\.Size\(\[([\d,\s]*)\]\)", text[text.find(BATCHNORM_ONE_VALUE):])
+    found = re.search(r"torch\.Size\(\[([\d,\s]*)\]\)", text[text.find(BATCHNORM_ONE_VALUE) :])
     if found is None:
         return None
     return tuple(int(v) for v in found.group(1).replace(" ", "").split(",") if v)

@@ -8,6 +8,7 @@ store aside, writing the tables); :func:`exit_now` makes any later signal end th
 :func:`is_signal` tells a real interrupt from a plugin raising ``KeyboardInterrupt`` in its forward
 (:func:`watching` notes every signal while a cell or a check runs): only the former stops a run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,6 +68,7 @@ def is_signal(exc: BaseException) -> bool:
 
 def _noting(previous):
     """A handler that notes the signal, then does what ``previous`` did (Python's default: Interrupted)."""
+
     def handler(signum, frame):
         received.append(signum)
         _delivered[0] += 1

@@ -21,6 +21,7 @@ lowers it for the run and an unprivileged process cannot raise it back, so it is
 Cells that overlap in one process (a Dask worker with several threads) share all of it: there a change
 cannot be told from the other cell's own, and :func:`alone` says so (nothing is blamed or put back).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,9 +71,18 @@ def _flag(path: str) -> Optional[Setting]:
     return Setting(f"torch.backends.{path}", lambda: getattr(owner, attr), lambda v: setattr(owner, attr, v), _on_off)
 
 
-BACKEND_FLAGS = ("cudnn.enabled", "cudnn.benchmark", "cudnn.deterministic", "cudnn.allow_tf32", "mkldnn.enabled",
-                 "cuda.matmul.allow_tf32", "cuda.matmul.allow_fp16_reduced_precision_reduction",
-                 "cuda.matmul.allow_bf16_reduced_precision_reduction", "opt_einsum.enabled", "nnpack.enabled")
+BACKEND_FLAGS = (
+    "cudnn.enabled",
+    "cudnn.benchmark",
+    "cudnn.deterministic",
+    "cudnn.allow_tf32",
+    "mkldnn.enabled",
+    "cuda.matmul.allow_tf32",
+    "cuda.matmul.allow_fp16_reduced_precision_reduction",
+    "cuda.matmul.allow_bf16_reduced_precision_reduction",
+    "opt_einsum.enabled",
+    "nnpack.enabled",
+)
 
 
 def _default_device() -> str:
@@ -99,6 +109,7 @@ def _pop_dispatch_mode() -> None:
 
 # -- global module hooks: torch.nn.modules.module's _global_* registries ----------------------------
 
+
 def _hook_tables() -> Dict[str, Any]:
     from torch.nn.modules import module as m
 
@@ -123,6 +134,7 @@ def _show_hooks(tables: Dict[str, Any]) -> str:
 
 
 # -- the process: working folder, signals, timers, standard streams, limits ---------------------------
+
 
 def _cwd() -> str:
     try:
@@ -203,9 +215,12 @@ def _reopened(stream: Any, name: str) -> Any:
     if isinstance(fd, int):
         with contextlib.suppress(OSError, ValueError):
             os.fstat(fd)
-            fresh = io.TextIOWrapper(io.FileIO(fd, "r" if name == "stdin" else "w", closefd=False),
-                                     encoding=getattr(stream, "encoding", None) or "utf-8",
-                                     errors=getattr(stream, "errors", None) or "strict", line_buffering=True)
+            fresh = io.TextIOWrapper(
+                io.FileIO(fd, "r" if name == "stdin" else "w", closefd=False),
+                encoding=getattr(stream, "encoding", None) or "utf-8",
+                errors=getattr(stream, "errors", None) or "strict",
+                line_buffering=True,
+            )
             fresh._attnbench_fd = fd
             return fresh
     original = getattr(sys, f"__{name}__", None)
@@ -242,8 +257,11 @@ def _rlimits() -> Dict[str, Tuple[int, int]]:
         import resource
     except ImportError:
         return {}
-    return {n: resource.getrlimit(getattr(resource, n)) for n in ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_NOFILE",
-            "RLIMIT_STACK", "RLIMIT_CPU", "RLIMIT_FSIZE") if hasattr(resource, n)}
+    return {
+        n: resource.getrlimit(getattr(resource, n))
+        for n in ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_NOFILE", "RLIMIT_STACK", "RLIMIT_CPU", "RLIMIT_FSIZE")
+        if hasattr(resource, n)
+    }
 
 
 def _set_rlimits(saved: Dict[str, Tuple[int, int]]) -> None:
@@ -294,25 +312,55 @@ def _set_gc(v: Tuple[bool, Tuple[int, ...]]) -> None:
 def _settings() -> Tuple[Setting, ...]:
     found = [  # put back in this order: modes first (a mode left on the stack intercepts the setters below)
         Setting("torch default device", _default_device, _set_default_device, str),  # pops the mode it pushed
-        Setting("torch function modes", torch._C._len_torch_function_stack,
-                lambda n: _pop_modes(n, torch._C._len_torch_function_stack, torch._C._pop_torch_function_stack), str),
-        Setting("torch dispatch modes", torch._C._len_torch_dispatch_stack,
-                lambda n: _pop_modes(n, torch._C._len_torch_dispatch_stack, _pop_dispatch_mode), str),
+        Setting(
+            "torch function modes",
+            torch._C._len_torch_function_stack,
+            lambda n: _pop_modes(n, torch._C._len_torch_function_stack, torch._C._pop_torch_function_stack),
+            str,
+        ),
+        Setting(
+            "torch dispatch modes",
+            torch._C._len_torch_dispatch_stack,
+            lambda n: _pop_modes(n, torch._C._len_torch_dispatch_stack, _pop_dispatch_mode),
+            str,
+        ),
         Setting("torch threads", torch.get_num_threads, torch.set_num_threads, str),
         Setting("torch default dtype", torch.get_default_dtype, torch.set_default_dtype, str),
         Setting("grad mode", torch.is_grad_enabled, torch._C._set_grad_enabled, _on_off),
-        Setting("anomaly detection", lambda: (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
-                lambda v: torch.set_anomaly_enabled(*v), _pair("anomaly", "check_nan")),
-        Setting("deterministic algorithms", lambda: (torch.are_deterministic_algorithms_enabled(),
-                                                     torch.is_deterministic_algorithms_warn_only_enabled()),
-                lambda v: torch.use_deterministic_algorithms(v[0], warn_only=v[1]), _pair("deterministic", "warn_only")),
-        Setting("float32 matmul precision", torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, str),
+        Setting(
+            "anomaly detection",
+            lambda: (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
+            lambda v: torch.set_anomaly_enabled(*v),
+            _pair("anomaly", "check_nan"),
+        ),
+        Setting(
+            "deterministic algorithms",
+            lambda: (
+                torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+            ),
+            lambda v: torch.use_deterministic_algorithms(v[0], warn_only=v[1]),
+            _pair("deterministic", "warn_only"),
+        ),
+        Setting(
+            "float32 matmul precision", torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, str
+        ),
         Setting("torch warn_always", torch.is_warn_always_enabled, torch.set_warn_always, _on_off),
-        Setting("autograd multithreading", torch._C._is_multithreading_enabled, torch._C._set_multithreading_enabled,
-                _on_off),
-        *[Setting(f"autocast on {d}", lambda d=d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)),
-                  lambda v, d=d: (torch.set_autocast_enabled(d, v[0]), torch.set_autocast_dtype(d, v[1])),
-                  lambda v: f"{_on_off(v[0])} ({v[1]})") for d in ("cpu", "cuda")],
+        Setting(
+            "autograd multithreading",
+            torch._C._is_multithreading_enabled,
+            torch._C._set_multithreading_enabled,
+            _on_off,
+        ),
+        *[
+            Setting(
+                f"autocast on {d}",
+                lambda d=d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)),
+                lambda v, d=d: (torch.set_autocast_enabled(d, v[0]), torch.set_autocast_dtype(d, v[1])),
+                lambda v: f"{_on_off(v[0])} ({v[1]})",
+            )
+            for d in ("cpu", "cuda")
+        ],
         *[f for f in map(_flag, BACKEND_FLAGS) if f is not None],
         Setting("global module hooks", _hook_tables, _set_hook_tables, _show_hooks),
         Setting("working folder", _cwd, _chdir),
@@ -321,8 +369,7 @@ def _settings() -> Tuple[Setting, ...]:
         Setting("standard streams", _streams, _set_streams, _show_streams),
         Setting("garbage collector", _gc_state, _set_gc, lambda v: f"{_on_off(v[0])}, thresholds {v[1]}"),
         Setting("thread switch interval", sys.getswitchinterval, sys.setswitchinterval, lambda v: f"{v:g} s"),
-        Setting("trace/profile function", _trace, _set_trace,
-                lambda v: "none" if v == (None, None) else "set"),
+        Setting("trace/profile function", _trace, _set_trace, lambda v: "none" if v == (None, None) else "set"),
         Setting("excepthook", lambda: sys.excepthook, lambda v: setattr(sys, "excepthook", v), _handler_name),
         Setting("CPU affinity", _affinity, _set_affinity, _cpus),
         Setting("resource limits", _rlimits, _set_rlimits, lambda v: ", ".join(f"{k} {l}" for k, l in v.items())),
@@ -360,12 +407,19 @@ def _differs(a: Any, b: Any) -> bool:
 def describe(setting: Setting, before: Any, after: Any) -> str:
     """'torch threads 2 -> 1', or what changed in a table of many (handlers, streams, hooks, variables)."""
     if setting.name == "signal handlers":
-        changed = {s: (before.get(s), after.get(s)) for s in set(before) | set(after) if before.get(s) is not after.get(s)}
-        return "signal handlers: " + ", ".join(f"{signal.Signals(s).name} {_handler_name(a)} -> {_handler_name(b)}"
-                                               for s, (a, b) in sorted(changed.items()))
+        changed = {
+            s: (before.get(s), after.get(s)) for s in set(before) | set(after) if before.get(s) is not after.get(s)
+        }
+        return "signal handlers: " + ", ".join(
+            f"{signal.Signals(s).name} {_handler_name(a)} -> {_handler_name(b)}"
+            for s, (a, b) in sorted(changed.items())
+        )
     if setting.name == "standard streams":
-        parts = [f"sys.{n} {'closed' if after[n][1] else 'replaced'}" for n in STREAMS
-                 if after[n][0] is not before[n][0] or after[n][1] != before[n][1]]
+        parts = [
+            f"sys.{n} {'closed' if after[n][1] else 'replaced'}"
+            for n in STREAMS
+            if after[n][0] is not before[n][0] or after[n][1] != before[n][1]
+        ]
         return "standard streams: " + ", ".join(parts)
     return f"{setting.name} {setting.show(before)} -> {setting.show(after)}"
 
@@ -410,8 +464,10 @@ class Watch:
 
 def blame(changes: List[str], who: str) -> str:
     """The one line a unit of work that changed process state fails with."""
-    return (f"{who} changed process-wide state: {'; '.join(changes)}; put back, so later rows are unaffected; fix: "
-            "leave global settings alone, or scope them inside forward (`with torch.no_grad():`)")
+    return (
+        f"{who} changed process-wide state: {'; '.join(changes)}; put back, so later rows are unaffected; fix: "
+        "leave global settings alone, or scope them inside forward (`with torch.no_grad():`)"
+    )
 
 
 @contextlib.contextmanager

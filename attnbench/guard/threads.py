@@ -3,6 +3,7 @@
 Timings and training runs are only comparable at a known thread count, and a cell that sets it
 must not leak it into the next cell (or the user's session), even when the cell fails.
 """
+
 from __future__ import annotations
 
 import contextlib

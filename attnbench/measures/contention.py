@@ -14,6 +14,7 @@ threads, which the OS grants to root or with CAP_SYS_NICE; others then barely pr
 Where it is not granted nothing changes, and the record says so. The old niceness is restored after.
 Everything here degrades to "unknown" (None) where /proc is missing (macOS, Windows).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -113,8 +114,9 @@ def sample() -> MachineSample:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return MachineSample(time.perf_counter(), total, busy, steal, own, psi,
-                         resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw, load)
+    return MachineSample(
+        time.perf_counter(), total, busy, steal, own, psi, resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw, load
+    )
 
 
 def cpu_mhz() -> Optional[float]:
@@ -137,8 +139,14 @@ def cpu_mhz() -> Optional[float]:
 
 def machine_state(a: MachineSample, b: MachineSample) -> Dict[str, Optional[float]]:
     """What the machine did between two samples: shares of all CPUs' time, and per-second rates."""
-    out: Dict[str, Optional[float]] = {"others_cpu": None, "steal": None, "psi_cpu_some": None,
-                                       "loadavg": b.loadavg, "nivcsw_per_s": None, "cpu_mhz": cpu_mhz()}
+    out: Dict[str, Optional[float]] = {
+        "others_cpu": None,
+        "steal": None,
+        "psi_cpu_some": None,
+        "loadavg": b.loadavg,
+        "nivcsw_per_s": None,
+        "cpu_mhz": cpu_mhz(),
+    }
     dt = b.t - a.t
     if None not in (a.cpu_total, b.cpu_total) and b.cpu_total > a.cpu_total:
         span = b.cpu_total - a.cpu_total

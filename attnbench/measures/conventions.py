@@ -33,6 +33,7 @@ What a tool would report for the same model written differently from the measure
 ``nn.ReLU`` that thop 0.0.23 counts once, a pool written as ``x.mean``, a fused norm written as two
 modules) is not hidden in a convention: ``validate`` computes it as a named cause.
 """
+
 from __future__ import annotations
 
 import threading
@@ -119,6 +120,7 @@ class _NotReplicated:
 # keeps its last call) as a float32 tensor; the total and the parameters (every parameter of every leaf,
 # rule or not) are summed over the leaves in float32.
 
+
 def _t23_conv(m, x, y):
     return "conv", m.in_channels * y.nelement() * (m.weight.size()[2:].numel() + _bias(m)) // m.groups
 
@@ -150,15 +152,22 @@ def _t23_linear(m, x, y):
     return "linear", (2 * m.in_features - 1) * y.numel()
 
 
-THOP_0_0_23 = _table((_CONV, _t23_conv), (nn.ConvTranspose2d, _t23_convt), (_BN, _t23_bn),
-                     ((nn.ReLU, nn.ReLU6, nn.LeakyReLU), _t23_relu), (_AVG, _t23_avgpool),
-                     (_ADAPTIVE_AVG, _t23_adaptive_avgpool), (nn.Linear, _t23_linear))
+THOP_0_0_23 = _table(
+    (_CONV, _t23_conv),
+    (nn.ConvTranspose2d, _t23_convt),
+    (_BN, _t23_bn),
+    ((nn.ReLU, nn.ReLU6, nn.LeakyReLU), _t23_relu),
+    (_AVG, _t23_avgpool),
+    (_ADAPTIVE_AVG, _t23_adaptive_avgpool),
+    (nn.Linear, _t23_linear),
+)
 
 
 # --- thop 0.0.31.post2005241907 (PyPI, May 2020; thop/profile.py ``profile``, thop/vision/basic_hooks.py). Every
 # module whose exact type has a rule is hooked; ops accumulate per call (float64); the total descends from the
 # root's children and stops at a hooked module that is not an nn.Sequential/ModuleList, taking its ops and the
 # parameters it holds (set by its hook, so a hooked module that never ran counts 0).
+
 
 def _t31_conv(m, x, y):
     return "conv", y.nelement() * (m.in_channels // m.groups * m.weight.size()[2:].numel() + _bias(m))
@@ -191,14 +200,25 @@ def _t31_upsample(m, x, y):
 
 
 _THOP_RNN = _NotReplicated("its RNN rules")
-THOP_0_0_31 = _table((nn.ZeroPad2d, _zero), (_CONV + _CONVT, _t31_conv), ((*_BN, nn.SyncBatchNorm), _t31_bn),
-                     ((nn.ReLU, nn.ReLU6), _zero), (nn.LeakyReLU, _t31_leaky), (_MAX + _ADAPTIVE_MAX, _zero),
-                     (_AVG, _t31_avgpool), (_ADAPTIVE_AVG, _t31_adaptive_avgpool), (nn.Linear, _t31_linear),
-                     (nn.Dropout, _zero), (_UPSAMPLE, _t31_upsample), (_RNN, _THOP_RNN))
+THOP_0_0_31 = _table(
+    (nn.ZeroPad2d, _zero),
+    (_CONV + _CONVT, _t31_conv),
+    ((*_BN, nn.SyncBatchNorm), _t31_bn),
+    ((nn.ReLU, nn.ReLU6), _zero),
+    (nn.LeakyReLU, _t31_leaky),
+    (_MAX + _ADAPTIVE_MAX, _zero),
+    (_AVG, _t31_avgpool),
+    (_ADAPTIVE_AVG, _t31_adaptive_avgpool),
+    (nn.Linear, _t31_linear),
+    (nn.Dropout, _zero),
+    (_UPSAMPLE, _t31_upsample),
+    (_RNN, _THOP_RNN),
+)
 
 
 # --- thop 0.1.1.post2209072238 (PyPI's newest thop, Sept 2022; thop/profile.py, thop/vision/basic_hooks.py and
 # calc_func.py). As 0.0.31, and the descent adds the root's own ops; the rules changed.
+
 
 def _t11_conv(m, x, y):
     return "conv", _prod(y.shape) * (x.shape[1] // m.groups) * _prod(m.weight.shape[2:])  # no bias
@@ -234,18 +254,30 @@ def _t11_upsample(m, x, y):
     return "upsample", y.nelement() * per
 
 
-THOP_0_1_1 = _table((nn.ZeroPad2d, _zero), (_CONV + _CONVT, _t11_conv),
-                    ((*_BN, nn.LayerNorm, *_IN, nn.SyncBatchNorm), _t11_norm), (nn.PReLU, _t11_prelu),
-                    (nn.Softmax, _t11_softmax), ((nn.ReLU, nn.ReLU6), _zero), (nn.LeakyReLU, _t11_relu),
-                    (_MAX + _ADAPTIVE_MAX, _zero), (_AVG, _t31_avgpool), (_ADAPTIVE_AVG, _t11_adaptive_avgpool),
-                    (nn.Linear, _t31_linear), (nn.Dropout, _zero), (_UPSAMPLE, _t11_upsample), (_RNN, _THOP_RNN),
-                    ((nn.Sequential, nn.PixelShuffle), _zero))
+THOP_0_1_1 = _table(
+    (nn.ZeroPad2d, _zero),
+    (_CONV + _CONVT, _t11_conv),
+    ((*_BN, nn.LayerNorm, *_IN, nn.SyncBatchNorm), _t11_norm),
+    (nn.PReLU, _t11_prelu),
+    (nn.Softmax, _t11_softmax),
+    ((nn.ReLU, nn.ReLU6), _zero),
+    (nn.LeakyReLU, _t11_relu),
+    (_MAX + _ADAPTIVE_MAX, _zero),
+    (_AVG, _t31_avgpool),
+    (_ADAPTIVE_AVG, _t11_adaptive_avgpool),
+    (nn.Linear, _t31_linear),
+    (nn.Dropout, _zero),
+    (_UPSAMPLE, _t11_upsample),
+    (_RNN, _THOP_RNN),
+    ((nn.Sequential, nn.PixelShuffle), _zero),
+)
 
 
 # --- ptflops as of 2019 (github.com/sovrasov/flops-counter.pytorch flops_counter.py at 3c9d58c = PyPI's ptflops
 # 0.1, the copy github.com/implus/PytorchInsight ships as classification/flops_counter.py). A module is counted
 # when it is an *instance* of one of its classes (tested in this order); every such module's ops are summed
 # (one nested in another too), accumulated per call and divided by the batch; parameters: every trainable one.
+
 
 def _p01_conv(m, x, y):
     kh, kw = m.kernel_size
@@ -274,10 +306,14 @@ def _p01_upsample(m, x, y):
     return "upsample", y[0].numel()  # output[0]: the first image only
 
 
-PTFLOPS_0_1 = _table((nn.Conv2d, _p01_conv), ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6), _p01_relu),
-                     (nn.Linear, _p01_linear),
-                     ((nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d), _p01_pool),
-                     (nn.BatchNorm2d, _p01_bn), (nn.Upsample, _p01_upsample))
+PTFLOPS_0_1 = _table(
+    (nn.Conv2d, _p01_conv),
+    ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6), _p01_relu),
+    (nn.Linear, _p01_linear),
+    ((nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d), _p01_pool),
+    (nn.BatchNorm2d, _p01_bn),
+    (nn.Upsample, _p01_upsample),
+)
 
 
 # --- ptflops 0.7.5 (PyPI, 2025; ptflops/pytorch_engine.py, pytorch_ops.py), its default pytorch backend. A module
@@ -286,6 +322,7 @@ PTFLOPS_0_1 = _table((nn.Conv2d, _p01_conv), ((nn.ReLU, nn.PReLU, nn.ELU, nn.Lea
 # interpolate and torch's/Tensor's matmul, mm, bmm, addmm, baddbmm, mul and add by counting wrappers (calls
 # through those names only: ``x * y`` and ``x @ y`` are not counted) -- including the calls module forwards
 # make, so an nn.ReLU is counted by its hook and by its F.relu. Parameters: every trainable one.
+
 
 def _p07_conv(m, x, y, transpose: bool = False):
     spatial = x.shape[2:] if transpose else y.shape[2:]
@@ -309,10 +346,15 @@ def _p07_linear(m, x, y):
 
 _P07_OTHER = _NotReplicated("its RNN, nn.MultiheadAttention and timm Attention rules")
 PTFLOPS_0_7 = _table(
-    (_CONV, _p07_conv), ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU), _p01_relu),
-    ((*_MAX, *_AVG, *_ADAPTIVE_MAX, *_ADAPTIVE_AVG), _p01_pool), ((*_BN, *_IN, nn.GroupNorm, nn.LayerNorm), _p07_norm),
-    (nn.Linear, _p07_linear), (nn.Upsample, _p01_upsample), (_CONVT, _p07_convt),
-    ((*_RNN, nn.MultiheadAttention), _P07_OTHER))
+    (_CONV, _p07_conv),
+    ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU), _p01_relu),
+    ((*_MAX, *_AVG, *_ADAPTIVE_MAX, *_ADAPTIVE_AVG), _p01_pool),
+    ((*_BN, *_IN, nn.GroupNorm, nn.LayerNorm), _p07_norm),
+    (nn.Linear, _p07_linear),
+    (nn.Upsample, _p01_upsample),
+    (_CONVT, _p07_convt),
+    ((*_RNN, nn.MultiheadAttention), _P07_OTHER),
+)
 try:  # as ptflops registers it when timm is importable
     from timm.models.vision_transformer import Attention as _TimmAttention
 
@@ -363,19 +405,54 @@ def _p07_elementwise(input, other, *args, **kwargs):
     if not torch.is_tensor(other):
         return np.prod(input.shape, dtype=np.int64)
     n = max(input.dim(), other.dim())
-    return np.prod([max(input.shape[i] if i < input.dim() else 1, other.shape[i] if i < other.dim() else 1)
-                    for i in range(n)], dtype=np.int64)
+    return np.prod(
+        [max(input.shape[i] if i < input.dim() else 1, other.shape[i] if i < other.dim() else 1) for i in range(n)],
+        dtype=np.int64,
+    )
 
 
-_P07_FUNCTIONAL = {name: _p07_numel for name in (
-    "relu", "prelu", "elu", "relu6", "gelu", "silu", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d",
-    "max_pool2d", "max_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "softmax")}
+_P07_FUNCTIONAL = {
+    name: _p07_numel
+    for name in (
+        "relu",
+        "prelu",
+        "elu",
+        "relu6",
+        "gelu",
+        "silu",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "softmax",
+    )
+}
 _P07_FUNCTIONAL.update(upsample=_p07_interpolate, interpolate=_p07_interpolate)
-_P07_TORCH = {"matmul": _p07_matmul, "mm": _p07_matmul, "bmm": _p07_matmul, "addmm": _p07_addmm,
-              "baddbmm": _p07_addmm, "mul": _p07_elementwise, "add": _p07_elementwise}
-_P07_TENSOR = {"matmul": _p07_matmul, "mm": _p07_matmul, "bmm": _p07_matmul, "addmm": _p07_addmm,
-               "mul": _p07_elementwise, "add": _p07_elementwise}
+_P07_TORCH = {
+    "matmul": _p07_matmul,
+    "mm": _p07_matmul,
+    "bmm": _p07_matmul,
+    "addmm": _p07_addmm,
+    "baddbmm": _p07_addmm,
+    "mul": _p07_elementwise,
+    "add": _p07_elementwise,
+}
+_P07_TENSOR = {
+    "matmul": _p07_matmul,
+    "mm": _p07_matmul,
+    "bmm": _p07_matmul,
+    "addmm": _p07_addmm,
+    "mul": _p07_elementwise,
+    "add": _p07_elementwise,
+}
 _PATCHING = threading.Lock()  # the patches are process-wide: one patched count at a time
 
 
@@ -411,6 +488,7 @@ def _ptflops_patches(on_call: Callable[[str, float], None]) -> Iterator[None]:
 # subclass -- timm's BatchNormAct2d, LayerNorm2d -- gets its base's rule); every module with a rule is summed,
 # ops accumulate per call; matrix products called outside any module with a non-zero rule are counted in a
 # TorchFunctionMode; parameters: every one.
+
 
 def _ul_conv(m, x, y, transpose: bool = False):
     volume, channels = (x.shape, y.shape) if transpose else (y.shape, x.shape)
@@ -451,12 +529,16 @@ def _ul_avgpool(m, x, y):
 
 
 def _ul_adaptive_avgpool(m, x, y):
-    sizes = (o if i == o else sum(-(-(j + 1) * i // o) - j * i // o for j in range(o)) for i, o in zip(x.shape, y.shape))
+    sizes = (
+        o if i == o else sum(-(-(j + 1) * i // o) - j * i // o for j in range(o)) for i, o in zip(x.shape, y.shape)
+    )
     return "pool", _prod(sizes) + y.numel()
 
 
 def _ul_upsample(m, x, y):
-    per = {"nearest": 0, "nearest-exact": 0, "linear": 5, "bilinear": 11, "bicubic": 259, "trilinear": 31}.get(m.mode, 0)
+    per = {"nearest": 0, "nearest-exact": 0, "linear": 5, "bilinear": 11, "bicubic": 259, "trilinear": 31}.get(
+        m.mode, 0
+    )
     return "upsample", per * y.nelement()
 
 
@@ -465,21 +547,62 @@ def _ul_bilinear(m, x, y):
 
 
 def _ul_embedding(m, x, y):
-    return "zero", 0  # count_embedding: a gather counts nothing (but it is a rule: functional products inside it are not counted)
+    return (
+        "zero",
+        0,
+    )  # count_embedding: a gather counts nothing (but it is a rule: functional products inside it are not counted)
 
 
 _M = nn.modules
 ULTRALYTICS_THOP = _table(
-    ((_M.padding._ConstantPadNd, _M.padding._ReflectionPadNd, _M.padding._ReplicationPadNd, _M.dropout._DropoutNd), _zero),
-    (_CONV, _ul_conv), (_CONVT, _ul_convt), ((_M.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm), _t11_norm),
-    (nn.PReLU, _t11_prelu), ((nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d), _ul_softmax),
-    ((nn.ReLU, nn.ReLU6, nn.LeakyReLU, *_MAX, *_ADAPTIVE_MAX, nn.FractionalMaxPool2d, nn.FractionalMaxPool3d,
-      _M.pooling._MaxUnpoolNd), _zero),
-    (_AVG, _ul_avgpool), (_ADAPTIVE_AVG, _ul_adaptive_avgpool), (nn.Linear, _t31_linear), (nn.Bilinear, _ul_bilinear),
-    (_UPSAMPLE, _ul_upsample), (_RNN, _NotReplicated("its RNN rules")),
-    ((nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict, nn.Identity, nn.Flatten,
-      nn.Unflatten, nn.Unfold, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle), _zero),
-    (nn.Embedding, _ul_embedding), (nn.MultiheadAttention, _NotReplicated("its nn.MultiheadAttention rule")))
+    (
+        (_M.padding._ConstantPadNd, _M.padding._ReflectionPadNd, _M.padding._ReplicationPadNd, _M.dropout._DropoutNd),
+        _zero,
+    ),
+    (_CONV, _ul_conv),
+    (_CONVT, _ul_convt),
+    ((_M.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm), _t11_norm),
+    (nn.PReLU, _t11_prelu),
+    ((nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d), _ul_softmax),
+    (
+        (
+            nn.ReLU,
+            nn.ReLU6,
+            nn.LeakyReLU,
+            *_MAX,
+            *_ADAPTIVE_MAX,
+            nn.FractionalMaxPool2d,
+            nn.FractionalMaxPool3d,
+            _M.pooling._MaxUnpoolNd,
+        ),
+        _zero,
+    ),
+    (_AVG, _ul_avgpool),
+    (_ADAPTIVE_AVG, _ul_adaptive_avgpool),
+    (nn.Linear, _t31_linear),
+    (nn.Bilinear, _ul_bilinear),
+    (_UPSAMPLE, _ul_upsample),
+    (_RNN, _NotReplicated("its RNN rules")),
+    (
+        (
+            nn.Sequential,
+            nn.ModuleList,
+            nn.ModuleDict,
+            nn.ParameterList,
+            nn.ParameterDict,
+            nn.Identity,
+            nn.Flatten,
+            nn.Unflatten,
+            nn.Unfold,
+            nn.PixelShuffle,
+            nn.PixelUnshuffle,
+            nn.ChannelShuffle,
+        ),
+        _zero,
+    ),
+    (nn.Embedding, _ul_embedding),
+    (nn.MultiheadAttention, _NotReplicated("its nn.MultiheadAttention rule")),
+)
 if hasattr(nn, "RMSNorm"):
     ULTRALYTICS_THOP[nn.RMSNorm] = _t11_norm
 if hasattr(_M.padding, "_CircularPadNd"):
@@ -491,13 +614,19 @@ def _ul_matmul(args, kwargs, y):
 
 
 def _ul_sdpa(args, kwargs, y):
-    q, k, v = (*args, *(kwargs[n] for n in ("query", "key", "value")[len(args):]))[:3]
+    q, k, v = (*args, *(kwargs[n] for n in ("query", "key", "value")[len(args) :]))[:3]
     return y.numel() // v.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
-_UL_FUNCTIONS = {torch.matmul: _ul_matmul, torch.Tensor.matmul: _ul_matmul, torch.Tensor.__matmul__: _ul_matmul,
-                 torch.bmm: _ul_matmul, torch.Tensor.bmm: _ul_matmul, F.linear: _ul_matmul,
-                 F.scaled_dot_product_attention: _ul_sdpa}
+_UL_FUNCTIONS = {
+    torch.matmul: _ul_matmul,
+    torch.Tensor.matmul: _ul_matmul,
+    torch.Tensor.__matmul__: _ul_matmul,
+    torch.bmm: _ul_matmul,
+    torch.Tensor.bmm: _ul_matmul,
+    F.linear: _ul_matmul,
+    F.scaled_dot_product_attention: _ul_sdpa,
+}
 _UL_REFUSED = {torch.einsum: "its einsum rule", F.multi_head_attention_forward: "its multi-head attention rule"}
 
 
@@ -513,8 +642,10 @@ class _UltralyticsFunctions(torch.overrides.TorchFunctionMode):
         y = func(*args, **kwargs)
         if not self.depth[0]:
             if func in _UL_REFUSED:
-                raise Unsupported(f"{self.tool} counts this model's {getattr(func, '__name__', func)} with "
-                                  f"{_UL_REFUSED[func]}, which attnbench does not replicate; run the tool itself")
+                raise Unsupported(
+                    f"{self.tool} counts this model's {getattr(func, '__name__', func)} with "
+                    f"{_UL_REFUSED[func]}, which attnbench does not replicate; run the tool itself"
+                )
             rule = _UL_FUNCTIONS.get(func)
             if rule is not None:
                 self.on_call(getattr(func, "__name__", "product"), rule(args, kwargs, y))
@@ -591,16 +722,19 @@ class HookConvention:
         (``x.mean((2, 3))``, ``x.amax((2, 3))``) as the tool counts ``nn.AdaptiveAvg/MaxPool2d(1)`` -- what
         it reports for the same model written with pooling modules."""
         if pools_as_modules and self.functional:
-            raise ValueError(f"pools_as_modules applies to module-hook conventions without functional counting, "
-                             f"not {self.name!r}")
+            raise ValueError(
+                f"pools_as_modules applies to module-hook conventions without functional counting, not {self.name!r}"
+            )
         modules = list(model.modules())
         names = {id(m): n for n, m in model.named_modules()}
         rules = {id(m): r for m in modules for r in (self.rule_for(m),) if r is not None}
         for m in modules:
             rule = rules.get(id(m))
             if isinstance(rule, _NotReplicated):
-                raise Unsupported(f"{self.tool} counts {names[id(m)] or 'the model'} ({type(m).__name__}) with "
-                                  f"{rule.what}, which attnbench does not replicate; run the tool itself")
+                raise Unsupported(
+                    f"{self.tool} counts {names[id(m)] or 'the model'} ({type(m).__name__}) with "
+                    f"{rule.what}, which attnbench does not replicate; run the tool itself"
+                )
         calls: Dict[int, List[Tuple[str, float]]] = {}
         ran = set()
         extra: Dict[int, List[Tuple[str, str, float]]] = {}  # caller -> (path, kind, ops): pools, functional calls
@@ -625,8 +759,10 @@ class HookConvention:
                 try:
                     calls.setdefault(id(module), []).append(rule(module, inp, out))
                 except Exception as exc:  # the tool's own rule fails on this layer (thop 0.1.1 on Softmax(dim=None))
-                    raise Unsupported(f"{self.tool} fails on {names.get(id(module)) or 'the model'} "
-                                      f"({type(module).__name__}): {type(exc).__name__}: {exc}") from exc
+                    raise Unsupported(
+                        f"{self.tool} fails on {names.get(id(module)) or 'the model'} "
+                        f"({type(module).__name__}): {type(exc).__name__}: {exc}"
+                    ) from exc
 
         def on_extra(label: str, kind: str, ops: float):
             caller = stack[-1]
@@ -641,8 +777,11 @@ class HookConvention:
         handles = [h for m in modules for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(hook))]
         was_training = model.training
         try:
-            with torch.no_grad(), self._functions(depth, on_extra), \
-                    (_FunctionalPools(on_pool) if pools_as_modules else _nothing()):
+            with (
+                torch.no_grad(),
+                self._functions(depth, on_extra),
+                _FunctionalPools(on_pool) if pools_as_modules else _nothing(),
+            ):
                 model.eval()(x)
         finally:
             for h in handles:
@@ -671,7 +810,9 @@ class HookConvention:
 
         def descend(module):
             for child in module.children():
-                stop = id(child) in rules and (self.total == "stop" or not isinstance(child, (nn.Sequential, nn.ModuleList)))
+                stop = id(child) in rules and (
+                    self.total == "stop" or not isinstance(child, (nn.Sequential, nn.ModuleList))
+                )
                 found.append(child) if stop else descend(child)
 
         if self.total == "stop" and id(model) in rules:
@@ -691,7 +832,9 @@ class HookConvention:
                 entries += [(names[id(c)], self._kept(calls.get(id(c), []))) for c in contributors if c is m]
         if self.total not in ("leaves", "every"):
             entries += [(names[id(c)], self._kept(calls.get(id(c), []))) for c in contributors]
-        entries += [(path, [(kind, ops)]) for key, items in extra.items() if key not in placed for path, kind, ops in items]
+        entries += [
+            (path, [(kind, ops)]) for key, items in extra.items() if key not in placed for path, kind, ops in items
+        ]
         by_kind: Dict[str, int] = {}
         by_module: Dict[str, int] = {}
         total = torch.zeros(1, dtype=torch.float32) if self.float32 else 0
@@ -703,7 +846,9 @@ class HookConvention:
                 by_module[path] = by_module.get(path, 0) + int(ops) // batch
             total = total + (torch.tensor([float(int(ops))], dtype=torch.float32) if self.float32 else ops)
         ops = int(total.item()) if self.float32 else int(total)
-        return ConventionCount(self.name, ops // batch, self._params(model, modules, contributors, ran), by_kind, by_module)
+        return ConventionCount(
+            self.name, ops // batch, self._params(model, modules, contributors, ran), by_kind, by_module
+        )
 
     def _kept(self, found: List[Tuple[str, float]]) -> List[Tuple[str, float]]:
         return found[-1:] if self.last_call_only else found
@@ -736,6 +881,7 @@ def _nothing() -> Iterator[None]:
 # (eval mode, gradients on) counts aten.convolution (with its bias), mm, matmul, addmm (with its bias) and bmm;
 # nothing else. Parameters: every trainable one.
 
+
 def _aten_matmul(inputs, outputs) -> int:
     shapes = [v.shape for v in inputs]
     assert len(shapes) == 2, shapes
@@ -759,9 +905,14 @@ def _aten_conv(inputs, outputs) -> int:
     return flop + (x.shape[0] * out[1] * _prod(out[2:]) if b is not None else 0)
 
 
-_ATEN_RULES = {torch.ops.aten.mm: _aten_matmul, torch.ops.aten.matmul: _aten_matmul, torch.ops.aten.addmm: _aten_addmm,
-               torch.ops.aten.bmm: _aten_bmm, torch.ops.aten.convolution: _aten_conv,
-               torch.ops.aten._convolution: _aten_conv}
+_ATEN_RULES = {
+    torch.ops.aten.mm: _aten_matmul,
+    torch.ops.aten.matmul: _aten_matmul,
+    torch.ops.aten.addmm: _aten_addmm,
+    torch.ops.aten.bmm: _aten_bmm,
+    torch.ops.aten.convolution: _aten_conv,
+    torch.ops.aten._convolution: _aten_conv,
+}
 _ATEN_KINDS = {"convolution": "conv", "_convolution": "conv", "addmm": "linear"}
 
 
@@ -787,8 +938,9 @@ def _ptflops_aten(model: nn.Module, x: torch.Tensor) -> ConventionCount:
         model.train(was_training)
     batch = x.shape[0]
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ConventionCount("ptflops-0.7-aten", sum(by_kind.values()) // batch, params,
-                           {k: v // batch for k, v in by_kind.items()})
+    return ConventionCount(
+        "ptflops-0.7-aten", sum(by_kind.values()) // batch, params, {k: v // batch for k, v in by_kind.items()}
+    )
 
 
 def _fvcore(model: nn.Module, x: torch.Tensor) -> ConventionCount:
@@ -822,28 +974,73 @@ def _hook(name: str, tool: str, table: Dict[type, Rule], **kw) -> Convention:
     return Convention(name, tool, convention.count, hooks=not convention.functional)
 
 
-CONVENTIONS: Dict[str, Convention] = {c.name: c for c in (
-    _hook("thop-0.0.23", "thop 0.0.23.post1907171430 (July 2019): ECA-Net's figures", THOP_0_0_23,
-          leaves_only=True, last_call_only=True, float32=True, total="leaves", params="leaves"),
-    _hook("thop-0.0.31", "thop 0.0.31.post2005241907 (May 2020): SimAM's figures", THOP_0_0_31, params="descent"),
-    _hook("thop-0.1.1", "thop 0.1.1.post2209072238 (Sept 2022, PyPI's newest thop)", THOP_0_1_1,
-          total="descent+root", params="descent"),
-    _hook("ultralytics-thop", "ultralytics-thop 2.2.3 (the thop that pip installs with ultralytics)", ULTRALYTICS_THOP,
-          match="mro", total="every", params="all", functional="ultralytics"),
-    _hook("ptflops-0.1", "ptflops 0.1 (2019; PytorchInsight's flops_counter.py): the SGE/SK authors' and Triplet "
-          "Attention's figures", PTFLOPS_0_1, match="isinstance", total="every"),
-    _hook("ptflops-0.7", "ptflops 0.7.5, pytorch backend (its default)", PTFLOPS_0_7, total="stop",
-          functional="ptflops-0.7"),
-    Convention("ptflops-0.7-aten", "ptflops 0.7.5, aten backend (convolutions and matrix products at the dispatcher)",
-               _ptflops_aten),
-    Convention("fvcore", "fvcore's FlopCountAnalysis, its own handles (conv, linear, matmul, BN, pools it knows)",
-               _fvcore),
-    Convention("conv-fc", "conv + fully connected multiply-adds only (the SENet, CBAM and SKNet papers' tables)",
-               _conv_fc),
-)}
-ALIASES = {"thop": "thop-0.1.1", "ptflops": "ptflops-0.7", "ptflops-0.7.5": "ptflops-0.7",
-           "ptflops-0.7-pytorch": "ptflops-0.7", "ultralytics-thop-2.2.3": "ultralytics-thop",
-           "conv/fc": "conv-fc", "convfc": "conv-fc"}
+CONVENTIONS: Dict[str, Convention] = {
+    c.name: c
+    for c in (
+        _hook(
+            "thop-0.0.23",
+            "thop 0.0.23.post1907171430 (July 2019): ECA-Net's figures",
+            THOP_0_0_23,
+            leaves_only=True,
+            last_call_only=True,
+            float32=True,
+            total="leaves",
+            params="leaves",
+        ),
+        _hook("thop-0.0.31", "thop 0.0.31.post2005241907 (May 2020): SimAM's figures", THOP_0_0_31, params="descent"),
+        _hook(
+            "thop-0.1.1",
+            "thop 0.1.1.post2209072238 (Sept 2022, PyPI's newest thop)",
+            THOP_0_1_1,
+            total="descent+root",
+            params="descent",
+        ),
+        _hook(
+            "ultralytics-thop",
+            "ultralytics-thop 2.2.3 (the thop that pip installs with ultralytics)",
+            ULTRALYTICS_THOP,
+            match="mro",
+            total="every",
+            params="all",
+            functional="ultralytics",
+        ),
+        _hook(
+            "ptflops-0.1",
+            "ptflops 0.1 (2019; PytorchInsight's flops_counter.py): the SGE/SK authors' and Triplet "
+            "Attention's figures",
+            PTFLOPS_0_1,
+            match="isinstance",
+            total="every",
+        ),
+        _hook(
+            "ptflops-0.7",
+            "ptflops 0.7.5, pytorch backend (its default)",
+            PTFLOPS_0_7,
+            total="stop",
+            functional="ptflops-0.7",
+        ),
+        Convention(
+            "ptflops-0.7-aten",
+            "ptflops 0.7.5, aten backend (convolutions and matrix products at the dispatcher)",
+            _ptflops_aten,
+        ),
+        Convention(
+            "fvcore", "fvcore's FlopCountAnalysis, its own handles (conv, linear, matmul, BN, pools it knows)", _fvcore
+        ),
+        Convention(
+            "conv-fc", "conv + fully connected multiply-adds only (the SENet, CBAM and SKNet papers' tables)", _conv_fc
+        ),
+    )
+}
+ALIASES = {
+    "thop": "thop-0.1.1",
+    "ptflops": "ptflops-0.7",
+    "ptflops-0.7.5": "ptflops-0.7",
+    "ptflops-0.7-pytorch": "ptflops-0.7",
+    "ultralytics-thop-2.2.3": "ultralytics-thop",
+    "conv/fc": "conv-fc",
+    "convfc": "conv-fc",
+}
 
 
 def convention(name: str) -> Convention:
@@ -870,5 +1067,11 @@ def count_as(model: nn.Module, x: torch.Tensor, name: str, pools_as_modules: boo
 def measure_as(model: nn.Module, x: torch.Tensor, name: str) -> Measurement:
     conv = convention(name)
     c = conv.count(model, x)
-    return Measurement(f"macs_as_{conv.name}", c.ops, "ops", f"{conv.tool}, per image",
-                       {"input_shape": list(x.shape), "convention": conv.name}, {"params": c.params, "by_kind": c.by_kind})
+    return Measurement(
+        f"macs_as_{conv.name}",
+        c.ops,
+        "ops",
+        f"{conv.tool}, per image",
+        {"input_shape": list(x.shape), "convention": conv.name},
+        {"params": c.params, "by_kind": c.by_kind},
+    )

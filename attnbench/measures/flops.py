@@ -16,6 +16,7 @@ while ``conv_linear_matmul`` does not.
 The dispatch-level pass also counts memory traffic (bytes read + written per operator, ``traffic``) and
 operator calls, whole network and per attached module; ``measure_flops`` stores them in the same record.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -113,8 +114,10 @@ def _jit_args(inputs, outputs) -> Dict[str, Any]:
 def _shape_arithmetic(outputs) -> bool:
     """0-dim integer tensors in a trace are Python ints when run eagerly (e.g. ``h * w - 1``): free."""
     types = [o.type() for o in outputs]
-    return all(isinstance(t, torch._C.TensorType) and t.sizes() == [] and t.scalarType() in ("Long", "Int", "Bool")
-               for t in types)
+    return all(
+        isinstance(t, torch._C.TensorType) and t.sizes() == [] and t.scalarType() in ("Long", "Int", "Bool")
+        for t in types
+    )
 
 
 def _as_int(count) -> int:
@@ -141,8 +144,11 @@ def _trace_handle(op: str, unreadable: Counter):
                 names = fv if isinstance(fv, Counter) else {label: fv}
                 counts.update({f"{MATMUL}|{k}": int(v) for k, v in names.items()})
             else:
-                outs = [Shape(o.type().sizes()) for o in outputs
-                        if isinstance(o.type(), torch._C.TensorType) and o.type().sizes() is not None]
+                outs = [
+                    Shape(o.type().sizes())
+                    for o in outputs
+                    if isinstance(o.type(), torch._C.TensorType) and o.type().sizes() is not None
+                ]
                 counts.update({f"{cat}|{label}": n for cat, n in apply(op, _jit_args(inputs, outputs), outs).items()})
         except RuleError:
             unreadable[op] += 1
@@ -170,8 +176,11 @@ def _ours(counts: Dict[str, int]) -> int:
 def _difference(trace: Dict[str, int], dispatch: Dict[str, int], unhandled: Dict[str, int]) -> str:
     """Name what differs: per category, then unhandled operators (operator names differ between levels:
     the trace's linear/softmax/batch_norm are addmm/_softmax/native_batch_norm at dispatch)."""
-    parts = [f"{cat}: trace {trace.get(cat, 0):,} vs dispatch {dispatch.get(cat, 0):,}"
-             for cat in (MATMUL, ELEMENTWISE, NORM) if trace.get(cat, 0) != dispatch.get(cat, 0)]
+    parts = [
+        f"{cat}: trace {trace.get(cat, 0):,} vs dispatch {dispatch.get(cat, 0):,}"
+        for cat in (MATMUL, ELEMENTWISE, NORM)
+        if trace.get(cat, 0) != dispatch.get(cat, 0)
+    ]
     if unhandled:
         parts.append(f"unhandled {unhandled}")
     return "; ".join(parts)
@@ -208,17 +217,28 @@ def count_flops(model: nn.Module, inputs) -> FlopCount:
     sites = [n for n, m in model.named_modules() if isinstance(m, AttentionSlot)]
     tracked = {n: f"{type(model).__name__}.{n}" for n in sites}  # the module tracker's names for them
     return FlopCount(
-        total=total, fvcore=_sum(by_op, FVCORE), elementwise=_sum(by_op, ELEMENTWISE),
+        total=total,
+        fvcore=_sum(by_op, FVCORE),
+        elementwise=_sum(by_op, ELEMENTWISE),
         attention=sum(_ours(by_module.get(s, {})) for s in sites),
         unhandled={k: int(v) for k, v in sorted(unhandled.items())},
         by_operator=dict(sorted(ours.items())),
-        conv_linear_matmul=_sum(by_op, MATMUL), norm=_sum(by_op, NORM), dispatch_total=dispatch.total,
-        counter_difference="" if total == dispatch.total and not unhandled else _difference(
+        conv_linear_matmul=_sum(by_op, MATMUL),
+        norm=_sum(by_op, NORM),
+        dispatch_total=dispatch.total,
+        counter_difference=""
+        if total == dispatch.total and not unhandled
+        else _difference(
             {MATMUL: _sum(by_op, MATMUL), ELEMENTWISE: _sum(by_op, ELEMENTWISE), NORM: _sum(by_op, NORM)},
             {MATMUL: dispatch.conv_linear_matmul, ELEMENTWISE: dispatch.elementwise, NORM: dispatch.norm},
-            dict(unhandled)),
-        bytes=dispatch.bytes, bytes_read=dispatch.bytes_read, bytes_written=dispatch.bytes_written,
-        bytes_params=dispatch.bytes_params, operators=dispatch.operators, operators_no_traffic=dispatch.operators_no_traffic,
+            dict(unhandled),
+        ),
+        bytes=dispatch.bytes,
+        bytes_read=dispatch.bytes_read,
+        bytes_written=dispatch.bytes_written,
+        bytes_params=dispatch.bytes_params,
+        operators=dispatch.operators,
+        operators_no_traffic=dispatch.operators_no_traffic,
         bytes_attention=sum(dispatch.bytes_by_module.get(t, 0) for t in tracked.values()),
         operators_attention=sum(dispatch.operators_by_module.get(t, 0) for t in tracked.values()),
         bytes_sites={n: dispatch.bytes_by_module.get(t, 0) for n, t in tracked.items()},
@@ -229,23 +249,42 @@ def count_flops(model: nn.Module, inputs) -> FlopCount:
 def measure_flops(model: nn.Module, inputs) -> Measurement:
     fc = count_flops(model, inputs)
     stats = {
-        "conv_linear_matmul": fc.conv_linear_matmul, "elementwise": fc.elementwise, "norm": fc.norm,
-        "attention": fc.attention, "unhandled": fc.unhandled, "by_operator": fc.by_operator,
-        "fvcore": fc.fvcore, "dispatch_total": fc.dispatch_total, "counters_agree": fc.counters_agree,
+        "conv_linear_matmul": fc.conv_linear_matmul,
+        "elementwise": fc.elementwise,
+        "norm": fc.norm,
+        "attention": fc.attention,
+        "unhandled": fc.unhandled,
+        "by_operator": fc.by_operator,
+        "fvcore": fc.fvcore,
+        "dispatch_total": fc.dispatch_total,
+        "counters_agree": fc.counters_agree,
     }
     if fc.counter_difference:
         stats["counter_difference"] = fc.counter_difference
     stats.update(traffic_stats(fc))
-    return macs_measurement("macs", fc.total, inputs, stats,
-                            "multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by "
-                            "fvcore), checked by a dispatch-level counter (torch FlopCounterMode); memory traffic "
-                            "and operator calls from the dispatch-level pass: " + TRAFFIC_RULE)
+    return macs_measurement(
+        "macs",
+        fc.total,
+        inputs,
+        stats,
+        "multiply-adds by attnbench's stated rules over fvcore's trace (conv/linear/matmul by "
+        "fvcore), checked by a dispatch-level counter (torch FlopCounterMode); memory traffic "
+        "and operator calls from the dispatch-level pass: " + TRAFFIC_RULE,
+    )
 
 
 def traffic_stats(fc: FlopCount) -> Dict[str, Any]:
     """What a ``macs`` record keeps of the traffic count (whole network, inside the attached modules, per site)."""
-    return {"bytes": fc.bytes, "bytes_read": fc.bytes_read, "bytes_written": fc.bytes_written,
-            "bytes_params": fc.bytes_params, "operators": fc.operators, "operators_no_traffic": fc.operators_no_traffic,
-            "intensity": fc.intensity, "bytes_attention": fc.bytes_attention, "operators_attention": fc.operators_attention,
-            "bytes_sites": fc.bytes_sites, "bytes_by_operator": fc.bytes_by_operator}
-
+    return {
+        "bytes": fc.bytes,
+        "bytes_read": fc.bytes_read,
+        "bytes_written": fc.bytes_written,
+        "bytes_params": fc.bytes_params,
+        "operators": fc.operators,
+        "operators_no_traffic": fc.operators_no_traffic,
+        "intensity": fc.intensity,
+        "bytes_attention": fc.bytes_attention,
+        "operators_attention": fc.operators_attention,
+        "bytes_sites": fc.bytes_sites,
+        "bytes_by_operator": fc.bytes_by_operator,
+    }

@@ -7,6 +7,7 @@ actually runs -- after decomposition (``x.mean`` and 1x1 ``adaptive_avg_pool2d``
 ``mean``), and backward ops too -- so it checks the traced counter and counts training. The same pass
 counts every operator call and the bytes each moves (``traffic``: a stated model, not a cache simulation).
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,8 +75,15 @@ class MacCounterMode(FlopCounterMode):
         self.bytes_by_operator: Counter = Counter()
 
     def __enter__(self):
-        for c in (self.categories, self.by_operator, self.unhandled, self.traffic, self.bytes_by_module,
-                  self.operators_by_module, self.bytes_by_operator):
+        for c in (
+            self.categories,
+            self.by_operator,
+            self.unhandled,
+            self.traffic,
+            self.bytes_by_module,
+            self.operators_by_module,
+            self.bytes_by_operator,
+        ):
             c.clear()
         self.flop_counts.clear()
         self.mod_tracker.__enter__()
@@ -99,8 +107,9 @@ class MacCounterMode(FlopCounterMode):
     def _count_traffic(self, out, args, kwargs) -> None:
         """Every call that reaches here is one operator call (views and allocations included)."""
         t = op_traffic(self.current, args, kwargs, out, self.resident)
-        self.traffic.update({"read": t.read, "written": t.written, "params": t.params, "operators": 1,
-                             "no_traffic": int(t.total == 0)})
+        self.traffic.update(
+            {"read": t.read, "written": t.written, "params": t.params, "operators": 1, "no_traffic": int(t.total == 0)}
+        )
         self.bytes_by_operator[self.current._overloadpacket.__name__] += t.total
         for parent in set(self.mod_tracker.parents):
             self.bytes_by_module[parent] += t.total
@@ -160,13 +169,21 @@ class MacCount:
 def _mac_count(counter: MacCounterMode, forward: int) -> MacCount:
     c, t = counter.categories, counter.traffic
     return MacCount(
-        total=int(counter.total), conv_linear_matmul=int(c[MATMUL]), elementwise=int(c[ELEMENTWISE]),
-        norm=int(c[NORM]), forward=int(forward), unhandled=dict(counter.unhandled),
+        total=int(counter.total),
+        conv_linear_matmul=int(c[MATMUL]),
+        elementwise=int(c[ELEMENTWISE]),
+        norm=int(c[NORM]),
+        forward=int(forward),
+        unhandled=dict(counter.unhandled),
         by_operator={k: int(v) for k, v in sorted(counter.by_operator.items())},
-        bytes_read=int(t["read"]), bytes_written=int(t["written"]), bytes_params=int(t["params"]),
-        operators=int(t["operators"]), operators_no_traffic=int(t["no_traffic"]),
+        bytes_read=int(t["read"]),
+        bytes_written=int(t["written"]),
+        bytes_params=int(t["params"]),
+        operators=int(t["operators"]),
+        operators_no_traffic=int(t["no_traffic"]),
         bytes_by_operator={k: int(v) for k, v in sorted(counter.bytes_by_operator.items()) if v},
-        bytes_by_module=dict(counter.bytes_by_module), operators_by_module=dict(counter.operators_by_module),
+        bytes_by_module=dict(counter.bytes_by_module),
+        operators_by_module=dict(counter.operators_by_module),
     )
 
 
@@ -201,9 +218,20 @@ def count_train_macs(model: nn.Module, inputs) -> MacCount:
 
 def measure_train_macs(model: nn.Module, inputs) -> Measurement:
     mc = count_train_macs(model, inputs)
-    stats = {"conv_linear_matmul": mc.conv_linear_matmul, "elementwise": mc.elementwise, "norm": mc.norm,
-             "forward": mc.forward, "backward": mc.total - mc.forward, "unhandled": mc.unhandled,
-             "by_operator": mc.by_operator}
-    return macs_measurement("macs_train", mc.total, inputs, stats,
-                            "torch FlopCounterMode (conv/matmul by torch's formulas / 2) + attnbench rules for the "
-                            "rest; train-mode forward + cross-entropy + backward to the parameters, no optimizer step")
+    stats = {
+        "conv_linear_matmul": mc.conv_linear_matmul,
+        "elementwise": mc.elementwise,
+        "norm": mc.norm,
+        "forward": mc.forward,
+        "backward": mc.total - mc.forward,
+        "unhandled": mc.unhandled,
+        "by_operator": mc.by_operator,
+    }
+    return macs_measurement(
+        "macs_train",
+        mc.total,
+        inputs,
+        stats,
+        "torch FlopCounterMode (conv/matmul by torch's formulas / 2) + attnbench rules for the "
+        "rest; train-mode forward + cross-entropy + backward to the parameters, no optimizer step",
+    )

@@ -28,6 +28,7 @@ schema name (tensors as their shapes) and its output shapes, and returns MACs pe
 An operator not in the table, or whose rule cannot read what it needs (a non-constant kernel size in
 a trace), is *listed* as unhandled by the counter that met it -- never a silent zero.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,60 +50,85 @@ def _names(rule: str, text: str) -> Dict[str, str]:
 
 
 RULES: Dict[str, str] = {
-    **_names("product", "_convolution convolution conv1d conv2d conv3d linear addmm mm bmm baddbmm matmul einsum "
-                        "convolution_backward"),
-    **_names("sdpa", "scaled_dot_product_attention _scaled_dot_product_flash_attention_for_cpu "
-                     "_scaled_dot_product_flash_attention _scaled_dot_product_efficient_attention "
-                     "_scaled_dot_product_cudnn_attention"),
-    **_names("sdpa_backward", "_scaled_dot_product_flash_attention_for_cpu_backward "
-                              "_scaled_dot_product_flash_attention_backward "
-                              "_scaled_dot_product_efficient_attention_backward "
-                              "_scaled_dot_product_cudnn_attention_backward"),
-    **_names("elementwise", "add sub rsub mul div neg reciprocal abs exp exp2 expm1 log log2 log10 log1p sqrt "
-                            "rsqrt pow square erf erfc erfinv sign floor ceil round trunc frac sin cos atan2 fmod "
-                            "remainder floor_divide maximum minimum where clamp clamp_min clamp_max masked_fill "
-                            "gt lt ge le eq ne logical_and logical_or logical_xor logical_not bitwise_not "
-                            "__and__ __or__ lerp addcmul addcdiv cumsum cumprod nan_to_num "
-                            "relu relu6 leaky_relu elu celu selu prelu _prelu_kernel gelu silu mish sigmoid "
-                            "tanh hardsigmoid hardswish hardtanh softplus softsign threshold glu "
-                            "softmax _softmax _safe_softmax log_softmax _log_softmax native_dropout "
-                            "upsample_nearest1d upsample_nearest2d upsample_nearest3d _upsample_nearest_exact2d "
-                            "threshold_backward sigmoid_backward tanh_backward hardsigmoid_backward "
-                            "hardswish_backward silu_backward gelu_backward mish_backward leaky_relu_backward "
-                            "elu_backward hardtanh_backward softplus_backward _softmax_backward_data "
-                            "_log_softmax_backward_data native_dropout_backward upsample_nearest2d_backward"),
-    **_names("reduction", "mean sum nansum prod amax amin max min var std norm linalg_vector_norm logsumexp "
-                          "argmax argmin all any"),
+    **_names(
+        "product",
+        "_convolution convolution conv1d conv2d conv3d linear addmm mm bmm baddbmm matmul einsum convolution_backward",
+    ),
+    **_names(
+        "sdpa",
+        "scaled_dot_product_attention _scaled_dot_product_flash_attention_for_cpu "
+        "_scaled_dot_product_flash_attention _scaled_dot_product_efficient_attention "
+        "_scaled_dot_product_cudnn_attention",
+    ),
+    **_names(
+        "sdpa_backward",
+        "_scaled_dot_product_flash_attention_for_cpu_backward "
+        "_scaled_dot_product_flash_attention_backward "
+        "_scaled_dot_product_efficient_attention_backward "
+        "_scaled_dot_product_cudnn_attention_backward",
+    ),
+    **_names(
+        "elementwise",
+        "add sub rsub mul div neg reciprocal abs exp exp2 expm1 log log2 log10 log1p sqrt "
+        "rsqrt pow square erf erfc erfinv sign floor ceil round trunc frac sin cos atan2 fmod "
+        "remainder floor_divide maximum minimum where clamp clamp_min clamp_max masked_fill "
+        "gt lt ge le eq ne logical_and logical_or logical_xor logical_not bitwise_not "
+        "__and__ __or__ lerp addcmul addcdiv cumsum cumprod nan_to_num "
+        "relu relu6 leaky_relu elu celu selu prelu _prelu_kernel gelu silu mish sigmoid "
+        "tanh hardsigmoid hardswish hardtanh softplus softsign threshold glu "
+        "softmax _softmax _safe_softmax log_softmax _log_softmax native_dropout "
+        "upsample_nearest1d upsample_nearest2d upsample_nearest3d _upsample_nearest_exact2d "
+        "threshold_backward sigmoid_backward tanh_backward hardsigmoid_backward "
+        "hardswish_backward silu_backward gelu_backward mish_backward leaky_relu_backward "
+        "elu_backward hardtanh_backward softplus_backward _softmax_backward_data "
+        "_log_softmax_backward_data native_dropout_backward upsample_nearest2d_backward",
+    ),
+    **_names(
+        "reduction",
+        "mean sum nansum prod amax amin max min var std norm linalg_vector_norm logsumexp argmax argmin all any",
+    ),
     **_names("reduction2", "var_mean std_mean"),
-    **_names("window", "max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices "
-                       "avg_pool1d avg_pool2d avg_pool3d max_pool2d_with_indices_backward avg_pool2d_backward"),
-    **_names("adaptive_pool", "adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d _adaptive_avg_pool2d "
-                              "_adaptive_avg_pool2d_backward adaptive_max_pool1d adaptive_max_pool2d "
-                              "adaptive_max_pool2d_backward"),
-    **_names("norm", "batch_norm native_batch_norm _native_batch_norm_legit _native_batch_norm_legit_no_training "
-                     "_native_batch_norm_legit_functional native_batch_norm_backward layer_norm native_layer_norm "
-                     "native_layer_norm_backward group_norm native_group_norm native_group_norm_backward "
-                     "instance_norm"),
+    **_names(
+        "window",
+        "max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices "
+        "avg_pool1d avg_pool2d avg_pool3d max_pool2d_with_indices_backward avg_pool2d_backward",
+    ),
+    **_names(
+        "adaptive_pool",
+        "adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d _adaptive_avg_pool2d "
+        "_adaptive_avg_pool2d_backward adaptive_max_pool1d adaptive_max_pool2d "
+        "adaptive_max_pool2d_backward",
+    ),
+    **_names(
+        "norm",
+        "batch_norm native_batch_norm _native_batch_norm_legit _native_batch_norm_legit_no_training "
+        "_native_batch_norm_legit_functional native_batch_norm_backward layer_norm native_layer_norm "
+        "native_layer_norm_backward group_norm native_group_norm native_group_norm_backward "
+        "instance_norm",
+    ),
     **_names("interp4", "upsample_bilinear2d grid_sampler grid_sampler_2d"),
     **_names("sort", "sort argsort"),
     **_names("topk", "topk"),
     **_names("loss", "nll_loss nll_loss_nd nll_loss_forward nll_loss_backward nll_loss2d_forward nll_loss2d_backward"),
     **_names("dropout", "dropout feature_dropout alpha_dropout feature_alpha_dropout"),
-    **_names("free", "view view_as reshape reshape_as _unsafe_view _reshape_alias expand expand_as permute transpose "
-                     "t contiguous clone copy detach alias squeeze unsqueeze select slice narrow split "
-                     "split_with_sizes unsafe_split chunk unbind unflatten flatten movedim cat stack pad "
-                     "constant_pad_nd reflection_pad1d reflection_pad2d replication_pad2d repeat roll flip "
-                     "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle unfold as_strided to "
-                     "type_as _to_copy lift_fresh lift_fresh_copy size Int ScalarImplicit numel dim empty "
-                     "empty_like empty_strided new_empty new_empty_strided new_zeros new_ones new_full zeros "
-                     "zeros_like ones ones_like full full_like fill eye arange randn rand randn_like rand_like bernoulli "
-                     "index index_select gather take_along_dim embedding "
-                     # gradients of views and slices: the incoming gradient written into zeros (data moved)
-                     "select_backward slice_backward unfold_backward diagonal_backward "
-                     # data moved or created, never computed on (nn.Unfold's patches, linspace/diag constants,
-                     # indexed writes): free like the copies and creations above
-                     "im2col linspace logspace diag diag_embed diagonal scalar_tensor index_put index_copy "
-                     "index_fill slice_scatter select_scatter diagonal_scatter as_strided_scatter masked_scatter"),
+    **_names(
+        "free",
+        "view view_as reshape reshape_as _unsafe_view _reshape_alias expand expand_as permute transpose "
+        "t contiguous clone copy detach alias squeeze unsqueeze select slice narrow split "
+        "split_with_sizes unsafe_split chunk unbind unflatten flatten movedim cat stack pad "
+        "constant_pad_nd reflection_pad1d reflection_pad2d replication_pad2d repeat roll flip "
+        "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle unfold as_strided to "
+        "type_as _to_copy lift_fresh lift_fresh_copy size Int ScalarImplicit numel dim empty "
+        "empty_like empty_strided new_empty new_empty_strided new_zeros new_ones new_full zeros "
+        "zeros_like ones ones_like full full_like fill eye arange randn rand randn_like rand_like bernoulli "
+        "index index_select gather take_along_dim embedding "
+        # gradients of views and slices: the incoming gradient written into zeros (data moved)
+        "select_backward slice_backward unfold_backward diagonal_backward "
+        # data moved or created, never computed on (nn.Unfold's patches, linspace/diag constants,
+        # indexed writes): free like the copies and creations above
+        "im2col linspace logspace diag diag_embed diagonal scalar_tensor index_put index_copy "
+        "index_fill slice_scatter select_scatter diagonal_scatter as_strided_scatter masked_scatter",
+    ),
 }
 
 
@@ -239,9 +265,20 @@ def free(op, args, outs) -> Dict[str, int]:
 
 
 FUNCTIONS: Dict[str, Callable[..., Dict[str, int]]] = {
-    "elementwise": elementwise, "reduction": reduction, "reduction2": reduction2, "window": window,
-    "adaptive_pool": adaptive_pool, "norm": norm, "interp4": interp4, "sort": sort, "topk": topk, "loss": loss,
-    "dropout": dropout, "sdpa": sdpa, "sdpa_backward": sdpa_backward, "free": free,
+    "elementwise": elementwise,
+    "reduction": reduction,
+    "reduction2": reduction2,
+    "window": window,
+    "adaptive_pool": adaptive_pool,
+    "norm": norm,
+    "interp4": interp4,
+    "sort": sort,
+    "topk": topk,
+    "loss": loss,
+    "dropout": dropout,
+    "sdpa": sdpa,
+    "sdpa_backward": sdpa_backward,
+    "free": free,
 }
 
 

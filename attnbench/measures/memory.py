@@ -9,6 +9,7 @@ the batch it was measured at: part of what autograd saves does not grow with the
 mean and inverse std, one per channel), so it is spread over fewer images at a small batch. Records keep
 the batch and the whole batch's bytes (``saved_bytes``); compare train_memory rows at one batch size.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -42,7 +43,8 @@ SAVED_RULE = (
 # einsum, matmul, linear), as those arrive at dispatch: linear/matmul/einsum are decomposed there into
 # mm/addmm/bmm (+ views and _unsafe_view, which count 0), so their output sizes are the same.
 CONV_LINEAR_MATMUL = frozenset(
-    {"convolution", "_convolution", "addmm", "mm", "bmm", "baddbmm", "matmul", "linear", "einsum"})
+    {"convolution", "_convolution", "addmm", "mm", "bmm", "baddbmm", "matmul", "linear", "einsum"}
+)
 TOP_OPS = 8
 
 
@@ -67,8 +69,11 @@ class ActivationCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         returns = func._schema.returns
         outs = out if len(returns) > 1 else (out,)
-        inputs = {p for p in (_storage_ptr(a) for a in tree_leaves((args, kwargs))
-                              if isinstance(a, torch.Tensor)) if p is not None}
+        inputs = {
+            p
+            for p in (_storage_ptr(a) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor))
+            if p is not None
+        }
         for ret, value in zip(returns, outs):
             if ret.alias_info is not None:  # a view or an in-place/out= result: nothing allocated
                 continue
@@ -134,7 +139,9 @@ def measure_activations(model: nn.Module, x: torch.Tensor) -> Measurement:
     if fvcore_error:
         stats["fvcore_error"] = fvcore_error
     return Measurement(
-        metric="activations", value=_per_image(total, n), unit="elements",
+        metric="activations",
+        value=_per_image(total, n),
+        unit="elements",
         method=f"TorchDispatchMode count: {ACTIVATION_RULE}",
         settings={"input": list(x.shape[1:]), "batch": n, "dtype": str(x.dtype).replace("torch.", "")},
         stats=stats,
@@ -173,8 +180,11 @@ def saved_storages(model: nn.Module, x: torch.Tensor) -> Tuple[Dict[int, Tuple[i
     was_training = model.training
     model.train()
     try:
-        with torch.random.fork_rng(devices=[]), torch.enable_grad(), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor):
+        with (
+            torch.random.fork_rng(devices=[]),
+            torch.enable_grad(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor),
+        ):
             out = model(x)
         found, excluded = {}, {}
         for ref, _, ptr, nbytes, dtype in packed:
@@ -208,11 +218,17 @@ def measure_saved_memory(model: nn.Module, x: torch.Tensor) -> Measurement:
     for nbytes, dtype in found.values():
         by_dtype[dtype] += nbytes
     return Measurement(
-        metric="train_memory", value=_per_image(total, n), unit="bytes",
+        metric="train_memory",
+        value=_per_image(total, n),
+        unit="bytes",
         method=f"saved_tensors_hooks: {SAVED_RULE}",
         settings={"input": list(x.shape[1:]), "batch": n, "dtype": str(x.dtype).replace("torch.", "")},
         stats={
-            "saved_bytes": total, "tensors": len(found), "excluded_param_bytes": excluded,
-            "input_bytes": found.get(_storage_ptr(x), (0, None))[0], "by_dtype": dict(by_dtype), "batch": n,
+            "saved_bytes": total,
+            "tensors": len(found),
+            "excluded_param_bytes": excluded,
+            "input_bytes": found.get(_storage_ptr(x), (0, None))[0],
+            "by_dtype": dict(by_dtype),
+            "batch": n,
         },
     )

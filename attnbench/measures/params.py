@@ -1,4 +1,5 @@
 """Exact parameter counts, split into backbone and attached-attention parts."""
+
 from typing import Dict
 
 from torch import nn

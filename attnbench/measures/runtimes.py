@@ -31,6 +31,7 @@ Choices, and why:
 creation and the first call (where lazy compilation happens); for eager it is one forward.
 onnx, onnxscript, onnxruntime and openvino are imported only when their runtime is asked for.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -71,8 +72,6 @@ _INSTALL_HINTS = {
 }
 
 
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A runtime's timed call on the input given to :func:`prepare`, checked against eager."""
@@ -91,32 +90,40 @@ def check_available(runtime: str, device: str = "cpu") -> None:
     if not cuda and runtime == "tensorrt":
         raise Unsupported("tensorrt (ONNX Runtime's TensorRT provider) runs on CUDA only; time it with latency_gpu")
     if cuda and runtime == "openvino":
-        raise Unsupported("openvino runs on the CPU here; use device cpu for runtime openvino, "
-                          "or another runtime on cuda")
+        raise Unsupported(
+            "openvino runs on the CPU here; use device cpu for runtime openvino, or another runtime on cuda"
+        )
     if cuda and not torch.cuda.is_available():
-        raise RuntimeMissing(f"runtime {runtime} on {device}: torch sees no CUDA device; use device cpu "
-                             "or a machine with a GPU")
+        raise RuntimeMissing(
+            f"runtime {runtime} on {device}: torch sees no CUDA device; use device cpu or a machine with a GPU"
+        )
     if runtime == "compile":
         if cuda:
             _require("triton")
         elif not _cpp_compiler():
-            raise RuntimeMissing("torch.compile's inductor needs a C++ compiler for the CPU and found none "
-                                 "(g++, c++, clang++ or $CXX); install one, e.g. apt-get install g++")
+            raise RuntimeMissing(
+                "torch.compile's inductor needs a C++ compiler for the CPU and found none "
+                "(g++, c++, clang++ or $CXX); install one, e.g. apt-get install g++"
+            )
     elif runtime == "onnxruntime":
         _require("onnx")
         _require("onnxscript")  # torch.onnx.export(dynamo=True) needs it
         ort = _require("onnxruntime")
         if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeMissing(f"onnxruntime has no CUDAExecutionProvider (it has "
-                                 f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu "
-                                 "in place of onnxruntime")
+            raise RuntimeMissing(
+                f"onnxruntime has no CUDAExecutionProvider (it has "
+                f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu "
+                "in place of onnxruntime"
+            )
     elif runtime == "tensorrt":
         for package in ("onnx", "onnxscript"):
             _require(package)
         ort = _require("onnxruntime")
         if "TensorrtExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeMissing(f"onnxruntime has no TensorrtExecutionProvider (it has "
-                                 f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu and TensorRT")
+            raise RuntimeMissing(
+                f"onnxruntime has no TensorrtExecutionProvider (it has "
+                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu and TensorRT"
+            )
     elif runtime == "openvino":
         _require("openvino")
 
@@ -142,17 +149,25 @@ def prepare(runtime: str, model: nn.Module, x: torch.Tensor, threads: int, devic
         prepare_s = time.perf_counter() - t0
     require_finite(out, f"{what} under runtime {runtime}")
     max_abs_diff = _compare(runtime, what, out, reference)
-    info = {"runtime": runtime, **info, "device": str(device), "threads": threads,
-            "tolerance": {"atol": ATOL, "rtol": RTOL}, "max_abs_diff": max_abs_diff}
+    info = {
+        "runtime": runtime,
+        **info,
+        "device": str(device),
+        "threads": threads,
+        "tolerance": {"atol": ATOL, "rtol": RTOL},
+        "max_abs_diff": max_abs_diff,
+    }
     return Prepared(step=step, prepare_s=prepare_s, info=info)
 
 
 # --- builders: (model, x, threads, device, reference) -> (step, info) -------------------------------
 
+
 def _eager(model, x, threads, device, reference):
     def step():
         with torch.inference_mode():
             return model(x)
+
     return step, {"version": torch.__version__}
 
 
@@ -163,6 +178,7 @@ def compile_model(model: nn.Module) -> Callable[[torch.Tensor], Any]:
     """``torch.compile`` of ``model`` (inductor, default mode, static shapes) entered through a code object
     of its own, so its own dynamo cache and recompile budget (see the module docstring): the ninth model
     compiled in one process is compiled too, not silently run eager. Compilation happens at the first call."""
+
     def run_model(inp):
         return model(inp)
 
@@ -180,18 +196,29 @@ def _compile(model, x, threads, device, reference):
         with torch.inference_mode():
             compiled(x)  # compilation happens here; prepare() times it and calls step() once more
     except Exception as exc:
-        raise ConversionFailed(f"runtime compile: torch.compile failed for {type(model).__name__}: "
-                               f"{_first_line(exc)}; time this model under runtime eager") from exc
+        raise ConversionFailed(
+            f"runtime compile: torch.compile failed for {type(model).__name__}: "
+            f"{_first_line(exc)}; time this model under runtime eager"
+        ) from exc
     graphs = counters["stats"]["unique_graphs"] - graphs_before
     if graphs == 0:
-        raise ConversionFailed(f"runtime compile: torch.compile captured no graph of {type(model).__name__}, so it "
-                               "would be timed as eager; run with TORCH_LOGS=recompiles,graph_breaks to see why")
+        raise ConversionFailed(
+            f"runtime compile: torch.compile captured no graph of {type(model).__name__}, so it "
+            "would be timed as eager; run with TORCH_LOGS=recompiles,graph_breaks to see why"
+        )
 
     def step():
         with torch.inference_mode():
             return compiled(x)
-    return step, {"version": torch.__version__, "backend": COMPILE_BACKEND, "mode": COMPILE_MODE, "dynamic": False,
-                  "graphs": int(graphs), "graph_breaks": int(sum(counters["graph_break"].values()) - breaks_before)}
+
+    return step, {
+        "version": torch.__version__,
+        "backend": COMPILE_BACKEND,
+        "mode": COMPILE_MODE,
+        "dynamic": False,
+        "graphs": int(graphs),
+        "graph_breaks": int(sum(counters["graph_break"].values()) - breaks_before),
+    }
 
 
 def _tensorrt(model, x, threads, device, reference):
@@ -210,8 +237,10 @@ def _onnxruntime(model, x, threads, device, reference, provider: str = "CUDAExec
             torch.onnx.export(model, (x,), path, dynamo=True, opset_version=ONNX_OPSET, verbose=False)
     except Exception as exc:
         folder.cleanup()
-        raise ConversionFailed(f"runtime onnxruntime: torch.onnx.export failed for {type(model).__name__}: "
-                               f"{_first_line(exc)}; time this model under another runtime") from exc
+        raise ConversionFailed(
+            f"runtime onnxruntime: torch.onnx.export failed for {type(model).__name__}: "
+            f"{_first_line(exc)}; time this model under another runtime"
+        ) from exc
     export_s = time.perf_counter() - t0
 
     options = ort.SessionOptions()
@@ -235,19 +264,31 @@ def _onnxruntime(model, x, threads, device, reference, provider: str = "CUDAExec
     try:
         session = ort.InferenceSession(path, options, providers=providers)
     except Exception as exc:
-        raise ConversionFailed(f"runtime onnxruntime cannot load the exported {type(model).__name__}: "
-                               f"{_first_line(exc)}; time this model under another runtime") from exc
+        raise ConversionFailed(
+            f"runtime onnxruntime cannot load the exported {type(model).__name__}: "
+            f"{_first_line(exc)}; time this model under another runtime"
+        ) from exc
     if cuda and session.get_providers()[0] != provider:
-        raise RuntimeMissing(f"onnxruntime could not start its {provider} (it runs on "
-                             f"{session.get_providers()[0]}); check the CUDA, cuDNN (and TensorRT) versions onnxruntime-gpu needs")
+        raise RuntimeMissing(
+            f"onnxruntime could not start its {provider} (it runs on "
+            f"{session.get_providers()[0]}); check the CUDA, cuDNN (and TensorRT) versions onnxruntime-gpu needs"
+        )
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
-    info = {"version": ort.__version__, "exporter": "torch.onnx.export(dynamo=True)", "opset": ONNX_OPSET,
-            "onnx_version": onnx.__version__, "onnxscript_version": onnxscript.__version__,
-            "export_s": round(export_s, 3), "provider": session.get_providers()[0],
-            "intra_op_threads": threads, "inter_op_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
-            "force_spinning_stop": True,
-            "graph_optimization": "ORT_ENABLE_ALL"}
+    info = {
+        "version": ort.__version__,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "opset": ONNX_OPSET,
+        "onnx_version": onnx.__version__,
+        "onnxscript_version": onnxscript.__version__,
+        "export_s": round(export_s, 3),
+        "provider": session.get_providers()[0],
+        "intra_op_threads": threads,
+        "inter_op_threads": 1,
+        "execution_mode": "ORT_SEQUENTIAL",
+        "force_spinning_stop": True,
+        "graph_optimization": "ORT_ENABLE_ALL",
+    }
 
     if cuda:  # inputs and outputs stay on the GPU: bound to torch's buffers, no host copies
         x_bound = x.contiguous()
@@ -261,6 +302,7 @@ def _onnxruntime(model, x, threads, device, reference, provider: str = "CUDAExec
             session.run_with_iobinding(binding)
             _keep = (folder, x_bound)  # noqa: F841  (the files and the bound input live as long as the step)
             return outs[0] if len(outs) == 1 else tuple(outs)
+
         return step, info
 
     feed = {input_name: x.detach().contiguous().numpy()}
@@ -270,6 +312,7 @@ def _onnxruntime(model, x, threads, device, reference, provider: str = "CUDAExec
         results = session.run(output_names, feed)
         tensors = [torch.from_numpy(r) for r in results]
         return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
     return step, info
 
 
@@ -281,20 +324,30 @@ def _openvino(model, x, threads, device, reference):
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
             ov_model = ov.convert_model(model, example_input=x)
     except Exception as exc:
-        raise ConversionFailed(f"runtime openvino: openvino.convert_model failed for {type(model).__name__}: "
-                               f"{_first_line(exc)}; time this model under another runtime") from exc
+        raise ConversionFailed(
+            f"runtime openvino: openvino.convert_model failed for {type(model).__name__}: "
+            f"{_first_line(exc)}; time this model under another runtime"
+        ) from exc
     convert_s = time.perf_counter() - t0
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     try:
         compiled = ov.Core().compile_model(ov_model, "CPU", config)
     except Exception as exc:
-        raise ConversionFailed(f"runtime openvino cannot compile the converted {type(model).__name__} for its CPU "
-                               f"plugin: {_first_line(exc)}; time this model under another runtime") from exc
+        raise ConversionFailed(
+            f"runtime openvino cannot compile the converted {type(model).__name__} for its CPU "
+            f"plugin: {_first_line(exc)}; time this model under another runtime"
+        ) from exc
     request = compiled.create_infer_request()
     feed = {0: x.detach().contiguous().numpy()}
     properties = {}
-    for key in ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
-                "ENABLE_CPU_PINNING", "EXECUTION_DEVICES"):
+    for key in (
+        "INFERENCE_NUM_THREADS",
+        "NUM_STREAMS",
+        "PERFORMANCE_HINT",
+        "INFERENCE_PRECISION_HINT",
+        "ENABLE_CPU_PINNING",
+        "EXECUTION_DEVICES",
+    ):
         try:
             properties[key] = _jsonable(compiled.get_property(key))
         except Exception:  # a property this OpenVINO version does not report
@@ -304,15 +357,27 @@ def _openvino(model, x, threads, device, reference):
         results = request.infer(feed, share_inputs=True, share_outputs=False)
         tensors = [torch.from_numpy(results[i]) for i in range(len(compiled.outputs))]
         return tensors[0] if len(tensors) == 1 else tuple(tensors)
-    return step, {"version": ov.get_version(), "converter": "openvino.convert_model", "convert_s": round(convert_s, 3),
-                  "ov_device": "CPU", "properties": properties}
+
+    return step, {
+        "version": ov.get_version(),
+        "converter": "openvino.convert_model",
+        "convert_s": round(convert_s, 3),
+        "ov_device": "CPU",
+        "properties": properties,
+    }
 
 
-_BUILDERS = {"eager": _eager, "compile": _compile, "onnxruntime": _onnxruntime, "openvino": _openvino,
-             "tensorrt": _tensorrt}
+_BUILDERS = {
+    "eager": _eager,
+    "compile": _compile,
+    "onnxruntime": _onnxruntime,
+    "openvino": _openvino,
+    "tensorrt": _tensorrt,
+}
 
 
 # --- helpers ----------------------------------------------------------------------------------------
+
 
 def _require(package: str):
     """Import ``package`` or raise RuntimeMissing with its install hint."""
@@ -346,22 +411,28 @@ def _compare(runtime: str, what: str, out, reference) -> float:
     """Largest |out - ref| over all outputs; OutputMismatch when any element is beyond ATOL + RTOL*|ref|."""
     outs, refs = _tensors(out), _tensors(reference)
     if len(outs) != len(refs):
-        raise OutputMismatch(f"runtime {runtime} gives {len(outs)} outputs for {what}, eager gives {len(refs)}; "
-                             "the exported graph returns something else")
+        raise OutputMismatch(
+            f"runtime {runtime} gives {len(outs)} outputs for {what}, eager gives {len(refs)}; "
+            "the exported graph returns something else"
+        )
     worst = 0.0
     for i, (o, r) in enumerate(zip(outs, refs)):
         o = torch.as_tensor(o).to(r.device)
         if tuple(o.shape) != tuple(r.shape):
-            raise OutputMismatch(f"runtime {runtime} gives output {i} of {what} shape {tuple(o.shape)}, eager "
-                                 f"{tuple(r.shape)}; the exported graph computes something else")
+            raise OutputMismatch(
+                f"runtime {runtime} gives output {i} of {what} shape {tuple(o.shape)}, eager "
+                f"{tuple(r.shape)}; the exported graph computes something else"
+            )
         o, r = o.double(), r.double()
         diff = (o - r).abs()
         if diff.numel():
             worst = max(worst, float(diff.max()))
         if not bool((diff <= ATOL + RTOL * r.abs()).all()):
-            raise OutputMismatch(f"runtime {runtime} differs from eager on {what}: max abs diff {worst:.3g} beyond "
-                                 f"|out - ref| <= {ATOL:g} + {RTOL:g}*|ref|; it computes a different function "
-                                 "(an export- or compile-only branch, an op mapped differently, reduced precision)")
+            raise OutputMismatch(
+                f"runtime {runtime} differs from eager on {what}: max abs diff {worst:.3g} beyond "
+                f"|out - ref| <= {ATOL:g} + {RTOL:g}*|ref|; it computes a different function "
+                "(an export- or compile-only branch, an op mapped differently, reduced precision)"
+            )
     return worst
 
 

@@ -19,6 +19,7 @@ hw(c1 + c2) + c1c2 elements) applied to every operator the dispatch-level counte
 - a broadcast argument counts its stored elements (a dimension of stride 0 counts once: SE's (N, C, 1, 1)
   gate is C elements per image, not C x H x W); the same tensor passed twice is read once.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,23 @@ TRAFFIC_RULE = (
 )
 
 # Operators that overwrite ``self`` without reading it (base names, in-place forms).
-WRITE_ONLY = frozenset({"copy_", "fill_", "zero_", "normal_", "uniform_", "bernoulli_", "random_", "exponential_",
-                        "geometric_", "log_normal_", "cauchy_", "resize_", "set_"})
+WRITE_ONLY = frozenset(
+    {
+        "copy_",
+        "fill_",
+        "zero_",
+        "normal_",
+        "uniform_",
+        "bernoulli_",
+        "random_",
+        "exponential_",
+        "geometric_",
+        "log_normal_",
+        "cauchy_",
+        "resize_",
+        "set_",
+    }
+)
 # Allocations whose contents are never written: no traffic (they still count as operator calls).
 ALLOCATIONS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"})
 

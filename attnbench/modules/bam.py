@@ -7,6 +7,7 @@ Spatial branch: 1x1 conv C->C/r + BN + ReLU, two 3x3 convs with dilation d=4 (+B
 1x1 conv C/r->1. Combination as in the official code (multiplicative, not the paper's sum):
 out = x * (1 + sigmoid(channel * spatial)). r=16, d=4.
 """
+
 from torch import nn
 
 from .common import reduced_channels
@@ -21,11 +22,16 @@ class BAM(nn.Module):
     def __init__(self, channels: int, reduction: float = 16, dilation: int = 4):
         super().__init__()
         hidden = reduced_channels(channels, reduction)
-        self.channel = nn.Sequential(nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                     nn.Linear(hidden, channels))
+        self.channel = nn.Sequential(
+            nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+        )
         layers = [nn.Conv2d(channels, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
         for _ in range(2):
-            layers += [nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+            ]
         layers.append(nn.Conv2d(hidden, 1, 1))
         self.spatial = nn.Sequential(*layers)
 

@@ -7,6 +7,7 @@ Parameters: SE's 2*C*(C/r) + C/r + C, plus 2*k*k + 2 for the spatial conv and it
 Placement as the official code (github.com/Jongchan/attention-module, ``MODELS/model_resnet.py``): after
 the block's last BN, before the addition (``block``).
 """
+
 import torch
 from torch import nn
 

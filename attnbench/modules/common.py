@@ -3,6 +3,7 @@
 Changing one of these changes every module that uses it (and its tested parameter count):
 ``reduced_channels`` (SE, CBAM, BAM, GC), ``SpatialGate`` (CBAM, Triplet), ``make_divisible`` (ECA-MLP).
 """
+
 import torch
 from torch import nn
 

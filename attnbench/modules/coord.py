@@ -8,6 +8,7 @@ the depthwise conv + BN + ReLU6 of every *expanding* block (the block slot; none
 block: ``depthwise_separable`` maps to None); elsewhere the block slot -- our extension (the official
 code has MobileNetV2 only; EfficientNet/MobileNetV3 blocks too).
 """
+
 import torch
 from torch import nn
 

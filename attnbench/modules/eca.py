@@ -20,6 +20,7 @@ first t=1 block too).
 ``EcaMlp`` is timm's ``ecam`` experiment (not in the paper): 1x1 conv 1->C/8 (bias), ReLU,
 k-conv C/8->1 (bias) over the channel axis.
 """
+
 import math
 from typing import Optional, Sequence
 
@@ -44,8 +45,16 @@ def mobilenetv2_kernel(channels: int) -> int:
 class ECA(nn.Module):
     placement = {"inverted_residual": "output", "depthwise_separable": "output", "default": "block"}
 
-    def __init__(self, channels: int, kernel_size: int = 0, gamma: float = 2, b: float = 1,
-                 kernel_sizes: Sequence[int] = (), stage: int = 0, block_kind: Optional[str] = ""):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 0,
+        gamma: float = 2,
+        b: float = 1,
+        kernel_sizes: Sequence[int] = (),
+        stage: int = 0,
+        block_kind: Optional[str] = "",
+    ):
         super().__init__()
         if kernel_sizes and not 1 <= stage <= len(kernel_sizes):
             raise ValueError(f"kernel_sizes {list(kernel_sizes)} has no entry for stage {stage}")

@@ -3,6 +3,7 @@
 GAP, 1x1 conv C->C (bias), hard sigmoid, scale. Parameters: C*C + C. Its official code puts it at the end of
 VoVNet's OSA modules only: the block slot in ResNets and inverted residuals is our extension.
 """
+
 from torch import nn
 from torch.nn import functional as F
 

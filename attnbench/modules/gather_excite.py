@@ -11,6 +11,7 @@ Parameters: log2(e) * (9C + 2C). Placement as RN50-GEP: the end of the residual 
 BN, before the addition); in BasicBlocks and inverted residuals the same slot is our extension (no
 official model).
 """
+
 import math
 from typing import Optional, Sequence
 
@@ -21,25 +22,33 @@ from torch.nn import functional as F
 class GatherExcite(nn.Module):
     placement = "block"
     min_train_batch = 2  # documented limit, as the official RN50-GEP
-    limits_note = ("as the official RN50-GEP: BatchNorm over the gathered 1x1 map, one value per channel and image "
-                   "(no batch statistics at batch 1)")
+    limits_note = (
+        "as the official RN50-GEP: BatchNorm over the gathered 1x1 map, one value per channel and image "
+        "(no batch statistics at batch 1)"
+    )
 
     def __init__(self, channels: int, extent: int = 0, feat_size: Optional[Sequence[int]] = None):
         super().__init__()
         self.extent = extent
         if extent == 0:
             if not feat_size or min(feat_size) < 1:
-                raise ValueError("ge_theta's global extent (the official RN50-GEP) needs the site's feat_size; "
-                                 "attnbench passes it -- or give extent=2, 4 or 8")
-            self.gather = nn.Sequential(nn.Conv2d(channels, channels, tuple(feat_size), groups=channels, bias=False),
-                                        nn.BatchNorm2d(channels))
+                raise ValueError(
+                    "ge_theta's global extent (the official RN50-GEP) needs the site's feat_size; "
+                    "attnbench passes it -- or give extent=2, 4 or 8"
+                )
+            self.gather = nn.Sequential(
+                nn.Conv2d(channels, channels, tuple(feat_size), groups=channels, bias=False), nn.BatchNorm2d(channels)
+            )
             return
         n = int(math.log2(extent)) if extent > 0 else 0
-        if extent < 2 or 2 ** n != extent:
+        if extent < 2 or 2**n != extent:
             raise ValueError(f"extent must be 0 (global) or a power of two >= 2, got {extent}")
         layers = []
         for i in range(n):
-            layers += [nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False), nn.BatchNorm2d(channels)]
+            layers += [
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False),
+                nn.BatchNorm2d(channels),
+            ]
             if i < n - 1:
                 layers.append(nn.ReLU(inplace=True))
         self.gather = nn.Sequential(*layers)

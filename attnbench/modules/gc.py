@@ -9,6 +9,7 @@ one block at the end of every residual branch in c3-c5 only (ResNet stages 2-4, 
 "all_but_first"``); ``stages: all`` puts it in every block, SE-style. In BasicBlocks (GCNet's asserts "Not
 implemented yet") and inverted residuals the same slot is our extension.
 """
+
 import torch
 from torch import nn
 
@@ -24,7 +25,11 @@ class GlobalContext(nn.Module):
         hidden = reduced_channels(channels, reduction)
         self.context = nn.Conv2d(channels, 1, 1)
         self.transform = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1), nn.LayerNorm([hidden, 1, 1]), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+            nn.Conv2d(channels, hidden, 1),
+            nn.LayerNorm([hidden, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+        )
         nn.init.zeros_(self.transform[-1].weight)
         nn.init.zeros_(self.transform[-1].bias)
 

@@ -6,6 +6,7 @@ block starts as the identity; z = BN(W(y)) + x. ``subsample=True`` max-pools phi
 (the paper's cheaper variant). Parameters: 4*C*(C/2) + 3*(C/2) + C (convs) + 2*C (BN).
 Placed as whole blocks after stages, not inside residual branches.
 """
+
 import torch
 from torch import nn
 

@@ -6,6 +6,7 @@ Placement as the official model (github.com/hujie-frank/SENet, ``models/SE-ResNe
 last BN of the residual branch, before the addition (``block``). The released models are Bottleneck
 ResNets/ResNeXts: in BasicBlocks and in inverted residuals' SE slot it is our extension.
 """
+
 from torch import nn
 
 from .common import reduced_channels  # C/r, floored; re-exported for modules that import it from here

@@ -6,6 +6,7 @@ Parameters: 2G.
 Placement as the official code (github.com/implus/PytorchInsight, ``classification/models/imagenet/
 resnet_sge.py``): after the block's last BN, before the addition (``block``).
 """
+
 import math
 
 import torch

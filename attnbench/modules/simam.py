@@ -6,6 +6,7 @@ Placement as the official code (github.com/ZjjConan/SimAM, ``networks/imagenet/r
 ``mobilenetv2.py``): right after the block's spatial conv, before its BatchNorm -- a BasicBlock's second
 3x3 (``conv2``), a Bottleneck's or ResNeXt's 3x3 (``conv2``), an inverted residual's depthwise conv.
 """
+
 from torch import nn
 
 

@@ -18,6 +18,7 @@ its own BN + ReLU, so the block's norm and activation after the replaced conv ar
 Parameters (C out, C_in in channels): sknet M*(C*C_in/G*9 + 2C) + (C*d + 2d) + M*d*C;
 sk-resnet (9*C*C_in + 2C) + (C*C_in/G*9 + 2C) + (C*d + 2d) + 2*d*C.
 """
+
 import math
 from typing import Optional
 
@@ -33,9 +34,18 @@ class SelectiveKernel(nn.Module):
     min_train_batch = 2  # documented limit, as SKNet and timm's SelectiveKernel
     limits_note = "as SKNet and timm's SelectiveKernel: BatchNorm over the pooled fuse vector z"
 
-    def __init__(self, channels: int, out_channels: int = 0, stride: int = 1, conv_groups: int = 0,
-                 variant: str = "auto", branches: int = 2, groups: int = 32, reduction: float = 16,
-                 min_hidden: Optional[int] = None):
+    def __init__(
+        self,
+        channels: int,
+        out_channels: int = 0,
+        stride: int = 1,
+        conv_groups: int = 0,
+        variant: str = "auto",
+        branches: int = 2,
+        groups: int = 32,
+        reduction: float = 16,
+        min_hidden: Optional[int] = None,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r} is not one of {VARIANTS}")
@@ -49,10 +59,13 @@ class SelectiveKernel(nn.Module):
         hidden = max(int(out // reduction), floor)
         self.variant = variant
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, out, 3, stride, padding=dilation, dilation=dilation, groups=groups_i,
-                                    bias=False),
-                          nn.BatchNorm2d(out), nn.ReLU(inplace=True))
-            for dilation, groups_i in self._branch_convs(variant, branches, g))
+            nn.Sequential(
+                nn.Conv2d(channels, out, 3, stride, padding=dilation, dilation=dilation, groups=groups_i, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            )
+            for dilation, groups_i in self._branch_convs(variant, branches, g)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fuse = nn.Sequential(nn.Conv2d(out, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
         self.select = nn.ModuleList(nn.Conv2d(hidden, out, 1, bias=False) for _ in range(branches))

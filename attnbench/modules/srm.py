@@ -7,6 +7,7 @@ the last BN, before the addition; its BasicBlock does not run (NameError), so th
 residuals the slot is our extension.
 Parameters: 2C + 2C = 4C.
 """
+
 import torch
 from torch import nn
 
@@ -14,8 +15,10 @@ from torch import nn
 class SRM(nn.Module):
     placement = "block"
     min_spatial, min_train_batch = 2, 2  # documented limits, as the official code
-    limits_note = ("as the official code: unbiased std over H*W (NaN at 1x1), BatchNorm over the pooled (N, C) "
-                   "style vector (no batch statistics at batch 1)")
+    limits_note = (
+        "as the official code: unbiased std over H*W (NaN at 1x1), BatchNorm over the pooled (N, C) "
+        "style vector (no batch statistics at batch 1)"
+    )
 
     def __init__(self, channels: int):
         super().__init__()

@@ -14,11 +14,31 @@ reason (timm 1.0.31's ``ge`` raises in its constructor; ``halo``/``bat`` need fe
 by their block size; ``lambda`` keeps its input's width) raise ``Unsupported`` with that reason: the cell is stored as ``unsupported``,
 counted apart from failures. Anything else keeps timm's own error and fails.
 """
+
 from typing import Callable
 
 TIMM_NAMES = (
-    "se", "ese", "eca", "ecam", "ceca", "ge", "gc", "gca", "cbam", "lcbam", "coord", "scoord", "ela", "strip",
-    "sk", "splat", "lambda", "bottleneck", "halo", "nl", "bat",
+    "se",
+    "ese",
+    "eca",
+    "ecam",
+    "ceca",
+    "ge",
+    "gc",
+    "gca",
+    "cbam",
+    "lcbam",
+    "coord",
+    "scoord",
+    "ela",
+    "strip",
+    "sk",
+    "splat",
+    "lambda",
+    "bottleneck",
+    "halo",
+    "nl",
+    "bat",
 )
 CONV_LAYERS = ("sk", "splat")  # (in_channels, out_channels, stride=...)
 SELF_ATTENTION = ("lambda", "bottleneck", "halo")  # (dim, dim_out, feat_size=..., stride=...)
@@ -41,8 +61,10 @@ def _build(name: str, *args, **kwargs):
         if name == "ge" and "multiple values for argument 'act_layer'" in str(exc):
             import timm
 
-            raise Unsupported(f"timm {timm.__version__}'s GatherExcite passes act_layer to ConvMlp twice and raises in "
-                              "its constructor (upstream bug); use the first-party ge_theta") from exc
+            raise Unsupported(
+                f"timm {timm.__version__}'s GatherExcite passes act_layer to ConvMlp twice and raises in "
+                "its constructor (upstream bug); use the first-party ge_theta"
+            ) from exc
         raise
 
 
@@ -51,31 +73,39 @@ def _divisible(name: str, feat_size, block_size: int) -> None:
     from ..errors import Unsupported
 
     if feat_size is not None and any(int(s) % block_size for s in feat_size):
-        raise Unsupported(f"timm's {name} needs feature maps divisible by block_size {block_size}; this site is "
-                          f"{feat_size[0]}x{feat_size[1]} (set block_size, or an input size that divides)")
+        raise Unsupported(
+            f"timm's {name} needs feature maps divisible by block_size {block_size}; this site is "
+            f"{feat_size[0]}x{feat_size[1]} (set block_size, or an input size that divides)"
+        )
 
 
 def timm_factory(name: str) -> Callable:
     if name in SELF_ATTENTION:
+
         def factory(channels: int, out_channels: int = 0, stride: int = 1, feat_size=None, **options):
             if name == "halo":
                 _divisible(name, feat_size, options.get("block_size", HALO_BLOCK))
             if name == "lambda" and out_channels and out_channels != channels:
                 from ..errors import Unsupported
 
-                raise Unsupported(f"timm's LambdaLayer reshapes its output to its input's channels (lambda_layer.py, "
-                                  f"forward), so it needs out_channels == channels; this site maps {channels} -> {out_channels}")
+                raise Unsupported(
+                    f"timm's LambdaLayer reshapes its output to its input's channels (lambda_layer.py, "
+                    f"forward), so it needs out_channels == channels; this site maps {channels} -> {out_channels}"
+                )
             return _build(name, channels, out_channels or channels, feat_size=feat_size, stride=stride, **options)
 
         factory.default_stages = "last"
     elif name in CONV_LAYERS:
+
         def factory(channels: int, out_channels: int = 0, stride: int = 1, **options):
             return _build(name, channels, out_channels or channels, stride=stride, **options)
     elif name == "bat":
+
         def factory(channels: int, feat_size=None, **options):
             _divisible(name, feat_size, options.get("block_size", BAT_BLOCK))
             return _build(name, channels, **options)
     else:
+
         def factory(channels: int, **options):
             return _build(name, channels, **options)
 

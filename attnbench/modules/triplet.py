@@ -8,6 +8,7 @@ Placement as the official code (github.com/landskape-ai/triplet-attention, ``MOD
 ``MODELS/mobilenet.py``): in ResNets at the end of the residual branch, before the addition; in
 MobileNetV2's inverted residuals after the projection conv + BN, on the block's output channels.
 """
+
 from torch import nn
 
 from .common import SpatialGate

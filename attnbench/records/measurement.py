@@ -1,4 +1,5 @@
 """Measurement: a value object (value, unit, method, settings, stats), never a printed string."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -6,6 +6,7 @@ refuses anything else with :class:`ForeignRecord`, which the store counts and sk
 against the dataclass's own type hints (and the config and stats entries the tables format), so a
 hand-edited or damaged line (a position ``["a", "b"]``, a ``null`` value) is skipped, never a crash later.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,11 +119,15 @@ class Record:
             data["measurement"] = read_measurement(m)
         if d["status"] == "ok" and (m is None or not math.isfinite(data["measurement"].value)):
             raise ForeignRecord("an ok record without a finite measurement")
-        if d["status"] == "failed" and not (isinstance(d.get("error"), dict) and {"type", "message"} <= set(d["error"])):
+        if d["status"] == "failed" and not (
+            isinstance(d.get("error"), dict) and {"type", "message"} <= set(d["error"])
+        ):
             raise ForeignRecord("a failed record without an error")
         # what the tables read without a default: a metric's config entries, and an ok row's stats
-        missing = next((k for k in OK_CONFIG.get(data["metric"], ()) if k not in data["config"]), None) or \
-            next((k for k in OK_STATS.get(data["metric"], ()) if d["status"] == "ok" and k not in data["measurement"].stats), None)
+        missing = next((k for k in OK_CONFIG.get(data["metric"], ()) if k not in data["config"]), None) or next(
+            (k for k in OK_STATS.get(data["metric"], ()) if d["status"] == "ok" and k not in data["measurement"].stats),
+            None,
+        )
         if missing is not None:
             raise ForeignRecord(f"a {d['status']} {data['metric']} record without {missing!r}")
         return cls(**data)
@@ -150,9 +155,16 @@ def readable(record: Record) -> Record:
         Record.from_dict(json.loads(record_line(record)))
         return record
     except ForeignRecord as exc:
-        return replace(record, status="failed", measurement=None, error={
-            "type": "UnreadableRecord", "message": f"attnbench measured this cell, but its record would not read back "
-            f"({exc}); a bug in attnbench: please report it with this message"})
+        return replace(
+            record,
+            status="failed",
+            measurement=None,
+            error={
+                "type": "UnreadableRecord",
+                "message": f"attnbench measured this cell, but its record would not read back "
+                f"({exc}); a bug in attnbench: please report it with this message",
+            },
+        )
 
 
 def fits(value: Any, typ: Any) -> bool:

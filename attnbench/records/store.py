@@ -7,6 +7,7 @@ this shape (torn, binary, foreign or wrongly typed fields) are skipped with one 
 A run holds ``OUT/.attnbench.lock`` so that two runs never write one folder. A run without
 ``--resume`` never deletes a store: the previous one and its tables move to ``OUT/history/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,16 @@ from .record import DONE_STATUSES, ForeignRecord, Record, record_line
 MIN_FREE_BYTES = 16 * 2**20
 HISTORY = "history"  # OUT/history/<suite>-<time of its last write>/: stores a rerun without --resume moved aside
 # What a run writes from OUT/<suite>.jsonl (report.write_outputs): archived with it, never left beside a new store.
-TABLE_SUFFIXES = (".md", ".csv", ".png", "-curves.png", "-sweeps.png", "-sites.png", "-predictors.md", "-predictors.png")
+TABLE_SUFFIXES = (
+    ".md",
+    ".csv",
+    ".png",
+    "-curves.png",
+    "-sweeps.png",
+    "-sites.png",
+    "-predictors.md",
+    "-predictors.png",
+)
 
 
 class StoreWarning(UserWarning):
@@ -48,8 +58,12 @@ class Store:
                     skipped += raw.strip() != b""
         if skipped and skipped != self._warned:
             self._warned = skipped
-            warnings.warn(f"attnbench: skipped {skipped} line(s) of {self.path} that are not attnbench records "
-                          "(torn, binary, foreign or wrongly typed)", StoreWarning, stacklevel=2)
+            warnings.warn(
+                f"attnbench: skipped {skipped} line(s) of {self.path} that are not attnbench records "
+                "(torn, binary, foreign or wrongly typed)",
+                StoreWarning,
+                stacklevel=2,
+            )
         return out
 
     def latest(self) -> List[Record]:
@@ -170,8 +184,10 @@ class FolderLock:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise UsageError(f"{self.path.parent} is in use by another attnbench run ({holder}); wait for it to "
-                                 "finish or give another --out")
+            raise UsageError(
+                f"{self.path.parent} is in use by another attnbench run ({holder}); wait for it to "
+                "finish or give another --out"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         self._fd = fd

@@ -6,6 +6,7 @@
 - ``predictors``: which count (MACs, parameters, bytes, operators) predicts latency.
 ``write_outputs`` is the one place that writes files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,12 +23,25 @@ from .notes import environment_line
 from .plots import curves_plot, pareto_plot, sites_plot, sweep_plot
 from .tables import render_markdown
 
-__all__ = ["accuracy_rows", "curves_plot", "environment_line", "flat_records", "pareto_plot", "record_order", "render_accuracy",
-           "render_compare", "render_markdown", "sites_plot", "sweep_plot", "write_outputs"]
+__all__ = [
+    "accuracy_rows",
+    "curves_plot",
+    "environment_line",
+    "flat_records",
+    "pareto_plot",
+    "record_order",
+    "render_accuracy",
+    "render_compare",
+    "render_markdown",
+    "sites_plot",
+    "sweep_plot",
+    "write_outputs",
+]
 
 
-def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
-                  overhead: Sequence[Record] = ()) -> Dict[str, Path]:
+def write_outputs(
+    records: Sequence[Record], out_dir: Path | str, name: str, overhead: Sequence[Record] = ()
+) -> Dict[str, Path]:
     """<name>.md and .csv; for accuracy suites also the plots, with CPU latency joined from the
     ``overhead`` records the caller passes (none: no latency column is filled).
 
@@ -39,14 +53,18 @@ def write_outputs(records: Sequence[Record], out_dir: Path | str, name: str,
     paths = {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
     if any(r.metric == "accuracy" for r in records):
         _write_atomic(md, render_accuracy(records, overhead, name))
-        for key, png in (("plot", pareto_plot(records, overhead, out / f"{name}.png")),
-                         ("curves", curves_plot(records, out / f"{name}-curves.png"))):
+        for key, png in (
+            ("plot", pareto_plot(records, overhead, out / f"{name}.png")),
+            ("curves", curves_plot(records, out / f"{name}-curves.png")),
+        ):
             if png:
                 paths[key] = png
     else:
         _write_atomic(md, render_markdown(records, name))
-        for key, png in (("plot", sweep_plot(records, out / f"{name}-sweeps.png")),
-                         ("sites", sites_plot(records, out / f"{name}-sites.png"))):
+        for key, png in (
+            ("plot", sweep_plot(records, out / f"{name}-sweeps.png")),
+            ("sites", sites_plot(records, out / f"{name}-sites.png")),
+        ):
             if png:
                 paths[key] = png
         if predictors.applies(records):  # counts with memory traffic and timings: which count predicts latency

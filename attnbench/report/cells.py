@@ -1,4 +1,5 @@
 """Table cells from records: points and order, Δ with its interval, stat cells."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -21,7 +22,9 @@ from .markdown import CONTENDED, DASH, UNCOUNTED, UNSTABLE
 def record_point(rec: Record) -> Point:
     """The (input size, batch, runtime) a record was measured at (runtime: eager when absent)."""
     size = rec.config.get("input_size") or (224, 224)
-    return Point((int(size[0]), int(size[1])), int(rec.config.get("batch_size") or 1), rec.config.get("runtime", "eager"))
+    return Point(
+        (int(size[0]), int(size[1])), int(rec.config.get("batch_size") or 1), rec.config.get("runtime", "eager")
+    )
 
 
 def point_order(p: Point) -> tuple:
@@ -79,8 +82,9 @@ def delta_ms(rec: Record, base: Record) -> Optional[Difference]:
     the difference of medians, unpaired and without an interval, otherwise."""
     a, b = rec.stats.get("rounds_ms"), base.stats.get("rounds_ms")
     if a and b and same_group(rec, base) and rec.stats.get("schedule") == "alternating":
-        d = alternating_difference(a, b, rec.stats.get("rounds_wait"), base.stats.get("rounds_wait"), _clean_limit(rec),
-                                   batches=_batches(rec))
+        d = alternating_difference(
+            a, b, rec.stats.get("rounds_wait"), base.stats.get("rounds_wait"), _clean_limit(rec), batches=_batches(rec)
+        )
         return d if d is not None else Difference(float("nan"), None, None)
     if rec.value is None or base.value is None:
         return None
@@ -190,6 +194,6 @@ def _axis_label(metric: str, p: Point) -> str:
 
 def _unit_label(metric: str) -> str:
     s = spec(metric)
-    if s.scale == 2 ** 20:
+    if s.scale == 2**20:
         return "MiB"
     return {1e6: "M ", 1e9: "G"}.get(s.scale, "") + s.unit + (" (median)" if s.kind == "timing" else "")

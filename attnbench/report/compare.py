@@ -1,4 +1,5 @@
 """``attnbench compare``: Δ per cell between two runs, with the band each run's own precision allows."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ def _rounds(rec: Record):
 
 def compare_rows(a: Sequence[Record], b: Sequence[Record]) -> List[CompareRow]:
     """Cells of two runs matched on (backbone, module label, metric, point, seed)."""
+
     def index(recs):
         return {(r.backbone, r.label, r.metric, record_point(r), r.seed): r for r in sorted(recs, key=record_order)}
 
@@ -64,8 +66,13 @@ def compare_rows(a: Sequence[Record], b: Sequence[Record]) -> List[CompareRow]:
         delta = None
         if ra is not None and rb is not None and ra.value is not None and rb.value is not None and ra.value > 0:
             sa, sb = _rounds(ra), _rounds(rb)
-            delta = unpaired_ratio_interval(sb, sa, b_waits=rb.stats.get("rounds_wait"),
-                                            a_waits=ra.stats.get("rounds_wait")) if sa and sb else None
+            delta = (
+                unpaired_ratio_interval(
+                    sb, sa, b_waits=rb.stats.get("rounds_wait"), a_waits=ra.stats.get("rounds_wait")
+                )
+                if sa and sb
+                else None
+            )
             if delta is None:  # counts (exact), one training run a side, or no usable raw samples: the plain ratio
                 delta = RatioInterval((rb.value / ra.value - 1) * 100, None, None, 1, no_band(ra, rb, sa, sb))
         rows.append(CompareRow(key[0], key[1], key[2], key[3], ra, rb, delta, key[4]))
@@ -84,28 +91,44 @@ def no_band(ra: Record, rb: Record, sa, sb) -> str:
     return "no raw samples" + (f" in {' and '.join(n for n, x in (('A', sa), ('B', sb)) if not x)}" if sa or sb else "")
 
 
-def render_compare(a: Sequence[Record], b: Sequence[Record], name_a: str = "A", name_b: str = "B",
-                   fail_above: Optional[float] = None) -> str:
+def render_compare(
+    a: Sequence[Record], b: Sequence[Record], name_a: str = "A", name_b: str = "B", fail_above: Optional[float] = None
+) -> str:
     """Δ between two runs, matched on (backbone, module label, metric, point), with the noise band of
     timings (Welch's 95% interval on the per-round log medians of each run; runs are not paired)."""
     return render_compare_rows(compare_rows(a, b), name_a, name_b, fail_above)
 
 
-def render_compare_rows(rows: Sequence[CompareRow], name_a: str = "A", name_b: str = "B",
-                        fail_above: Optional[float] = None) -> str:
+def render_compare_rows(
+    rows: Sequence[CompareRow], name_a: str = "A", name_b: str = "B", fail_above: Optional[float] = None
+) -> str:
     several = len({r.point for r in rows}) > 1
     seeds = any(r.seed is not None for r in rows)
-    lines = [f"# compare {name_a} -> {name_b}", "",
-             "Δ % = B vs A; timings carry a 95% noise band from each run's raw per-round samples (Welch's t on the "
-             "per-round log medians of undisturbed calls); counts are exact. A timing from a run that was contended "
-             f"(other processes took the CPU: {CONTENDED} in its table) is never called a regression or an improvement.", "",
-             "| backbone | module | metric |" + (" point |" if several else "") + (" seed |" if seeds else "")
-             + " unit | A | B | Δ % | noise band |",
-             "|---|---|---|" + ("---|" if several else "") + ("---:|" if seeds else "") + "---|---:|---:|---:|---|"]
+    lines = [
+        f"# compare {name_a} -> {name_b}",
+        "",
+        "Δ % = B vs A; timings carry a 95% noise band from each run's raw per-round samples (Welch's t on the "
+        "per-round log medians of undisturbed calls); counts are exact. A timing from a run that was contended "
+        f"(other processes took the CPU: {CONTENDED} in its table) is never called a regression or an improvement.",
+        "",
+        "| backbone | module | metric |"
+        + (" point |" if several else "")
+        + (" seed |" if seeds else "")
+        + " unit | A | B | Δ % | noise band |",
+        "|---|---|---|" + ("---|" if several else "") + ("---:|" if seeds else "") + "---|---:|---:|---:|---|",
+    ]
     for row in rows:
         unit = _unit_label(row.metric)  # the unit of A and B as shown (M parameters, GMACs, ms), not as stored
-        fa = _fmt(row.metric, row.a.value) if row.a is not None and row.a.value is not None else (row.a.status_text() if row.a else DASH)
-        fb = _fmt(row.metric, row.b.value) if row.b is not None and row.b.value is not None else (row.b.status_text() if row.b else DASH)
+        fa = (
+            _fmt(row.metric, row.a.value)
+            if row.a is not None and row.a.value is not None
+            else (row.a.status_text() if row.a else DASH)
+        )
+        fb = (
+            _fmt(row.metric, row.b.value)
+            if row.b is not None and row.b.value is not None
+            else (row.b.status_text() if row.b else DASH)
+        )
         d = row.delta
         delta = f"{d.pct:+.2f}%" if d is not None else DASH
         band = (f"[{d.low:+.1f}, {d.high:+.1f}]" if d.low is not None else d.method) if d is not None else DASH

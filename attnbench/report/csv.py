@@ -1,4 +1,5 @@
 """The flat CSV: one row per record, every field a column."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,10 +18,21 @@ def flat_records(records: Sequence[Record]) -> pd.DataFrame:
     for r in sorted(records, key=record_order):
         m = r.measurement
         p = record_point(r)
-        row = {"suite": r.suite, "backbone": r.backbone, "label": r.label, "module": r.module, "metric": r.metric,
-               "input_size": f"{p.input_size[0]}x{p.input_size[1]}", "batch_size": p.batch_size, "runtime": p.runtime,
-               "status": r.status, "key": r.key, "value": m.value if m else None, "unit": m.unit if m else None,
-               "method": m.method if m else None}
+        row = {
+            "suite": r.suite,
+            "backbone": r.backbone,
+            "label": r.label,
+            "module": r.module,
+            "metric": r.metric,
+            "input_size": f"{p.input_size[0]}x{p.input_size[1]}",
+            "batch_size": p.batch_size,
+            "runtime": p.runtime,
+            "status": r.status,
+            "key": r.key,
+            "value": m.value if m else None,
+            "unit": m.unit if m else None,
+            "method": m.method if m else None,
+        }
         for k, v in r.stats.items():
             if not isinstance(v, (dict, list)):
                 row[k] = v
@@ -32,8 +44,13 @@ def flat_records(records: Sequence[Record]) -> pd.DataFrame:
         if spec(r.metric).kind == "timing" and r.ok and base is not None and base is not r and base.ok:
             ci = delta_interval(r, base) if r.stats.get("rounds_ms") else None
             if ci is not None:
-                row.update(delta_pct=ci.pct, delta_low=ci.low, delta_high=ci.high, delta_paired=ci.paired,
-                           delta_method=ci.method)
+                row.update(
+                    delta_pct=ci.pct,
+                    delta_low=ci.low,
+                    delta_high=ci.high,
+                    delta_paired=ci.paired,
+                    delta_method=ci.method,
+                )
         row["where"] = where({r.metric: r})
         row["error"] = f"{r.error['type']}: {r.error['message']}" if r.error else ""
         row["note"] = r.note

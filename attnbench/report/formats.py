@@ -4,6 +4,7 @@ The same content in each: markdown is the tables; LaTeX and HTML typeset that ma
 CSV and JSON are the tidy frame of the same records (``frame``: one row per cell and metric, every Δ with its
 interval). ``report --format``, ``compare --format`` and :class:`attnbench.api.Results` all come here.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -31,8 +32,13 @@ def report_markdown(records: Sequence[Record], name: str, overhead: Sequence[Rec
     return render_markdown(records, name)
 
 
-def render_report(records: Sequence[Record], name: str, fmt: str = "markdown", overhead: Sequence[Record] = (),
-                  context: Optional[Sequence[Record]] = None) -> str:
+def render_report(
+    records: Sequence[Record],
+    name: str,
+    fmt: str = "markdown",
+    overhead: Sequence[Record] = (),
+    context: Optional[Sequence[Record]] = None,
+) -> str:
     """The report of ``records`` in ``fmt``; ``context`` (the whole store) gives the frame's Δ baselines
     when ``records`` is a selection."""
     check_format(fmt)
@@ -45,8 +51,9 @@ def render_report(records: Sequence[Record], name: str, fmt: str = "markdown", o
     return _typeset(text, fmt)
 
 
-def render_compare_as(rows: Sequence[CompareRow], name_a: str, name_b: str, fmt: str = "markdown",
-                      fail_above: Optional[float] = None) -> str:
+def render_compare_as(
+    rows: Sequence[CompareRow], name_a: str, name_b: str, fmt: str = "markdown", fail_above: Optional[float] = None
+) -> str:
     """``compare`` in ``fmt``: its markdown table, typeset, or one row per matched cell (csv, json)."""
     check_format(fmt)
     if fmt in ("csv", "json"):

@@ -5,6 +5,7 @@ measured under the same settings, they share cells, every cell of the reference 
 the candidate, and no cost got worse beyond the threshold and its noise band. Each check returns
 problems as short texts; :func:`gate` joins them into the one line the command prints.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -43,8 +44,10 @@ def comparability_problems(a: Sequence[Record], b: Sequence[Record], rows: Seque
         problems.append(f"the stores hold different suites ({', '.join(sa)} vs {', '.join(sb)})")
     shared = [r for r in rows if r.a is not None and r.b is not None]
     if not shared:
-        problems.append(f"the stores share no cell ({len(a)} vs {len(b)} records, none with the same backbone, "
-                        "module, metric and point)")
+        problems.append(
+            f"the stores share no cell ({len(a)} vs {len(b)} records, none with the same backbone, "
+            "module, metric and point)"
+        )
     differ: Dict[str, tuple] = {}
     for row in shared:
         fa, fb = settings_of(row.a), settings_of(row.b)
@@ -60,13 +63,21 @@ def comparability_problems(a: Sequence[Record], b: Sequence[Record], rows: Seque
 
 def candidate_problems(rows: Sequence[CompareRow]) -> List[str]:
     """Cells the candidate did not measure: failed there, missing, or without a number where the reference has one."""
-    failed = [f"{_cell(r)} ({(r.b.error or {}).get('type', '?')})" for r in rows if r.b is not None and r.b.status == "failed"]
+    failed = [
+        f"{_cell(r)} ({(r.b.error or {}).get('type', '?')})" for r in rows if r.b is not None and r.b.status == "failed"
+    ]
     missing = [_cell(r) for r in rows if r.a is not None and r.b is None]
-    unmeasured = [f"{_cell(r)} ({r.b.status})" for r in rows
-                  if r.a is not None and r.a.ok and r.b is not None and r.b.status not in ("ok", "failed")]
+    unmeasured = [
+        f"{_cell(r)} ({r.b.status})"
+        for r in rows
+        if r.a is not None and r.a.ok and r.b is not None and r.b.status not in ("ok", "failed")
+    ]
     problems = []
-    for what, cells in (("failed in the candidate", failed), ("missing from the candidate", missing),
-                        ("not measured in the candidate", unmeasured)):
+    for what, cells in (
+        ("failed in the candidate", failed),
+        ("missing from the candidate", missing),
+        ("not measured in the candidate", unmeasured),
+    ):
         if cells:
             more = f" and {len(cells) - 3} more" if len(cells) > 3 else ""
             problems.append(f"{len(cells)} cell(s) {what}: {', '.join(cells[:3])}{more}")
@@ -79,8 +90,10 @@ def contention_problems(rows: Sequence[CompareRow]) -> List[str]:
     if not bad:
         return []
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    return [f"{len(bad)} timing(s) measured on a contended machine, so no regression can be called: {', '.join(bad[:3])}"
-            f"{more}; rerun on idle cores"]
+    return [
+        f"{len(bad)} timing(s) measured on a contended machine, so no regression can be called: {', '.join(bad[:3])}"
+        f"{more}; rerun on idle cores"
+    ]
 
 
 def regressions(rows: Sequence[CompareRow], pct: float) -> List[CompareRow]:

@@ -11,6 +11,7 @@ font encodings. Every character of a label or message is escaped (:func:`tex`), 
 turn into ligatures (``--``, ``''``); a character pdflatex cannot typeset without extra packages is written as
 its code point, ``[U+4E2D]``.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,22 +33,89 @@ from .markup import (
     trailing_marks,
 )
 
-_SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "_": r"\_",
-            "%": r"\%", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}",
-            "<": r"\textless{}", ">": r"\textgreater{}", '"': r"{\ttfamily\char34}",
-            "[": "{[}", "]": "{]}"}  # braced: after a \\ (a row's end) a bracket would be read as its argument
+_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "_": r"\_",
+    "%": r"\%",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    '"': r"{\ttfamily\char34}",
+    "[": "{[}",
+    "]": "{]}",
+}  # braced: after a \\ (a row's end) a bracket would be read as its argument
 # Non-ASCII characters the reports and common labels use, as pdflatex typesets them with no extra package
 # (math-mode symbols: their text-mode forms would need the TS1 fonts).
-_SYMBOLS = {"Δ": r"$\Delta$", "δ": r"$\delta$", "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "λ": r"$\lambda$",
-            "μ": r"$\mu$", "µ": r"$\mu$", "π": r"$\pi$", "σ": r"$\sigma$", "Σ": r"$\Sigma$", "Ω": r"$\Omega$",
-            "—": "---", "–": "--", "−": "$-$", "…": r"\ldots{}", "·": r"$\cdot$", "×": r"$\times$", "±": r"$\pm$",
-            "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$", "→": r"$\rightarrow$", "←": r"$\leftarrow$",
-            "°": r"$^{\circ}$", UNSTABLE: r"$\dagger$", UNCOUNTED: r"$\ddagger$", UNSEEN: r"$\S$", CONTENDED: r"$\P$",
-            FAILS_CHECK: r"$\times$", "‘": "`{}", "’": "'{}", "“": "``", "”": "''", "\u00a0": "~", "ß": r"\ss{}",
-            "æ": r"\ae{}", "Æ": r"\AE{}", "ø": r"\o{}", "Ø": r"\O{}", "œ": r"\oe{}", "Œ": r"\OE{}", "ł": r"\l{}",
-            "Ł": r"\L{}", "ı": r"\i{}", "å": r"\aa{}", "Å": r"\AA{}"}
-_ACCENTS = {"\u0301": "'", "\u0300": "`", "\u0302": "^", "\u0308": '"', "\u0303": "~", "\u0327": "c", "\u030c": "v",
-            "\u0306": "u", "\u0304": "=", "\u0307": ".", "\u030a": "r", "\u030b": "H"}
+_SYMBOLS = {
+    "Δ": r"$\Delta$",
+    "δ": r"$\delta$",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
+    "γ": r"$\gamma$",
+    "λ": r"$\lambda$",
+    "μ": r"$\mu$",
+    "µ": r"$\mu$",
+    "π": r"$\pi$",
+    "σ": r"$\sigma$",
+    "Σ": r"$\Sigma$",
+    "Ω": r"$\Omega$",
+    "—": "---",
+    "–": "--",
+    "−": "$-$",
+    "…": r"\ldots{}",
+    "·": r"$\cdot$",
+    "×": r"$\times$",
+    "±": r"$\pm$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "≈": r"$\approx$",
+    "→": r"$\rightarrow$",
+    "←": r"$\leftarrow$",
+    "°": r"$^{\circ}$",
+    UNSTABLE: r"$\dagger$",
+    UNCOUNTED: r"$\ddagger$",
+    UNSEEN: r"$\S$",
+    CONTENDED: r"$\P$",
+    FAILS_CHECK: r"$\times$",
+    "‘": "`{}",
+    "’": "'{}",
+    "“": "``",
+    "”": "''",
+    "\u00a0": "~",
+    "ß": r"\ss{}",
+    "æ": r"\ae{}",
+    "Æ": r"\AE{}",
+    "ø": r"\o{}",
+    "Ø": r"\O{}",
+    "œ": r"\oe{}",
+    "Œ": r"\OE{}",
+    "ł": r"\l{}",
+    "Ł": r"\L{}",
+    "ı": r"\i{}",
+    "å": r"\aa{}",
+    "Å": r"\AA{}",
+}
+_ACCENTS = {
+    "\u0301": "'",
+    "\u0300": "`",
+    "\u0302": "^",
+    "\u0308": '"',
+    "\u0303": "~",
+    "\u0327": "c",
+    "\u030c": "v",
+    "\u0306": "u",
+    "\u0304": "=",
+    "\u0307": ".",
+    "\u030a": "r",
+    "\u030b": "H",
+}
 # A mark as a superscript symbol (math mode: no TS1 fonts needed).
 _MARK_MATH = {UNSTABLE: r"\dagger", UNCOUNTED: r"\ddagger", UNSEEN: r"\S", CONTENDED: r"\P", FAILS_CHECK: r"\times"}
 _LIGATURE_PAIRS = {"--", "``", "''", "!`", "?`", ",,"}
@@ -114,11 +182,14 @@ def superscript(marks: str) -> str:
     return "$^{%s}$" % "".join(parts)
 
 
-
 def _header(text: str, align: str, span: int) -> str:
     """A header cell, broken before its bracket ('Δ CPU latency %' / '[95% CI]') to keep columns narrow."""
     m = re.match(r"^(.+?) ([\[(].*)$", text)
-    body = tex(text) if m is None else r"\begin{tabular}[b]{@{}%s@{}}%s\\ %s\end{tabular}" % (align, tex(m.group(1)), tex(m.group(2)))
+    body = (
+        tex(text)
+        if m is None
+        else r"\begin{tabular}[b]{@{}%s@{}}%s\\ %s\end{tabular}" % (align, tex(m.group(1)), tex(m.group(2)))
+    )
     return body if span == 1 else r"\multicolumn{%d}{%s}{%s}" % (span, align, body)
 
 
@@ -136,17 +207,26 @@ def _cell(text: str, numeric_column: bool, literal: bool) -> Tuple[str, List[str
 
 def _table(table: Table) -> Tuple[List[str], set]:
     """The tabular of one markdown table, and the marks its cells use."""
-    numeric = [right and any(number(trailing_marks(row[j])[0])[0] for row in table.rows if j < len(row))
-               for j, right in enumerate(table.right)]
+    numeric = [
+        right and any(number(trailing_marks(row[j])[0])[0] for row in table.rows if j < len(row))
+        for j, right in enumerate(table.right)
+    ]
     spec = " ".join("r@{}l" if n else ("r" if r else "l") for n, r in zip(numeric, table.right))
-    lines = [r"\begin{tabular}{@{}%s@{}}" % spec, r"\toprule",
-             " & ".join(_header(h, "c" if numeric[j] else ("r" if table.right[j] else "l"), 2 if numeric[j] else 1)
-                        for j, h in enumerate(table.header)) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{tabular}{@{}%s@{}}" % spec,
+        r"\toprule",
+        " & ".join(
+            _header(h, "c" if numeric[j] else ("r" if table.right[j] else "l"), 2 if numeric[j] else 1)
+            for j, h in enumerate(table.header)
+        )
+        + r" \\",
+        r"\midrule",
+    ]
     used: set = set()
     grouped = table.header[:1] == ["backbone"]
     previous: Optional[str] = None
     for row in table.rows:
-        row = (row + [""] * len(table.header))[:len(table.header)]
+        row = (row + [""] * len(table.header))[: len(table.header)]
         if grouped and previous is not None and row[0] != previous:
             lines.append(r"\midrule")
         cells = []
@@ -225,7 +305,9 @@ def render_latex(markdown: str) -> str:
         placed.update(mine)
         out.append(r"\end{table}")
     if not tables and notes:
-        out += ["", r"\begin{flushleft}\footnotesize"] + [_note(item) + r"\par" for item in notes] + [r"\end{flushleft}"]
+        out += (
+            ["", r"\begin{flushleft}\footnotesize"] + [_note(item) + r"\par" for item in notes] + [r"\end{flushleft}"]
+        )
     return "\n".join(out) + "\n"
 
 

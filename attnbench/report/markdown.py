@@ -1,4 +1,5 @@
 """Markdown primitives and the marks a table cell may carry."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,7 +22,9 @@ FAILS_CHECK = "✗"  # the row's module fails `attnbench check`: its numbers are
 CONTENDED = "¶"
 
 
-TIMED_BY = "°"  # °N: the row's timing was taken by process N of the note (several executors/hosts/processes timed this table)
+TIMED_BY = (
+    "°"  # °N: the row's timing was taken by process N of the note (several executors/hosts/processes timed this table)
+)
 
 
 def md_text(value: object) -> str:

@@ -10,6 +10,7 @@ inside a cell escaped as ``\\|``, no line breaks), a note is one ``- `` line (md
 ``#`` line. Inline markup (`code`, **bold**) appears only in text attnbench writes; labels inside it are
 not markdown-escaped, so an odd backtick in a label makes at worst a literal backtick, never broken output.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,7 +59,7 @@ def split_row(line: str) -> List[str]:
     inner = line[2:-2] if line.startswith("| ") and line.endswith(" |") else line.strip("|")
     pieces = _SEPARATOR.split(inner)
     last = len(pieces) - 1
-    cells = [p[1 if i else 0:len(p) - (1 if i < last else 0)] for i, p in enumerate(pieces)]
+    cells = [p[1 if i else 0 : len(p) - (1 if i < last else 0)] for i, p in enumerate(pieces)]
     return [c.replace("\\|", "|") for c in cells]
 
 
@@ -76,7 +77,9 @@ def parse(markdown: str) -> List[Block]:
         if heading:
             blocks.append(Heading(len(heading.group(1)), heading.group(2)))
         elif line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|(\s*-+:?\s*\|)+\s*$", lines[i + 1]):
-            table = Table(split_row(line), [c.strip().endswith(":") for c in lines[i + 1].strip().strip("|").split("|")])
+            table = Table(
+                split_row(line), [c.strip().endswith(":") for c in lines[i + 1].strip().strip("|").split("|")]
+            )
             i += 2
             while i < len(lines) and lines[i].startswith("|"):
                 table.rows.append(split_row(lines[i]))
@@ -104,7 +107,7 @@ def trailing_marks(text: str) -> Tuple[str, str]:
 def leading_marks(text: str) -> Tuple[str, str]:
     """(marks, rest) of a note that explains a mark ('† IQR above ...' -> '†', 'IQR above ...')."""
     m = _LEADING.match(text)
-    return (m.group(1), text[m.end():].lstrip()) if m else ("", text)
+    return (m.group(1), text[m.end() :].lstrip()) if m else ("", text)
 
 
 def mark_symbols(marks: str) -> List[str]:
@@ -130,7 +133,7 @@ def inline(text: str) -> List[Tuple[str, str]]:
                     if plain:
                         spans.append(("text", plain))
                         plain = ""
-                    spans.append((kind, text[i + len(opener):end]))
+                    spans.append((kind, text[i + len(opener) : end]))
                     i = end + len(opener)
                     break
         else:

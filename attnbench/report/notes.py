@@ -1,4 +1,5 @@
 """The lines around a table: environment, settings, timing groups and their stop rules, marks explained."""
+
 from __future__ import annotations
 
 import json
@@ -10,25 +11,38 @@ from ..records.record import Record
 from .cells import _axis_label, _batches, contended, delta_interval, record_point, sweep_points
 from .markdown import CONTENDED, DASH, FAILS_CHECK, TIMED_BY, UNSEEN
 
-ENV_FIELDS = [("torch", "torch"), ("timm", "timm"), ("fvcore", "fvcore"), ("device", "device_name"),
-              ("threads", "threads"), ("dtype", "dtype"), ("date", "date")]
+ENV_FIELDS = [
+    ("torch", "torch"),
+    ("timm", "timm"),
+    ("fvcore", "fvcore"),
+    ("device", "device_name"),
+    ("threads", "threads"),
+    ("dtype", "dtype"),
+    ("date", "date"),
+]
 
 
-MACS_NOTE = ("MACs: one multiply-add = 1 MAC (the SE, CBAM and ECA papers call this a FLOP); convolutions, linears and "
-             "matmuls as fvcore counts them, plus element-wise, reduction, pooling and normalisation work by the rules in "
-             "the README; 'conv/linear GMACs' is the style-independent part alone.")
+MACS_NOTE = (
+    "MACs: one multiply-add = 1 MAC (the SE, CBAM and ECA papers call this a FLOP); convolutions, linears and "
+    "matmuls as fvcore counts them, plus element-wise, reduction, pooling and normalisation work by the rules in "
+    "the README; 'conv/linear GMACs' is the style-independent part alone."
+)
 
 
-MEMORY_NOTE = ("Memory: 'act.' counts the elements of every operator output that is a new tensor in one eval forward "
-               "(views and in-place outputs allocate nothing and count 0), per image; 'conv/linear act.' is fvcore's own count "
-               "(conv, linear, matmul outputs only). 'saved for backward' is the bytes of the tensors autograd saves in one "
-               "training forward (saved-tensor hooks, each storage once, parameters and buffers excluded), per image.")
+MEMORY_NOTE = (
+    "Memory: 'act.' counts the elements of every operator output that is a new tensor in one eval forward "
+    "(views and in-place outputs allocate nothing and count 0), per image; 'conv/linear act.' is fvcore's own count "
+    "(conv, linear, matmul outputs only). 'saved for backward' is the bytes of the tensors autograd saves in one "
+    "training forward (saved-tensor hooks, each storage once, parameters and buffers excluded), per image."
+)
 
 
-TRAFFIC_NOTE = ("Traffic: 'MB moved' is the bytes every operator of one eval forward reads (its tensor arguments, weights "
-                "included, each distinct element once) and writes (its outputs once), with no cache between operators; views "
-                "move nothing, in-place operators write once (ShuffleNet V2's memory access cost; docs/cost-model.md). "
-                "'operators' counts the aten calls at the dispatch level (views included), 'MACs/byte' is the arithmetic intensity.")
+TRAFFIC_NOTE = (
+    "Traffic: 'MB moved' is the bytes every operator of one eval forward reads (its tensor arguments, weights "
+    "included, each distinct element once) and writes (its outputs once), with no cache between operators; views "
+    "move nothing, in-place operators write once (ShuffleNet V2's memory access cost; docs/cost-model.md). "
+    "'operators' counts the aten calls at the dispatch level (views included), 'MACs/byte' is the arithmetic intensity."
+)
 
 
 def environment_line(records: Sequence[Record]) -> str:
@@ -57,7 +71,9 @@ def _distinct(values) -> str:
 
 def settings_line(records: Sequence[Record]) -> str:
     """What the numbers depend on, read from the records (input, batch, timing protocol)."""
-    sizes = _distinct(f"{r.config['input_size'][0]}x{r.config['input_size'][1]}" for r in records if "input_size" in r.config)
+    sizes = _distinct(
+        f"{r.config['input_size'][0]}x{r.config['input_size'][1]}" for r in records if "input_size" in r.config
+    )
     out = [f"input {sizes}"] if sizes else []
     built = _distinct(_options_text(r.config["backbone_options"]) for r in records if r.config.get("backbone_options"))
     if built:  # timm.create_model keywords every backbone was built with: part of what every number means
@@ -67,36 +83,65 @@ def settings_line(records: Sequence[Record]) -> str:
     timed = [r for r in records if spec(r.metric).kind in ("timing", "memory")]
     if timed:
         out.append(f"batch {_distinct(r.config.get('batch_size') for r in timed)} for timings")
-        measured = [r.measurement.settings for r in timed if r.measurement is not None and "rounds" in r.measurement.settings]
+        measured = [
+            r.measurement.settings for r in timed if r.measurement is not None and "rounds" in r.measurement.settings
+        ]
         out += [_protocol(s) for s in dict.fromkeys(_freeze(s) for s in measured)]
         runtimes = _distinct(r.config.get("runtime", "eager") for r in timed)
         out.append(f"runtime {runtimes}")
     text = "Settings: " + ", ".join(out) + "."
     if any(r.stats.get("schedule") == "alternating" for r in timed):
         batched = sorted({_batches(r) for r in timed if r.stats.get("schedule") == "alternating"} - {1})
-        over = (f"t interval over {' / '.join(map(str, batched))} batch means of consecutive rounds (b-1 df; the host's "
-                "drift over the run is in the interval)" if batched else "t interval over rounds (n-1 df)")
-        text += (" Δ latency [95% CI]: paired only between rows timed in one interleaved group: the variants alternate "
-                 "call by call; per round the median log ratio over call pairs in which neither call waited for a CPU "
-                 f"(more than its clean_wait share of thread time in the run queue); {over}, shown "
-                 "as %. Rows timed in different processes are marked (unpaired): Welch's t on each side's per-round log medians.")
+        over = (
+            f"t interval over {' / '.join(map(str, batched))} batch means of consecutive rounds (b-1 df; the host's "
+            "drift over the run is in the interval)"
+            if batched
+            else "t interval over rounds (n-1 df)"
+        )
+        text += (
+            " Δ latency [95% CI]: paired only between rows timed in one interleaved group: the variants alternate "
+            "call by call; per round the median log ratio over call pairs in which neither call waited for a CPU "
+            f"(more than its clean_wait share of thread time in the run queue); {over}, shown "
+            "as %. Rows timed in different processes are marked (unpaired): Welch's t on each side's per-round log medians."
+        )
     elif any(r.stats.get("rounds_ms") for r in timed):
-        text += (" Δ latency [95% CI]: paired over the interleaved rounds: per round the ratio of the two medians, "
-                 "t interval on the mean log ratio (n-1 df), shown as %.")
+        text += (
+            " Δ latency [95% CI]: paired over the interleaved rounds: per round the ratio of the two medians, "
+            "t interval on the mean log ratio (n-1 df), shown as %."
+        )
     if any(r.stats.get("prepare_s") is not None for r in timed):
-        text += (" 'setup s': export / compile / session creation (with the first, compiling call), timed apart and "
-                 "never inside the latency; each runtime's output was checked against eager before timing.")
+        text += (
+            " 'setup s': export / compile / session creation (with the first, compiling call), timed apart and "
+            "never inside the latency; each runtime's output was checked against eager before timing."
+        )
     return text
 
 
 def _options_text(options: dict) -> str:
     """{in_chans: 1, drop_rate: 0.1} as 'in_chans=1 drop_rate=0.1' (sorted: one text per set of options)."""
-    return " ".join(f"{k}={json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}" for k, v in sorted(options.items()))
+    return " ".join(
+        f"{k}={json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}" for k, v in sorted(options.items())
+    )
 
 
 def _freeze(s: dict) -> tuple:
-    return tuple(sorted((k, str(s.get(k))) for k in ("rounds", "min_time", "warmup", "target", "max_time", "nice",
-                                                     "clean_wait", "amp", "channels_last", "schedule")))
+    return tuple(
+        sorted(
+            (k, str(s.get(k)))
+            for k in (
+                "rounds",
+                "min_time",
+                "warmup",
+                "target",
+                "max_time",
+                "nice",
+                "clean_wait",
+                "amp",
+                "channels_last",
+                "schedule",
+            )
+        )
+    )
 
 
 def _protocol(frozen: tuple) -> str:
@@ -106,10 +151,16 @@ def _protocol(frozen: tuple) -> str:
     if s.get("schedule") != "alternating":
         text = f"{s['rounds']} interleaved rounds x >= {s['min_time']} s per variant, warm-up {s['warmup']}"
     else:
-        text = (f"variants alternating call by call in rounds of >= {s['min_time']} s per variant, warm-up {s['warmup']}, "
-                + (f"rounds added until every Δ's 95% half-width <= {s['target']} points or {s['max_time']} s of timing "
-                   f"(at least {s['rounds']} rounds)" if s.get("target") else f"{s['rounds']} rounds")
-                + (f", nice {s['nice']} asked" if s.get("nice") is not None else ""))
+        text = (
+            f"variants alternating call by call in rounds of >= {s['min_time']} s per variant, warm-up {s['warmup']}, "
+            + (
+                f"rounds added until every Δ's 95% half-width <= {s['target']} points or {s['max_time']} s of timing "
+                f"(at least {s['rounds']} rounds)"
+                if s.get("target")
+                else f"{s['rounds']} rounds"
+            )
+            + (f", nice {s['nice']} asked" if s.get("nice") is not None else "")
+        )
     return text + (f", {', '.join(f'{k} {s[k]}' for k in extras)}" if extras else "")
 
 
@@ -145,7 +196,9 @@ def timing_groups(records: Sequence[Record]) -> List[TimingGroup]:
     out = []
     for recs in groups.values():
         first = recs[0]
-        at = f"{first.backbone} {first.metric}" + (f" @ {_axis_label(first.metric, record_point(first))}" if several else "")
+        at = f"{first.backbone} {first.metric}" + (
+            f" @ {_axis_label(first.metric, record_point(first))}" if several else ""
+        )
         out.append(TimingGroup(at, tuple(recs), first.stats.get("stop") or {}, first.stats.get("contention") or {}))
     return out
 
@@ -156,9 +209,12 @@ def contention_line(records: Sequence[Record]) -> str:
     if not bad:
         return ""
     granted = all(g.machine.get("nice_granted") for g in bad)
-    return ("contended: " + "; ".join(f"{g.at} ({_machine_text(g.machine)}): {g.what} of {', '.join(g.unsupported)}" for g in bad)
-            + " not supported (timed while other processes took the CPU); rerun on idle cores"
-            + ("" if granted else ", or as root so attnbench can raise its priority (latency.nice)"))
+    return (
+        "contended: "
+        + "; ".join(f"{g.at} ({_machine_text(g.machine)}): {g.what} of {', '.join(g.unsupported)}" for g in bad)
+        + " not supported (timed while other processes took the CPU); rerun on idle cores"
+        + ("" if granted else ", or as root so attnbench can raise its priority (latency.nice)")
+    )
 
 
 def needed_text(g: "TimingGroup", widest: float) -> str:
@@ -167,8 +223,10 @@ def needed_text(g: "TimingGroup", widest: float) -> str:
     seconds, target = g.stop.get("seconds") or 0, g.stop.get("target") or 0
     if not seconds or not target or widest <= target:
         return ""
-    return (f"this host would need about {seconds * (widest / target) ** 2:.0f} s of timing for ±{target:g} "
-            f"(latency.max_time), or accept ±{widest:.1f} (latency.target)")
+    return (
+        f"this host would need about {seconds * (widest / target) ** 2:.0f} s of timing for ±{target:g} "
+        f"(latency.max_time), or accept ±{widest:.1f} (latency.target)"
+    )
 
 
 def precision_line(records: Sequence[Record]) -> str:
@@ -176,13 +234,24 @@ def precision_line(records: Sequence[Record]) -> str:
     half-width it reached and the time the target would take here: the table's precision, said plainly."""
     missed = []
     for g in timing_groups(records):
-        if g.stop.get("reason") != "max_time" or not g.stop.get("target") or g.unsupported or _batches(g.records[0]) <= 1:
+        if (
+            g.stop.get("reason") != "max_time"
+            or not g.stop.get("target")
+            or g.unsupported
+            or _batches(g.records[0]) <= 1
+        ):
             continue
-        widths = [(r.label, (r.stats.get("stop") or {}).get("halfwidth")) for r in g.records if r.stats.get("baseline") != r.label]
+        widths = [
+            (r.label, (r.stats.get("stop") or {}).get("halfwidth"))
+            for r in g.records
+            if r.stats.get("baseline") != r.label
+        ]
         widths = [(lab, w) for lab, w in widths if w is not None]
         if widths:
             lab, w = max(widths, key=lambda t: t[1])
-            missed.append(f"{g.at}: ±{w:.2f} points ({lab}) after {g.stop.get('seconds') or 0:.0f} s; {needed_text(g, w)}")
+            missed.append(
+                f"{g.at}: ±{w:.2f} points ({lab}) after {g.stop.get('seconds') or 0:.0f} s; {needed_text(g, w)}"
+            )
     if not missed:
         return ""
     return "precision target not met: " + "; ".join(missed) + " (the host's timing noise; each Δ's interval says it)"
@@ -198,23 +267,41 @@ def timing_notes(records: Sequence[Record]) -> List[str]:
         if lost and not g.unsupported:
             notes.append(lost)
         if g.unsupported:
-            notes.append(f"{CONTENDED} contended: {g.at}: {machine}; {g.what} of {', '.join(g.unsupported)} not supported "
-                         "(measured while other processes took the CPU, not comparable with a quiet run); rerun on idle cores"
-                         + ("" if g.machine.get("nice_granted") else ", or as root so attnbench can raise its priority (latency.nice)"))
+            notes.append(
+                f"{CONTENDED} contended: {g.at}: {machine}; {g.what} of {', '.join(g.unsupported)} not supported "
+                "(measured while other processes took the CPU, not comparable with a quiet run); rerun on idle cores"
+                + (
+                    ""
+                    if g.machine.get("nice_granted")
+                    else ", or as root so attnbench can raise its priority (latency.nice)"
+                )
+            )
             continue
-        widths = [(r.label, (r.stats.get("stop") or {}).get("halfwidth", (r.stats.get("stop") or {}).get("halfwidth_pct")))
-                  for r in g.records if r.stats.get("baseline") != r.label]
+        widths = [
+            (r.label, (r.stats.get("stop") or {}).get("halfwidth", (r.stats.get("stop") or {}).get("halfwidth_pct")))
+            for r in g.records
+            if r.stats.get("baseline") != r.label
+        ]
         widths = [(lab, w) for lab, w in widths if w is not None]
         widest = max(widths, key=lambda t: t[1]) if widths else None
         reason, target = g.stop.get("reason"), g.stop.get("target")
         unit = "%" if g.records[0].metric == "attention_cpu" else " points"
         if reason in ("target met", "max_time") and target:
-            done = (f"target ±{target:g}{unit} met" if reason == "target met"
-                    else f"time budget {g.stop.get('max_time'):g} s spent before target ±{target:g}{unit}")
-            notes.append(f"precision: {g.at}: {done} after {g.stop.get('rounds')} rounds ({g.stop.get('seconds') or 0:.0f} s)"
-                         + (f", widest ±{widest[1]:.2f}{unit} ({widest[0]})" if widest else "")
-                         + (f"; {needed_text(g, widest[1])}" if widest and reason == "max_time" and _batches(g.records[0]) > 1 else "")
-                         + f"; {machine}")
+            done = (
+                f"target ±{target:g}{unit} met"
+                if reason == "target met"
+                else f"time budget {g.stop.get('max_time'):g} s spent before target ±{target:g}{unit}"
+            )
+            notes.append(
+                f"precision: {g.at}: {done} after {g.stop.get('rounds')} rounds ({g.stop.get('seconds') or 0:.0f} s)"
+                + (f", widest ±{widest[1]:.2f}{unit} ({widest[0]})" if widest else "")
+                + (
+                    f"; {needed_text(g, widest[1])}"
+                    if widest and reason == "max_time" and _batches(g.records[0]) > 1
+                    else ""
+                )
+                + f"; {machine}"
+            )
         elif (g.machine.get("others_cpu") or 0) >= 0.10:
             notes.append(f"busy machine: {g.at}: {machine}")
     return notes
@@ -230,17 +317,25 @@ def no_delta_note(g: "TimingGroup") -> str:
     base = next((r for r in g.records if r.label == r.stats.get("baseline")), None)
     if base is None:
         return ""
-    lost = [r for r in g.records if r is not base and (lambda ci: ci is not None and ci.pct != ci.pct)(delta_interval(r, base))]
+    lost = [
+        r
+        for r in g.records
+        if r is not base and (lambda ci: ci is not None and ci.pct != ci.pct)(delta_interval(r, base))
+    ]
     if not lost:
         return ""
     b = base.stats.get("rounds_ms") or []
     pairs = max((min(len(v), len(w)) for r in lost for v, w in zip(r.stats.get("rounds_ms") or [], b)), default=0)
     if pairs < MIN_PAIRS:
-        why = (f"every round timed at most {pairs} call pair(s), fewer than the {MIN_PAIRS} a round needs for a paired Δ; "
-               f"raise latency.min_iters to {MIN_PAIRS} or more (or latency.min_time)")
+        why = (
+            f"every round timed at most {pairs} call pair(s), fewer than the {MIN_PAIRS} a round needs for a paired Δ; "
+            f"raise latency.min_iters to {MIN_PAIRS} or more (or latency.min_time)"
+        )
     else:
-        why = (f"no round had {MIN_PAIRS} undisturbed call pairs ({_machine_text(g.machine)}): other processes took the "
-               "CPU; rerun on idle cores, or with more rounds")
+        why = (
+            f"no round had {MIN_PAIRS} undisturbed call pairs ({_machine_text(g.machine)}): other processes took the "
+            "CPU; rerun on idle cores, or with more rounds"
+        )
     return f"Δ not supported: {g.at}: {', '.join(r.label for r in lost)}: {why}"
 
 
@@ -271,17 +366,34 @@ def unseen_state(cells: Dict[str, Record]) -> str:
     """Why a row's counts may mislead: state parameters() cannot see (recorded with every count: it
     deflates params and inflates saved-for-backward, where those weights count as activations), or no
     parameters but compute inside the attached module (parameter-free by design, or hidden state)."""
-    hidden = next((c for c in cells.values() if c.value is not None and c.stats.get("hidden_numel")
-                   and c.module not in ("none", "native")), None)
+    hidden = next(
+        (
+            c
+            for c in cells.values()
+            if c.value is not None and c.stats.get("hidden_numel") and c.module not in ("none", "native")
+        ),
+        None,
+    )
     if hidden is not None:
         saved = cells.get("train_memory")
-        inflated = "; 'saved for backward' counts them as activations" if saved is not None and saved.stats.get("hidden_numel") else ""
-        return (f"state parameters() cannot see: {hidden.stats['hidden_numel']:,} elements "
-                f"({', '.join(hidden.stats['hidden_state'][:3])}){inflated}")
+        inflated = (
+            "; 'saved for backward' counts them as activations"
+            if saved is not None and saved.stats.get("hidden_numel")
+            else ""
+        )
+        return (
+            f"state parameters() cannot see: {hidden.stats['hidden_numel']:,} elements "
+            f"({', '.join(hidden.stats['hidden_state'][:3])}){inflated}"
+        )
     params, macs = cells.get("params"), cells.get("macs")
     if params is None or params.value is None or params.module in ("none", "native"):
         return ""
-    if params.stats.get("attention") == 0 and macs is not None and macs.value is not None and macs.stats.get("attention"):
+    if (
+        params.stats.get("attention") == 0
+        and macs is not None
+        and macs.value is not None
+        and macs.stats.get("attention")
+    ):
         return f"no registered parameters, {macs.stats['attention']:,} MACs inside the module"
     return ""
 
@@ -325,5 +437,8 @@ def origins_note(origins: Dict[tuple, int]) -> str:
         where = f"pid {pid} on {host or '?'}"
         return f"Dask worker {worker} ({where})" if kind == "dask" else f"{kind} process ({where})"
 
-    return (f"{TIMED_BY}N: the process that timed the row: " + "; ".join(f"{TIMED_BY}{n} {text(o)}" for o, n in origins.items())
-            + ". Each timing group ran in one process; a Δ between rows of different processes is unpaired.")
+    return (
+        f"{TIMED_BY}N: the process that timed the row: "
+        + "; ".join(f"{TIMED_BY}{n} {text(o)}" for o, n in origins.items())
+        + ". Each timing group ran in one process; a Δ between rows of different processes is unpaired."
+    )

@@ -1,4 +1,5 @@
 """Plots (PNG) drawn from records: accuracy vs cost, and learning curves."""
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,18 @@ def curves_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             c = r["curve"]
             x, m, s = c[key], c["test_top1"], c["test_top1_std"]
             name = f"{r['backbone']}/{r['label']}" if several else r["label"]
-            line, = ax.plot(x, m, "o-", ms=3, lw=1.5, label=f"{name} ({r['ok']} seeds)")
-            ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], color=line.get_color(), alpha=0.2)
+            (line,) = ax.plot(x, m, "o-", ms=3, lw=1.5, label=f"{name} ({r['ok']} seeds)")
+            ax.fill_between(
+                x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], color=line.get_color(), alpha=0.2
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("test top-1 % (mean ± std over seeds)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     axes[0][0].xaxis.get_major_locator().set_params(integer=True)
-    return _finish(plt, fig, f"{records[0].suite}: learning curves (every Δ in the table is read at the last point)", path, dpi=120)
+    return _finish(
+        plt, fig, f"{records[0].suite}: learning curves (every Δ in the table is read at the last point)", path, dpi=120
+    )
 
 
 def pareto_plot(records: Sequence[Record], overhead: Sequence[Record], path: Path) -> Optional[Path]:
@@ -100,25 +105,37 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(backbones), len(panels), figsize=(4.8 * len(panels), 3.8 * len(backbones)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(backbones), len(panels), figsize=(4.8 * len(panels), 3.8 * len(backbones)), squeeze=False
+    )
     drawn = 0  # panels with at least one Δ: on a busy machine (every timing failed or no baseline) there may be none
     for row, backbone in enumerate(backbones):
         for col, (metric, axis) in enumerate(panels):
             ax = axes[row][col]
             if axis == "runtime":
-                drawn += _runtime_panel(ax, [r for r in records if r.backbone == backbone and r.metric == metric and r.ok],
-                                        backbone, metric)
+                drawn += _runtime_panel(
+                    ax, [r for r in records if r.backbone == backbone and r.metric == metric and r.ok], backbone, metric
+                )
                 continue
-            recs = [r for r in records if r.backbone == backbone and r.metric == metric and r.ok
-                    and record_point(r).runtime == "eager"]
+            recs = [
+                r
+                for r in records
+                if r.backbone == backbone and r.metric == metric and r.ok and record_point(r).runtime == "eager"
+            ]
             others = [a for a in ("input_size", "batch_size") if a != axis]
             fixed = {a: _mode(getattr(record_point(r), a) for r in recs) for a in others}
-            recs = [r for r in recs if all(getattr(record_point(r), a) == v for a, v in fixed.items() if a in spec(metric).axes)]
+            recs = [
+                r
+                for r in recs
+                if all(getattr(record_point(r), a) == v for a, v in fixed.items() if a in spec(metric).axes)
+            ]
             bases = {getattr(record_point(r), axis): r for r in recs if r.module == "none"}
             series = []
             for label in dict.fromkeys(r.label for r in recs if r.module != "none"):
                 xs, ys, lo, hi = [], [], [], []
-                for r in sorted((r for r in recs if r.label == label), key=lambda r: _x(getattr(record_point(r), axis))):
+                for r in sorted(
+                    (r for r in recs if r.label == label), key=lambda r: _x(getattr(record_point(r), axis))
+                ):
                     base = bases.get(getattr(record_point(r), axis))
                     if base is None or not base.value:
                         continue
@@ -142,7 +159,11 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             ax.set_xticks(sorted({x for _, xs, _, _, _ in series for x in xs}))
             ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
             ax.set_xlabel("input resolution (side, px)" if axis == "input_size" else "batch size")
-            held = ", ".join(f"{'input' if a == 'input_size' else 'batch'} {_show(v)}" for a, v in fixed.items() if a in spec(metric).axes)
+            held = ", ".join(
+                f"{'input' if a == 'input_size' else 'batch'} {_show(v)}"
+                for a, v in fixed.items()
+                if a in spec(metric).axes
+            )
             ax.set_ylabel(f"Δ {metric} % vs none")
             ax.set_title(f"{backbone}: {metric}" + (f" ({held})" if held else ""), fontsize=9)
             ax.grid(alpha=0.3)
@@ -150,13 +171,24 @@ def sweep_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     if not drawn:
         plt.close(fig)
         return None
-    return _finish(plt, fig, f"{records[0].suite}: how the cost of each module moves with the regime (error bars: paired 95% CI)", path, dpi=110)
+    return _finish(
+        plt,
+        fig,
+        f"{records[0].suite}: how the cost of each module moves with the regime (error bars: paired 95% CI)",
+        path,
+        dpi=110,
+    )
 
 
 def _no_delta(ax, title: str, recs: Sequence[Record]) -> None:
     """A panel with no Δ to draw says why, instead of an empty (or unscalable) axis."""
-    why = ("no ok cell here" if not recs else "no ok baseline 'none' at these points" if not any(r.module == "none" for r in recs)
-           else "no ok module row beside the baseline")
+    why = (
+        "no ok cell here"
+        if not recs
+        else "no ok baseline 'none' at these points"
+        if not any(r.module == "none" for r in recs)
+        else "no ok module row beside the baseline"
+    )
     ax.text(0.5, 0.5, f"no Δ to draw:\n{why}", ha="center", va="center", transform=ax.transAxes, fontsize=9)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
@@ -246,8 +278,15 @@ def sites_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
     backbones = list(dict.fromkeys(r.backbone for r in recs))
     stages = sorted({int(k) for r in recs for k in (r.stats.get("stages") or {})})
     colors = plt.get_cmap("viridis")([i / max(1, len(stages) - 1) for i in range(len(stages))])
-    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), 0.6 + 0.55 * max(
-        len([r for r in recs if r.backbone == b]) for b in backbones) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(backbones),
+        figsize=(
+            5.2 * len(backbones),
+            0.6 + 0.55 * max(len([r for r in recs if r.backbone == b]) for b in backbones) + 1.6,
+        ),
+        squeeze=False,
+    )
     for ax, backbone in zip(axes[0], backbones):
         rows = [r for r in recs if r.backbone == backbone]
         for y, r in enumerate(rows):
@@ -259,13 +298,27 @@ def sites_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                     left += ms
             lo, hi = r.stats.get("low_ms"), r.stats.get("high_ms")
             if lo is not None and hi is not None:  # (a bar never negative: an interval edited to miss its value)
-                ax.errorbar([r.value], [y], xerr=[[max(0.0, r.value - lo)], [max(0.0, hi - r.value)]], fmt="none",
-                            ecolor="black", capsize=3)
+                ax.errorbar(
+                    [r.value],
+                    [y],
+                    xerr=[[max(0.0, r.value - lo)], [max(0.0, hi - r.value)]],
+                    fmt="none",
+                    ecolor="black",
+                    capsize=3,
+                )
             whole = whole_network_ms(records, r)
             if whole is not None:
                 err = None if whole.low is None else [[whole.mean - whole.low], [whole.high - whole.mean]]
-                ax.errorbar([whole.mean], [y + 0.32], xerr=err, fmt="D", color="crimson", ms=5, capsize=3,
-                            label="whole network Δ (paired)" if y == 0 else None)
+                ax.errorbar(
+                    [whole.mean],
+                    [y + 0.32],
+                    xerr=err,
+                    fmt="D",
+                    color="crimson",
+                    ms=5,
+                    capsize=3,
+                    label="whole network Δ (paired)" if y == 0 else None,
+                )
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([r.label for r in rows])
         ax.invert_yaxis()
@@ -274,5 +327,10 @@ def sites_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
         ax.set_title(backbone, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
         ax.legend(fontsize=7, loc="lower right")
-    return _finish(plt, fig, f"{records[0].suite}: what the attention modules add, alone (bars, by stage) and in the network (diamonds)",
-                   path, dpi=110)
+    return _finish(
+        plt,
+        fig,
+        f"{records[0].suite}: what the attention modules add, alone (bars, by stage) and in the network (diamonds)",
+        path,
+        dpi=110,
+    )

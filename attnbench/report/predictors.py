@@ -18,6 +18,7 @@ Per scope (runtime x backbone, and the backbones pooled) and predictor:
   adds no time), least squares; its R² on the same definition, its leave-one-out RMSE, and ρ of its
   leave-one-out predictions (every sample predicted by a fit that never saw it).
 """
+
 from __future__ import annotations
 
 import math
@@ -114,6 +115,7 @@ class Scope:
 
 # --- statistics --------------------------------------------------------------------------------------------
 
+
 def ranks(v: Sequence[float]) -> np.ndarray:
     """Ranks 1..n, ties given their average rank."""
     from scipy.stats import rankdata
@@ -134,8 +136,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
     return _pearson(ranks(x), ranks(y))
 
 
-def bootstrap_rho(x: Sequence[float], y: Sequence[float], n: int = BOOTSTRAP, seed: int = SEED,
-                  level: float = LEVEL) -> Tuple[Optional[float], Optional[float]]:
+def bootstrap_rho(
+    x: Sequence[float], y: Sequence[float], n: int = BOOTSTRAP, seed: int = SEED, level: float = LEVEL
+) -> Tuple[Optional[float], Optional[float]]:
     """Percentile bootstrap interval of Spearman's ρ over samples resampled with replacement."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < MIN_INTERVAL:
@@ -186,8 +189,16 @@ def _fit(name: str, X: np.ndarray, y: np.ndarray, rank_by: Optional[np.ndarray])
     ranked = rank_by if rank_by is not None else loo
     rho = spearman(ranked, y) if ranked is not None and n >= MIN_SAMPLES else None
     lo, hi = bootstrap_rho(ranked, y) if rho is not None else (None, None)
-    return Fit(name, n, rho, lo, hi, None if c is None else r_squared(y, X @ c),
-               () if c is None else tuple(float(v) for v in c), rmse)
+    return Fit(
+        name,
+        n,
+        rho,
+        lo,
+        hi,
+        None if c is None else r_squared(y, X @ c),
+        () if c is None else tuple(float(v) for v in c),
+        rmse,
+    )
 
 
 def fit_scope(samples: Sequence[Sample]) -> List[Fit]:
@@ -199,13 +210,15 @@ def fit_scope(samples: Sequence[Sample]) -> List[Fit]:
         y = np.array([s.y for s in have], dtype=float)
         fits.append(_fit(p.name, np.column_stack([np.ones(len(x)), x]), y, x))
     have = [s for s in samples if s.x.get("MACs") is not None and s.x.get("bytes") is not None]
-    X = np.array([[s.x["MACs"] / BY_NAME["MACs"].scale, s.x["bytes"] / BY_NAME["bytes"].scale] for s in have],
-                 dtype=float).reshape(-1, 2)
+    X = np.array(
+        [[s.x["MACs"] / BY_NAME["MACs"].scale, s.x["bytes"] / BY_NAME["bytes"].scale] for s in have], dtype=float
+    ).reshape(-1, 2)
     fits.append(_fit(ROOFLINE, X, np.array([s.y for s in have], dtype=float), None))
     return fits
 
 
 # --- samples from records ---------------------------------------------------------------------------------
+
 
 def _counts(records: Sequence[Record]) -> Dict[tuple, Dict[str, Record]]:
     """(backbone, label, input size) -> {params, macs} ok records."""
@@ -250,14 +263,27 @@ def site_samples(records: Sequence[Record], backbone: str) -> Tuple[List[Sample]
     for r in records:
         if r.metric != SITES or r.backbone != backbone or r.module == "none":
             continue
-        why = (r.status_text() or "not ok") if not r.ok else \
-            "contended (timed while other processes took the CPU)" if contended(r) else ""
+        why = (
+            (r.status_text() or "not ok")
+            if not r.ok
+            else "contended (timed while other processes took the CPU)"
+            if contended(r)
+            else ""
+        )
         if why:
             left.append(f"{backbone}/{r.label} (alone): {why}")
             continue
         mine = counts.get((backbone, r.label, record_point(r).input_size), {})
-        samples.append(Sample(backbone, r.label, float(r.value), r.stats.get("low_ms"), r.stats.get("high_ms"),
-                              {p.name: p.own(mine) for p in PREDICTORS}))
+        samples.append(
+            Sample(
+                backbone,
+                r.label,
+                float(r.value),
+                r.stats.get("low_ms"),
+                r.stats.get("high_ms"),
+                {p.name: p.own(mine) for p in PREDICTORS},
+            )
+        )
     return samples, left
 
 
@@ -306,11 +332,13 @@ def scopes(records: Sequence[Record]) -> Tuple[List[Scope], List[str]]:
 
 def applies(records: Sequence[Record]) -> bool:
     """Whether a store supports the table: counts with memory traffic and a timing of some module."""
-    return (any(r.metric == "macs" and r.ok and r.stats.get("bytes") is not None for r in records)
-            and any(r.metric in ("latency_cpu", SITES) and r.ok and r.module != "none" for r in records))
+    return any(r.metric == "macs" and r.ok and r.stats.get("bytes") is not None for r in records) and any(
+        r.metric in ("latency_cpu", SITES) and r.ok and r.module != "none" for r in records
+    )
 
 
 # --- rendering ---------------------------------------------------------------------------------------------
+
 
 def _num(v: Optional[float], digits: int = 2) -> str:
     return DASH if v is None else f"{v:.{digits}f}"
@@ -346,34 +374,73 @@ def _predictor_label(name: str, what: str) -> str:
     return ("Δ" if what == "latency_cpu" else "own ") + name
 
 
-METHOD = ("Per scope, one sample per module variant. Spearman ρ: rank correlation (average ranks for ties) of the "
-          "predictor with the cost, [95% percentile bootstrap over modules, {boot} resamples, seed {seed}; none below "
-          "{mini} modules]; for `{roof}` ρ of its leave-one-out predictions. R²: 1 - SS_res/SS_tot of the "
-          "least-squares line y = c + b·x (for `{roof}`: that model, no intercept, on the same definition). "
-          "LOO RMSE: root mean square error, in ms, of each module predicted by the fit on all the others.")
+METHOD = (
+    "Per scope, one sample per module variant. Spearman ρ: rank correlation (average ranks for ties) of the "
+    "predictor with the cost, [95% percentile bootstrap over modules, {boot} resamples, seed {seed}; none below "
+    "{mini} modules]; for `{roof}` ρ of its leave-one-out predictions. R²: 1 - SS_res/SS_tot of the "
+    "least-squares line y = c + b·x (for `{roof}`: that model, no intercept, on the same definition). "
+    "LOO RMSE: root mean square error, in ms, of each module predicted by the fit on all the others."
+)
 
 
 def render_predictors(records: Sequence[Record], title: str) -> str:
     """The predictor table: per scope, one row per predictor."""
     found, left = scopes(records)
-    lines = [f"# {title}: which cost predicts latency", "", environment_line(records),
-             METHOD.format(boot=BOOTSTRAP, seed=SEED, mini=MIN_INTERVAL, roof=ROOFLINE),
-             "Counts: MACs (multiply-adds by the rules of the MACs table), parameters, bytes moved (each operator's reads "
-             "and writes, no cache between operators: docs/cost-model.md) and operator calls at the dispatch level.", ""]
-    for what, heading, y in (("latency_cpu", "Whole network: Δ CPU latency vs the Δ of each count", "Δ ms vs `none`"),
-                             (SITES, "Modules alone (attention_cpu): the modules' own time vs their own counts",
-                              "direct ms, the attached modules alone")):
+    lines = [
+        f"# {title}: which cost predicts latency",
+        "",
+        environment_line(records),
+        METHOD.format(boot=BOOTSTRAP, seed=SEED, mini=MIN_INTERVAL, roof=ROOFLINE),
+        "Counts: MACs (multiply-adds by the rules of the MACs table), parameters, bytes moved (each operator's reads "
+        "and writes, no cache between operators: docs/cost-model.md) and operator calls at the dispatch level.",
+        "",
+    ]
+    for what, heading, y in (
+        ("latency_cpu", "Whole network: Δ CPU latency vs the Δ of each count", "Δ ms vs `none`"),
+        (
+            SITES,
+            "Modules alone (attention_cpu): the modules' own time vs their own counts",
+            "direct ms, the attached modules alone",
+        ),
+    ):
         mine = [s for s in found if s.what == what]
         if not mine:
             continue
-        lines += [f"## {heading}", "", f"y = {y}.", "",
-                  md_row(["runtime", "backbone", "predictor", "n", "Spearman ρ [95% CI]", "R²", "least-squares fit",
-                          "LOO RMSE ms"]),
-                  "|---|---|---|---:|---:|---:|---|---:|"]
+        lines += [
+            f"## {heading}",
+            "",
+            f"y = {y}.",
+            "",
+            md_row(
+                [
+                    "runtime",
+                    "backbone",
+                    "predictor",
+                    "n",
+                    "Spearman ρ [95% CI]",
+                    "R²",
+                    "least-squares fit",
+                    "LOO RMSE ms",
+                ]
+            ),
+            "|---|---|---|---:|---:|---:|---|---:|",
+        ]
         for sc in mine:
             for f in sc.fits:
-                lines.append(md_row([sc.runtime, sc.label, _predictor_label(f.predictor, what), f.n, _rho_text(f),
-                                     _num(f.r2, 3), _model_text(f, what), _num(f.loo_rmse, 3)]))
+                lines.append(
+                    md_row(
+                        [
+                            sc.runtime,
+                            sc.label,
+                            _predictor_label(f.predictor, what),
+                            f.n,
+                            _rho_text(f),
+                            _num(f.r2, 3),
+                            _model_text(f, what),
+                            _num(f.loo_rmse, 3),
+                        ]
+                    )
+                )
         lines.append("")
     if not found:
         lines += ["No scope has a timed module with its counts.", ""]
@@ -390,13 +457,17 @@ def predictors_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
 
     found, _ = scopes(records)
     rows = [sc for sc in found if len(sc.backbones) > 1] + [
-        sc for sc in found if len(sc.backbones) == 1 and not any(
-            o.what == sc.what and o.runtime == sc.runtime and len(o.backbones) > 1 for o in found)]
+        sc
+        for sc in found
+        if len(sc.backbones) == 1
+        and not any(o.what == sc.what and o.runtime == sc.runtime and len(o.backbones) > 1 for o in found)
+    ]
     if not rows:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), len(PREDICTORS) + 1, figsize=(4.4 * (len(PREDICTORS) + 1), 3.6 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(PREDICTORS) + 1, figsize=(4.4 * (len(PREDICTORS) + 1), 3.6 * len(rows)), squeeze=False
+    )
     markers = "osD^v<>"
     for i, sc in enumerate(rows):
         fits = {f.predictor: f for f in sc.fits}
@@ -408,8 +479,10 @@ def predictors_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                     continue
                 xs = [s.x[p.name] / p.scale for s in pts]
                 ys = [s.y for s in pts]
-                err = [[max(0.0, s.y - s.low) if s.low is not None else 0.0 for s in pts],  # never negative: an
-                       [max(0.0, s.high - s.y) if s.high is not None else 0.0 for s in pts]]  # edited interval
+                err = [
+                    [max(0.0, s.y - s.low) if s.low is not None else 0.0 for s in pts],  # never negative: an
+                    [max(0.0, s.high - s.y) if s.high is not None else 0.0 for s in pts],
+                ]  # edited interval
                 ax.errorbar(xs, ys, yerr=err, fmt=markers[k % len(markers)], ms=4, capsize=2, label=b)
                 for s, x in zip(pts, xs):
                     ax.annotate(s.label, (x, s.y), textcoords="offset points", xytext=(3, 2), fontsize=6)
@@ -427,24 +500,39 @@ def predictors_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         _roofline_panel(axes[i][len(PREDICTORS)], sc, fits.get(ROOFLINE), markers)
-    return _finish(plt, fig, f"{records[0].suite}: cost vs each count (error bars: 95% CI; dashed: least-squares line)",
-                   path, dpi=100)
+    return _finish(
+        plt,
+        fig,
+        f"{records[0].suite}: cost vs each count (error bars: 95% CI; dashed: least-squares line)",
+        path,
+        dpi=100,
+    )
 
 
 def _roofline_panel(ax, sc: Scope, fit: Optional[Fit], markers: str) -> None:
     """The two-variable model: each module's cost against its leave-one-out prediction, with the y = x line."""
     have = [s for s in sc.samples if s.x.get("MACs") is not None and s.x.get("bytes") is not None]
-    X = np.array([[s.x["MACs"] / BY_NAME["MACs"].scale, s.x["bytes"] / BY_NAME["bytes"].scale] for s in have],
-                 dtype=float).reshape(-1, 2)
+    X = np.array(
+        [[s.x["MACs"] / BY_NAME["MACs"].scale, s.x["bytes"] / BY_NAME["bytes"].scale] for s in have], dtype=float
+    ).reshape(-1, 2)
     pred = loo_predictions(X, np.array([s.y for s in have], dtype=float)) if len(have) >= MIN_SAMPLES else None
     if pred is None:
         ax.set_axis_off()
         return
     for k, b in enumerate(sc.backbones):
         idx = [i for i, s in enumerate(have) if s.backbone == b]
-        ax.errorbar([pred[i] for i in idx], [have[i].y for i in idx], fmt=markers[k % len(markers)], ms=4, capsize=2,
-                    label=b, yerr=[[max(0.0, have[i].y - have[i].low) if have[i].low is not None else 0.0 for i in idx],
-                                   [max(0.0, have[i].high - have[i].y) if have[i].high is not None else 0.0 for i in idx]])
+        ax.errorbar(
+            [pred[i] for i in idx],
+            [have[i].y for i in idx],
+            fmt=markers[k % len(markers)],
+            ms=4,
+            capsize=2,
+            label=b,
+            yerr=[
+                [max(0.0, have[i].y - have[i].low) if have[i].low is not None else 0.0 for i in idx],
+                [max(0.0, have[i].high - have[i].y) if have[i].high is not None else 0.0 for i in idx],
+            ],
+        )
         for i in idx:
             ax.annotate(have[i].label, (pred[i], have[i].y), textcoords="offset points", xytext=(3, 2), fontsize=6)
     lo, hi = min(min(pred), min(s.y for s in have)), max(max(pred), max(s.y for s in have))

@@ -1,4 +1,5 @@
 """The cost tables: the overhead table per point, sweep pivots and per-site tables (pure functions of records)."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -42,13 +43,17 @@ def _is_bare_baseline(rec: Record) -> bool:
 
 def _columns(metric: str, records) -> Tuple[Tuple[str, str], ...]:
     """A metric's columns, plus its optional ones when some record has that stat (setup time)."""
-    extra = tuple(c for c in spec(metric).optional_columns
-                  if any(r.metric == metric and r.stats.get(c[1].split(":", 1)[1]) is not None for r in records))
+    extra = tuple(
+        c
+        for c in spec(metric).optional_columns
+        if any(r.metric == metric and r.stats.get(c[1].split(":", 1)[1]) is not None for r in records)
+    )
     return spec(metric).columns + extra
 
 
-def _table(rows: Dict[Tuple[str, str], Dict[str, Record]], metrics: List[str],
-           origins: Optional[Dict[tuple, int]] = None) -> List[str]:
+def _table(
+    rows: Dict[Tuple[str, str], Dict[str, Record]], metrics: List[str], origins: Optional[Dict[tuple, int]] = None
+) -> List[str]:
     baselines = {b: cells for (b, _), cells in rows.items() if any(_is_bare_baseline(c) for c in cells.values())}
     records = [r for cells in rows.values() for r in cells.values()]
     columns = {m: _columns(m, records) for m in metrics}
@@ -58,8 +63,12 @@ def _table(rows: Dict[Tuple[str, str], Dict[str, Record]], metrics: List[str],
         base = baselines.get(backbone, {})
         vals = [backbone, marked(label, cells, origins), where(cells)]
         for m in metrics:
-            vals += [_cell("delta_ms", "latency_cpu", cells.get("latency_cpu"), base.get("latency_cpu")) if kind == "whole_ms"
-                     else _cell(kind, m, cells.get(m), base.get(m)) for _, kind in columns[m]]
+            vals += [
+                _cell("delta_ms", "latency_cpu", cells.get("latency_cpu"), base.get("latency_cpu"))
+                if kind == "whole_ms"
+                else _cell(kind, m, cells.get(m), base.get(m))
+                for _, kind in columns[m]
+            ]
         lines.append(md_row(vals))
     return lines
 
@@ -78,8 +87,10 @@ def render_markdown(records: Sequence[Record], title: Optional[str] = None) -> s
         lines.append(MEMORY_NOTE)
     if any(r.metric == "macs" and r.stats.get("bytes") is not None for r in records):
         lines.append(TRAFFIC_NOTE)
-    lines.append("Δ: against the same backbone's `none` row, the bare backbone (native attention removed where it has any); "
-                 "a `native` row is timm's model as built, so its Δ is what the native attention costs.")
+    lines.append(
+        "Δ: against the same backbone's `none` row, the bare backbone (native attention removed where it has any); "
+        "a `native` row is timm's model as built, so its Δ is what the native attention costs."
+    )
     lines.append("")
     points, origins = sweep_points(records), timing_origins(records)
     if len(points) <= 1:
@@ -87,7 +98,9 @@ def render_markdown(records: Sequence[Record], title: Optional[str] = None) -> s
     else:
         lines += render_pivots(records, metrics)
         for p in points:
-            lines += ["", f"## {p.label}", ""] + _point_tables([r for r in records if at_point(r, p)], metrics, "###", origins)
+            lines += ["", f"## {p.label}", ""] + _point_tables(
+                [r for r in records if at_point(r, p)], metrics, "###", origins
+            )
     lines += render_sites(records)
     notes = _notes(records) + ([origins_note(origins)] if origins else [])
     if notes:
@@ -103,8 +116,9 @@ def _rows(records: Sequence[Record]) -> Dict[Tuple[str, str], Dict[str, Record]]
     return rows
 
 
-def _point_tables(records: Sequence[Record], metrics: List[str], level: str,
-                  origins: Optional[Dict[tuple, int]] = None) -> List[str]:
+def _point_tables(
+    records: Sequence[Record], metrics: List[str], level: str, origins: Optional[Dict[tuple, int]] = None
+) -> List[str]:
     """The cost table of one point: a row per (backbone, module); one table per backbone from three up."""
     rows = _rows(records)
     metrics = [m for m in metrics if any(r.metric == m for r in records)]
@@ -121,8 +135,11 @@ def whole_network_ms(records: Sequence[Record], rec: Record):
     """The paired whole-network Δ ms (eager latency_cpu vs the backbone's `none` at the same size and batch)
     that an attention_cpu record's direct time is set beside; None when the suite did not time it."""
     p = record_point(rec)
-    lat = {(r.backbone, r.label): r for r in records if r.metric == "latency_cpu" and r.ok
-           and record_point(r) == Point(p.input_size, p.batch_size, "eager")}
+    lat = {
+        (r.backbone, r.label): r
+        for r in records
+        if r.metric == "latency_cpu" and r.ok and record_point(r) == Point(p.input_size, p.batch_size, "eager")
+    }
     v, b = lat.get((rec.backbone, rec.label)), lat.get((rec.backbone, "none"))
     return delta_ms(v, b) if v is not None and b is not None else None
 
@@ -135,25 +152,43 @@ def render_sites(records: Sequence[Record]) -> List[str]:
         return []
     stages = sorted({int(k) for r in recs for k in (r.stats.get("stages") or {})})
     several = len({record_point(r) for r in recs}) > 1
-    header = ["backbone", "module"] + (["point"] if several else []) + [f"stage {k} ms" if k else "stage ? ms" for k in stages] \
+    header = (
+        ["backbone", "module"]
+        + (["point"] if several else [])
+        + [f"stage {k} ms" if k else "stage ? ms" for k in stages]
         + ["direct total ms [95% CI]", "whole network Δ ms [95% CI]", "direct / whole"]
-    lines = ["", "## Attention modules alone, per stage (direct attribution)", "",
-             "Each attached module timed alone on the input it sees in the model (captured from one forward), every site "
-             "of every variant interleaved call by call; per stage the sum of its sites' per-round medians [95% CI over "
-             "rounds]. 'whole network' is the paired Δ ms of the latency table (same size and batch, eager).", "",
-             md_row(header), "|---|---|" + ("---|" if several else "") + "---:|" * (len(header) - 2 - several)]
+    )
+    lines = [
+        "",
+        "## Attention modules alone, per stage (direct attribution)",
+        "",
+        "Each attached module timed alone on the input it sees in the model (captured from one forward), every site "
+        "of every variant interleaved call by call; per stage the sum of its sites' per-round medians [95% CI over "
+        "rounds]. 'whole network' is the paired Δ ms of the latency table (same size and batch, eager).",
+        "",
+        md_row(header),
+        "|---|---|" + ("---|" if several else "") + "---:|" * (len(header) - 2 - several),
+    ]
     for r in recs:
         st_ = r.stats.get("stages") or {}
         vals = [r.backbone, r.label] + ([_axis_label(r.metric, record_point(r))] if several else [])
         for k in stages:
             e = st_.get(str(k))
-            vals.append(DASH if not e or e.get("ms") is None else f"{e['ms']:.3f}" + (f" (x{e['sites']})" if e.get("sites") else ""))
+            vals.append(
+                DASH
+                if not e or e.get("ms") is None
+                else f"{e['ms']:.3f}" + (f" (x{e['sites']})" if e.get("sites") else "")
+            )
         vals.append(_cell("direct", r.metric, r, None))
         whole = whole_network_ms(records, r)
         if whole is not None and whole[0] != whole[0]:
             vals.append(f"not supported{CONTENDED}")
         else:
-            vals.append(DASH if whole is None else _ms_text(whole.mean, whole.low, whole.high) + ("" if whole.paired else " (unpaired)"))
+            vals.append(
+                DASH
+                if whole is None
+                else _ms_text(whole.mean, whole.low, whole.high) + ("" if whole.paired else " (unpaired)")
+            )
         vals.append(f"{r.value / whole[0]:.2f}" if whole is not None and whole[0] > 0 else DASH)
         lines.append(md_row(vals))
     return lines
@@ -169,13 +204,24 @@ def render_pivots(records: Sequence[Record], metrics: List[str]) -> List[str]:
         if len(pts) < 2:
             continue
         header = ["backbone", "module"] + [_axis_label(m, p) for p in pts]
-        lines += [f"**{m}**: the `none` row in {_unit_label(m)}, the others Δ% vs `none`"
-                  + (" [95% CI]" if spec(m).kind == "timing" else ""), "",
-                  md_row(header), "|---|---|" + "---:|" * len(pts)]
+        lines += [
+            f"**{m}**: the `none` row in {_unit_label(m)}, the others Δ% vs `none`"
+            + (" [95% CI]" if spec(m).kind == "timing" else ""),
+            "",
+            md_row(header),
+            "|---|---|" + "---:|" * len(pts),
+        ]
         index = {(r.backbone, r.label, record_point(r)): r for r in recs}
         for backbone, label in dict.fromkeys((r.backbone, r.label) for r in recs):
-            vals = [backbone, label + (FAILS_CHECK if failed_check({i: r for i, r in enumerate(recs) if (r.backbone, r.label)
-                                                                   == (backbone, label)}) else "")]
+            vals = [
+                backbone,
+                label
+                + (
+                    FAILS_CHECK
+                    if failed_check({i: r for i, r in enumerate(recs) if (r.backbone, r.label) == (backbone, label)})
+                    else ""
+                ),
+            ]
             for p in pts:
                 rec, base = index.get((backbone, label, p)), index.get((backbone, "none", p))
                 if rec is None or rec.value is None:
@@ -202,12 +248,15 @@ def _notes(records: Sequence[Record]) -> List[str]:
         notes.append(f"{UNCOUNTED} operators with no counting rule, so not in these MACs: {ops}.")
     for r in records:
         if r.stats.get("counters_agree") is False and not r.stats.get("unhandled"):
-            notes.append(f"{UNCOUNTED} {r.backbone}/{r.label}: the two MAC counters differ: {r.stats.get('counter_difference', '?')}.")
+            notes.append(
+                f"{UNCOUNTED} {r.backbone}/{r.label}: the two MAC counters differ: {r.stats.get('counter_difference', '?')}."
+            )
     for r in records:
         if r.ok and r.stats.get("fvcore_error"):
             why = (str(r.stats["fvcore_error"]).strip().splitlines() or ["?"])[0][:160]
-            notes.append(f"{r.backbone}/{r.label}/{r.metric}: fvcore could not trace it, so its fvcore column is "
-                         f"{DASH} ({why}).")
+            notes.append(
+                f"{r.backbone}/{r.label}/{r.metric}: fvcore could not trace it, so its fvcore column is {DASH} ({why})."
+            )
     for (backbone, label), cells in _rows(records).items():
         why = unseen_state(cells)
         if why:
@@ -217,8 +266,10 @@ def _notes(records: Sequence[Record]) -> List[str]:
         if r.stats.get("check_failed"):
             failing.setdefault((r.label, r.module), r.stats["check_failed"])
     for (label, module), text in failing.items():
-        notes.append(f"{FAILS_CHECK} {label}: `attnbench check {module}` fails ({text}); its numbers are of a module "
-                     "that breaks the plugin contract.")
+        notes.append(
+            f"{FAILS_CHECK} {label}: `attnbench check {module}` fails ({text}); its numbers are of a module "
+            "that breaks the plugin contract."
+        )
     several = len(sweep_points(records)) > 1
     for r in records:
         if r.status == "failed":
@@ -226,8 +277,14 @@ def _notes(records: Sequence[Record]) -> List[str]:
             notes.append(f"failed {r.backbone}/{r.label}/{r.metric}{at}: {r.error['type']}: {r.error['message']}")
     for status in ("unsupported", "skipped"):
         for note in sorted({r.note for r in records if r.status == status}):
-            which = sorted({f"{r.backbone}/{r.label}" if status == "unsupported" else
-                            r.metric + (f" @ {_axis_label(r.metric, record_point(r))}" if several else "")
-                            for r in records if r.status == status and r.note == note})
+            which = sorted(
+                {
+                    f"{r.backbone}/{r.label}"
+                    if status == "unsupported"
+                    else r.metric + (f" @ {_axis_label(r.metric, record_point(r))}" if several else "")
+                    for r in records
+                    if r.status == status and r.note == note
+                }
+            )
             notes.append(f"{status} {', '.join(which)}: {note}")
     return notes

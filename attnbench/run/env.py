@@ -1,4 +1,5 @@
 """The environment every record carries: versions, device, threads, dtype, date."""
+
 from __future__ import annotations
 
 import datetime as _dt

@@ -1,5 +1,6 @@
 """Executing cells: build the model, measure, and turn any outcome (ok, failed, unsupported, skipped) into a
 record; one failing cell never loses the others."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,16 +67,34 @@ def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None
     return make_record(cell, key, "failed", started, error=error_info(exc, model), model=model)
 
 
-def make_record(cell: Cell, key: str, status: str, started: float, measurement=None, error=None, model=None,
-                note: str = "") -> Record:
+def make_record(
+    cell: Cell, key: str, status: str, started: float, measurement=None, error=None, model=None, note: str = ""
+) -> Record:
     attach = getattr(model, "attnbench_attachment", None)
     return Record(
-        key=key, suite=cell.suite, backbone=cell.backbone, label=cell.variant.label, module=cell.variant.module,
-        metric=cell.metric, position=tuple(cell.position), config=cell.config(), status=status,
-        measurement=measurement, error=error, note=note, attachment=attach.as_dict() if attach is not None else None,
-        env={**environment(cell.device, cell.dtype, cell_threads(cell)), "module_package": module_package(cell),
-             "plugins": _plugin_packages()},
-        host=socket.gethostname(), pid=os.getpid(), started=started, ended=time.time(), source=cell.source,
+        key=key,
+        suite=cell.suite,
+        backbone=cell.backbone,
+        label=cell.variant.label,
+        module=cell.variant.module,
+        metric=cell.metric,
+        position=tuple(cell.position),
+        config=cell.config(),
+        status=status,
+        measurement=measurement,
+        error=error,
+        note=note,
+        attachment=attach.as_dict() if attach is not None else None,
+        env={
+            **environment(cell.device, cell.dtype, cell_threads(cell)),
+            "module_package": module_package(cell),
+            "plugins": _plugin_packages(),
+        },
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=started,
+        ended=time.time(),
+        source=cell.source,
         suite_digest=cell.suite_digest,
     )
 
@@ -100,8 +119,13 @@ def build_cell_model(cell: Cell):
         if why:
             raise Unsupported(f"module {cell.variant.module!r} {why}; use batch_size >= 2")
     torch.manual_seed(0)
-    return build(cell.backbone, cell.variant.module, backbone_kwargs=cell.backbone_options, input_size=tuple(cell.input_size),
-                 **cell.variant.options)
+    return build(
+        cell.backbone,
+        cell.variant.module,
+        backbone_kwargs=cell.backbone_options,
+        input_size=tuple(cell.input_size),
+        **cell.variant.options,
+    )
 
 
 def _no_gpu(cell: Cell) -> bool:
@@ -152,14 +176,22 @@ def _state_blamed(task: Task, records: List[Record], changes: List[str], threads
     from ..guard.process_state import blame
 
     modules = list(dict.fromkeys(c.variant.module for c in task.cells if not is_reference(c.variant.module)))
-    who = (f"module {modules[0]!r}" if len(modules) == 1 else "this cell" if not modules else
-           f"one of the modules {', '.join(map(repr, modules))} (timed together)")
+    who = (
+        f"module {modules[0]!r}"
+        if len(modules) == 1
+        else "this cell"
+        if not modules
+        else f"one of the modules {', '.join(map(repr, modules))} (timed together)"
+    )
     error = {"type": "StateChanged", "message": blame(changes, who)}
     out = []
     for r, cell in zip(records, task.cells):
         env = {**r.env, "threads": cell_threads(cell, threads)} if threads else r.env
-        out.append(dataclasses.replace(r, env=env, **({"status": "failed", "measurement": None, "error": error}
-                                                      if r.ok else {})))
+        out.append(
+            dataclasses.replace(
+                r, env=env, **({"status": "failed", "measurement": None, "error": error} if r.ok else {})
+            )
+        )
     return out
 
 
@@ -174,11 +206,23 @@ def _execute_one(task: Task) -> List[Record]:
                 if _no_gpu(cell):
                     return [make_record(cell, key, "skipped", started, note=NO_GPU_NOTE)]
 
-                m = train_cell(cell.backbone, cell.variant.module, cell.variant.options, cell.dataset, cell.training, cell.seed,
-                               recipe_choice=cell.recipe_choice, **task.train_kwargs())
+                m = train_cell(
+                    cell.backbone,
+                    cell.variant.module,
+                    cell.variant.options,
+                    cell.dataset,
+                    cell.training,
+                    cell.seed,
+                    recipe_choice=cell.recipe_choice,
+                    **task.train_kwargs(),
+                )
                 resumed = m.stats.get("resumed_from_epoch") if task.pause_after_s is None else None
                 # the checkpoint as OUT/checkpoints/<key>.pt names it: a record never carries a path of this machine
-                note = f"resumed from epoch {resumed} (checkpoint checkpoints/{task.checkpoint_path.name})" if resumed else ""
+                note = (
+                    f"resumed from epoch {resumed} (checkpoint checkpoints/{task.checkpoint_path.name})"
+                    if resumed
+                    else ""
+                )
                 return [make_record(cell, key, "ok", started, m, note=note)]
             model = build_cell_model(cell)
             return [make_record(cell, key, "ok", started, measure_count(cell, model), model=model)]

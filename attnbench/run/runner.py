@@ -1,4 +1,5 @@
 """Running a suite: plan, resolve host-chosen settings, execute locally or on Dask, store, write the tables."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,10 +52,14 @@ def local_executor(tasks: Iterable[Task]):
 
 
 def run_suite(
-    suite: Suite, out_dir: Path | str = "results", resume: bool = False,
+    suite: Suite,
+    out_dir: Path | str = "results",
+    resume: bool = False,
     executor: Optional[Callable[[List[Task]], Iterable[Tuple[Task, List[Record]]]]] = None,
-    on_start: Optional[Callable[[Task], None]] = None, on_done: Optional[Callable[[Task, List[Record]], None]] = None,
-    overhead: Sequence[Record] = (), on_notice: Optional[Callable[[str], None]] = None,
+    on_start: Optional[Callable[[Task], None]] = None,
+    on_done: Optional[Callable[[Task, List[Record]], None]] = None,
+    overhead: Sequence[Record] = (),
+    on_notice: Optional[Callable[[str], None]] = None,
 ) -> RunResult:
     """Run every cell not already stored (with ``resume``), store records as they land, write tables.
 
@@ -82,10 +87,12 @@ def check_same_suite(suite: Suite, stored: Sequence[Record], store: Store) -> No
     compared by file name."""
     clash = next((r for r in stored if not same_suite(r, suite)), None)
     if clash is not None:
-        raise UsageError(f"{store.path} holds the results of suite {suite.name!r} from {clash.source} "
-                             f"(content {clash.suite_digest or 'not recorded'}), and {suite.identity or suite.source} "
-                             f"(content {suite.digest}) has the same name but is another suite; give one of them another "
-                             "'name:', or run with another --out")
+        raise UsageError(
+            f"{store.path} holds the results of suite {suite.name!r} from {clash.source} "
+            f"(content {clash.suite_digest or 'not recorded'}), and {suite.identity or suite.source} "
+            f"(content {suite.digest}) has the same name but is another suite; give one of them another "
+            "'name:', or run with another --out"
+        )
 
 
 def same_suite(rec: Record, suite: Suite) -> bool:
@@ -132,15 +139,19 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
         store.repair()
     stored = store.latest()
     check_same_suite(suite, stored, store)
-    threads = executor_threads(executor)  # a Dask executor connects and waits for its workers here, before anything moves
+    threads = executor_threads(
+        executor
+    )  # a Dask executor connects and waits for its workers here, before anything moves
     archived = None
     if not resume:
         with deferred(reraise=True):  # moving a store aside is never left half-done
             try:
                 archived = store.archive()
             except OSError as exc:
-                raise UsageError(f"cannot move the previous {store.path.name} aside into {out / 'history'}: "
-                                     f"{exc.strerror or exc}; free the folder or run with --resume")
+                raise UsageError(
+                    f"cannot move the previous {store.path.name} aside into {out / 'history'}: "
+                    f"{exc.strerror or exc}; free the folder or run with --resume"
+                )
         if archived is not None and on_notice is not None:
             on_notice(f"previous results of {suite.name} moved to {archived}/ (use --resume to add to a store instead)")
     # The whole suite's cells (`amp: auto` chosen on this host before keys say what runs), then the subset asked
@@ -171,8 +182,10 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
                 with deferred(reraise=True):  # an interrupt lands between records, never inside a line
                     store.extend(records)
             except OSError as exc:
-                raise OutputError(f"could not write {store.path}: {exc.strerror or exc}; {result.ok + result.failed} "
-                                  "cell(s) are stored; free space and rerun with --resume to continue")
+                raise OutputError(
+                    f"could not write {store.path}: {exc.strerror or exc}; {result.ok + result.failed} "
+                    "cell(s) are stored; free space and rerun with --resume to continue"
+                )
             for r in records:
                 setattr(result, r.status, getattr(result, r.status) + 1)
             if on_done:
@@ -197,8 +210,9 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
     return result
 
 
-def write_outputs_safely(records: List[Record], out: Path, name: str,
-                         overhead: Sequence[Record] = ()) -> Tuple[Dict[str, Path], List[str]]:
+def write_outputs_safely(
+    records: List[Record], out: Path, name: str, overhead: Sequence[Record] = ()
+) -> Tuple[Dict[str, Path], List[str]]:
     """Write the tables with Ctrl-C and SIGTERM deferred (a second interrupt during shutdown must not leave
     a half-written table); each file is replaced atomically. Returns (paths, what could not be written)."""
     from ..report import write_outputs

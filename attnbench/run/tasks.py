@@ -1,4 +1,5 @@
 """Tasks: what one cell needs to run anywhere (in this process or on a Dask worker), and its key."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,12 +21,20 @@ class Task:
     cells: Tuple[Cell, ...]
     keys: Tuple[str, ...]
     checkpoint_dir: Optional[str] = None  # training cells checkpoint here every epoch (absolute: OUT/checkpoints)
-    threads: Optional[int] = None  # torch threads for cells that set none (the executor's share of a node; in their keys)
-    pause_after_s: Optional[float] = None  # training: stop at the first epoch end after this long (executors.py ships it on)
+    threads: Optional[int] = (
+        None  # torch threads for cells that set none (the executor's share of a node; in their keys)
+    )
+    pause_after_s: Optional[float] = (
+        None  # training: stop at the first epoch end after this long (executors.py ships it on)
+    )
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
-        return None if not self.training or self.checkpoint_dir is None else Path(self.checkpoint_dir) / f"{self.keys[0]}.pt"
+        return (
+            None
+            if not self.training or self.checkpoint_dir is None
+            else Path(self.checkpoint_dir) / f"{self.keys[0]}.pt"
+        )
 
     def train_kwargs(self) -> Dict[str, object]:
         """What a training cell needs beyond its config: where to checkpoint (and resume from), when to pause."""
@@ -58,8 +67,13 @@ def cell_threads(cell: Cell, default: Optional[int] = None) -> int:
     """The torch threads a cell runs with: its timing's or training's own ``threads``, else ``default`` (the
     executor's; runner.execute pins it), else this process's. Counts never read a suite's latency threads."""
     kind = spec(cell.metric).kind
-    own = cell.training.get("threads") if cell.metric == ACCURACY else \
-        cell.latency.get("threads") if kind in ("timing", "memory") else None
+    own = (
+        cell.training.get("threads")
+        if cell.metric == ACCURACY
+        else cell.latency.get("threads")
+        if kind in ("timing", "memory")
+        else None
+    )
     return int(own or default or torch.get_num_threads())
 
 
@@ -70,12 +84,20 @@ def thread_bound(metric: str) -> bool:
 
 def latency_settings(cell: Cell) -> LatencySettings:
     lat = dict(cell.latency)
-    return LatencySettings(batch_size=cell.batch_size, input_size=tuple(cell.input_size), runtime=cell.runtime,
-                           train=spec(cell.metric).train, timeout=cell.timeout, in_chans=cell.in_chans, **lat)
+    return LatencySettings(
+        batch_size=cell.batch_size,
+        input_size=tuple(cell.input_size),
+        runtime=cell.runtime,
+        train=spec(cell.metric).train,
+        timeout=cell.timeout,
+        in_chans=cell.in_chans,
+        **lat,
+    )
 
 
-def make_tasks(cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path] = None,
-               threads: Optional[int] = None) -> List[Task]:
+def make_tasks(
+    cells: List[Cell], keys: List[str], checkpoint_dir: Optional[Path] = None, threads: Optional[int] = None
+) -> List[Task]:
     """Counts and trainings are one task per cell; timings of one backbone and metric form one
     interleaved group. Tasks keep the order in which their first cell was planned. ``checkpoint_dir`` is
     made absolute (a worker started elsewhere must not read it against its own directory)."""
@@ -102,8 +124,15 @@ def module_package(cell: Cell) -> str:
 def cell_keys(cells: List[Cell], threads: Optional[int] = None) -> List[str]:
     """Each cell's key, with the thread count it will run with (``threads``: the executor's default for cells
     that set none) for the metrics that depend on it: a record's ``env`` then agrees with its key."""
-    return [c.key({**fingerprint(environment(c.device, c.dtype, cell_threads(c, threads)), thread_bound(c.metric)),
-                   "module_package": module_package(c)}) for c in cells]
+    return [
+        c.key(
+            {
+                **fingerprint(environment(c.device, c.dtype, cell_threads(c, threads)), thread_bound(c.metric)),
+                "module_package": module_package(c),
+            }
+        )
+        for c in cells
+    ]
 
 
 def executor_threads(executor) -> int:

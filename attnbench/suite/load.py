@@ -1,5 +1,6 @@
 """Finding and reading suite files: shipped suites, names or paths, YAML read with limits, and the suite's
 identity (origin relative to where it was found, and a digest of its parsed content)."""
+
 from __future__ import annotations
 
 from importlib import resources
@@ -38,7 +39,9 @@ def resolve_suite(name_or_path: str) -> Path:
         candidate = d / f"{name_or_path}.yaml"
         if candidate.is_file():
             return candidate
-    raise UnknownNameError("suite", name_or_path, list_suites(), "see `attnbench list suites`, or give a path to a .yaml file")
+    raise UnknownNameError(
+        "suite", name_or_path, list_suites(), "see `attnbench list suites`, or give a path to a .yaml file"
+    )
 
 
 def load_suite(name_or_path: str, check_names: bool = True, overrides: Optional[Dict[str, Any]] = None) -> Suite:
@@ -93,19 +96,31 @@ def _expanded_size(node, source: str, memo: Dict[int, Tuple[int, int]], active: 
     if isinstance(node, yaml.MappingNode):
         _no_duplicate_keys(node, source)
     nodes, size = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
-    children = (node.value if isinstance(node, yaml.SequenceNode) else
-                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+    children = (
+        node.value
+        if isinstance(node, yaml.SequenceNode)
+        else [n for pair in node.value for n in pair]
+        if isinstance(node, yaml.MappingNode)
+        else []
+    )
     for child in children:
         n, b = _expanded_size(child, source, memo, active)
         nodes, size = nodes + n, size + b
     active.discard(id(node))
     memo[id(node)] = (nodes, size)
     if nodes > MAX_YAML_NODES:
-        raise SuiteError(source, "<file>", f"expands to more than {MAX_YAML_NODES:,} YAML nodes (alias expansion); "
-                                           "a suite is a few dozen fields")
+        raise SuiteError(
+            source,
+            "<file>",
+            f"expands to more than {MAX_YAML_NODES:,} YAML nodes (alias expansion); a suite is a few dozen fields",
+        )
     if size > MAX_YAML_BYTES:
-        raise SuiteError(source, "<file>", f"expands to more than {MAX_YAML_BYTES:,} bytes of text (alias expansion); "
-                                           "a suite is a few dozen short fields")
+        raise SuiteError(
+            source,
+            "<file>",
+            f"expands to more than {MAX_YAML_BYTES:,} bytes of text (alias expansion); "
+            "a suite is a few dozen short fields",
+        )
     return nodes, size
 
 
@@ -117,6 +132,10 @@ def _no_duplicate_keys(node: "yaml.MappingNode", source: str) -> None:
             continue
         line = key.start_mark.line + 1
         if (key.tag, key.value) in seen:
-            raise SuiteError(source, _name(key.value), f"is given twice (lines {seen[key.tag, key.value]} and {line}); "
-                                                       "YAML would keep only the last one: keep one")
+            raise SuiteError(
+                source,
+                _name(key.value),
+                f"is given twice (lines {seen[key.tag, key.value]} and {line}); "
+                "YAML would keep only the last one: keep one",
+            )
         seen[key.tag, key.value] = line

@@ -1,6 +1,7 @@
 """The suite's data model: Suite, its variants and points, and the Cell a suite expands into.
 
 A leaf of the package (no torch, no YAML): the report layer reads Point from here."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ TOP_KEYS = {
     "device": "CUDA device for the *_gpu metrics (default cuda)",
     "dtype": "float32",
     "latency": "timing settings: threads, warmup, rounds, min_time, min_iters, unstable_threshold, amp, channels_last "
-               "(compile: true is read as runtime: compile)",
+    "(compile: true is read as runtime: compile)",
     "dataset": "dataset settings (accuracy suites)",
     "training": "training settings (accuracy suites)",
     "seeds": "list of ints (accuracy suites)",
@@ -97,8 +98,11 @@ class Point:
 
     def axes_label(self, axes) -> str:
         """'224x224 b8 compile', keeping only the given axes (those a metric depends on)."""
-        parts = {"input_size": f"{self.input_size[0]}x{self.input_size[1]}", "batch_size": f"b{self.batch_size}",
-                 "runtime": self.runtime}
+        parts = {
+            "input_size": f"{self.input_size[0]}x{self.input_size[1]}",
+            "batch_size": f"b{self.batch_size}",
+            "runtime": self.runtime,
+        }
         return " ".join(v for k, v in parts.items() if k in axes)
 
     def project(self, metric: str, base: "Point") -> Optional["Point"]:
@@ -107,9 +111,11 @@ class Point:
         s = spec(metric)
         if "runtime" in s.axes and self.runtime not in s.runtimes:
             return None
-        return Point(self.input_size if "input_size" in s.axes else base.input_size,
-                     self.batch_size if "batch_size" in s.axes else base.batch_size,
-                     self.runtime if "runtime" in s.axes else "eager")
+        return Point(
+            self.input_size if "input_size" in s.axes else base.input_size,
+            self.batch_size if "batch_size" in s.axes else base.batch_size,
+            self.runtime if "runtime" in s.axes else "eager",
+        )
 
 
 @dataclass
@@ -131,7 +137,9 @@ class Suite:
     training: Dict[str, Any] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
     timeout: Optional[float] = None  # seconds per cell; None = the kind's default
-    points: List[Point] = field(default_factory=list)  # every (input_size, batch_size, runtime) measured; [] = the base only
+    points: List[Point] = field(
+        default_factory=list
+    )  # every (input_size, batch_size, runtime) measured; [] = the base only
     # --backbone / --module / --metric: run a subset; table positions stay those of the whole suite
     only_backbones: List[str] = field(default_factory=list)
     only_modules: List[str] = field(default_factory=list)
@@ -148,7 +156,9 @@ class Suite:
 
     def metric_points(self, metric: str) -> List[Point]:
         """The distinct points a metric's cells are planned at, in the suite's order."""
-        return list(dict.fromkeys(q for q in (p.project(metric, self.base) for p in self.all_points()) if q is not None))
+        return list(
+            dict.fromkeys(q for q in (p.project(metric, self.base) for p in self.all_points()) if q is not None)
+        )
 
     @property
     def identity(self) -> str:
@@ -159,9 +169,11 @@ class Suite:
         return self.origin
 
     def selected(self, backbone: str, variant: "Variant", metric: Optional[str] = None) -> bool:
-        return (not self.only_backbones or backbone in self.only_backbones) and \
-            (not self.only_modules or variant.label in self.only_modules) and \
-            (metric is None or not self.only_metrics or metric in self.only_metrics)
+        return (
+            (not self.only_backbones or backbone in self.only_backbones)
+            and (not self.only_modules or variant.label in self.only_modules)
+            and (metric is None or not self.only_metrics or metric in self.only_metrics)
+        )
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,9 @@ class Cell:
     swept: bool = False  # the suite has several points: names say which one (not part of the key)
     source: str = ""  # where the suite was found (Suite.identity); not part of the key
     suite_digest: str = ""  # the suite's content (Suite.digest); not part of the key
-    recipe_choice: Dict[str, Any] = field(default_factory=dict)  # accuracy: what `auto` settings resolved to, and why (not in the key)
+    recipe_choice: Dict[str, Any] = field(
+        default_factory=dict
+    )  # accuracy: what `auto` settings resolved to, and why (not in the key)
 
     @property
     def in_chans(self) -> int:
@@ -204,9 +218,15 @@ class Cell:
 
     def config(self) -> Dict[str, Any]:
         cfg = {
-            "backbone": self.backbone, "module": self.variant.module, "label": self.variant.label,
-            "options": self.variant.options, "metric": self.metric, "input_size": list(self.input_size),
-            "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype,
+            "backbone": self.backbone,
+            "module": self.variant.module,
+            "label": self.variant.label,
+            "options": self.variant.options,
+            "metric": self.metric,
+            "input_size": list(self.input_size),
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "dtype": self.dtype,
             "backbone_options": self.backbone_options,
         }
         if spec(self.metric).kind in ("timing", "memory"):
@@ -214,8 +234,11 @@ class Cell:
         if self.runtime != "eager":  # absent for eager, so keys from before runtimes existed stay valid
             cfg["runtime"] = self.runtime
         if self.metric == ACCURACY:  # where the data lie (root, download) is not what they are: not in the key
-            cfg.update(seed=self.seed, dataset={k: v for k, v in self.dataset.items() if k not in DATA_LOCATION},
-                       training=self.training)
+            cfg.update(
+                seed=self.seed,
+                dataset={k: v for k, v in self.dataset.items() if k not in DATA_LOCATION},
+                training=self.training,
+            )
         return cfg
 
     def key(self, env_fingerprint: Dict[str, Any]) -> str:

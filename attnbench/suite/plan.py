@@ -1,4 +1,5 @@
 """From a validated Suite to the cells of its grid (backbone x variant x point x metric)."""
+
 from __future__ import annotations
 
 from typing import List
@@ -18,25 +19,60 @@ def plan(suite: Suite) -> List[Cell]:
                     continue
                 for seed in suite.seeds:
                     training = {**suite.training, **variant.training}
-                    cells.append(Cell(suite.name, backbone, variant, ACCURACY, (bi, vi), suite.input_size, suite.batch_size,
-                                      str(training.get("device", "cpu")), suite.dtype, suite.backbone_options, {}, seed,
-                                      suite.dataset, training, suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S,
-                                      source=source, suite_digest=suite.digest))
+                    cells.append(
+                        Cell(
+                            suite.name,
+                            backbone,
+                            variant,
+                            ACCURACY,
+                            (bi, vi),
+                            suite.input_size,
+                            suite.batch_size,
+                            str(training.get("device", "cpu")),
+                            suite.dtype,
+                            suite.backbone_options,
+                            {},
+                            seed,
+                            suite.dataset,
+                            training,
+                            suite.timeout or DEFAULT_ACCURACY_TIMEOUT_S,
+                            source=source,
+                            suite_digest=suite.digest,
+                        )
+                    )
         return cells
     swept = len(suite.all_points()) > 1
     for bi, backbone in enumerate(suite.backbones):
         for metric in suite.metrics:
             for point in suite.metric_points(metric):
                 for vi, variant in enumerate(suite.variants):
-                    if not suite.selected(backbone, variant, metric) or (variant.auto and not has_native_attention(backbone)):
+                    if not suite.selected(backbone, variant, metric) or (
+                        variant.auto and not has_native_attention(backbone)
+                    ):
                         continue
                     if spec(metric).modules_only and is_reference(variant.module):
                         continue  # the bare / native backbone has no attached module to time alone
                     device = suite.device if spec(metric).gpu else "cpu"
-                    cells.append(Cell(suite.name, backbone, variant, metric, (bi, vi), point.input_size, point.batch_size,
-                                      device, suite.dtype, suite.backbone_options, suite.latency,
-                                      timeout=suite.timeout or DEFAULT_TIMEOUT_S, runtime=point.runtime, swept=swept,
-                                      source=source, suite_digest=suite.digest))
+                    cells.append(
+                        Cell(
+                            suite.name,
+                            backbone,
+                            variant,
+                            metric,
+                            (bi, vi),
+                            point.input_size,
+                            point.batch_size,
+                            device,
+                            suite.dtype,
+                            suite.backbone_options,
+                            suite.latency,
+                            timeout=suite.timeout or DEFAULT_TIMEOUT_S,
+                            runtime=point.runtime,
+                            swept=swept,
+                            source=source,
+                            suite_digest=suite.digest,
+                        )
+                    )
     return cells
 
 

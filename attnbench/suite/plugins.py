@@ -4,6 +4,7 @@ suite run without writing YAML (``attnbench run --suite overhead --add-module my
 Listing names imports nothing (the registry reads entry-point metadata); ``--details`` imports every entry to
 say what it is, and names the ones that fail to import with their error.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -51,10 +52,15 @@ def with_added_modules(suite: str, names: List[str]):
         return load_suite(suite)  # load_suite says what is wrong with the file
     if not isinstance(data, dict) or not isinstance(data.get("modules"), list):
         return load_suite(suite)
-    listed = {m if isinstance(m, str) else (m.get("name") or m.get("module")) for m in data["modules"]
-              if isinstance(m, (str, dict))}
+    listed = {
+        m if isinstance(m, str) else (m.get("name") or m.get("module"))
+        for m in data["modules"]
+        if isinstance(m, (str, dict))
+    }
     for i, name in enumerate(names):
         if name in listed or name in names[:i]:
-            raise UsageError(f"--add-module {name}: suite {path.stem!r} already lists it; drop --add-module "
-                                 f"(--module {name} runs it alone)")
+            raise UsageError(
+                f"--add-module {name}: suite {path.stem!r} already lists it; drop --add-module "
+                f"(--module {name} runs it alone)"
+            )
     return load_suite(suite, overrides={"modules": [*data["modules"], *names]})

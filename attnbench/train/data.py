@@ -4,6 +4,7 @@ Registered through the ``attnbench.datasets`` entry-point group (built-ins too).
 ``load(root=None, download=False) -> Splits``; a missing dataset raises one line saying how to
 install it. Nothing is downloaded unless the user passes ``download=True`` (``--download``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -50,7 +51,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise UsageError(f"{path} is not an unsigned-byte idx file; point the data root at the original files")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -72,7 +73,8 @@ def fashion_mnist(root: Optional[str] = None, download: bool = False) -> Splits:
     except FileNotFoundError:
         raise UsageError(
             f"Fashion-MNIST not found in {path}; install it with `apt-get install dataset-fashion-mnist` "
-            f"or pass --data-root (or set {DATA_ROOT_ENV}) to a folder with the train-/t10k- idx files")
+            f"or pass --data-root (or set {DATA_ROOT_ENV}) to a folder with the train-/t10k- idx files"
+        )
     return Splits("fashion_mnist", tx, ty, vx, vy, 10)
 
 
@@ -96,8 +98,10 @@ def _cifar(cls_name: str, num_classes: int, root: Optional[str], download: bool)
     try:
         train, test = cls(str(path), train=True, download=download), cls(str(path), train=False, download=download)
     except RuntimeError as exc:
-        raise UsageError(f"{cls_name} not found in {path} ({str(exc).splitlines()[0]}); pass --data-root to the "
-                             "folder holding it, or --download to fetch it once (needs internet)")
+        raise UsageError(
+            f"{cls_name} not found in {path} ({str(exc).splitlines()[0]}); pass --data-root to the "
+            "folder holding it, or --download to fetch it once (needs internet)"
+        )
     conv = lambda ds: (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))  # noqa: E731
     (tx, ty), (vx, vy) = conv(train), conv(test)
     return Splits(cls_name.lower(), tx, ty, vx, vy, num_classes)
@@ -113,8 +117,12 @@ def cifar100(root: Optional[str] = None, download: bool = False) -> Splits:
 
 
 # (training images, test images, classes) of the built-in datasets, known without loading them.
-KNOWN_SIZES = {"digits": (1347, 450, 10), "fashion_mnist": (60000, 10000, 10), "cifar10": (50000, 10000, 10),
-               "cifar100": (50000, 10000, 100)}
+KNOWN_SIZES = {
+    "digits": (1347, 450, 10),
+    "fashion_mnist": (60000, 10000, 10),
+    "cifar10": (50000, 10000, 10),
+    "cifar100": (50000, 10000, 100),
+}
 
 
 def train_size(dataset: Dict[str, Any]) -> Optional[int]:

@@ -7,6 +7,7 @@ so each record carries its learning curve, and (with a checkpoint path) the whol
 is saved, so a kill loses at most one epoch and a rerun continues bit-for-bit. A NaN/inf loss
 stops the cell with NonFiniteLoss. Throughput vs a plain loop: benchmarks/train_loop.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,8 @@ class TrainingPaused(ControlFlow):
     def __init__(self, epoch: int, start: int = 0):
         super().__init__(f"paused after epoch {epoch} (this stretch started from epoch {start})")
         self.epoch, self.start = epoch, start
+
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -60,7 +63,9 @@ class TrainConfig:
     eval_batch_size: int = 1000
     label_smoothing: float = 0.0
     device: str = "cpu"  # or cuda, cuda:N
-    amp: Optional[str] = None  # None, bf16 or fp16 (fp16 on CUDA only, with a gradient scaler); suites: also auto (host_recipe)
+    amp: Optional[str] = (
+        None  # None, bf16 or fp16 (fp16 on CUDA only, with a gradient scaler); suites: also auto (host_recipe)
+    )
     compile: bool = False  # torch.compile (inductor, static shapes) the model's training and scoring calls
     checkpoint: bool = True  # save the training state after every epoch when the runner gives a path
 
@@ -88,22 +93,35 @@ def validate_training(training: Dict[str, Any], dataset: Optional[Dict[str, Any]
             problems.append((key, f"must be a finite number >= 0, got {short(t[key])}"))
     for key in ("channels_last", "compile", "checkpoint"):
         if not isinstance(t[key], bool) and not (key == "channels_last" and t[key] == "auto"):
-            problems.append((key, f"must be true or false{' or auto' if key == 'channels_last' else ''}, got {short(t[key])}"))
+            problems.append(
+                (key, f"must be true or false{' or auto' if key == 'channels_last' else ''}, got {short(t[key])}")
+            )
     if not (is_finite_number(t["momentum"]) and 0 <= t["momentum"] < 1):
         problems.append(("momentum", f"must be in [0, 1), got {short(t['momentum'])}"))
     device = t["device"]
-    if not (isinstance(device, str) and (device in ("cpu", "cuda") or
-                                         (device.startswith("cuda:") and device[5:].isdigit()))):
+    if not (
+        isinstance(device, str) and (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()))
+    ):
         problems.append(("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {short(device)}"))
     if t["amp"] not in (None, "auto", *AMP_DTYPES):
-        problems.append(("amp", f"must be null, 'bf16', 'fp16' or 'auto' (fp32 or bf16, whichever trains faster on this "
-                                f"host), got {short(t['amp'])}"))
+        problems.append(
+            (
+                "amp",
+                f"must be null, 'bf16', 'fp16' or 'auto' (fp32 or bf16, whichever trains faster on this "
+                f"host), got {short(t['amp'])}",
+            )
+        )
     elif t["amp"] == "fp16" and device == "cpu":
         problems.append(("amp", "fp16 autocast needs a CUDA device; use bf16 on the CPU"))
     n = train_size(dataset) if dataset else None
     if n is not None and isinstance(t["batch_size"], int) and t["batch_size"] > n:
-        problems.append(("batch_size", f"{t['batch_size']} exceeds the {n} training images of {dataset['name']} "
-                                        "(0 steps per epoch); lower training.batch_size or raise dataset.train_subset"))
+        problems.append(
+            (
+                "batch_size",
+                f"{t['batch_size']} exceeds the {n} training images of {dataset['name']} "
+                "(0 steps per epoch); lower training.batch_size or raise dataset.train_subset",
+            )
+        )
     return problems
 
 
@@ -137,8 +155,13 @@ def prepare(dataset: Dict[str, Any]):
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise UsageError(f"training.optimizer {cfg.optimizer!r} is not 'sgd' or 'adamw'")
@@ -154,8 +177,11 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def autocast(cfg: TrainConfig):
     """bf16/fp16 autocast on the training device, or a no-op context (the CPU default: float32)."""
     device_type = torch.device(cfg.device).type
-    return torch.autocast(device_type, dtype=AMP_DTYPES[cfg.amp], enabled=True) if cfg.amp else \
-        torch.autocast(device_type, enabled=False)
+    return (
+        torch.autocast(device_type, dtype=AMP_DTYPES[cfg.amp], enabled=True)
+        if cfg.amp
+        else torch.autocast(device_type, enabled=False)
+    )
 
 
 def training_forward(model: nn.Module, cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -171,8 +197,15 @@ def training_forward(model: nn.Module, cfg: TrainConfig) -> Callable[[torch.Tens
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, mem_format, cfg: Optional[TrainConfig] = None,
-             forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    mem_format,
+    cfg: Optional[TrainConfig] = None,
+    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> Dict[str, float]:
     """Top-1, top-5 and mean cross-entropy (without label smoothing) on (x, y) through ``forward`` (default:
     the model); leaves the model in eval mode."""
     model.eval()
@@ -182,8 +215,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, mem
     k = min(5, model.num_classes if hasattr(model, "num_classes") else 5)
     for i in range(0, len(x), batch):
         with autocast(cfg or TrainConfig()):
-            logits = forward(x[i:i + batch].contiguous(memory_format=mem_format)).float()
-        target = y[i:i + batch]
+            logits = forward(x[i : i + batch].contiguous(memory_format=mem_format)).float()
+        target = y[i : i + batch]
         loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
         top = logits.topk(k, dim=1).indices
         top1 += (top[:, 0] == target).sum().item()
@@ -196,8 +229,10 @@ def _check_finite(pending: List[torch.Tensor], epoch: int, first_step: int, lr: 
     values = torch.stack(pending).tolist() if len(pending) > 1 else [pending[0].item()]
     for i, value in enumerate(values):
         if not math.isfinite(value):
-            raise NonFiniteLoss(f"loss became {value} at epoch {epoch + 1}, step {first_step + i + 1} (lr {lr:g}); "
-                                "lower training.lr or add warmup_steps")
+            raise NonFiniteLoss(
+                f"loss became {value} at epoch {epoch + 1}, step {first_step + i + 1} (lr {lr:g}); "
+                "lower training.lr or add warmup_steps"
+            )
     return values
 
 
@@ -237,13 +272,25 @@ def load_checkpoint(path: Optional[Path], fingerprint: str) -> Optional[Dict[str
 def _data_on(data, device: torch.device, mem_format):
     tx, ty, vx, vy, num_classes = data
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-    return move(tx).contiguous(memory_format=mem_format), move(ty), move(vx).contiguous(memory_format=mem_format), \
-        move(vy), num_classes
+    return (
+        move(tx).contiguous(memory_format=mem_format),
+        move(ty),
+        move(vx).contiguous(memory_format=mem_format),
+        move(vy),
+        num_classes,
+    )
 
 
-def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_path: Optional[Path] = None,
-                fingerprint: str = "", on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
-                pause_after_s: Optional[float] = None) -> Dict[str, Any]:
+def train_model(
+    model: nn.Module,
+    data,
+    cfg: TrainConfig,
+    seed: int,
+    checkpoint_path: Optional[Path] = None,
+    fingerprint: str = "",
+    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+    pause_after_s: Optional[float] = None,
+) -> Dict[str, Any]:
     """Train ``model`` in place, scoring the test split after every epoch; returns the final scores,
     the curve, loss and throughput. Resumes from ``checkpoint_path`` when it holds this cell's state.
     ``on_epoch(point)`` runs after each epoch's checkpoint is saved. With ``pause_after_s`` (and a
@@ -260,8 +307,10 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(tx) // cfg.batch_size  # drop the ragged last batch: BN needs > 1 sample
     if steps_per_epoch == 0:
-        raise UsageError(f"training.batch_size {cfg.batch_size} exceeds the {len(tx)} training images: 0 steps per "
-                             "epoch; lower training.batch_size or raise dataset.train_subset")
+        raise UsageError(
+            f"training.batch_size {cfg.batch_size} exceeds the {len(tx)} training images: 0 steps per "
+            "epoch; lower training.batch_size or raise dataset.train_subset"
+        )
     total = steps_per_epoch * cfg.epochs
     check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would stall the GPU's queue
     start, step, seen, train_time, curve, top5, wall_before, w0 = 0, 0, 0, 0.0, [], None, 0.0, time.perf_counter()
@@ -273,7 +322,13 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
         scaler.load_state_dict(saved["scaler"])
         gen.set_state(saved["generator"])
         _set_rng_state(saved["rng"], device)
-        start, step, seen, train_time, curve = saved["epoch"], saved["step"], saved["seen"], saved["train_s"], saved["curve"]
+        start, step, seen, train_time, curve = (
+            saved["epoch"],
+            saved["step"],
+            saved["seen"],
+            saved["train_s"],
+            saved["curve"],
+        )
         wall_before = saved["wall_s"]
     for epoch in range(start, cfg.epochs):
         model.train()
@@ -281,7 +336,7 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
         losses, pending = [], []
         t0 = time.perf_counter()
         for b in range(steps_per_epoch):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             lr = lr_at(step, total, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -307,29 +362,64 @@ def train_model(model: nn.Module, data, cfg: TrainConfig, seed: int, checkpoint_
         t1 = time.perf_counter()
         scores = evaluate(model, vx, vy, cfg.eval_batch_size, mem_format, cfg, forward)
         top5 = scores["top5"]
-        curve.append({"epoch": epoch + 1, "images_seen": seen, "test_top1": scores["top1"], "test_loss": scores["loss"],
-                      "train_loss": sum(losses) / len(losses), "lr": lr, "s": epoch_s,
-                      "eval_s": time.perf_counter() - t1})
+        curve.append(
+            {
+                "epoch": epoch + 1,
+                "images_seen": seen,
+                "test_top1": scores["top1"],
+                "test_loss": scores["loss"],
+                "train_loss": sum(losses) / len(losses),
+                "lr": lr,
+                "s": epoch_s,
+                "eval_s": time.perf_counter() - t1,
+            }
+        )
         if checkpoint_path is not None and cfg.checkpoint and epoch + 1 < cfg.epochs:
-            save_checkpoint(Path(checkpoint_path), {
-                "fingerprint": fingerprint, "epoch": epoch + 1, "step": step, "seen": seen, "train_s": train_time,
-                "wall_s": wall_before + time.perf_counter() - w0,
-                "curve": curve, "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "generator": gen.get_state(), "rng": _rng_state(device)})
+            save_checkpoint(
+                Path(checkpoint_path),
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "seen": seen,
+                    "train_s": train_time,
+                    "wall_s": wall_before + time.perf_counter() - w0,
+                    "curve": curve,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "generator": gen.get_state(),
+                    "rng": _rng_state(device),
+                },
+            )
         if on_epoch is not None:
             on_epoch(curve[-1])
-        if (pause_after_s is not None and checkpoint_path is not None and cfg.checkpoint and epoch + 1 < cfg.epochs
-                and time.perf_counter() - w0 >= pause_after_s):
+        if (
+            pause_after_s is not None
+            and checkpoint_path is not None
+            and cfg.checkpoint
+            and epoch + 1 < cfg.epochs
+            and time.perf_counter() - w0 >= pause_after_s
+        ):
             raise TrainingPaused(epoch + 1, start)
     last = curve[-1]
     result = {"top1": last["test_top1"], "top5": top5, "test_loss": last["test_loss"]}
     if num_classes <= 5 or top5 is None:
         result.pop("top5")
-    result.update({
-        "final_train_loss": last["train_loss"], "train_images_per_s": seen / train_time if train_time else 0.0,
-        "train_s": train_time, "steps": step, "train_size": len(tx), "test_size": len(vx), "curve": curve,
-        "resumed_from_epoch": start, "wall_before": wall_before, "first_step_s": first_step_s,
-    })
+    result.update(
+        {
+            "final_train_loss": last["train_loss"],
+            "train_images_per_s": seen / train_time if train_time else 0.0,
+            "train_s": train_time,
+            "steps": step,
+            "train_size": len(tx),
+            "test_size": len(vx),
+            "curve": curve,
+            "resumed_from_epoch": start,
+            "wall_before": wall_before,
+            "first_step_s": first_step_s,
+        }
+    )
     return result
 
 
@@ -337,8 +427,11 @@ def kernel_environment(cfg: TrainConfig) -> Dict[str, Any]:
     """What picks the kernels a bit-for-bit rerun must meet again, beyond torch's version and the thread
     count: the CPU's instruction set as torch dispatches on it (bf16 and fp32 kernels differ between
     AVX2, AVX-512 and AMX), the oneDNN build and, for a compiled CPU step, the C++ compiler inductor used."""
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn": _onednn_version(),
-            "compiler": _cxx_version() if cfg.compile and cfg.device == "cpu" else None}
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn": _onednn_version(),
+        "compiler": _cxx_version() if cfg.compile and cfg.device == "cpu" else None,
+    }
 
 
 @lru_cache(maxsize=1)
@@ -396,10 +489,18 @@ def deterministic_cuda(device: str):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
-def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, training: Dict, seed: int,
-               checkpoint_path: Optional[Path] = None,
-               on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
-               pause_after_s: Optional[float] = None, recipe_choice: Optional[Dict[str, Any]] = None) -> Measurement:
+def train_cell(
+    backbone: str,
+    module: str,
+    options: Dict,
+    dataset: Dict,
+    training: Dict,
+    seed: int,
+    checkpoint_path: Optional[Path] = None,
+    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+    pause_after_s: Optional[float] = None,
+    recipe_choice: Optional[Dict[str, Any]] = None,
+) -> Measurement:
     """Train one (backbone, module, seed) cell; with ``checkpoint_path`` it saves every epoch there,
     resumes from it when present, and deletes it once the cell has finished (``pause_after_s``: see
     train_model; the checkpoint then stays for whoever continues). ``recipe_choice``: how ``auto`` settings
@@ -409,40 +510,71 @@ def train_cell(backbone: str, module: str, options: Dict, dataset: Dict, trainin
         raise UsageError(f"training.{problems[0][0]}: {problems[0][1]}")
     device = training.get("device", "cpu")
     if device != "cpu" and not torch.cuda.is_available():
-        raise UsageError(f"training.device is {device!r} but torch.cuda.is_available() is False here; "
-                             "run on a GPU machine or set training.device: cpu")
+        raise UsageError(
+            f"training.device is {device!r} but torch.cuda.is_available() is False here; "
+            "run on a GPU machine or set training.device: cpu"
+        )
     auto = [k for k in ("amp", "channels_last") if training.get(k) == "auto"]
     if auto:  # the runner resolves `auto` on the host before cells get their keys (attnbench.train.recipe)
-        raise UsageError(f"training.{auto[0]} is 'auto': resolve it first (attnbench.train.recipe.resolve_cells, as "
-                             "run_suite does) or give a concrete value")
+        raise UsageError(
+            f"training.{auto[0]} is 'auto': resolve it first (attnbench.train.recipe.resolve_cells, as "
+            "run_suite does) or give a concrete value"
+        )
     cfg = TrainConfig(**training)
     where = ("root", "download")  # where the data lie is not what they are: a checkpoint survives a moved data folder
-    fingerprint = json.dumps([backbone, module, options, {k: v for k, v in dataset.items() if k not in where}, training,
-                              seed], sort_keys=True, default=str)
+    fingerprint = json.dumps(
+        [backbone, module, options, {k: v for k, v in dataset.items() if k not in where}, training, seed],
+        sort_keys=True,
+        default=str,
+    )
     with fixed_threads(cfg.threads):
         t0 = time.perf_counter()
         data = prepare(dataset)
         in_chans, num_classes = data[0].shape[1], data[4]
         torch.manual_seed(seed)
-        model = build(backbone, module, init="train",  # training keeps the training init (zero_init_last ...)
-                      backbone_kwargs={"num_classes": num_classes, "in_chans": in_chans}, **options)
+        model = build(
+            backbone,
+            module,
+            init="train",  # training keeps the training init (zero_init_last ...)
+            backbone_kwargs={"num_classes": num_classes, "in_chans": in_chans},
+            **options,
+        )
         if cfg.stem:
             adapt_stem(model, **cfg.stem)
         with deterministic_cuda(cfg.device):
             try:
                 stats = train_model(model, data, cfg, seed, checkpoint_path, fingerprint, on_epoch, pause_after_s)
-            except Exception as exc:  # batch 1 reaching a 1x1 map is a known limit (unsupported), not the module's failure
+            except (
+                Exception
+            ) as exc:  # batch 1 reaching a 1x1 map is a known limit (unsupported), not the module's failure
                 known = as_unsupported(exc, cfg.batch_size, tuple(data[0].shape[2:]))
                 if known is exc:
                     raise
                 raise known from None
         wall = time.perf_counter() - t0 + stats.pop("wall_before", 0.0)
-        stats.update({"params": count_params(model), "seed": seed, "wall_s": wall, "init": "train",
-                      "threads": torch.get_num_threads(), "weights_sha1": weights_digest(model), "device": cfg.device,
-                      "amp": cfg.amp, "recipe": asdict(cfg), **kernel_environment(cfg)})
+        stats.update(
+            {
+                "params": count_params(model),
+                "seed": seed,
+                "wall_s": wall,
+                "init": "train",
+                "threads": torch.get_num_threads(),
+                "weights_sha1": weights_digest(model),
+                "device": cfg.device,
+                "amp": cfg.amp,
+                "recipe": asdict(cfg),
+                **kernel_environment(cfg),
+            }
+        )
         if recipe_choice:
             stats["recipe_choice"] = recipe_choice
         if checkpoint_path is not None and Path(checkpoint_path).exists():
             Path(checkpoint_path).unlink()
-        return Measurement("accuracy", stats["top1"], "% top-1", "train from scratch, evaluate on the test split",
-                           {"dataset": dataset, "training": training, "seed": seed}, stats)
+        return Measurement(
+            "accuracy",
+            stats["top1"],
+            "% top-1",
+            "train from scratch, evaluate on the test split",
+            {"dataset": dataset, "training": training, "seed": seed},
+            stats,
+        )

@@ -14,6 +14,7 @@ store resumes on a host that chooses alike, and each record keeps the probe (``s
 the rule, and whether the CPU has native bf16. The accuracy-speedups suite measured that bf16 + channels_last does
 not change top-1 on the shipped recipe (-0.10 pp [-0.46, +0.25]).
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,7 +71,9 @@ def resolve_cells(cells: Sequence, probe=None) -> List:
             out.append(cell)
             continue
         speed = {k: cell.training.get(k) for k in SPEED_KEYS}
-        key = json.dumps([cell.backbone, cell.dataset.get("name"), cell.dataset.get("root"), speed], sort_keys=True, default=str)
+        key = json.dumps(
+            [cell.backbone, cell.dataset.get("name"), cell.dataset.get("root"), speed], sort_keys=True, default=str
+        )
         if key not in done:
             done[key] = probe(cell.backbone, cell.dataset, cell.training)
         choice = done[key]
@@ -94,7 +97,9 @@ def probe_recipe(backbone: str, dataset: Dict[str, Any], training: Dict[str, Any
         n = min(len(tx), cfg.batch_size)
         x, y = tx[:n].to(device), ty[:n].to(device)
         torch.manual_seed(0)
-        model = build(backbone, "none", init="train", backbone_kwargs={"num_classes": num_classes, "in_chans": x.shape[1]})
+        model = build(
+            backbone, "none", init="train", backbone_kwargs={"num_classes": num_classes, "in_chans": x.shape[1]}
+        )
         if cfg.stem:
             adapt_stem(model, **cfg.stem)
         steps = {}
@@ -114,22 +119,38 @@ def probe_recipe(backbone: str, dataset: Dict[str, Any], training: Dict[str, Any
         fastest = min(warm.values())
         order = [k for k in steps if warm[k] <= DROP * fastest]
         for r in range(ROUNDS):
-            for k in order[r % len(order):] + order[:r % len(order)]:
+            for k in order[r % len(order) :] + order[: r % len(order)]:
                 times[k].append(steps[k]())
     median = {k: statistics.median(v) if v else warm[k] for k, v in times.items()}
     dropped = [k for k in cands if not times[k]]
     chosen = choose(cands, median)
     ref = median[cands[0]]
     speeds = ", ".join(f"{label(*k)} {ref / median[k]:.2f}x" for k in cands)
-    why = (f"{label(*chosen)} chosen by auto: speed vs {label(*cands[0])} {speeds} (median of {ROUNDS} interleaved "
-           f"training steps each, batch {n}, on this host; native bf16: {'yes' if native_bf16() else 'no'}; the "
-           f"plainest setting within {MARGIN:.0%} of the fastest wins"
-           + (f"; {', '.join(label(*k) for k in dropped)}: warm-up step only, over {DROP:g}x the fastest" if dropped
-              else "") + ")")
-    return {"amp": chosen[0], "channels_last": chosen[1], "asked": {k: training.get(k) for k in AUTO_KEYS},
-            "step_ms": {label(*k): round(v * 1e3, 2) for k, v in median.items()}, "speedup": round(ref / median[chosen], 3),
-            "margin": MARGIN, "rounds": ROUNDS, "dropped": [label(*k) for k in dropped], "batch": n, "native_bf16": native_bf16(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "why": why}
+    why = (
+        f"{label(*chosen)} chosen by auto: speed vs {label(*cands[0])} {speeds} (median of {ROUNDS} interleaved "
+        f"training steps each, batch {n}, on this host; native bf16: {'yes' if native_bf16() else 'no'}; the "
+        f"plainest setting within {MARGIN:.0%} of the fastest wins"
+        + (
+            f"; {', '.join(label(*k) for k in dropped)}: warm-up step only, over {DROP:g}x the fastest"
+            if dropped
+            else ""
+        )
+        + ")"
+    )
+    return {
+        "amp": chosen[0],
+        "channels_last": chosen[1],
+        "asked": {k: training.get(k) for k in AUTO_KEYS},
+        "step_ms": {label(*k): round(v * 1e3, 2) for k, v in median.items()},
+        "speedup": round(ref / median[chosen], 3),
+        "margin": MARGIN,
+        "rounds": ROUNDS,
+        "dropped": [label(*k) for k in dropped],
+        "batch": n,
+        "native_bf16": native_bf16(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "why": why,
+    }
 
 
 def choose(cands: Sequence[Tuple[Optional[str], bool]], step_s: Dict[Tuple[Optional[str], bool], float]):

@@ -1,4 +1,5 @@
 """Whole-network latency: the variants of one timing group, built, warmed and timed on the schedule; peak memory."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,10 +23,18 @@ AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch
 class _Step:
     """One timed call of a model: inference forward, or a whole training step."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, s: LatencySettings, device: torch.device,
-                 forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        s: LatencySettings,
+        device: torch.device,
+        forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
         self.model, self.x, self.train = model, x, s.train
-        self.forward = forward or model  # a compiled forward for runtime compile; the optimizer steps model's parameters
+        self.forward = (
+            forward or model
+        )  # a compiled forward for runtime compile; the optimizer steps model's parameters
         self.amp = AMP_DTYPES.get(s.amp) if s.amp else None
         self.device = device
         if s.train:
@@ -45,8 +54,11 @@ class _Step:
 
 
 def measure_latency(
-    models: Dict[str, nn.Module], settings: LatencySettings, device: str = "cpu",
-    on_error: Optional[Callable[[str, BaseException], None]] = None, baseline: Optional[str] = None,
+    models: Dict[str, nn.Module],
+    settings: LatencySettings,
+    device: str = "cpu",
+    on_error: Optional[Callable[[str, BaseException], None]] = None,
+    baseline: Optional[str] = None,
 ) -> Dict[str, Measurement]:
     """Time every model under one interleaved schedule (see the module docstring); ``baseline`` is the
     label every Δ is taken against (the stop rule's reference). One that fails is reported via
@@ -59,8 +71,11 @@ def measure_latency(
     steps: Dict[str, Callable] = {}
     prepared: Dict[str, dict] = {}  # export/compile time and runtime details, per label
     # The priority covers preparation and warm-up too: on a loaded machine they would otherwise crawl.
-    with fixed_threads(settings.threads) as threads, contention.raised_priority(settings.nice) as prio, \
-            _cudnn_benchmark(cuda):
+    with (
+        fixed_threads(settings.threads) as threads,
+        contention.raised_priority(settings.nice) as prio,
+        _cudnn_benchmark(cuda),
+    ):
         torch.manual_seed(0)
         x = torch.randn(settings.batch_size, settings.in_chans, *settings.input_size, device=dev)
         x = x.contiguous(memory_format=mem_format)
@@ -84,13 +99,24 @@ def measure_latency(
                 on_error(label, exc)
         if not steps:
             return {}
-        res = run_rounds(steps, settings, dev, threads, precision_rule(settings, baseline if baseline in steps else None),
-                         settings.min_time * len(steps), on_error,
-                         check=lambda label, out: require_finite(out, f"{label} (after warm-up, while timing)"), priority=prio)
+        res = run_rounds(
+            steps,
+            settings,
+            dev,
+            threads,
+            precision_rule(settings, baseline if baseline in steps else None),
+            settings.min_time * len(steps),
+            on_error,
+            check=lambda label, out: require_finite(out, f"{label} (after warm-up, while timing)"),
+            priority=prio,
+        )
     metric = ("train_step_" if settings.train else "latency_") + ("gpu" if cuda else "cpu")
-    method = ("CUDA events, synchronised per call" if cuda else "time.perf_counter per call") + \
-        ", variants interleaved call by call, " + ("SGD training step" if settings.train else "eval, inference_mode") + \
-        ("" if settings.runtime == "eager" else f", runtime {settings.runtime}")
+    method = (
+        ("CUDA events, synchronised per call" if cuda else "time.perf_counter per call")
+        + ", variants interleaved call by call, "
+        + ("SGD training step" if settings.train else "eval, inference_mode")
+        + ("" if settings.runtime == "eager" else f", runtime {settings.runtime}")
+    )
     out = {}
     for label in res.times:
         rounds = res.times[label]
@@ -101,15 +127,20 @@ def measure_latency(
         if any(w is not None for rnd in res.waits[label] for w in rnd):
             stats["rounds_wait"] = res.waits[label]
         stats["schedule"] = "alternating"
-        stats["batches"] = settings.batches  # the interval's batch means (stats.batch_interval): read back by the tables
+        stats["batches"] = (
+            settings.batches
+        )  # the interval's batch means (stats.batch_interval): read back by the tables
         stats["group"] = res.group
         stats["baseline"] = baseline if baseline in res.times else None
-        ci = _delta(res, label, stats["baseline"], settings.clean_wait, settings.batches)  # as the stop rule and the table
+        ci = _delta(
+            res, label, stats["baseline"], settings.clean_wait, settings.batches
+        )  # as the stop rule and the table
         stats["stop"] = _stop_info(res, label, settings, ci)
         stats["contention"] = _contention(res, [label], settings.clean_wait)
         stats.update(prepared.get(label) or {})
-        out[label] = Measurement(metric, stats["median_ms"], "ms", method,
-                                 dict(settings.as_dict(), threads=threads, device=str(dev)), stats)
+        out[label] = Measurement(
+            metric, stats["median_ms"], "ms", method, dict(settings.as_dict(), threads=threads, device=str(dev)), stats
+        )
     return out
 
 
@@ -144,8 +175,10 @@ def _make_step(model: nn.Module, x: torch.Tensor, s: LatencySettings, dev: torch
         t0 = time.perf_counter()
         step = _Step(model, x, s, dev, forward=runtimes.compile_model(model))
         step()
-        return step, {"prepare_s": time.perf_counter() - t0, "runtime_info": {
-            "runtime": "compile", "backend": runtimes.COMPILE_BACKEND, "mode": runtimes.COMPILE_MODE}}
+        return step, {
+            "prepare_s": time.perf_counter() - t0,
+            "runtime_info": {"runtime": "compile", "backend": runtimes.COMPILE_BACKEND, "mode": runtimes.COMPILE_MODE},
+        }
     p = runtimes.prepare(s.runtime, model, x, threads, str(dev))
     return p.step, {"prepare_s": p.prepare_s, "runtime_info": p.info}
 
@@ -157,7 +190,9 @@ def measure_peak_memory(model: nn.Module, settings: LatencySettings, device: str
         raise RuntimeError("peak memory needs a CUDA device")
     mem_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=mem_format).train(settings.train)
-    x = torch.randn(settings.batch_size, settings.in_chans, *settings.input_size, device=dev).contiguous(memory_format=mem_format)
+    x = torch.randn(settings.batch_size, settings.in_chans, *settings.input_size, device=dev).contiguous(
+        memory_format=mem_format
+    )
     step = _Step(model, x, settings, dev)
     step()
     torch.cuda.synchronize(dev)
@@ -166,5 +201,11 @@ def measure_peak_memory(model: nn.Module, settings: LatencySettings, device: str
     step()
     torch.cuda.synchronize(dev)
     peak = torch.cuda.max_memory_allocated(dev)
-    return Measurement("memory_gpu", peak / 2**20, "MiB", "torch.cuda.max_memory_allocated over one call",
-                       dict(settings.as_dict(), device=str(dev)), {"peak_bytes": int(peak), "resident_bytes": int(base)})
+    return Measurement(
+        "memory_gpu",
+        peak / 2**20,
+        "MiB",
+        "torch.cuda.max_memory_allocated over one call",
+        dict(settings.as_dict(), device=str(dev)),
+        {"peak_bytes": int(peak), "resident_bytes": int(base)},
+    )

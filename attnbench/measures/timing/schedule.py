@@ -1,5 +1,6 @@
 """The schedule and its stop rules: variants alternate call by call in rounds; rounds are added until every
 Δ's interval meets its target or the time budget is spent (docs/latency.md)."""
+
 from __future__ import annotations
 
 import gc
@@ -28,8 +29,12 @@ def summarize(times_s: List[float], batch_size: int, threshold: float) -> dict:
     t = np.asarray(times_s) * 1e3
     q25, med, q75 = np.percentile(t, [25, 50, 75])
     return {
-        "median_ms": float(med), "iqr_ms": float(q75 - q25), "mean_ms": float(t.mean()), "min_ms": float(t.min()),
-        "runs": int(t.size), "images_per_s": float(batch_size * 1e3 / med) if med > 0 else float("nan"),
+        "median_ms": float(med),
+        "iqr_ms": float(q75 - q25),
+        "mean_ms": float(t.mean()),
+        "min_ms": float(t.min()),
+        "runs": int(t.size),
+        "images_per_s": float(batch_size * 1e3 / med) if med > 0 else float("nan"),
         "unstable": bool(med > 0 and (q75 - q25) / med > threshold),
     }
 
@@ -53,9 +58,17 @@ class Rounds:
 StopRule = Callable[[Rounds, int, float], Optional[str]]
 
 
-def run_rounds(steps: Dict[str, Callable[[], object]], s: LatencySettings, dev: torch.device, threads: int,
-               stop: StopRule, round_time: float, on_error: Optional[Callable[[str, BaseException], None]] = None,
-               check: Optional[Callable[[str, object], None]] = None, priority: Optional[dict] = None) -> Rounds:
+def run_rounds(
+    steps: Dict[str, Callable[[], object]],
+    s: LatencySettings,
+    dev: torch.device,
+    threads: int,
+    stop: StopRule,
+    round_time: float,
+    on_error: Optional[Callable[[str, BaseException], None]] = None,
+    check: Optional[Callable[[str, object], None]] = None,
+    priority: Optional[dict] = None,
+) -> Rounds:
     """Rounds of cycles in rotating order until ``stop`` names a reason. A step that raises is reported
     through ``on_error`` and dropped, and the cycle it broke is dropped for everyone (pairs stay aligned).
     ``check(label, last_output)`` runs after every round, outside the timing. ``priority`` is what the
@@ -111,8 +124,11 @@ def run_rounds(steps: Dict[str, Callable[[], object]], s: LatencySettings, dev: 
                         failed = label
                         break
                     cur_t[label].append(dt)
-                    cur_w[label].append(None if w0 is None or w1 is None or t1 <= t0 else
-                                        round(max(0.0, w1 - w0) / (threads * (t1 - t0)), 4))
+                    cur_w[label].append(
+                        None
+                        if w0 is None or w1 is None or t1 <= t0
+                        else round(max(0.0, w1 - w0) / (threads * (t1 - t0)), 4)
+                    )
                 if failed is not None:  # drop the broken cycle for everyone, and the failed step for good
                     order.remove(failed)
                     n = min((len(cur_t[k2]) for k2 in order), default=0)
@@ -148,11 +164,14 @@ def run_rounds(steps: Dict[str, Callable[[], object]], s: LatencySettings, dev: 
     return res
 
 
-def _delta(res: Rounds, label: str, baseline: Optional[str], limit: float, batches: int = 1) -> Optional[st.RatioInterval]:
+def _delta(
+    res: Rounds, label: str, baseline: Optional[str], limit: float, batches: int = 1
+) -> Optional[st.RatioInterval]:
     if baseline is None or label == baseline or baseline not in res.times:
         return None
-    return st.alternating_delta(res.times[label], res.times[baseline], res.waits[label], res.waits[baseline], limit,
-                                batches=batches)
+    return st.alternating_delta(
+        res.times[label], res.times[baseline], res.waits[label], res.waits[baseline], limit, batches=batches
+    )
 
 
 def precision_rule(s: LatencySettings, baseline: Optional[str]) -> StopRule:
@@ -196,17 +215,30 @@ def _contention(res: Rounds, keys: List[str], limit: float) -> dict:
     that makes their row contended (the rule docs/latency.md states)."""
     known = [w for k in keys for rnd in res.waits[k] for w in rnd if w is not None]
     clean = sum(1 for w in known if w <= limit) / len(known) if known else None
-    info = {**res.machine, "wait_median": statistics.median(known) if known else None, "clean": clean,
-            "nice": res.priority.get("obtained"), "nice_granted": bool(res.priority.get("granted"))}
+    info = {
+        **res.machine,
+        "wait_median": statistics.median(known) if known else None,
+        "clean": clean,
+        "nice": res.priority.get("obtained"),
+        "nice_granted": bool(res.priority.get("granted")),
+    }
     others = res.machine.get("others_cpu")
-    info["contended"] = bool((clean is not None and clean < CONTENDED_CLEAN) or
-                             (clean is None and others is not None and others >= 0.25) or
-                             (res.machine.get("steal") or 0) >= 0.05)
+    info["contended"] = bool(
+        (clean is not None and clean < CONTENDED_CLEAN)
+        or (clean is None and others is not None and others >= 0.25)
+        or (res.machine.get("steal") or 0) >= 0.05
+    )
     return info
 
 
 def _stop_info(res: Rounds, label: str, s: LatencySettings, ci: Optional[st.RatioInterval]) -> dict:
     hw = ci.halfwidth if ci is not None else None
-    return {"reason": res.reason, "target": s.target, "max_time": s.time_budget, "rounds": len(res.times[label]),
-            "seconds": round(res.seconds, 2), "halfwidth": None if hw is None else round(hw, 3),
-            "met": None if s.target is None or ci is None else bool(hw is not None and hw <= s.target)}
+    return {
+        "reason": res.reason,
+        "target": s.target,
+        "max_time": s.time_budget,
+        "rounds": len(res.times[label]),
+        "seconds": round(res.seconds, 2),
+        "halfwidth": None if hw is None else round(hw, 3),
+        "met": None if s.target is None or ci is None else bool(hw is not None and hw <= s.target),
+    }

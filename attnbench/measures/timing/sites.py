@@ -1,4 +1,5 @@
 """Each attention module timed alone, on the very inputs it sees inside the network (``attention_cpu``)."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,10 @@ def capture_sites(model: nn.Module, x: torch.Tensor) -> List[tuple]:
 
     slots = [m for m in model.modules() if isinstance(m, AttentionSlot)]
     seen: Dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: seen.setdefault(i, args[0].detach().clone()))
-             for i, m in enumerate(slots)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, i=i: seen.setdefault(i, args[0].detach().clone()))
+        for i, m in enumerate(slots)
+    ]
     try:
         with torch.inference_mode():
             model.eval()(x)
@@ -59,8 +62,11 @@ def _site_totals(res: Rounds, keys: List[str], limit: float) -> List[float]:
     return totals
 
 
-def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
-                  on_error: Optional[Callable[[str, BaseException], None]] = None) -> Dict[str, Measurement]:
+def measure_sites(
+    models: Dict[str, nn.Module],
+    settings: LatencySettings,
+    on_error: Optional[Callable[[str, BaseException], None]] = None,
+) -> Dict[str, Measurement]:
     """Direct attribution: every attached module timed alone on the input it sees in the model (captured
     from one forward), all sites of all variants interleaved call by call like the networks. Per variant:
     'added ms (direct)' = the sum over its sites, with a t interval over rounds, and the same per stage.
@@ -81,8 +87,14 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
                         site_steps[key] = partial(_call_module, slot.attn.eval(), inp)
                         for _ in range(max(1, settings.warmup)):
                             require_finite(site_steps[key](), f"{label} at {slot.site}")
-                        meta[label].append({"key": key, "path": slot.site, "stage": int(getattr(slot, "stage", 0) or 0),
-                                            "shape": list(inp.shape)})
+                        meta[label].append(
+                            {
+                                "key": key,
+                                "path": slot.site,
+                                "stage": int(getattr(slot, "stage", 0) or 0),
+                                "shape": list(inp.shape),
+                            }
+                        )
             except Exception as exc:
                 meta.pop(label, None)
                 if on_error is None:
@@ -111,9 +123,20 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
             budget = settings.time_budget
             return "max_time" if budget is not None and elapsed >= budget else None
 
-        res = run_rounds(site_steps, settings, dev, threads, stop, settings.min_time * max(1, len(meta)), site_error,
-                         priority=prio) \
-            if site_steps else Rounds({}, {}, reason="no sites", group=uuid.uuid4().hex[:12])
+        res = (
+            run_rounds(
+                site_steps,
+                settings,
+                dev,
+                threads,
+                stop,
+                settings.min_time * max(1, len(meta)),
+                site_error,
+                priority=prio,
+            )
+            if site_steps
+            else Rounds({}, {}, reason="no sites", group=uuid.uuid4().hex[:12])
+        )
     out = {}
     for label, ms in meta.items():
         keys = [m["key"] for m in ms if m["key"] in res.times]
@@ -131,15 +154,35 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
         sites = []
         for m in ms:
             calls = [t * 1e3 for rnd in res.times.get(m["key"], []) for t in rnd]
-            sites.append({"path": m["path"], "stage": m["stage"], "shape": m["shape"],
-                          "median_ms": round(statistics.median(calls), 5) if calls else None, "calls": len(calls)})
-        stats = {"total_ms": mean, "low_ms": lo, "high_ms": hi, "rounds_total_ms": [round(t, 5) for t in totals],
-                 "stages": stages, "sites": sites, "schedule": "alternating", "batches": settings.batches, "group": res.group,
-                 "stop": {"reason": res.reason, "target": settings.direct_target if settings.target is not None else None,
-                          "max_time": settings.time_budget,
-                          "rounds": len(totals), "seconds": round(res.seconds, 2),
-                          "halfwidth_pct": None if lo is None or not mean else round(100 * (hi - mean) / mean, 3)},
-                 "contention": _contention(res, keys, settings.clean_wait)}
+            sites.append(
+                {
+                    "path": m["path"],
+                    "stage": m["stage"],
+                    "shape": m["shape"],
+                    "median_ms": round(statistics.median(calls), 5) if calls else None,
+                    "calls": len(calls),
+                }
+            )
+        stats = {
+            "total_ms": mean,
+            "low_ms": lo,
+            "high_ms": hi,
+            "rounds_total_ms": [round(t, 5) for t in totals],
+            "stages": stages,
+            "sites": sites,
+            "schedule": "alternating",
+            "batches": settings.batches,
+            "group": res.group,
+            "stop": {
+                "reason": res.reason,
+                "target": settings.direct_target if settings.target is not None else None,
+                "max_time": settings.time_budget,
+                "rounds": len(totals),
+                "seconds": round(res.seconds, 2),
+                "halfwidth_pct": None if lo is None or not mean else round(100 * (hi - mean) / mean, 3),
+            },
+            "contention": _contention(res, keys, settings.clean_wait),
+        }
         # totals taken from disturbed calls too (no round had every site undisturbed) are contended
         stats["contention"]["contended"] = stats["contention"]["contended"] or limit == math.inf
         if mean is None:
@@ -148,8 +191,16 @@ def measure_sites(models: Dict[str, nn.Module], settings: LatencySettings,
                 raise raise_later
             on_error(label, raise_later)
             continue
-        method = ("each attached module alone on the input it sees in the model, all sites interleaved call by call; "
-                  "sum over sites of per-round medians, t interval over rounds")
-        out[label] = Measurement("attention_cpu", float(mean or 0.0), "ms", method,
-                                 dict(settings.as_dict(), threads=threads, device="cpu"), stats)
+        method = (
+            "each attached module alone on the input it sees in the model, all sites interleaved call by call; "
+            "sum over sites of per-round medians, t interval over rounds"
+        )
+        out[label] = Measurement(
+            "attention_cpu",
+            float(mean or 0.0),
+            "ms",
+            method,
+            dict(settings.as_dict(), threads=threads, device="cpu"),
+            stats,
+        )
     return out

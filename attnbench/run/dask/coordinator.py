@@ -1,5 +1,6 @@
 """The coordinator side of the Dask executor: submits cells, watches workers and the scheduler, stores results
 as they land, and never loses a finished cell when the cluster goes away (``attnbench run --executor dask``)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,14 @@ from .options import (
 from .worker import Outcome, run_task_on_worker, write_checkpoint
 
 
-def make_executor(executor: str, scheduler: Optional[str], workers: Optional[int], slot: Optional[str],
-                  local_directory: Path | str, worker_wait: Optional[float] = None):
+def make_executor(
+    executor: str,
+    scheduler: Optional[str],
+    workers: Optional[int],
+    slot: Optional[str],
+    local_directory: Path | str,
+    worker_wait: Optional[float] = None,
+):
     """The CLI's one call: check the options, probe an external scheduler, return None (local) or a Dask executor."""
     check_dask_options(executor, scheduler, workers, slot, worker_wait)
     if executor == "local":
@@ -54,8 +61,13 @@ def make_executor(executor: str, scheduler: Optional[str], workers: Optional[int
     if scheduler is not None:
         scheduler = parse_scheduler_address(scheduler)
         probe_scheduler(scheduler)
-    return dask_executor(scheduler=scheduler, n_workers=workers or 2, local_directory=local_directory, slot=slot or "lock",
-                         worker_wait=WORKER_WAIT_S if worker_wait is None else worker_wait)
+    return dask_executor(
+        scheduler=scheduler,
+        n_workers=workers or 2,
+        local_directory=local_directory,
+        slot=slot or "lock",
+        worker_wait=WORKER_WAIT_S if worker_wait is None else worker_wait,
+    )
 
 
 def failed_records(task: Task, exc: BaseException, hint: str = "") -> List[Record]:
@@ -69,12 +81,16 @@ def failed_records(task: Task, exc: BaseException, hint: str = "") -> List[Recor
 
 def no_worker_message(need: Dict[str, int], limit: float) -> str:
     if not need:
-        return (f"no live Dask worker for {limit:.0f} s (all workers gone); "
-                "start workers (dask worker ADDRESS) and rerun with --resume")
-    (name, amount), = need.items()
-    fix = {SLOT_RESOURCE: "start one worker per node with --resources latency_slot=1, or use --slot lock",
-           TRAIN_RESOURCE: "start workers with --resources train_slot=1 (one per training slot)",
-           GPU_RESOURCE: "start one worker per GPU with --resources gpu=1"}.get(name, f"start workers with --resources {name}={amount}")
+        return (
+            f"no live Dask worker for {limit:.0f} s (all workers gone); "
+            "start workers (dask worker ADDRESS) and rerun with --resume"
+        )
+    ((name, amount),) = need.items()
+    fix = {
+        SLOT_RESOURCE: "start one worker per node with --resources latency_slot=1, or use --slot lock",
+        TRAIN_RESOURCE: "start workers with --resources train_slot=1 (one per training slot)",
+        GPU_RESOURCE: "start one worker per GPU with --resources gpu=1",
+    }.get(name, f"start workers with --resources {name}={amount}")
     return f"no live Dask worker has the resource {name}={amount} for {limit:.0f} s; {fix}"
 
 
@@ -127,8 +143,14 @@ def _quiet(*names: str):
 
 def _quiet_close(client, cluster) -> None:
     """Close without the client's reconnect tracebacks (the run has already said what happened)."""
-    with _quiet("distributed.client", "distributed.utils", "distributed.core", "distributed.nanny", "distributed.scheduler",
-                "distributed.worker"):
+    with _quiet(
+        "distributed.client",
+        "distributed.utils",
+        "distributed.core",
+        "distributed.nanny",
+        "distributed.scheduler",
+        "distributed.worker",
+    ):
         try:
             client.close(timeout=2)
             if cluster is not None:
@@ -143,23 +165,30 @@ def local_cluster(n_workers: int, slot: str, scratch: Path):
     import torch
     from distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           local_directory=str(scratch))
+    cluster = LocalCluster(
+        n_workers=0, threads_per_worker=1, processes=True, dashboard_address=":0", local_directory=str(scratch)
+    )
     for i in range(n_workers):
         resources = {TRAIN_RESOURCE: 1}
         if i == 0 and torch.cuda.is_available():
             resources[GPU_RESOURCE] = 1
         if i == 0 and slot == "resource":
             resources[SLOT_RESOURCE] = 1
-        cluster.worker_spec[i] = {**cluster.new_spec, "options": {**cluster.new_spec["options"], "resources": resources}}
+        cluster.worker_spec[i] = {
+            **cluster.new_spec,
+            "options": {**cluster.new_spec["options"], "resources": resources},
+        }
     cluster.scale(n_workers)
     return cluster
 
 
 def phases(tasks: List[Task]) -> List[List[Task]]:
     """Counts, then trainings, then timings: each phase ends before the next starts."""
-    return [[t for t in tasks if not t.exclusive], [t for t in tasks if t.training],
-            [t for t in tasks if t.exclusive and not t.training]]
+    return [
+        [t for t in tasks if not t.exclusive],
+        [t for t in tasks if t.training],
+        [t for t in tasks if t.exclusive and not t.training],
+    ]
 
 
 def _connect(scheduler: Optional[str], n_workers: int, slot: str, scratch: Path, timeout: float):
@@ -177,8 +206,10 @@ def _connect(scheduler: Optional[str], n_workers: int, slot: str, scratch: Path,
     except (OSError, TimeoutError) as exc:
         if cluster is not None:
             cluster.close()
-        raise AttnBenchError(f"cannot reach the Dask scheduler {scheduler or 'of the LocalCluster'} within {timeout:.0f} s "
-                             f"({type(exc).__name__}); check --scheduler") from None
+        raise AttnBenchError(
+            f"cannot reach the Dask scheduler {scheduler or 'of the LocalCluster'} within {timeout:.0f} s "
+            f"({type(exc).__name__}); check --scheduler"
+        ) from None
 
 
 def _short(address: str) -> str:
@@ -225,9 +256,18 @@ class DaskExecutor:
     ``SchedulerLost`` (a ``RunAborted``) when the scheduler goes away; cells no live worker can take for
     ``no_worker_limit`` seconds come back as failed records naming the fix."""
 
-    def __init__(self, scheduler: Optional[str] = None, n_workers: int = 2, local_directory: Path | str = "results/dask-scratch",
-                 slot: str = "lock", no_worker_limit: float = NO_WORKER_LIMIT_S, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 lease_timeout: str = LEASE_TIMEOUT, worker_wait: float = WORKER_WAIT_S, chunk_s: float = CHUNK_S):
+    def __init__(
+        self,
+        scheduler: Optional[str] = None,
+        n_workers: int = 2,
+        local_directory: Path | str = "results/dask-scratch",
+        slot: str = "lock",
+        no_worker_limit: float = NO_WORKER_LIMIT_S,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        lease_timeout: str = LEASE_TIMEOUT,
+        worker_wait: float = WORKER_WAIT_S,
+        chunk_s: float = CHUNK_S,
+    ):
         check_dask_options("dask", scheduler, None if scheduler else n_workers, slot)
         need_distributed()
         self.scheduler, self.n_workers, self.slot = scheduler, n_workers, slot
@@ -265,9 +305,15 @@ class DaskExecutor:
 
         self.scratch.mkdir(parents=True, exist_ok=True)
         os.environ["DASK_TEMPORARY_DIRECTORY"] = str(self.scratch)  # a LocalCluster's workers spill and lock here
-        with dask.config.set({"temporary-directory": str(self.scratch),
-                              "distributed.scheduler.locks.lease-validation-interval": LOCAL_LEASE_VALIDATION}):
-            self.client, self.cluster = _connect(self.scheduler, self.n_workers, self.slot, self.scratch, self.connect_timeout)
+        with dask.config.set(
+            {
+                "temporary-directory": str(self.scratch),
+                "distributed.scheduler.locks.lease-validation-interval": LOCAL_LEASE_VALIDATION,
+            }
+        ):
+            self.client, self.cluster = _connect(
+                self.scheduler, self.n_workers, self.slot, self.scratch, self.connect_timeout
+            )
         try:
             with contextlib.suppress(Exception):  # a scheduler without an event log: attempts go uncounted
                 self.client.subscribe_topic("all", self._on_event)
@@ -304,9 +350,11 @@ class DaskExecutor:
                 return workers
             waited = time.monotonic() - t0
             if waited >= self.worker_wait:
-                raise AttnBenchError(f"no Dask worker joined the scheduler at {address} within {self.worker_wait:.0f} s; "
-                                     "start workers (dask worker ADDRESS, or check your batch jobs with squeue) or give "
-                                     "--worker-wait more seconds; nothing ran")
+                raise AttnBenchError(
+                    f"no Dask worker joined the scheduler at {address} within {self.worker_wait:.0f} s; "
+                    "start workers (dask worker ADDRESS, or check your batch jobs with squeue) or give "
+                    "--worker-wait more seconds; nothing ran"
+                )
             self._progress(f"waiting for Dask workers at {_short(address)} ({waited:.0f} of {self.worker_wait:.0f} s)")
             time.sleep(min(POLL_S, self.worker_wait - waited))
 
@@ -339,8 +387,10 @@ class DaskExecutor:
     def _check_scheduler(self, total: int) -> None:
         if self.client is not None and _scheduler_gone(self.client):
             address = self.client.scheduler.address
-            raise SchedulerLost(f"lost the Dask scheduler at {address}: {self._stored} of {total} cells stored, "
-                                "none marked failed for it; rerun with --resume to continue")
+            raise SchedulerLost(
+                f"lost the Dask scheduler at {address}: {self._stored} of {total} cells stored, "
+                "none marked failed for it; rerun with --resume to continue"
+            )
 
     def _phase(self, tasks: List[Task], run_id: str, total: int) -> Iterator[Tuple[Task, List[Record]]]:
         """One phase: submit within the window, take results as they land, poll the cluster every POLL_S."""
@@ -358,7 +408,9 @@ class DaskExecutor:
                     item = done.get(timeout=max(0.0, next_poll - time.monotonic()))
                 except queue.Empty:
                     item = None
-                if item is not None and item[0] == "lost":  # (lost, worker, keys): before any re-run of those keys lands
+                if (
+                    item is not None and item[0] == "lost"
+                ):  # (lost, worker, keys): before any re-run of those keys lands
                     for key in item[2]:
                         if key in flying:
                             flying[key].lost.append(item[1])
@@ -375,7 +427,9 @@ class DaskExecutor:
         finally:
             if flying and self.client is not None and not _scheduler_gone(self.client):
                 with contextlib.suppress(Exception):
-                    self.client.cancel([f for f in (getattr(fl, "future", None) for fl in flying.values()) if f is not None])
+                    self.client.cancel(
+                        [f for f in (getattr(fl, "future", None) for fl in flying.values()) if f is not None]
+                    )
 
     def _top_up(self, waiting, flying: Dict[str, "Flight"], done, run_id: str) -> None:
         window = max(MIN_WINDOW, WINDOW_PER_THREAD * self._slots)
@@ -390,8 +444,9 @@ class DaskExecutor:
                 self._submit(flight, flying, done, run_id, state)
                 in_air[need] += 1
 
-    def _submit(self, flight: Flight, flying, done, run_id: str, state: Optional[bytes] = None,
-                near: Optional[str] = None) -> None:
+    def _submit(
+        self, flight: Flight, flying, done, run_id: str, state: Optional[bytes] = None, near: Optional[str] = None
+    ) -> None:
         import dask
 
         task = flight.task
@@ -399,9 +454,19 @@ class DaskExecutor:
             task = dataclasses.replace(task, pause_after_s=self.chunk_s)
         key = f"attnbench-{run_id}-{task.keys[0]}" + (f"-e{flight.epoch}" if task.training else "")
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GB"}):  # a checkpoint rides along
-            fut = self.client.submit(run_task_on_worker, task, self.slot, run_id, self.lease_timeout, state, key=key,
-                                     pure=False, resources=dict(flight.need) or None, workers=[near] if near else None,
-                                     allow_other_workers=bool(near))
+            fut = self.client.submit(
+                run_task_on_worker,
+                task,
+                self.slot,
+                run_id,
+                self.lease_timeout,
+                state,
+                key=key,
+                pure=False,
+                resources=dict(flight.need) or None,
+                workers=[near] if near else None,
+                allow_other_workers=bool(near),
+            )
         flight.future, flight.lost = fut, []
         flying[key] = flight
         fut.add_done_callback(self._fetched)  # one callback per future, not one background task per poll
@@ -434,7 +499,7 @@ class DaskExecutor:
             flight.notes.append(f"resumed from epoch {out.from_epoch} (checkpoint of an earlier run)")
             flight.resumed_from = out.from_epoch
         if flight.lost:
-            who = (f"worker {flight.lost[0]} was" if len(flight.lost) == 1 else f"workers {', '.join(flight.lost)} were")
+            who = f"worker {flight.lost[0]} was" if len(flight.lost) == 1 else f"workers {', '.join(flight.lost)} were"
             if flight.task.training:
                 how = f"resumed from epoch {out.from_epoch}" if out.from_epoch else "re-run from scratch"
                 flight.notes.append(f"{who} lost mid-training; {how} on {out.worker}")
@@ -459,7 +524,9 @@ class DaskExecutor:
                 info["chunks"] = flight.chunks
                 if task.checkpoint_path is not None:
                     info["checkpoint"] = str(task.checkpoint_path)
-                if r.measurement is not None:  # where it last resumed after an interruption, not where its last stretch began
+                if (
+                    r.measurement is not None
+                ):  # where it last resumed after an interruption, not where its last stretch began
                     stats = {**r.measurement.stats, "resumed_from_epoch": flight.resumed_from}
                     r = dataclasses.replace(r, measurement=dataclasses.replace(r.measurement, stats=stats))
             records.append(dataclasses.replace(r, executor=info, note="; ".join(filter(None, [r.note] + flight.notes))))
@@ -482,7 +549,9 @@ class DaskExecutor:
                 if flight is not None:
                     running.append((flight.name, worker))
         self._progress(running_text(running, sum(len(line) for line in waiting.values())))
-        stuck = watchdog.stalled([f.need for f in flying.values()] + [n for n, line in waiting.items() if line], workers)
+        stuck = watchdog.stalled(
+            [f.need for f in flying.values()] + [n for n, line in waiting.items() if line], workers
+        )
         for need in stuck:
             error = NoWorker(no_worker_message(dict(need), watchdog.limit))
             for key in [k for k, f in flying.items() if f.need == need]:
@@ -497,9 +566,26 @@ class DaskExecutor:
                 yield flight.task, failed_records(flight.task, error)
 
 
-def dask_executor(scheduler: Optional[str] = None, n_workers: int = 2, local_directory: Path | str = "results/dask-scratch",
-                  slot: str = "lock", no_worker_limit: float = NO_WORKER_LIMIT_S, connect_timeout: float = CONNECT_TIMEOUT_S,
-                  lease_timeout: str = LEASE_TIMEOUT, worker_wait: float = WORKER_WAIT_S, chunk_s: float = CHUNK_S) -> DaskExecutor:
+def dask_executor(
+    scheduler: Optional[str] = None,
+    n_workers: int = 2,
+    local_directory: Path | str = "results/dask-scratch",
+    slot: str = "lock",
+    no_worker_limit: float = NO_WORKER_LIMIT_S,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    lease_timeout: str = LEASE_TIMEOUT,
+    worker_wait: float = WORKER_WAIT_S,
+    chunk_s: float = CHUNK_S,
+) -> DaskExecutor:
     """A :class:`DaskExecutor` (kept as the one constructor callers and the README use)."""
-    return DaskExecutor(scheduler, n_workers, local_directory, slot, no_worker_limit, connect_timeout, lease_timeout,
-                        worker_wait, chunk_s)
+    return DaskExecutor(
+        scheduler,
+        n_workers,
+        local_directory,
+        slot,
+        no_worker_limit,
+        connect_timeout,
+        lease_timeout,
+        worker_wait,
+        chunk_s,
+    )

@@ -1,5 +1,6 @@
 """Dask options, checks and probes: the executor's settings, read in the coordinator before any work, and the
 sizing rules both sides share (threads per worker, slots, lease names)."""
+
 from __future__ import annotations
 
 import os
@@ -53,7 +54,6 @@ SLOTS = ("lock", "resource")
 
 
 SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")  # cross-process protocols distributed knows
-
 
 
 def timing_lock_name(host: Optional[str] = None) -> str:
@@ -139,28 +139,49 @@ def parse_scheduler_address(address: str) -> str:
     return f"{scheme}://{location}"
 
 
-def check_dask_options(executor: str, scheduler: Optional[str] = None, workers: Optional[int] = None,
-                       slot: Optional[str] = None, worker_wait: Optional[float] = None) -> None:
+def check_dask_options(
+    executor: str,
+    scheduler: Optional[str] = None,
+    workers: Optional[int] = None,
+    slot: Optional[str] = None,
+    worker_wait: Optional[float] = None,
+) -> None:
     """Refuse bad executor options with one line each. ``None`` means "not given on the command line"."""
     if executor not in ("local", "dask"):
         raise UsageError(f"unknown executor {executor!r}; use --executor local or --executor dask")
-    given = [name for name, value in (("--scheduler", scheduler), ("--workers", workers), ("--slot", slot),
-                                      ("--worker-wait", worker_wait)) if value is not None]
+    given = [
+        name
+        for name, value in (
+            ("--scheduler", scheduler),
+            ("--workers", workers),
+            ("--slot", slot),
+            ("--worker-wait", worker_wait),
+        )
+        if value is not None
+    ]
     if executor != "dask":
         if given:
             verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
-            raise UsageError(f"{', '.join(given)} only {verb} to --executor dask; add --executor dask or drop {pronoun}")
+            raise UsageError(
+                f"{', '.join(given)} only {verb} to --executor dask; add --executor dask or drop {pronoun}"
+            )
         return
     if workers is not None and scheduler is not None:
-        raise UsageError("--workers sizes the LocalCluster started without --scheduler; with --scheduler, "
-                             "start workers yourself (dask worker ADDRESS) and drop --workers")
+        raise UsageError(
+            "--workers sizes the LocalCluster started without --scheduler; with --scheduler, "
+            "start workers yourself (dask worker ADDRESS) and drop --workers"
+        )
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers}: a LocalCluster needs at least 1 worker; e.g. --workers 2")
     if worker_wait is not None and not (worker_wait == worker_wait and 0 < worker_wait < float("inf")):
-        raise UsageError(f"--worker-wait {worker_wait}: give the seconds to wait for a first worker, e.g. --worker-wait 1800")
+        raise UsageError(
+            f"--worker-wait {worker_wait}: give the seconds to wait for a first worker, e.g. --worker-wait 1800"
+        )
     if slot is not None and slot not in SLOTS:
-        raise UsageError(f"--slot {slot!r} is not 'lock' or 'resource'; use --slot lock (any cluster) "
-                             f"or --slot resource (workers started with --resources {SLOT_RESOURCE}=1)")
+        raise UsageError(
+            f"--slot {slot!r} is not 'lock' or 'resource'; use --slot lock (any cluster) "
+            f"or --slot resource (workers started with --resources {SLOT_RESOURCE}=1)"
+        )
     if scheduler is not None:
         parse_scheduler_address(scheduler)
 
@@ -178,8 +199,10 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     try:
         asyncio.run(attempt())
     except (OSError, asyncio.TimeoutError) as exc:
-        raise UsageError(f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
-                             f"({type(exc).__name__}); start it (dask scheduler) or fix --scheduler") from None
+        raise UsageError(
+            f"cannot reach the Dask scheduler at {address} within {timeout:.0f} s "
+            f"({type(exc).__name__}); start it (dask scheduler) or fix --scheduler"
+        ) from None
 
 
 def task_resources(task: Task, slot: str) -> Dict[str, int]:

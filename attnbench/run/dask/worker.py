@@ -1,5 +1,6 @@
 """The worker side of the Dask executor: what runs inside a Dask worker process for one task (the node gate
 that keeps timings from overlapping, the cell itself, checkpoints written from the worker)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -112,8 +113,9 @@ def write_checkpoint(task: Task, state: bytes) -> None:
     write_atomic(path, state)
 
 
-def run_task_on_worker(task: Task, slot: str = "lock", run_id: str = "", lease_timeout: str = LEASE_TIMEOUT,
-                       state: Optional[bytes] = None) -> Outcome:
+def run_task_on_worker(
+    task: Task, slot: str = "lock", run_id: str = "", lease_timeout: str = LEASE_TIMEOUT, state: Optional[bytes] = None
+) -> Outcome:
     """Worker side: run a task inside its node's gate (timings exclusive, the rest shared), torch pinned to
     ``task.threads``; a training checkpoints into this worker's local directory and, when it pauses,
     sends the bytes back. Records say where and how they ran (``executor``)."""
@@ -131,7 +133,7 @@ def run_task_on_worker(task: Task, slot: str = "lock", run_id: str = "", lease_t
     gate = NodeGate.here(lease_timeout)
     info = {"kind": "dask", "worker": me, "node_share": task.threads}  # torch threads for cells that set none
     try:
-        with (gate.timing() if timing else gate.busy()) as waited:
+        with gate.timing() if timing else gate.busy() as waited:
             try:
                 records = execute(task)
             except TrainingPaused as paused:
@@ -143,8 +145,11 @@ def run_task_on_worker(task: Task, slot: str = "lock", run_id: str = "", lease_t
     if timing:
         info.update(slot=next(iter(resources), "lock"), lease_timeout=lease_timeout, slot_wait_s=round(waited, 3))
     elif task.training:
-        info.update(slot=next(iter(resources)), node_shared=True,
-                    note="trained beside other trainings on this node: images/s are not exclusive")
+        info.update(
+            slot=next(iter(resources)),
+            node_shared=True,
+            note="trained beside other trainings on this node: images/s are not exclusive",
+        )
     stretch = (0, 0)
     if task.training and records and records[0].measurement is not None:
         stats = records[0].stats
