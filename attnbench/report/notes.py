@@ -217,6 +217,25 @@ def contention_line(records: Sequence[Record]) -> str:
     )
 
 
+def group_widths(g: "TimingGroup") -> List[Tuple[str, float]]:
+    """(label, 95% half-width) of each row the group stopped on. A Δ timed with batch means gets the interval its
+    table cell shows, recomputed from the raw samples (a stop record written before it used batch means too held
+    the interval over rounds); other rows keep what their stop record says, so older tables stay as they were."""
+    base = next((r for r in g.records if r.label == r.stats.get("baseline")), None)
+    out = []
+    for r in g.records:
+        if r.stats.get("baseline") == r.label:
+            continue
+        stop = r.stats.get("stop") or {}
+        w = stop.get("halfwidth", stop.get("halfwidth_pct"))
+        if base is not None and r.metric != "attention_cpu" and _batches(r) > 1:
+            ci = delta_interval(r, base)
+            w = ci.halfwidth if ci is not None else None
+        if w is not None:
+            out.append((r.label, w))
+    return out
+
+
 def needed_text(g: "TimingGroup", widest: float) -> str:
     """How much timing the target would take on this host, from what the group reached: a half-width shrinks as
     1/sqrt(timing), so T x (widest / target)^2 (an estimate: the host may change)."""
@@ -241,12 +260,7 @@ def precision_line(records: Sequence[Record]) -> str:
             or _batches(g.records[0]) <= 1
         ):
             continue
-        widths = [
-            (r.label, (r.stats.get("stop") or {}).get("halfwidth"))
-            for r in g.records
-            if r.stats.get("baseline") != r.label
-        ]
-        widths = [(lab, w) for lab, w in widths if w is not None]
+        widths = group_widths(g)
         if widths:
             lab, w = max(widths, key=lambda t: t[1])
             missed.append(
@@ -277,12 +291,7 @@ def timing_notes(records: Sequence[Record]) -> List[str]:
                 )
             )
             continue
-        widths = [
-            (r.label, (r.stats.get("stop") or {}).get("halfwidth", (r.stats.get("stop") or {}).get("halfwidth_pct")))
-            for r in g.records
-            if r.stats.get("baseline") != r.label
-        ]
-        widths = [(lab, w) for lab, w in widths if w is not None]
+        widths = group_widths(g)
         widest = max(widths, key=lambda t: t[1]) if widths else None
         reason, target = g.stop.get("reason"), g.stop.get("target")
         unit = "%" if g.records[0].metric == "attention_cpu" else " points"
