@@ -11,7 +11,7 @@ from formulas import first_party_modules
 import attnbench
 from attnbench.errors import AttnBenchError, UnknownNameError
 from attnbench.registry import DATASETS, MODULES, Registry
-from attnbench.train.loop import data
+from attnbench.train import data
 
 
 def test_builtins_are_attnbench_entry_points():

@@ -128,12 +128,12 @@ class RatioInterval:
     clean: Optional[float] = None  # fraction of the pairs (or calls) that were undisturbed and used
 
     def excludes_zero(self) -> bool:
-        return self.low is not None and (self.low > 0 or self.high < 0)
+        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
     @property
     def halfwidth(self) -> Optional[float]:
         """The larger side of the interval, in percentage points (the log interval is not symmetric in %)."""
-        return None if self.low is None else max(self.high - self.pct, self.pct - self.low)
+        return None if self.low is None or self.high is None else max(self.high - self.pct, self.pct - self.low)
 
 
 def round_medians(rounds: Sequence[Sequence[float]]) -> list:
@@ -259,8 +259,12 @@ def alternating_difference(
     values, _, _ = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit, diff=lambda a, b: a - b)
     if not values:
         return None
-    mean, low, high = mean_interval(values, level, batches)
-    return Difference(mean, low, high, len(values))
+    mean, half, _ = batch_interval(values, batches, level)
+    return (
+        Difference(mean, None, None, len(values))
+        if half is None
+        else Difference(mean, mean - half, mean + half, len(values))
+    )
 
 
 def paired_ratio_interval(
@@ -317,7 +321,7 @@ def unpaired_ratio_interval(
     return RatioInterval(
         _pct(c.diff),
         _pct(c.low),
-        _pct(c.high),
+        _pct(c.high),  # type: ignore[arg-type]  # set whenever low is
         min(len(lb), len(la)),
         "unpaired: Welch t on per-round log medians",
         False,

@@ -90,4 +90,4 @@ def degrade_streams() -> None:
         except (UnicodeEncodeError, LookupError):
             pass
         with contextlib.suppress(AttributeError, ValueError, LookupError):
-            stream.reconfigure(errors=ERRORS)
+            stream.reconfigure(errors=ERRORS)  # type: ignore[union-attr]  # io.TextIOWrapper's

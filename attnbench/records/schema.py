@@ -173,8 +173,8 @@ STATS = Shape(
             }
         ),
         # direct attribution (attention_cpu): per site and per stage
-        "sites": list[Shape({"path": str, "stage": int, "median_ms": Number, "calls": int, "shape": List[int]})],
-        "stages": dict[str, Shape({"ms": Number, "low_ms": _MS, "high_ms": _MS, "sites": int})],
+        "sites": list[Shape({"path": str, "stage": int, "median_ms": Number, "calls": int, "shape": List[int]})],  # type: ignore[misc]
+        "stages": dict[str, Shape({"ms": Number, "low_ms": _MS, "high_ms": _MS, "sites": int})],  # type: ignore[misc]
         # counts: parameters, MACs (fvcore None when it cannot trace the model: fvcore_error says why), memory
         "attention": Number,
         "trainable": Number,
@@ -233,7 +233,7 @@ STATS = Shape(
         "onednn": str,
         "recipe": TRAINING,
         "recipe_choice": Optional[Dict[str, Any]],
-        "curve": list[
+        "curve": list[  # type: ignore[misc]  # a Shape instance: this DSL is read by records.py, not by mypy
             Shape(
                 {
                     "epoch": int,

@@ -123,6 +123,7 @@ def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record])
     v = rec.value if rec is not None else None
     if v is None:
         return (rec.status_text() if rec is not None else DASH) if kind in ("value", "spread", "direct") else DASH
+    assert rec is not None  # v is its value
     stats = rec.stats
     if kind == "value":
         return _fmt(metric, v) + (UNCOUNTED if stats.get("unhandled") or stats.get("counters_agree") is False else "")
@@ -144,6 +145,7 @@ def _cell(kind: str, metric: str, rec: Optional[Record], base: Optional[Record])
     bv = base.value if base is not None else None
     if bv is None or rec is base:
         return DASH
+    assert base is not None  # bv is its value
     if kind == "delta_abs":
         return f"{int(v - bv):+,}"
     if kind == "delta_ci":

@@ -211,7 +211,9 @@ def tidy_frame(
     by_row: Dict[Tuple[str, str], List[Record]] = {}
     for r in context:
         by_row.setdefault((r.backbone, r.label), []).append(r)
-    rows, env_keys, stat_keys = [], {}, {}
+    rows: List[Dict[str, Any]] = []
+    env_keys: Dict[str, None] = {}  # ordered sets of the keys seen
+    stat_keys: Dict[str, None] = {}
     for r in sorted(records, key=record_order):
         p, m = record_point(r), r.measurement
         s = spec(r.metric)

@@ -50,7 +50,7 @@ def comparability_problems(a: Sequence[Record], b: Sequence[Record], rows: Seque
         )
     differ: Dict[str, tuple] = {}
     for row in shared:
-        fa, fb = settings_of(row.a), settings_of(row.b)
+        fa, fb = settings_of(row.a), settings_of(row.b)  # type: ignore[arg-type]  # shared rows have both sides
         for k in sorted(set(fa) | set(fb)):
             if fa.get(k) != fb.get(k):
                 differ.setdefault(k, (fa.get(k), fb.get(k)))
@@ -108,7 +108,7 @@ def gate(a: Sequence[Record], b: Sequence[Record], rows: Sequence[CompareRow], p
         return f"cannot pass --fail-above {pct:g}: {problems[0]}{more}"
     worse = regressions(rows, pct)
     if worse:
-        names = ", ".join(f"{r.backbone}/{r.label}/{r.metric} {r.delta.pct:+.1f}%" for r in worse[:5])
+        names = ", ".join(f"{r.backbone}/{r.label}/{r.metric} {r.delta.pct:+.1f}%" for r in worse[:5])  # type: ignore[union-attr]
         more = f" and {len(worse) - 5} more" if len(worse) > 5 else ""
         return f"{len(worse)} regression(s) above {pct:g}% beyond the noise band: {names}{more}"
     return None

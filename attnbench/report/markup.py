@@ -87,9 +87,11 @@ def parse(markdown: str) -> List[Block]:
             blocks.append(table)
             continue
         elif line.startswith("- "):
-            if not blocks or not isinstance(blocks[-1], Notes):
-                blocks.append(Notes())
-            blocks[-1].items.append(line[2:])
+            last = blocks[-1] if blocks else None
+            if not isinstance(last, Notes):
+                last = Notes()
+                blocks.append(last)
+            last.items.append(line[2:])
         elif blocks and isinstance(blocks[-1], Notes) and not line.startswith(("|", "#")):
             blocks[-1].items[-1] += " " + line.strip()  # a lazy continuation line belongs to its item
         else:

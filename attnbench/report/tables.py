@@ -261,7 +261,7 @@ def _notes(records: Sequence[Record]) -> List[str]:
         why = unseen_state(cells)
         if why:
             notes.append(f"{UNSEEN} {backbone}/{label}: {why}.")
-    failing = {}
+    failing: Dict[Tuple[str, str], str] = {}
     for r in records:
         if r.stats.get("check_failed"):
             failing.setdefault((r.label, r.module), r.stats["check_failed"])
@@ -274,7 +274,7 @@ def _notes(records: Sequence[Record]) -> List[str]:
     for r in records:
         if r.status == "failed":
             at = f" @ {_axis_label(r.metric, record_point(r))}" if several else ""
-            notes.append(f"failed {r.backbone}/{r.label}/{r.metric}{at}: {r.error['type']}: {r.error['message']}")
+            notes.append(f"failed {r.backbone}/{r.label}/{r.metric}{at}: {r.error['type']}: {r.error['message']}")  # type: ignore[index]
     for status in ("unsupported", "skipped"):
         for note in sorted({r.note for r in records if r.status == status}):
             which = sorted(

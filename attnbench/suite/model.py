@@ -149,7 +149,7 @@ class Suite:
 
     @property
     def base(self) -> Point:
-        return Point(tuple(self.input_size), self.batch_size)
+        return Point((self.input_size[0], self.input_size[1]), self.batch_size)
 
     def all_points(self) -> List[Point]:
         return self.points or [self.base]
@@ -208,7 +208,7 @@ class Cell:
 
     @property
     def point(self) -> Point:
-        return Point(tuple(self.input_size), self.batch_size, self.runtime)
+        return Point((self.input_size[0], self.input_size[1]), self.batch_size, self.runtime)
 
     @property
     def name(self) -> str:
