@@ -311,7 +311,7 @@ def prepare(
 ):
     """Everything ``attnbench run`` checks before any work, in its order: the executor options (a Dask
     scheduler is probed), the suite, the subset, the dataset folder. Returns (suite, executor or None)."""
-    from .run.dask.coordinator import make_executor
+    from .harness.dask.coordinator import make_executor
 
     ex = make_executor(executor, scheduler, workers, slot, (Path(out) / "dask-scratch").resolve(), worker_wait)
     if add_modules:
@@ -351,7 +351,7 @@ def execute(
     )
     from rich.table import Column
 
-    from .run.runner import run_suite
+    from .harness.runner import run_suite
     from .suite.plan import plan
 
     total = len(plan(s))

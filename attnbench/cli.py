@@ -304,7 +304,7 @@ def measure(
             raise
         except Exception as exc:
             from .guard.cell import is_out_of_memory
-            from .run.execute import error_info
+            from .harness.execute import error_info
 
             info = error_info(exc)
             hint = "" if is_out_of_memory(exc) else "; try another --input-size or backbone"
@@ -457,7 +457,7 @@ def report(
     """Rebuild the tables from a result store alone."""
     from .api import overhead_records
     from .records.store import check_output_dir
-    from .run.runner import write_outputs_safely
+    from .report import write_outputs_safely
 
     path, records = _records_from(results)
     if not records:

@@ -75,8 +75,8 @@ def rss_mb() -> float:
 
 def one(cells: int, workers: int, max_rss_gb: float) -> dict:
     """Run one grid in this process; returns the measurements."""
-    from attnbench.run.dask.coordinator import dask_executor
-    from attnbench.run.runner import run_suite
+    from attnbench.harness.dask.coordinator import dask_executor
+    from attnbench.harness.runner import run_suite
 
     root = Path(tempfile.mkdtemp(prefix="attnbench-scale-"))
     suite, n = grid(cells, root)

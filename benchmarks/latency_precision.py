@@ -309,7 +309,7 @@ def main():
 
     from emulated_host import emulated_host
 
-    from attnbench.run.env import cpu_name
+    from attnbench.harness.env import cpu_name
 
     res = {
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, euid {os.geteuid()}",

@@ -19,8 +19,8 @@ import time
 import torch
 
 from attnbench import build
+from attnbench.harness.env import cpu_name
 from attnbench.measures import contention
-from attnbench.run.env import cpu_name
 
 OPTS = {"se": {"reduction": 16}, "cbam": {"reduction": 16, "kernel_size": 7}, "nonlocal": {"stages": [3], "blocks": 1}}
 

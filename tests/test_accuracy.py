@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from attnbench.errors import AttnBenchError
+from attnbench.harness.runner import run_suite
 from attnbench.records.record import Record
 from attnbench.registry import DATASETS
 from attnbench.report.accuracy import accuracy_rows, render_accuracy
 from attnbench.report.plots import curves_plot
-from attnbench.run.runner import run_suite
 from attnbench.suite.load import load_suite
 from attnbench.suite.parse import parse_suite
 from attnbench.train.data import FASHION_MNIST_DEBIAN, digits, fashion_mnist, read_idx

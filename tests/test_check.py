@@ -344,7 +344,7 @@ def registered():
 
 
 def _run(tmp_path, modules, metrics, input_size=32, batch_size=1):
-    from attnbench.run.runner import run_suite
+    from attnbench.harness.runner import run_suite
     from attnbench.suite.parse import parse_suite
 
     suite = parse_suite(

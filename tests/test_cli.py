@@ -115,7 +115,7 @@ def test_measure_one_combination(capsys):
 
 
 def test_compare_two_runs(tmp_path, capsys):
-    from attnbench.run.runner import run_suite
+    from attnbench.harness.runner import run_suite
     from attnbench.suite.parse import parse_suite
 
     spec = {
@@ -147,7 +147,7 @@ def test_gpu_suite_skips_cleanly_without_cuda(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU-only path")
-    from attnbench.run.runner import run_suite
+    from attnbench.harness.runner import run_suite
     from attnbench.suite.load import load_suite
 
     suite = load_suite("gpu")
@@ -160,7 +160,7 @@ def test_gpu_suite_skips_cleanly_without_cuda(tmp_path, capsys):
 def test_out_of_memory_gets_a_fix():
     import torch
 
-    from attnbench.run.execute import error_info
+    from attnbench.harness.execute import error_info
 
     info = error_info(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert info == {

@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("distributed")
 
 from attnbench.errors import AttnBenchError  # noqa: E402
-from attnbench.run.dask.coordinator import dask_executor, local_cluster, make_executor, running_text
-from attnbench.run.dask.options import (
+from attnbench.harness.dask.coordinator import dask_executor, local_cluster, make_executor, running_text
+from attnbench.harness.dask.options import (
     SLOT_RESOURCE,
     TRAIN_RESOURCE,
     check_dask_options,
@@ -27,9 +27,9 @@ from attnbench.run.dask.options import (
     probe_scheduler,
     usable_cpus,
 )
-from attnbench.run.env import fingerprint  # noqa: E402
-from attnbench.run.runner import run_suite  # noqa: E402
-from attnbench.run.tasks import cell_keys
+from attnbench.harness.env import fingerprint  # noqa: E402
+from attnbench.harness.runner import run_suite  # noqa: E402
+from attnbench.harness.tasks import cell_keys
 from attnbench.suite.parse import parse_suite
 from attnbench.suite.plan import plan  # noqa: E402
 
@@ -273,8 +273,8 @@ def test_checkpoint_shipped_by_a_worker_resumes_in_process(harness_cluster, tmp_
 
     from distributed import Client
 
-    from attnbench.run.dask.worker import run_task_on_worker
-    from attnbench.run.tasks import make_tasks
+    from attnbench.harness.dask.worker import run_task_on_worker
+    from attnbench.harness.tasks import make_tasks
     from attnbench.train.loop import train_cell
 
     spec = {
@@ -429,7 +429,7 @@ def test_malloc_trimming_is_relaxed_only_where_dask_set_it():
     import subprocess
     import sys
 
-    code = "from attnbench.run.dask.options import relax_malloc_trimming as r; print(r())"
+    code = "from attnbench.harness.dask.options import relax_malloc_trimming as r; print(r())"
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     dask_env = subprocess.run(

@@ -26,11 +26,11 @@ import pytest
 pytest.importorskip("distributed")
 
 from attnbench.errors import AttnBenchError, SchedulerLost  # noqa: E402
-from attnbench.run.dask.coordinator import dask_executor
-from attnbench.run.dask.options import timing_lock_name, usable_cpus  # noqa: E402
-from attnbench.run.env import fingerprint  # noqa: E402
-from attnbench.run.runner import run_suite  # noqa: E402
-from attnbench.run.tasks import cell_keys, make_tasks
+from attnbench.harness.dask.coordinator import dask_executor
+from attnbench.harness.dask.options import timing_lock_name, usable_cpus  # noqa: E402
+from attnbench.harness.env import fingerprint  # noqa: E402
+from attnbench.harness.runner import run_suite  # noqa: E402
+from attnbench.harness.tasks import cell_keys, make_tasks
 from attnbench.suite.parse import parse_suite
 from attnbench.suite.plan import plan  # noqa: E402
 

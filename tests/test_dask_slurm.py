@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from attnbench.run.dask.options import SLOT_RESOURCE, TRAIN_RESOURCE, jobqueue_worker_args  # noqa: E402
+from attnbench.harness.dask.options import SLOT_RESOURCE, TRAIN_RESOURCE, jobqueue_worker_args  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

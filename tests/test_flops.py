@@ -159,7 +159,7 @@ def test_no_operator_left_unhandled_in_any_registry_entry():
 
     import attnbench
     from attnbench.attach.placement import declared_context
-    from attnbench.run.execute import error_info
+    from attnbench.harness.execute import error_info
 
     left, failures = {}, {}
     for name in attnbench.list_modules():

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from attnbench.harness.runner import run_suite
 from attnbench.records.store import Store
 from attnbench.report import write_outputs
 from attnbench.report.compare import compare_rows
 from attnbench.report.formats import render_compare_as, render_report
 from attnbench.report.gate import comparability_problems, gate
 from attnbench.report.notes import contention_line
-from attnbench.run.runner import run_suite
 from attnbench.suite.parse import parse_suite
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

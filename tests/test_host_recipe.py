@@ -78,7 +78,7 @@ def test_one_probe_per_backbone_and_recipe_shared_by_every_module_seed_and_budge
     assert {(c.training["amp"], c.training["channels_last"]) for c in resolved} == {("bf16", True)}
     assert all(c.recipe_choice["why"].startswith("bf16 + channels_last") for c in resolved)
     # The key holds what runs: a host that chooses fp32 plans other cells than one that chooses bf16.
-    from attnbench.run.tasks import cell_keys
+    from attnbench.harness.tasks import cell_keys
 
     fp32 = resolve_cells(cells, lambda *a: {"amp": None, "channels_last": False, "why": "fp32"})
     assert not set(cell_keys(resolved)) & set(cell_keys(fp32))
@@ -87,8 +87,8 @@ def test_one_probe_per_backbone_and_recipe_shared_by_every_module_seed_and_budge
 
 @pytest.mark.slow
 def test_an_auto_run_records_what_it_chose_and_why(tmp_path):
+    from attnbench.harness.runner import run_suite
     from attnbench.report.accuracy import budget_line
-    from attnbench.run.runner import run_suite
 
     notices = []
     suite = parse_suite(

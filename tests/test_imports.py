@@ -101,7 +101,7 @@ RANKS = {
     "attnbench.train": 5,
     "attnbench.check": 6,
     "attnbench.suite": 6,
-    "attnbench.run": 7,
+    "attnbench.harness": 7,
     "attnbench": 8,  # the package's lazy exports, api, cli, validate
 }
 TORCH_FREE = (
@@ -129,10 +129,10 @@ def layer_violations(graph):
 
 
 def test_the_layer_rule_catches_an_upward_import():
-    assert layer_violations({"attnbench.report.tables": {"attnbench.run.runner"}}) == [
-        "attnbench.report.tables (rank 2) imports attnbench.run.runner (rank 7)"
+    assert layer_violations({"attnbench.report.tables": {"attnbench.harness.runner"}}) == [
+        "attnbench.report.tables (rank 2) imports attnbench.harness.runner (rank 7)"
     ]
-    assert layer_violations({"attnbench.run.runner": {"attnbench.report.tables"}}) == []
+    assert layer_violations({"attnbench.harness.runner": {"attnbench.report.tables"}}) == []
 
 
 def test_no_lower_layer_imports_a_higher_one():
@@ -198,3 +198,16 @@ def test_report_and_its_command_load_no_torch(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "no torch"
     assert (tmp_path / "tables" / "overhead.md").exists()
+
+
+def test_no_subpackage_shadows_a_public_name():
+    """`import attnbench.x.y` sets attribute `x` on the package: a subpackage named like a lazy export (`run`,
+    `load`, `build`, ...) would replace the function by the module for everyone who imported it first."""
+    import attnbench
+
+    children = {
+        p.stem if p.suffix == ".py" else p.name
+        for p in PACKAGE.iterdir()
+        if p.suffix == ".py" or (p / "__init__.py").exists()
+    }
+    assert not children & set(attnbench.__all__)

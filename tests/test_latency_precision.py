@@ -285,7 +285,7 @@ def test_direct_attribution_per_stage_sums_to_the_total():
 
 
 def test_train_step_at_batch_one_is_unsupported_with_a_fix(tmp_path):
-    from attnbench.run.runner import run_suite
+    from attnbench.harness.runner import run_suite
     from attnbench.suite.load import load_suite
 
     suite = tmp_path / "b1.yaml"

@@ -8,8 +8,8 @@ from torch import nn
 import attnbench
 from attnbench import build, count_flops
 from attnbench.attach.backbone import AttentionSlot
+from attnbench.harness.execute import error_info
 from attnbench.measures.macs_dispatch import count_train_macs, measure_train_macs
-from attnbench.run.execute import error_info
 
 
 def loss_macs(n, classes, positions=1):

@@ -107,7 +107,7 @@ def test_under_the_training_init_every_resnet_block_site_sees_zeros():
 
 
 def test_records_say_measurement_and_training_builds_with_the_training_init(monkeypatch):
-    from attnbench.run.execute import build_cell_model
+    from attnbench.harness.execute import build_cell_model
     from attnbench.suite.parse import parse_suite
     from attnbench.suite.plan import plan
     from attnbench.train import loop as train

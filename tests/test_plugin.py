@@ -8,8 +8,8 @@ import warnings
 import pytest
 
 from attnbench import attention_parameters, build
+from attnbench.harness.runner import run_suite
 from attnbench.registry import PluginWarning
-from attnbench.run.runner import run_suite
 from attnbench.suite.parse import parse_suite
 
 

@@ -65,7 +65,7 @@ def registered():
 
 
 def _run(tmp_path, modules, metrics, input_size=64, batch_size=1):
-    from attnbench.run.runner import run_suite
+    from attnbench.harness.runner import run_suite
     from attnbench.suite.parse import parse_suite
 
     suite = parse_suite(
@@ -136,7 +136,7 @@ def test_an_error_raised_in_the_backbone_names_module_site_and_plugin_line(regis
 def test_suite_verdict_runs_the_module_in_its_network(registered):
     """A module that passes every module-alone check but cannot run at a site of the suite's backbone: the verdict
     every ok row carries names the site and the plugin line (FixedWidth hard-codes 64: layer2 has 128)."""
-    from attnbench.run.tasks import cell_keys  # noqa: F401 -- the runner's import of check stays valid
+    from attnbench.harness.tasks import cell_keys  # noqa: F401 -- the runner's import of check stays valid
     from attnbench.suite.parse import parse_suite
     from attnbench.suite.plan import plan
 

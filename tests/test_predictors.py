@@ -244,9 +244,9 @@ def test_the_zoo_latency_suite_produces_the_predictor_outputs_end_to_end(tmp_pat
     the chain is what is checked): run -> records -> <suite>-predictors.md / .png, rebuilt by report alone."""
     import yaml
 
+    from attnbench.harness.runner import run_suite
     from attnbench.records.store import Store
     from attnbench.report.predictors import PREDICTORS
-    from attnbench.run.runner import run_suite
     from attnbench.suite.load import suite_dirs
     from attnbench.suite.parse import parse_suite
 

@@ -20,10 +20,10 @@ from attnbench.check.checklist import run_check
 from attnbench.guard import interrupts
 from attnbench.guard.cell import Escaped, contained, deadline
 from attnbench.guard.process_state import SETTINGS, StateChanged, Watch, snapshot, unchanged
+from attnbench.harness.execute import execute
+from attnbench.harness.runner import run_suite
+from attnbench.harness.tasks import cell_keys, make_tasks
 from attnbench.registry import MODULES
-from attnbench.run.execute import execute
-from attnbench.run.runner import run_suite
-from attnbench.run.tasks import cell_keys, make_tasks
 from attnbench.suite.parse import parse_suite
 from attnbench.suite.plan import plan
 

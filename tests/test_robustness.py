@@ -18,10 +18,10 @@ from torch import nn
 
 import attnbench
 from attnbench.errors import AttnBenchError, SuiteError
+from attnbench.harness.execute import error_info
+from attnbench.harness.runner import run_suite
 from attnbench.records.store import FolderLock, Store, StoreWarning
 from attnbench.registry import MODULES, PluginWarning
-from attnbench.run.execute import error_info
-from attnbench.run.runner import run_suite
 from attnbench.suite.load import load_suite
 from attnbench.suite.parse import parse_suite
 
@@ -125,7 +125,7 @@ def test_plugin_output_never_reaches_stdout_and_packages_are_recorded(hostile_si
 
 
 def test_the_plugin_package_is_part_of_a_cells_key(hostile):
-    from attnbench.run.tasks import cell_keys
+    from attnbench.harness.tasks import cell_keys
     from attnbench.suite.plan import plan
 
     suite = parse_suite({**TINY, "modules": ["se", "attnbench-hostile-plugin:se"]}, "k.yaml")

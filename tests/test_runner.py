@@ -6,11 +6,11 @@ import pytest
 
 import attnbench
 from attnbench.errors import RunAborted, Unsupported
+from attnbench.harness.execute import execute
+from attnbench.harness.runner import run_suite
+from attnbench.harness.tasks import make_tasks
 from attnbench.records.store import Store
 from attnbench.registry import MODULES
-from attnbench.run.execute import execute
-from attnbench.run.runner import run_suite
-from attnbench.run.tasks import make_tasks
 from attnbench.suite.parse import parse_suite
 from attnbench.suite.plan import plan
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from attnbench.harness.runner import run_suite
 from attnbench.measures.timing.network import measure_latency
 from attnbench.measures.timing.settings import LatencySettings
-from attnbench.run.runner import run_suite
 from attnbench.suite.parse import parse_suite
 
 

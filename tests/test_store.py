@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from attnbench.harness.runner import run_suite
 from attnbench.records.record import Record
 from attnbench.records.store import Store, StoreWarning
-from attnbench.run.runner import run_suite
 from attnbench.suite.parse import parse_suite
 
 SUITE = {

@@ -2,7 +2,7 @@
 
 import pytest
 
-from attnbench.run.tasks import make_tasks
+from attnbench.harness.tasks import make_tasks
 from attnbench.suite.load import load_suite
 from attnbench.suite.model import Point
 from attnbench.suite.parse import parse_suite

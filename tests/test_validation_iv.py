@@ -303,8 +303,8 @@ def test_batchnorm_at_one_value_per_channel_is_unsupported_only_at_a_real_1x1_ma
 def test_batch_1_at_a_1x1_map_is_unsupported_and_a_modules_pooled_batchnorm_is_its_failure(tmp_path):
     from torch import nn
 
+    from attnbench.harness.runner import run_suite
     from attnbench.registry import MODULES
-    from attnbench.run.runner import run_suite
 
     class SeWithBatchNorm(nn.Module):
         """SE whose excitation normalises the pooled (N, C, 1, 1) features with a BatchNorm2d."""

@@ -9,8 +9,8 @@ import attnbench
 from attnbench import build, count_params, get_module
 from attnbench.attach.placement import declared_context
 from attnbench.errors import Unsupported
+from attnbench.harness.execute import error_info
 from attnbench.modules.timm_attn import TIMM_NAMES
-from attnbench.run.execute import error_info
 
 FIRST_PARTY = first_party_modules()  # read from attnbench's entry points, not written out here
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from ..core.files import write_atomic as _write_atomic
 from ..records.record import Record
@@ -78,3 +78,17 @@ def write_outputs(
 
 
 write_text_atomic = _write_atomic  # validate.md, written the same way
+
+
+def write_outputs_safely(
+    records: List[Record], out: Path, name: str, overhead: Sequence[Record] = ()
+) -> Tuple[Dict[str, Path], List[str]]:
+    """Write the tables with Ctrl-C and SIGTERM deferred (a second interrupt during shutdown must not leave
+    a half-written table); each file is replaced atomically. Returns (paths, what could not be written)."""
+    from ..guard.interrupts import deferred  # signal handling only: no torch
+
+    with deferred():
+        try:
+            return write_outputs(records, out, name, overhead), []
+        except OSError as exc:
+            return {"records": out / f"{name}.jsonl"}, [f"{name}.md/.csv ({exc.strerror or exc})"]

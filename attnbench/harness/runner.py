@@ -15,6 +15,7 @@ from ..guard.cell import contained
 from ..guard.interrupts import deferred, signum_of
 from ..records.record import Record, readable
 from ..records.store import FolderLock, Store, check_output_dir
+from ..report import write_outputs_safely
 from ..suite.model import Cell, Suite
 from ..suite.plan import plan
 from .execute import _no_gpu, execute
@@ -208,17 +209,3 @@ def _run_locked(suite, out, resume, executor, on_start, on_done, overhead, on_no
         result.paths, result.unwritten = write_outputs_safely(result.records, out, suite.name, overhead)
     result.wall_s = time.time() - t0
     return result
-
-
-def write_outputs_safely(
-    records: List[Record], out: Path, name: str, overhead: Sequence[Record] = ()
-) -> Tuple[Dict[str, Path], List[str]]:
-    """Write the tables with Ctrl-C and SIGTERM deferred (a second interrupt during shutdown must not leave
-    a half-written table); each file is replaced atomically. Returns (paths, what could not be written)."""
-    from ..report import write_outputs
-
-    with deferred():
-        try:
-            return write_outputs(records, out, name, overhead), []
-        except OSError as exc:
-            return {"records": out / f"{name}.jsonl"}, [f"{name}.md/.csv ({exc.strerror or exc})"]
