@@ -264,17 +264,24 @@ def render_host(name: str, block: dict, keys, res_settings=None) -> list:
 
 
 def render(res: dict, keys) -> str:
+    timm = any(block["quiet"].get("timm") for block in res["hosts"].values())
+    loaded = any(block.get("loaded") for block in res["hosts"].values())
     lines = [
-        "# Latency precision: attnbench vs timm's benchmark.py way",
+        "# Latency precision: attnbench" + (" vs timm's benchmark.py way" if timm else ", fresh processes per host"),
         "",
         f"Machine: {res['machine']}; {res['repeats']} quiet runs of each per host, fresh processes, one after "
         f"another, nothing else running but what the host emulation starts. The harness runs the main job's own "
         f"timing settings (suites/overhead.yaml: `latency: {json.dumps(res['settings'])}`). Coverage: share of "
         "ordered pairs of quiet runs (i, j) where run i's point lies inside run j's 95% interval (about 83% "
-        "expected for correct, equally precise intervals). Target met: the Δs whose group stopped with its 95% "
-        "half-width within the target. Timm way: mean of 50 steps per model, models one after another; its "
-        "interval is Welch's t on the step times (timm prints none). Loaded = two busy processes on the cores, "
-        "started by the benchmark.",
+        "expected for correct, equally precise intervals). Target met: the Δs whose 95% half-width (the "
+        "table's interval) is within the target."
+        + (
+            " Timm way: mean of 50 steps per model, models one after another; its interval is Welch's t on the "
+            "step times (timm prints none)."
+            if timm
+            else ""
+        )
+        + (" Loaded = two busy processes on the cores, started by the benchmark." if loaded else ""),
         "",
     ]
     for name, block in res["hosts"].items():

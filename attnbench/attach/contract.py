@@ -48,6 +48,7 @@ from ..errors import AttnBenchError
 # SK-ResNet unit in place of a dense 3x3 and the SKNet unit in place of a ResNeXt's grouped one),
 # block_kind (the site's block: "basic", "bottleneck", "resnext", "inverted_residual",
 # "depthwise_separable", or "" outside known blocks: ECA takes the official MobileNetV2 kernel there).
+_PACKAGE = Path(__file__).resolve().parents[1]  # attnbench/: the harness, whose frames are nobody's module line
 CONTEXT_KEYS = ("feat_size", "stride", "stage", "block_index", "out_channels", "conv_groups", "block_kind")
 # Where a module can go (see attach.py): a block's attention slot, after the last norm of the residual
 # branch, right after the block's spatial conv, in place of that conv, or after stages.
@@ -302,7 +303,7 @@ def hidden_numel(found: Sequence[Tuple[str, object]]) -> int:
 
 def _library_roots() -> Tuple[str, ...]:
     """torch, attnbench, the standard library and fvcore (the harness's own counter): never module code."""
-    roots = [Path(torch.__file__).parent, Path(__file__).parent, Path(sysconfig.get_paths()["stdlib"])]
+    roots = [Path(torch.__file__).parent, _PACKAGE, Path(sysconfig.get_paths()["stdlib"])]
     spec = importlib.util.find_spec("fvcore")
     roots += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
     return tuple(str(r.resolve()) + "/" for r in roots)
@@ -316,7 +317,7 @@ def plugin_frame(exc: BaseException, roots: Optional[Sequence[str]] = None) -> O
     return module_frame(traceback.extract_tb(exc.__traceback__), builtins=False, roots=roots)
 
 
-_BUILTIN_MODULES = str((Path(__file__).parent / "modules").resolve()) + "/"
+_BUILTIN_MODULES = str((_PACKAGE / "modules").resolve()) + "/"
 _ROOTS: ContextVar[Tuple[str, ...]] = ContextVar("attnbench_plugin_roots", default=())
 
 
@@ -397,7 +398,7 @@ def module_frame(
     ``called_by_harness`` (a stack, innermost last) only frames the harness called count -- what runs below
     the innermost harness frame -- so a warning from a library the harness imports is nobody's module line."""
     roots = tuple(_ROOTS.get() if roots is None else roots)
-    libraries, harness = _library_roots(), str(Path(__file__).parent.resolve()) + "/"
+    libraries, harness = _library_roots(), str(_PACKAGE.resolve()) + "/"
 
     def is_harness(path: str) -> bool:
         return path.startswith(harness) and not path.startswith(_BUILTIN_MODULES)
