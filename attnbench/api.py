@@ -243,34 +243,6 @@ def overhead_records(path: Optional[PathLike], out: Path, flag: str = "--latency
 # ---- running -----------------------------------------------------------------------------------
 
 
-def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: Sequence[str] = ()) -> None:
-    """Keep only the named backbones / module labels / metrics of a suite (cells keep their keys, so a later
-    full run with --resume reuses them)."""
-    from .core.metrics import ALIASES
-    from .errors import UnknownNameError
-
-    for name in backbones:
-        if name not in s.backbones:
-            raise UnknownNameError("backbone", name, s.backbones, f"this suite has {', '.join(s.backbones)}")
-    labels = [v.label for v in s.variants]
-    listed = [v.label for v in s.variants if not v.auto]  # 'native' rows are added only where a backbone has one
-    for name in modules:
-        if name not in labels:
-            raise UnknownNameError(
-                "module",
-                name,
-                listed,
-                f"this suite has {', '.join(listed)}; a registered module it lacks joins with --add-module {name}",
-            )
-    metrics = [ALIASES.get(m, m) for m in metrics]
-    for name in metrics:
-        if name not in s.metrics:
-            raise UnknownNameError(
-                "metric", name, s.metrics, f"this suite measures {', '.join(s.metrics) or 'accuracy'}"
-            )
-    s.only_backbones, s.only_modules, s.only_metrics = list(backbones), list(modules), list(metrics)
-
-
 def suite_from(suite: Any, overrides: Optional[Dict[str, Any]] = None):
     """A Suite from a name in suites/, a path to a .yaml file, a dict with the YAML's structure, or a Suite (a copy);
     ``overrides`` replace top-level fields of a file or dict before it is validated."""
@@ -320,6 +292,8 @@ def prepare(
         s = with_added_modules(suite, list(add_modules))
     else:
         s = suite_from(suite, overrides)
+    from .suite.plan import subset_suite
+
     subset_suite(s, only_backbones, only_modules, only_metrics)
     if data_root or download:
         s.dataset.update({k: v for k, v in (("root", data_root), ("download", download)) if v})

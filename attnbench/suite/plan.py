@@ -1,8 +1,9 @@
-"""From a validated Suite to the cells of its grid (backbone x variant x point x metric)."""
+"""From a validated Suite to the cells of its grid (backbone x variant x point x metric), and the subset of it that a
+command line keeps (`-b`, `-m`, `-M`)."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 from ..core.metrics import ACCURACY, spec
 from .model import DEFAULT_ACCURACY_TIMEOUT_S, DEFAULT_TIMEOUT_S, Cell, Suite, is_reference
@@ -80,3 +81,31 @@ def has_native_attention(backbone: str) -> bool:
     from ..attach.backbone import native_attention
 
     return native_attention(backbone) is not None
+
+
+def subset_suite(s, backbones: Sequence[str], modules: Sequence[str], metrics: Sequence[str] = ()) -> None:
+    """Keep only the named backbones / module labels / metrics of a suite (cells keep their keys, so a later
+    full run with --resume reuses them)."""
+    from ..core.metrics import ALIASES
+    from ..errors import UnknownNameError
+
+    for name in backbones:
+        if name not in s.backbones:
+            raise UnknownNameError("backbone", name, s.backbones, f"this suite has {', '.join(s.backbones)}")
+    labels = [v.label for v in s.variants]
+    listed = [v.label for v in s.variants if not v.auto]  # 'native' rows are added only where a backbone has one
+    for name in modules:
+        if name not in labels:
+            raise UnknownNameError(
+                "module",
+                name,
+                listed,
+                f"this suite has {', '.join(listed)}; a registered module it lacks joins with --add-module {name}",
+            )
+    metrics = [ALIASES.get(m, m) for m in metrics]
+    for name in metrics:
+        if name not in s.metrics:
+            raise UnknownNameError(
+                "metric", name, s.metrics, f"this suite measures {', '.join(s.metrics) or 'accuracy'}"
+            )
+    s.only_backbones, s.only_modules, s.only_metrics = list(backbones), list(modules), list(metrics)
