@@ -40,7 +40,7 @@ def _mean_std(vals: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def mean_curve(ok: Sequence[Record]) -> Dict[str, list]:
+def mean_curve(ok: Sequence[Dict[str, Any]]) -> Dict[str, list]:
     """Per-epoch mean and std of test top-1 over the seeds that have a curve (epochs all seeds reached)."""
     curves = [s["curve"] for s in ok if s.get("curve")]
     if not curves:
@@ -70,10 +70,10 @@ def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) ->
     groups: Dict[Tuple[str, str], List[Record]] = {}
     for r in records:
         groups.setdefault((r.backbone, r.label), []).append(r)
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for (backbone, label), recs in groups.items():
         ok = [r.stats for r in recs if r.ok]
-        row = {
+        row: Dict[str, Any] = {
             "backbone": backbone,
             "label": label,
             "module": recs[0].module,
@@ -94,16 +94,16 @@ def accuracy_rows(records: Sequence[Record], overhead: Sequence[Record] = ()) ->
         row["latency_ms"] = lat.value if lat else None
         row["latency_record"] = lat
         rows.append(row)
-    base: Dict[str, dict] = {}
-    for r in rows:  # the first `none` row (suite order) is the baseline; others are controls (longer_budget)
-        if r["module"] == "none":
-            base.setdefault(r["backbone"], r)
-    for r in rows:
-        b = base.get(r["backbone"])
-        r["base"] = b if b is not None and b is not r else None
-        r["delta"] = (
-            st.welch(r["top1_values"], b["top1_values"])
-            if r["base"] and r["top1_values"] and b["top1_values"]
+    base: Dict[str, Dict[str, Any]] = {}
+    for row in rows:  # the first `none` row (suite order) is the baseline; others are controls (longer_budget)
+        if row["module"] == "none":
+            base.setdefault(row["backbone"], row)
+    for row in rows:
+        b = base.get(row["backbone"])
+        row["base"] = b if b is not None and b is not row else None
+        row["delta"] = (
+            st.welch(row["top1_values"], b["top1_values"])
+            if b is not None and row["base"] and row["top1_values"] and b["top1_values"]
             else None
         )
     return rows
@@ -313,7 +313,7 @@ def render_accuracy(records: Sequence[Record], overhead: Sequence[Record] = (), 
         for label, (module, text) in failing.items()
     ]
     failed = [
-        f"failed {r.backbone}/{r.label}/seed {r.seed}: {r.error['type']}: {r.error['message']}"
+        f"failed {r.backbone}/{r.label}/seed {r.seed}: {r.error['type']}: {r.error['message']}"  # type: ignore[index]
         for r in acc
         if r.status == "failed"
     ]

@@ -201,8 +201,8 @@ def _delta_with_bars(rec: Record, base: Record):
 
     ci = delta_interval(rec, base) if rec.stats.get("rounds_ms") else None
     if ci is None:
-        return (rec.value / base.value - 1) * 100, 0.0, 0.0
-    if ci.low is None:
+        return (rec.value / base.value - 1) * 100, 0.0, 0.0  # type: ignore[operator]  # plotted rows have values
+    if ci.low is None or ci.high is None:
         return ci.pct, 0.0, 0.0
     return ci.pct, ci.pct - ci.low, ci.high - ci.pct
 

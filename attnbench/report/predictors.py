@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .cells import contended, delta_ms, point_order, record_point
 from .markdown import DASH, md_row, md_text
 from .notes import environment_line
 
+Floats = Union[Sequence[float], np.ndarray]  # a list of numbers or an array of them
 BOOTSTRAP = 2000
 SEED = 0
 LEVEL = 0.95
@@ -86,6 +87,20 @@ class Sample:
     x: Dict[str, Optional[float]] = field(default_factory=dict)
 
 
+def _x(s: Sample, name: str) -> float:
+    """A count the caller has checked is there (``s.x.get(name) is not None``)."""
+    return cast(float, s.x[name])
+
+
+def _below(s: Sample) -> float:
+    """The error bar below the point, never negative (an edited interval)."""
+    return max(0.0, s.y - s.low) if s.low is not None else 0.0
+
+
+def _above(s: Sample) -> float:
+    return max(0.0, s.high - s.y) if s.high is not None else 0.0
+
+
 @dataclass(frozen=True)
 class Fit:
     """One predictor (or the two-variable model) over one scope's samples."""
@@ -116,7 +131,7 @@ class Scope:
 # --- statistics --------------------------------------------------------------------------------------------
 
 
-def ranks(v: Sequence[float]) -> np.ndarray:
+def ranks(v: Floats) -> np.ndarray:
     """Ranks 1..n, ties given their average rank."""
     from scipy.stats import rankdata
 
@@ -129,7 +144,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     return None if den == 0 else float((a * b).sum() / den)
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+def spearman(x: Floats, y: Floats) -> Optional[float]:
     """Spearman's ρ: Pearson's r of the average ranks; None when x or y is constant."""
     if len(x) < 2:
         return None
@@ -137,10 +152,10 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
 
 
 def bootstrap_rho(
-    x: Sequence[float], y: Sequence[float], n: int = BOOTSTRAP, seed: int = SEED, level: float = LEVEL
+    xs: Floats, ys: Floats, n: int = BOOTSTRAP, seed: int = SEED, level: float = LEVEL
 ) -> Tuple[Optional[float], Optional[float]]:
     """Percentile bootstrap interval of Spearman's ρ over samples resampled with replacement."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     if len(x) < MIN_INTERVAL:
         return None, None
     rng = np.random.default_rng(seed)
@@ -188,7 +203,7 @@ def _fit(name: str, X: np.ndarray, y: np.ndarray, rank_by: Optional[np.ndarray])
     rmse = None if loo is None else float(math.sqrt(((y - loo) ** 2).mean()))
     ranked = rank_by if rank_by is not None else loo
     rho = spearman(ranked, y) if ranked is not None and n >= MIN_SAMPLES else None
-    lo, hi = bootstrap_rho(ranked, y) if rho is not None else (None, None)
+    lo, hi = bootstrap_rho(ranked, y) if rho is not None and ranked is not None else (None, None)
     return Fit(
         name,
         n,
@@ -206,12 +221,12 @@ def fit_scope(samples: Sequence[Sample]) -> List[Fit]:
     fits = []
     for p in PREDICTORS:
         have = [s for s in samples if s.x.get(p.name) is not None]
-        x = np.array([s.x[p.name] / p.scale for s in have], dtype=float)
+        x = np.array([_x(s, p.name) / p.scale for s in have], dtype=float)
         y = np.array([s.y for s in have], dtype=float)
         fits.append(_fit(p.name, np.column_stack([np.ones(len(x)), x]), y, x))
     have = [s for s in samples if s.x.get("MACs") is not None and s.x.get("bytes") is not None]
     X = np.array(
-        [[s.x["MACs"] / BY_NAME["MACs"].scale, s.x["bytes"] / BY_NAME["bytes"].scale] for s in have], dtype=float
+        [[_x(s, "MACs") / BY_NAME["MACs"].scale, _x(s, "bytes") / BY_NAME["bytes"].scale] for s in have], dtype=float
     ).reshape(-1, 2)
     fits.append(_fit(ROOFLINE, X, np.array([s.y for s in have], dtype=float), None))
     return fits
@@ -239,7 +254,7 @@ def latency_samples(records: Sequence[Record], point: Point, backbone: str) -> T
         if r.module == "none":
             continue
         why = _unusable(r, base)
-        d = None if why else delta_ms(r, base)
+        d = None if why or base is None else delta_ms(r, base)
         if d is not None and d.mean != d.mean:
             why = "no round had enough undisturbed call pairs"
         elif d is None and not why:
@@ -253,6 +268,7 @@ def latency_samples(records: Sequence[Record], point: Point, backbone: str) -> T
         for pr in PREDICTORS:
             a, b = pr.delta(mine), pr.delta(theirs)
             x[pr.name] = None if a is None or b is None else a - b
+        assert d is not None  # a missing Δ set why above
         samples.append(Sample(backbone, r.label, d.mean, d.low, d.high, x))
     return samples, left
 
@@ -278,7 +294,7 @@ def site_samples(records: Sequence[Record], backbone: str) -> Tuple[List[Sample]
             Sample(
                 backbone,
                 r.label,
-                float(r.value),
+                float(r.value),  # type: ignore[arg-type]  # ok records have a value
                 r.stats.get("low_ms"),
                 r.stats.get("high_ms"),
                 {p.name: p.own(mine) for p in PREDICTORS},
@@ -477,7 +493,7 @@ def predictors_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                 pts = [s for s in sc.samples if s.backbone == b and s.x.get(p.name) is not None]
                 if not pts:
                     continue
-                xs = [s.x[p.name] / p.scale for s in pts]
+                xs = [_x(s, p.name) / p.scale for s in pts]
                 ys = [s.y for s in pts]
                 err = [
                     [max(0.0, s.y - s.low) if s.low is not None else 0.0 for s in pts],  # never negative: an
@@ -488,7 +504,7 @@ def predictors_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                     ax.annotate(s.label, (x, s.y), textcoords="offset points", xytext=(3, 2), fontsize=6)
             f = fits.get(p.name)
             if f is not None and f.coef:
-                xs = [s.x[p.name] / p.scale for s in sc.samples if s.x.get(p.name) is not None]
+                xs = [_x(s, p.name) / p.scale for s in sc.samples if s.x.get(p.name) is not None]
                 line = np.linspace(min(xs), max(xs), 2)
                 ax.plot(line, f.coef[0] + f.coef[1] * line, "--", color="grey", lw=1)
             rho = DASH if f is None or f.rho is None else f"{f.rho:+.2f}"
@@ -513,7 +529,7 @@ def _roofline_panel(ax, sc: Scope, fit: Optional[Fit], markers: str) -> None:
     """The two-variable model: each module's cost against its leave-one-out prediction, with the y = x line."""
     have = [s for s in sc.samples if s.x.get("MACs") is not None and s.x.get("bytes") is not None]
     X = np.array(
-        [[s.x["MACs"] / BY_NAME["MACs"].scale, s.x["bytes"] / BY_NAME["bytes"].scale] for s in have], dtype=float
+        [[_x(s, "MACs") / BY_NAME["MACs"].scale, _x(s, "bytes") / BY_NAME["bytes"].scale] for s in have], dtype=float
     ).reshape(-1, 2)
     pred = loo_predictions(X, np.array([s.y for s in have], dtype=float)) if len(have) >= MIN_SAMPLES else None
     if pred is None:
@@ -529,8 +545,8 @@ def _roofline_panel(ax, sc: Scope, fit: Optional[Fit], markers: str) -> None:
             capsize=2,
             label=b,
             yerr=[
-                [max(0.0, have[i].y - have[i].low) if have[i].low is not None else 0.0 for i in idx],
-                [max(0.0, have[i].high - have[i].y) if have[i].high is not None else 0.0 for i in idx],
+                [_below(have[i]) for i in idx],
+                [_above(have[i]) for i in idx],
             ],
         )
         for i in idx:
