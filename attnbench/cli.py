@@ -391,8 +391,8 @@ def check(
 @app.command()
 def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for validate.md")):
     """Published figures (SENet, CBAM, ECA, ...) beside the harness's own numbers."""
+    from .core.files import write_atomic
     from .records.store import check_output_dir
-    from .report import write_text_atomic
     from .validate import render_validate
     from .validate import validate as run_validate
 
@@ -401,7 +401,7 @@ def validate(out: Path = typer.Option(Path("results"), "--out", "-o", help="fold
     text = render_validate(rows)
     out_console.print(text, markup=False, highlight=False, soft_wrap=True)
     try:
-        write_text_atomic(out / "validate.md", text)
+        write_atomic(out / "validate.md", text)
     except OSError as exc:
         _fail(f"could not write {out / 'validate.md'}: {exc.strerror or exc}; the table above is complete", 1)
     raise typer.Exit(1 if any(r["status"] == "MISMATCH" for r in rows) else 0)

@@ -142,8 +142,7 @@ def test_no_lower_layer_imports_a_higher_one():
 def test_the_torch_free_layers_import_no_torch_anywhere():
     """Not at the top and not lazily: the report layer, records, settings and the suite's model never reach torch."""
     offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    for name, path in _modules().items():
         if not any(name == p or name.startswith(p + ".") for p in TORCH_FREE):
             continue
         for node in ast.walk(ast.parse(path.read_text())):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple, cast
 
 LEVEL = 0.95
 POWER = 0.80
@@ -259,12 +259,8 @@ def alternating_difference(
     values, _, _ = paired_round_values(v_rounds, b_rounds, v_waits, b_waits, limit, diff=lambda a, b: a - b)
     if not values:
         return None
-    mean, half, _ = batch_interval(values, batches, level)
-    return (
-        Difference(mean, None, None, len(values))
-        if half is None
-        else Difference(mean, mean - half, mean + half, len(values))
-    )
+    mean, low, high = mean_interval(values, level, batches)
+    return Difference(cast(float, mean), low, high, len(values))  # values is not empty: the mean exists
 
 
 def paired_ratio_interval(

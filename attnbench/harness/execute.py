@@ -61,7 +61,7 @@ def failure(cell: Cell, key: str, started: float, exc: BaseException, model=None
     """The record of a cell that did not measure, with the status its error family says (errors.CellError):
     ``unsupported`` for a known upstream reason and ``skipped`` for a runtime not installed (each with its reason
     as the note), else ``failed`` with the error's type and one line."""
-    status = getattr(exc, "status", "failed") if isinstance(exc, CellError) else "failed"
+    status = exc.status if isinstance(exc, CellError) else "failed"
     if status != "failed":
         return make_record(cell, key, status, started, model=model, note=str(exc))
     return make_record(cell, key, "failed", started, error=error_info(exc, model), model=model)

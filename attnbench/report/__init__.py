@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from ..core.files import write_atomic as _write_atomic
+from ..core.files import write_atomic
 from ..records.record import Record
 from . import predictors
 from .accuracy import accuracy_rows, render_accuracy
@@ -52,7 +52,7 @@ def write_outputs(
     md, csv = out / f"{name}.md", out / f"{name}.csv"
     paths = {"markdown": md, "csv": csv, "records": out / f"{name}.jsonl"}
     if any(r.metric == "accuracy" for r in records):
-        _write_atomic(md, render_accuracy(records, overhead, name))
+        write_atomic(md, render_accuracy(records, overhead, name))
         for key, png in (
             ("plot", pareto_plot(records, overhead, out / f"{name}.png")),
             ("curves", curves_plot(records, out / f"{name}-curves.png")),
@@ -60,7 +60,7 @@ def write_outputs(
             if png:
                 paths[key] = png
     else:
-        _write_atomic(md, render_markdown(records, name))
+        write_atomic(md, render_markdown(records, name))
         for key, png in (
             ("plot", sweep_plot(records, out / f"{name}-sweeps.png")),
             ("sites", sites_plot(records, out / f"{name}-sites.png")),
@@ -69,15 +69,12 @@ def write_outputs(
                 paths[key] = png
         if predictors.applies(records):  # counts with memory traffic and timings: which count predicts latency
             paths["predictors"] = out / f"{name}-predictors.md"
-            _write_atomic(paths["predictors"], predictors.render_predictors(records, name))
+            write_atomic(paths["predictors"], predictors.render_predictors(records, name))
             png = predictors.predictors_plot(records, out / f"{name}-predictors.png")
             if png:
                 paths["predictors_plot"] = png
-    _write_atomic(csv, flat_records(records).to_csv(index=False))
+    write_atomic(csv, flat_records(records).to_csv(index=False))
     return paths
-
-
-write_text_atomic = _write_atomic  # validate.md, written the same way
 
 
 def write_outputs_safely(

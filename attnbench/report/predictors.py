@@ -496,9 +496,9 @@ def predictors_plot(records: Sequence[Record], path: Path) -> Optional[Path]:
                 xs = [_x(s, p.name) / p.scale for s in pts]
                 ys = [s.y for s in pts]
                 err = [
-                    [max(0.0, s.y - s.low) if s.low is not None else 0.0 for s in pts],  # never negative: an
-                    [max(0.0, s.high - s.y) if s.high is not None else 0.0 for s in pts],
-                ]  # edited interval
+                    [_below(s) for s in pts],
+                    [_above(s) for s in pts],
+                ]
                 ax.errorbar(xs, ys, yerr=err, fmt=markers[k % len(markers)], ms=4, capsize=2, label=b)
                 for s, x in zip(pts, xs):
                     ax.annotate(s.label, (x, s.y), textcoords="offset points", xytext=(3, 2), fontsize=6)

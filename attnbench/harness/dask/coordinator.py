@@ -566,26 +566,4 @@ class DaskExecutor:
                 yield flight.task, failed_records(flight.task, error)
 
 
-def dask_executor(
-    scheduler: Optional[str] = None,
-    n_workers: int = 2,
-    local_directory: Path | str = "results/dask-scratch",
-    slot: str = "lock",
-    no_worker_limit: float = NO_WORKER_LIMIT_S,
-    connect_timeout: float = CONNECT_TIMEOUT_S,
-    lease_timeout: str = LEASE_TIMEOUT,
-    worker_wait: float = WORKER_WAIT_S,
-    chunk_s: float = CHUNK_S,
-) -> DaskExecutor:
-    """A :class:`DaskExecutor` (kept as the one constructor callers and the README use)."""
-    return DaskExecutor(
-        scheduler,
-        n_workers,
-        local_directory,
-        slot,
-        no_worker_limit,
-        connect_timeout,
-        lease_timeout,
-        worker_wait,
-        chunk_s,
-    )
+dask_executor = DaskExecutor  # the name callers and docs/cluster.md use
